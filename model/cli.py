@@ -1,0 +1,169 @@
+"""The ``afm-ctr`` command line: train, synth, load-features, serve.
+
+Commands are thin: they build configs and call one function each. Heavy imports (TensorFlow,
+the service) happen inside the commands, so ``afm-ctr --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from model.config import DATASETS, PROTOCOLS, AFMConfig, DataConfig, TrainConfig
+from model.errors import AfmError
+from model.feature_layout import DEFAULT_PREFIX
+
+app = typer.Typer(
+    help="Attentional Factorization Machines for click-through-rate scoring.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+DatasetOpt = Annotated[
+    str | None, typer.Option(help=f"One of {', '.join(DATASETS)}.", envvar="AFM_DATASET")
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Extracted dataset folder or its zip. Default: download (ml-1m) or synthesize into the cache.",
+        envvar="AFM_DATA_DIR",
+    ),
+]
+CacheDirOpt = Annotated[
+    Path, typer.Option(help="Where downloads and generated data are kept.", envvar="AFM_CACHE_DIR")
+]
+RedisUrlOpt = Annotated[
+    str, typer.Option(help="Redis holding the user features.", envvar="AFM_REDIS_URL")
+]
+
+
+def _fail(exc: AfmError) -> typer.Exit:
+    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=1)
+
+
+def _check_choice(name: str, value: str | None, choices: tuple[str, ...]) -> None:
+    if value is not None and value not in choices:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=name)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Folder to write users.dat, movies.dat, ratings.dat.")],
+    users: Annotated[int, typer.Option(min=10, help="Number of users.")] = 2000,
+    movies: Annotated[int, typer.Option(min=10, help="Number of movies.")] = 1000,
+    ratings: Annotated[int, typer.Option(min=100, help="Number of ratings.")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Random seed; equal seeds give equal files.")] = 42,
+) -> None:
+    """Write a synthetic dataset in ML-1M format with planted, learnable structure."""
+    from model.synth import write_synthetic
+
+    try:
+        write_synthetic(out, users=users, movies=movies, ratings=ratings, seed=seed)
+    except AfmError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"wrote {ratings} ratings of {users} users on {movies} movies to {out}")
+
+
+@app.command()
+def train(
+    model_dir: Annotated[
+        Path, typer.Option(help="Export root; a new numbered version is added.", envvar="AFM_MODEL_DIR")
+    ],
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = DataConfig.cache_dir,
+    protocol: Annotated[
+        str, typer.Option(help=f"One of {', '.join(PROTOCOLS)}.", envvar="AFM_PROTOCOL")
+    ] = DataConfig.protocol,
+    negatives: Annotated[int, typer.Option(min=1, help="Negatives per positive (next-item).")] = DataConfig.negatives,
+    train_file: Annotated[Path | None, typer.Option(help="Seed rows: user_id gender age occupation zip movie_id label, tab-separated.")] = None,
+    valid_file: Annotated[Path | None, typer.Option(help="Seed rows for validation.")] = None,
+    test_file: Annotated[Path | None, typer.Option(help="Seed rows for the test.")] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = TrainConfig.epochs,
+    batch_size: Annotated[int, typer.Option(min=1)] = TrainConfig.batch_size,
+    learning_rate: Annotated[float, typer.Option(min=0.0)] = TrainConfig.learning_rate,
+    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience on validation AUC.")] = TrainConfig.patience,
+    embedding_dim: Annotated[int, typer.Option(min=1, help="k, the embedding size.")] = AFMConfig.embedding_dim,
+    attention_factor: Annotated[int, typer.Option(min=1, help="t, the attention network's hidden size.")] = AFMConfig.attention_factor,
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.99, help="Dropout on the pooled vector.")] = AFMConfig.dropout,
+    l2_attention: Annotated[float, typer.Option(min=0.0, help="L2 on the attention matrix W.")] = AFMConfig.l2_attention,
+    no_attention: Annotated[bool, typer.Option("--no-attention", help="FM ablation: every pair weighs 1.")] = False,
+    seed: Annotated[int, typer.Option(help="Seeds sampling, splits and initialisation.")] = TrainConfig.seed,
+) -> None:
+    """Train an AFM and export it as a new version under --model-dir."""
+    seed_files = (train_file, valid_file, test_file)
+    if any(seed_files) and not all(seed_files):
+        raise typer.BadParameter("give all three of --train-file, --valid-file, --test-file")
+    if all(seed_files) == (dataset is not None):
+        raise typer.BadParameter("give either --dataset or the three seed row files, not both")
+    _check_choice("--dataset", dataset, DATASETS)
+    _check_choice("--protocol", protocol, PROTOCOLS)
+    data_config = DataConfig(
+        dataset=dataset, data_dir=data_dir, cache_dir=cache_dir, protocol=protocol,
+        negatives=negatives, seed=seed,
+        train_file=train_file, valid_file=valid_file, test_file=test_file,
+    )
+    afm_config = AFMConfig(
+        embedding_dim=embedding_dim, attention_factor=attention_factor, dropout=dropout,
+        l2_attention=l2_attention, use_attention=not no_attention,
+    )
+    train_config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience, seed=seed
+    )
+    from model.protocols import prepare
+    from model.train import train_and_export
+
+    try:
+        data = prepare(data_config)
+        version_dir = train_and_export(data, afm_config, train_config, model_dir, data_config)
+    except AfmError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"exported {version_dir}")
+
+
+@app.command("load-features")
+def load_features(
+    redis_url: RedisUrlOpt,
+    dataset: DatasetOpt = "synthetic",
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = DataConfig.cache_dir,
+    prefix: Annotated[str, typer.Option(help="Key prefix of the feature set.", envvar="AFM_REDIS_PREFIX")] = DEFAULT_PREFIX,
+) -> None:
+    """Write every user's features to Redis as a new namespace, then switch to it atomically."""
+    _check_choice("--dataset", dataset, DATASETS)
+    from model.load_features import load_features as load
+    from model.movielens import load_users
+
+    try:
+        users = load_users(DataConfig(dataset=dataset, data_dir=data_dir, cache_dir=cache_dir))
+        count = load(users, redis_url=redis_url, prefix=prefix)
+    except AfmError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"loaded {count} users into {redis_url} under prefix {prefix!r}")
+
+
+@app.command()
+def serve(
+    model_dir: Annotated[Path, typer.Option(help="Export root to serve the newest version of.", envvar="AFM_MODEL_DIR")],
+    redis_url: RedisUrlOpt = "redis://127.0.0.1:6379/0",
+    host: Annotated[str, typer.Option(envvar="AFM_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="AFM_PORT")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, envvar="AFM_WORKERS")] = 1,
+) -> None:
+    """Run the scoring API (uvicorn). Every flag is also an AFM_* environment variable."""
+    import uvicorn
+
+    # Workers are separate processes that build the app from the environment.
+    os.environ["AFM_MODEL_DIR"] = str(model_dir)
+    os.environ["AFM_REDIS_URL"] = redis_url
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+if __name__ == "__main__":
+    app()

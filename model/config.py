@@ -1,0 +1,40 @@
+"""Frozen run configurations, built by the CLI and recorded verbatim in metadata.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DATASETS = ("ml-1m", "ml-100k", "synthetic")
+PROTOCOLS = ("next-item", "rating")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str | None = None  # one of DATASETS, or None with seed row files
+    data_dir: Path | None = None  # extracted folder or archive; None: cache (download/synthesize)
+    cache_dir: Path = Path.home() / ".cache" / "afm-ctr"
+    protocol: str = "next-item"
+    negatives: int = 10
+    seed: int = 42
+    train_file: Path | None = None  # seed row files, the article's format
+    valid_file: Path | None = None
+    test_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class AFMConfig:
+    embedding_dim: int = 16  # k
+    attention_factor: int = 8  # t
+    dropout: float = 0.2  # on the attention-pooled vector
+    l2_attention: float = 1e-5  # L2 on the attention matrix W only
+    use_attention: bool = True  # False: the FM ablation, every pair weighs 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 4096
+    learning_rate: float = 1e-3
+    patience: int = 2  # epochs without a better validation AUC before stopping
+    seed: int = 42

@@ -1,0 +1,13 @@
+"""Trainer-side errors. The CLI turns each into one line on stderr and a non-zero exit."""
+
+
+class AfmError(Exception):
+    """A user-facing failure with a message that says what to do."""
+
+
+class MalformedInput(AfmError):
+    """Input data that cannot be used; the message names the file and line."""
+
+
+class DownloadError(AfmError):
+    """The dataset could not be fetched or verified; the message says how to supply it by hand."""

@@ -1,0 +1,82 @@
+"""Shared fixtures: a real Redis, a real model trained and exported once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``afm-ctr`` in a subprocess, as a user would."""
+    result = subprocess.run(
+        [sys.executable, "-m", "model.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=REPO_ROOT,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"afm-ctr {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("AFM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        pytest.fail(
+            f"no Redis answers at {url} ({exc}); start one with "
+            "`redis-server --daemonize yes --port 6379 --save ''` or set AFM_TEST_REDIS_URL"
+        )
+    return url
+
+
+@pytest.fixture
+def feature_prefix(redis_url: str) -> Iterator[str]:
+    """A unique key prefix, removed afterwards (never FLUSHDB: the Redis may be shared)."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small seeded synthetic dataset in ML-1M format."""
+    out = tmp_path_factory.mktemp("synthetic")
+    run_cli("synth", "--out", str(out), "--users", "300", "--movies", "200",
+            "--ratings", "20000", "--seed", "7")
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Model root holding version 1, trained for a few epochs on `synthetic_dir`."""
+    model_dir = tmp_path_factory.mktemp("models")
+    run_cli("train", "--dataset", "synthetic", "--data-dir", str(synthetic_dir),
+            "--epochs", "3", "--embedding-dim", "8", "--attention-factor", "4",
+            "--batch-size", "1024", "--seed", "7", "--model-dir", str(model_dir))
+    return model_dir
+
+
+def shared_data(name: str) -> Path:
+    """A real MovieLens folder from ../shared/data, or skip with the reason."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real MovieLens data not found at {path} (see DEVELOPERS.md: ../shared/data)")
+    return path
