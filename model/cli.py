@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from model.config import DATASETS, PROTOCOLS, AFMConfig, DataConfig, TrainConfig
+from model.config import AFMConfig, DataConfig, Dataset, Protocol, TrainConfig
 from model.errors import AfmError
 from model.feature_layout import DEFAULT_PREFIX
 
@@ -23,13 +23,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DatasetOpt = Annotated[
-    str | None, typer.Option(help=f"One of {', '.join(DATASETS)}.", envvar="AFM_DATASET")
-]
+DatasetOpt = Annotated[Dataset | None, typer.Option(envvar="AFM_DATASET")]
 DataDirOpt = Annotated[
     Path | None,
     typer.Option(
-        help="Extracted dataset folder or its zip. Default: download (ml-1m) or synthesize into the cache.",
+        help="Dataset folder or zip. Default: download (ml-1m) or synthesize into the cache.",
         envvar="AFM_DATA_DIR",
     ),
 ]
@@ -44,11 +42,6 @@ RedisUrlOpt = Annotated[
 def _fail(exc: AfmError) -> typer.Exit:
     typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
     return typer.Exit(code=1)
-
-
-def _check_choice(name: str, value: str | None, choices: tuple[str, ...]) -> None:
-    if value is not None and value not in choices:
-        raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=name)
 
 
 @app.command()
@@ -72,28 +65,48 @@ def synth(
 @app.command()
 def train(
     model_dir: Annotated[
-        Path, typer.Option(help="Export root; a new numbered version is added.", envvar="AFM_MODEL_DIR")
+        Path,
+        typer.Option(help="Export root; a new numbered version is added.", envvar="AFM_MODEL_DIR"),
     ],
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = DataConfig.cache_dir,
-    protocol: Annotated[
-        str, typer.Option(help=f"One of {', '.join(PROTOCOLS)}.", envvar="AFM_PROTOCOL")
-    ] = DataConfig.protocol,
-    negatives: Annotated[int, typer.Option(min=1, help="Negatives per positive (next-item).")] = DataConfig.negatives,
-    train_file: Annotated[Path | None, typer.Option(help="Seed rows: user_id gender age occupation zip movie_id label, tab-separated.")] = None,
+    protocol: Annotated[Protocol, typer.Option(envvar="AFM_PROTOCOL")] = DataConfig.protocol,
+    negatives: Annotated[
+        int, typer.Option(min=1, help="Negatives per positive (next-item).")
+    ] = DataConfig.negatives,
+    train_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Seed rows: user_id gender age occupation zip movie_id label, tab-separated."
+        ),
+    ] = None,
     valid_file: Annotated[Path | None, typer.Option(help="Seed rows for validation.")] = None,
     test_file: Annotated[Path | None, typer.Option(help="Seed rows for the test.")] = None,
     epochs: Annotated[int, typer.Option(min=1)] = TrainConfig.epochs,
     batch_size: Annotated[int, typer.Option(min=1)] = TrainConfig.batch_size,
     learning_rate: Annotated[float, typer.Option(min=0.0)] = TrainConfig.learning_rate,
-    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience on validation AUC.")] = TrainConfig.patience,
-    embedding_dim: Annotated[int, typer.Option(min=1, help="k, the embedding size.")] = AFMConfig.embedding_dim,
-    attention_factor: Annotated[int, typer.Option(min=1, help="t, the attention network's hidden size.")] = AFMConfig.attention_factor,
-    dropout: Annotated[float, typer.Option(min=0.0, max=0.99, help="Dropout on the pooled vector.")] = AFMConfig.dropout,
-    l2_attention: Annotated[float, typer.Option(min=0.0, help="L2 on the attention matrix W.")] = AFMConfig.l2_attention,
-    no_attention: Annotated[bool, typer.Option("--no-attention", help="FM ablation: every pair weighs 1.")] = False,
-    seed: Annotated[int, typer.Option(help="Seeds sampling, splits and initialisation.")] = TrainConfig.seed,
+    patience: Annotated[
+        int, typer.Option(min=1, help="Early-stopping patience on validation AUC.")
+    ] = TrainConfig.patience,
+    embedding_dim: Annotated[
+        int, typer.Option(min=1, help="k, the embedding size.")
+    ] = AFMConfig.embedding_dim,
+    attention_factor: Annotated[
+        int, typer.Option(min=1, help="t, the attention network's hidden size.")
+    ] = AFMConfig.attention_factor,
+    dropout: Annotated[
+        float, typer.Option(min=0.0, max=0.99, help="Dropout on the pooled vector.")
+    ] = AFMConfig.dropout,
+    l2_attention: Annotated[
+        float, typer.Option(min=0.0, help="L2 on the attention matrix W.")
+    ] = AFMConfig.l2_attention,
+    no_attention: Annotated[
+        bool, typer.Option("--no-attention", help="FM ablation: every pair weighs 1.")
+    ] = False,
+    seed: Annotated[
+        int, typer.Option(help="Seeds sampling, splits and initialisation.")
+    ] = TrainConfig.seed,
 ) -> None:
     """Train an AFM and export it as a new version under --model-dir."""
     seed_files = (train_file, valid_file, test_file)
@@ -101,19 +114,30 @@ def train(
         raise typer.BadParameter("give all three of --train-file, --valid-file, --test-file")
     if all(seed_files) == (dataset is not None):
         raise typer.BadParameter("give either --dataset or the three seed row files, not both")
-    _check_choice("--dataset", dataset, DATASETS)
-    _check_choice("--protocol", protocol, PROTOCOLS)
     data_config = DataConfig(
-        dataset=dataset, data_dir=data_dir, cache_dir=cache_dir, protocol=protocol,
-        negatives=negatives, seed=seed,
-        train_file=train_file, valid_file=valid_file, test_file=test_file,
+        dataset=dataset,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        protocol=protocol,
+        negatives=negatives,
+        seed=seed,
+        train_file=train_file,
+        valid_file=valid_file,
+        test_file=test_file,
     )
     afm_config = AFMConfig(
-        embedding_dim=embedding_dim, attention_factor=attention_factor, dropout=dropout,
-        l2_attention=l2_attention, use_attention=not no_attention,
+        embedding_dim=embedding_dim,
+        attention_factor=attention_factor,
+        dropout=dropout,
+        l2_attention=l2_attention,
+        use_attention=not no_attention,
     )
     train_config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience, seed=seed
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        patience=patience,
+        seed=seed,
     )
     from model.protocols import prepare
     from model.train import train_and_export
@@ -132,10 +156,11 @@ def load_features(
     dataset: DatasetOpt = "synthetic",
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = DataConfig.cache_dir,
-    prefix: Annotated[str, typer.Option(help="Key prefix of the feature set.", envvar="AFM_REDIS_PREFIX")] = DEFAULT_PREFIX,
+    prefix: Annotated[
+        str, typer.Option(help="Key prefix of the feature set.", envvar="AFM_REDIS_PREFIX")
+    ] = DEFAULT_PREFIX,
 ) -> None:
     """Write every user's features to Redis as a new namespace, then switch to it atomically."""
-    _check_choice("--dataset", dataset, DATASETS)
     from model.load_features import load_features as load
     from model.movielens import load_users
 
@@ -149,7 +174,10 @@ def load_features(
 
 @app.command()
 def serve(
-    model_dir: Annotated[Path, typer.Option(help="Export root to serve the newest version of.", envvar="AFM_MODEL_DIR")],
+    model_dir: Annotated[
+        Path,
+        typer.Option(help="Export root to serve the newest version of.", envvar="AFM_MODEL_DIR"),
+    ],
     redis_url: RedisUrlOpt = "redis://127.0.0.1:6379/0",
     host: Annotated[str, typer.Option(envvar="AFM_HOST")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="AFM_PORT")] = 8000,
@@ -161,7 +189,9 @@ def serve(
     # Workers are separate processes that build the app from the environment.
     os.environ["AFM_MODEL_DIR"] = str(model_dir)
     os.environ["AFM_REDIS_URL"] = redis_url
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers)
 
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
-DATASETS = ("ml-1m", "ml-100k", "synthetic")
-PROTOCOLS = ("next-item", "rating")
+Dataset = Literal["ml-1m", "ml-100k", "synthetic"]
+Protocol = Literal["next-item", "rating"]
+DATASETS: tuple[str, ...] = get_args(Dataset)
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str | None = None  # one of DATASETS, or None with seed row files
+    dataset: Dataset | None = None  # None with seed row files
     data_dir: Path | None = None  # extracted folder or archive; None: cache (download/synthesize)
     cache_dir: Path = Path.home() / ".cache" / "afm-ctr"
-    protocol: str = "next-item"
+    protocol: Protocol = "next-item"
     negatives: int = 10
     seed: int = 42
     train_file: Path | None = None  # seed row files, the article's format

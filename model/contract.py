@@ -46,7 +46,7 @@ FORMAT_VERSION = 1
 
 
 class ModelMetadata(BaseModel):
-    """Content of ``metadata.json``. Extra keys are kept, so an older service reads a newer export."""
+    """Content of ``metadata.json``. Extra keys are kept: an older service reads a newer export."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -63,7 +63,7 @@ class ModelMetadata(BaseModel):
 
 
 def list_versions(model_dir: Path) -> list[int]:
-    """Complete versions under ``model_dir``, ascending. Temporary (dot-named) directories are ignored."""
+    """Complete versions under ``model_dir``, ascending; temporary (dot-named) dirs are ignored."""
     if not model_dir.is_dir():
         return []
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())

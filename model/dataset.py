@@ -66,7 +66,9 @@ class PreparedData:
 
     def encode(self, rows: LabeledRows, vocabularies: dict[str, np.ndarray]) -> np.ndarray:
         """Model ids, int32 of shape (n, len(FIELDS)) in FIELDS order; unseen values map to 0."""
-        columns = [_codes(self.users[col], vocabularies[col])[rows.user_idx] for col in USER_COLUMNS]
+        columns = [
+            _codes(self.users[col], vocabularies[col])[rows.user_idx] for col in USER_COLUMNS
+        ]
         columns.append(_codes(self.movie_ids, vocabularies[MOVIE_COLUMN])[rows.movie_idx])
         return np.stack(columns, axis=1).astype(np.int32)
 

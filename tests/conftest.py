@@ -16,7 +16,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run ``afm-ctr`` in a subprocess, as a user would."""
     result = subprocess.run(
         [sys.executable, "-m", "model.cli", *args],
@@ -59,8 +61,19 @@ def feature_prefix(redis_url: str) -> Iterator[str]:
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small seeded synthetic dataset in ML-1M format."""
     out = tmp_path_factory.mktemp("synthetic")
-    run_cli("synth", "--out", str(out), "--users", "300", "--movies", "200",
-            "--ratings", "20000", "--seed", "7")
+    run_cli(
+        "synth",
+        "--out",
+        str(out),
+        "--users",
+        "300",
+        "--movies",
+        "200",
+        "--ratings",
+        "20000",
+        "--seed",
+        "7",
+    )
     return out
 
 
@@ -68,9 +81,25 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_model_dir(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Model root holding version 1, trained for a few epochs on `synthetic_dir`."""
     model_dir = tmp_path_factory.mktemp("models")
-    run_cli("train", "--dataset", "synthetic", "--data-dir", str(synthetic_dir),
-            "--epochs", "3", "--embedding-dim", "8", "--attention-factor", "4",
-            "--batch-size", "1024", "--seed", "7", "--model-dir", str(model_dir))
+    run_cli(
+        "train",
+        "--dataset",
+        "synthetic",
+        "--data-dir",
+        str(synthetic_dir),
+        "--epochs",
+        "3",
+        "--embedding-dim",
+        "8",
+        "--attention-factor",
+        "4",
+        "--batch-size",
+        "1024",
+        "--seed",
+        "7",
+        "--model-dir",
+        str(model_dir),
+    )
     return model_dir
 
 

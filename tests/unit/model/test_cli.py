@@ -1,0 +1,45 @@
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from model.cli import app
+
+runner = CliRunner(env={"COLUMNS": "300"})  # keep rich from wrapping error messages
+
+
+def test_help_lists_every_command_without_importing_tensorflow() -> None:
+    code = (
+        "import sys; from typer.testing import CliRunner; from model.cli import app;"
+        "r = CliRunner().invoke(app, ['--help']); print(r.output);"
+        "print('TF-LOADED' if 'tensorflow' in sys.modules else 'TF-NOT-LOADED')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    for command in ("train", "synth", "load-features", "serve"):
+        assert command in out
+    assert "TF-NOT-LOADED" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--dataset", "ml-1m", "--train-file", "a", "--valid-file", "b", "--test-file", "c"],
+            "either --dataset or the three seed row files",
+        ),
+        (["--train-file", "a"], "all three of --train-file"),
+        ([], "either --dataset or the three seed row files"),
+        (["--dataset", "ml-20m"], "'ml-20m' is not one of 'ml-1m', 'ml-100k', 'synthetic'"),
+        (
+            ["--dataset", "synthetic", "--protocol", "random"],
+            "'random' is not one of 'next-item', 'rating'",
+        ),
+        (["--dataset", "synthetic", "--dropout", "1.5"], "dropout"),
+    ],
+)
+def test_train_rejects_bad_flag_combinations(args: list[str], message: str, tmp_path) -> None:
+    result = runner.invoke(app, ["train", "--model-dir", str(tmp_path), *args])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
