@@ -1,0 +1,162 @@
+"""Atomic, versioned SavedModel export following ``model/contract.py``.
+
+A version is written completely into ``<model-dir>/.tmp-<uuid>/`` (ignored by
+``contract.list_versions``) and then renamed to ``<model-dir>/<n>/``, so a reader never sees
+a half-written version. If another export takes ``n`` first, the rename fails and this
+export takes the next free number.
+
+The SavedModel's signatures take the raw string values of the six fields by name; one
+StringLookup per field, built from the training vocabulary, turns them into the ids the
+model was trained on (vocabulary[i] -> i + 1, anything else -> 0, as ``PreparedData.encode``).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from model.contract import (
+    FIELDS,
+    METADATA_FILE,
+    OUTPUT_ATTENTION,
+    OUTPUT_CONTRIBUTION,
+    OUTPUT_PROBABILITY,
+    PAIRS,
+    SIGNATURE_EXPLAIN,
+    SIGNATURE_SCORE,
+    ModelMetadata,
+    next_version,
+)
+from model.errors import AfmError
+
+TMP_PREFIX = ".tmp-"
+_RENAME_CONFLICTS = (errno.EEXIST, errno.ENOTEMPTY)
+
+
+def build_lookups(vocabularies: Mapping[str, np.ndarray]) -> dict[str, keras.layers.StringLookup]:
+    """One StringLookup per field: vocabulary[i] -> i + 1, unknown values -> 0 (int32)."""
+    lookups = {}
+    for field in FIELDS:
+        lookup = keras.layers.StringLookup(
+            vocabulary=[str(v) for v in vocabularies[field]],
+            num_oov_indices=1,
+            output_mode="int",
+            name=f"lookup_{field}",
+        )
+        lookup.build((None,))  # ExportArchive tracks only built layers
+        lookups[field] = lookup
+    return lookups
+
+
+def _raw_signature() -> list[tf.TensorSpec]:
+    return [tf.TensorSpec(shape=[None], dtype=tf.string, name=field) for field in FIELDS]
+
+
+def build_archive(
+    model: keras.Model, vocabularies: Mapping[str, np.ndarray]
+) -> keras.export.ExportArchive:
+    """An ExportArchive with the contract's two endpoints over raw string inputs.
+
+    ``model`` is the dict-output model of ``model.afm.build_afm``. Each endpoint takes the
+    FIELDS as separate 1-D string tensors (batch size unknown), in FIELDS order and by name.
+    """
+    lookups = build_lookups(vocabularies)
+
+    def explain(*raw: tf.Tensor) -> dict[str, tf.Tensor]:
+        # (batch, F) int32 ids in FIELDS order
+        ids = tf.stack(
+            [
+                tf.cast(lookups[field](value), tf.int32)
+                for field, value in zip(FIELDS, raw, strict=True)
+            ],
+            axis=1,
+        )
+        outputs = model(ids, training=False)
+        return {
+            OUTPUT_PROBABILITY: outputs[OUTPUT_PROBABILITY],
+            OUTPUT_ATTENTION: outputs[OUTPUT_ATTENTION],
+            OUTPUT_CONTRIBUTION: outputs[OUTPUT_CONTRIBUTION],
+        }
+
+    def score(*raw: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {OUTPUT_PROBABILITY: explain(*raw)[OUTPUT_PROBABILITY]}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for lookup in lookups.values():
+        archive.track(lookup)
+    archive.add_endpoint(SIGNATURE_SCORE, score, input_signature=_raw_signature())
+    archive.add_endpoint(SIGNATURE_EXPLAIN, explain, input_signature=_raw_signature())
+    return archive
+
+
+def export_version(
+    model: keras.Model,
+    vocabularies: Mapping[str, np.ndarray],
+    model_dir: Path,
+    metadata: Mapping[str, Any],
+    write_extras: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write a new version of ``model`` under ``model_dir`` and return its directory.
+
+    Args:
+        model: the dict-output AFM of ``build_afm``, trained.
+        vocabularies: sorted training vocabulary per field (``PreparedData.vocabularies()``).
+        model_dir: the export root; created if missing.
+        metadata: every ``ModelMetadata`` field except ``version``, ``fields``, ``pairs``,
+            ``tensorflow_version`` and ``created_at``, which are filled in here. Extra keys
+            are kept.
+        write_extras: called with the temporary directory to add files (metrics, plots)
+            that must appear atomically with the model.
+    """
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AfmError(f"cannot create model directory {model_dir}: {exc.strerror}") from None
+    tmp = model_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    try:
+        build_archive(model, vocabularies).write_out(str(tmp), verbose=False)
+        if write_extras is not None:
+            write_extras(tmp)
+        return _publish(tmp, model_dir, metadata)
+    except OSError as exc:
+        raise AfmError(f"cannot write the model to {model_dir}: {exc}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, model_dir: Path, metadata: Mapping[str, Any]) -> Path:
+    """Rename ``tmp`` to the next free version, rewriting metadata.json for each attempt."""
+    while True:
+        version = next_version(model_dir)
+        record = ModelMetadata(
+            version=version,
+            fields=list(FIELDS),
+            pairs=[list(pair) for pair in PAIRS],
+            tensorflow_version=tf.__version__,
+            keras_version=keras.__version__,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            **metadata,
+        )
+        (tmp / METADATA_FILE).write_text(json.dumps(record.model_dump(), indent=2) + "\n")
+        target = model_dir / str(version)
+        try:
+            # Fails if another export already published this number (non-empty target).
+            os.rename(tmp, target)
+        except OSError as exc:
+            if exc.errno in _RENAME_CONFLICTS:
+                continue
+            raise
+        return target

@@ -1,0 +1,293 @@
+"""Keras layers of the Attentional Factorization Machine (Xiao et al., IJCAI 2017).
+
+One layer, one job:
+
+* ``FieldEmbedding``: per-field embeddings from one concatenated table (one gather).
+* ``FieldLinear``: the linear part w0 + sum_i w_i.
+* ``PairwiseInteraction``: the element-wise products v_i ⊙ v_j of every field pair.
+* ``AttentionPooling``: the attention network and the weighted sum over pairs.
+
+Every layer takes plain arguments and round-trips through ``get_config``.
+
+References:
+    Xiao et al., "Attentional Factorization Machines: Learning the Weight of Feature
+    Interactions via Attention Networks", IJCAI 2017. https://arxiv.org/abs/1708.04617
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+PACKAGE = "afm_ctr"
+
+
+def _check_sizes(vocab_sizes: Sequence[int]) -> list[int]:
+    sizes = [int(s) for s in vocab_sizes]
+    if not sizes or any(s < 1 for s in sizes):
+        raise ValueError(
+            f"`vocab_sizes` must be a non-empty list of positive integers. Received: {vocab_sizes}"
+        )
+    return sizes
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FieldEmbedding(keras.layers.Layer):
+    """Embeddings of F categorical fields from one concatenated table.
+
+    Field f's ids ``0 .. vocab_sizes[f] - 1`` are shifted by the sizes of the fields before
+    it, so the F lookups of a batch are a single gather on one ``(sum(vocab_sizes), dim)``
+    table instead of F separate ``Embedding`` layers (fewer ops per step, one optimizer
+    variable).
+
+    Args:
+        vocab_sizes: list of int, the number of ids of each field (id 0 included).
+        output_dim: int, the embedding size (k in the paper; 1 gives the linear weights w_i).
+        embeddings_initializer: initializer of the table. Defaults to ``"uniform"``.
+
+    Call:
+        ids: int tensor ``(batch, F)``, field f's id in column f.
+        returns: float tensor ``(batch, F, output_dim)``.
+
+    Example:
+        >>> layer = FieldEmbedding([3, 2], output_dim=4)
+        >>> layer(np.array([[1, 0], [2, 1]])).shape
+        (2, 2, 4)
+    """
+
+    def __init__(
+        self,
+        vocab_sizes: Sequence[int],
+        output_dim: int,
+        embeddings_initializer: Any = "uniform",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.vocab_sizes = _check_sizes(vocab_sizes)
+        if int(output_dim) < 1:
+            raise ValueError(f"`output_dim` must be a positive integer. Received: {output_dim}")
+        self.output_dim = int(output_dim)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.offsets = np.cumsum([0, *self.vocab_sizes[:-1]]).astype("int32")
+
+    def build(self, input_shape: tuple) -> None:
+        if len(input_shape) != 2 or input_shape[-1] != len(self.vocab_sizes):
+            raise ValueError(
+                f"FieldEmbedding expects ids of shape (batch, {len(self.vocab_sizes)}). "
+                f"Received: {input_shape}"
+            )
+        self.embeddings = self.add_weight(
+            name="embeddings",
+            shape=(sum(self.vocab_sizes), self.output_dim),
+            initializer=self.embeddings_initializer,
+        )
+
+    def call(self, ids: Any) -> Any:
+        # (batch, F): ids of field f moved into field f's slice of the table
+        rows = ops.cast(ids, "int32") + ops.convert_to_tensor(self.offsets)
+        # (batch, F, output_dim)
+        return ops.take(self.embeddings, rows, axis=0)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (*input_shape, self.output_dim)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "vocab_sizes": self.vocab_sizes,
+                "output_dim": self.output_dim,
+                "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FieldLinear(keras.layers.Layer):
+    """The linear part of a factorization machine over F one-hot fields.
+
+        y_linear(x) = w0 + sum_f w_{x_f}
+
+    With one active feature per field, sum_i w_i x_i is the sum of one weight per field.
+
+    Args:
+        vocab_sizes: list of int, the number of ids of each field (id 0 included).
+        weights_initializer: initializer of the weights w. Defaults to ``"zeros"``.
+
+    Call:
+        ids: int tensor ``(batch, F)``.
+        returns: float tensor ``(batch, 1)``.
+    """
+
+    def __init__(
+        self, vocab_sizes: Sequence[int], weights_initializer: Any = "zeros", **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.vocab_sizes = _check_sizes(vocab_sizes)
+        self.weights_initializer = keras.initializers.get(weights_initializer)
+        self.weights_table = FieldEmbedding(
+            self.vocab_sizes, 1, embeddings_initializer=self.weights_initializer, name="weights"
+        )
+
+    def build(self, input_shape: tuple) -> None:
+        self.weights_table.build(input_shape)
+        self.bias = self.add_weight(name="bias", shape=(1,), initializer="zeros")  # w0
+
+    def call(self, ids: Any) -> Any:
+        # (batch, F, 1) -> (batch, 1)
+        return ops.sum(self.weights_table(ids), axis=1) + self.bias
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], 1)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "vocab_sizes": self.vocab_sizes,
+                "weights_initializer": keras.initializers.serialize(self.weights_initializer),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PairwiseInteraction(keras.layers.Layer):
+    """The pair-wise interaction layer: element-wise products of every pair of fields.
+
+        f_PI(E) = { v_i ⊙ v_j  for (i, j) in combinations(range(F), 2) }
+
+    Pairs come in ``itertools.combinations`` order: (0,1), (0,2), ..., (F-2, F-1), the order
+    of ``model.contract.PAIRS`` for the contract's fields.
+
+    Call:
+        embeddings: float tensor ``(batch, F, k)`` with F >= 2.
+        returns: float tensor ``(batch, F*(F-1)/2, k)``.
+
+    Example:
+        >>> PairwiseInteraction()(np.ones((2, 6, 4))).shape
+        (2, 15, 4)
+    """
+
+    def build(self, input_shape: tuple) -> None:
+        if len(input_shape) != 3 or input_shape[1] is None or input_shape[1] < 2:
+            raise ValueError(
+                "PairwiseInteraction expects embeddings of shape (batch, fields >= 2, k). "
+                f"Received: {input_shape}"
+            )
+        pairs = list(itertools.combinations(range(input_shape[1]), 2))
+        self.left = np.array([i for i, _ in pairs], dtype="int32")
+        self.right = np.array([j for _, j in pairs], dtype="int32")
+
+    def call(self, embeddings: Any) -> Any:
+        # (batch, P, k) each: v_i and v_j of every pair
+        v_i = ops.take(embeddings, self.left, axis=1)
+        v_j = ops.take(embeddings, self.right, axis=1)
+        return v_i * v_j
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        fields = input_shape[1]
+        return (input_shape[0], fields * (fields - 1) // 2, input_shape[2])
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class AttentionPooling(keras.layers.Layer):
+    """Attention-based pooling of the pair-wise interactions.
+
+        a'_ij = h^T ReLU(W (v_i ⊙ v_j) + b)          W: (t, k), b: (t,), h: (t,)
+        a_ij  = exp(a'_ij) / sum_{(i,j)} exp(a'_ij)    softmax over the pairs of one example
+        pooled = sum_{(i,j)} a_ij (v_i ⊙ v_j)
+
+    The softmax runs over the pairs axis, so the weights of one example sum to 1 (the
+    article's code ran it over an axis of size 1, making every weight 1). L2 regularisation
+    applies to W only, as in the paper.
+
+    With ``use_attention=False`` every a_ij is 1 and no attention weights are created:
+    ``pooled = sum_{(i,j)} v_i ⊙ v_j``, the plain factorization machine (the paper's ablation).
+
+    Args:
+        attention_factor: int, t, the hidden size of the attention network. Defaults to 8.
+        l2_attention: float >= 0, the L2 factor on W. Defaults to 0.
+        use_attention: bool. Defaults to True.
+        kernel_initializer: initializer of W and h. Defaults to ``"glorot_uniform"``.
+
+    Call:
+        pairs: float tensor ``(batch, P, k)``, the output of ``PairwiseInteraction``.
+        returns: ``(pooled, weights)``: float tensors ``(batch, k)`` and ``(batch, P)``.
+    """
+
+    def __init__(
+        self,
+        attention_factor: int = 8,
+        l2_attention: float = 0.0,
+        use_attention: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if int(attention_factor) < 1:
+            raise ValueError(
+                f"`attention_factor` must be a positive integer. Received: {attention_factor}"
+            )
+        if float(l2_attention) < 0:
+            raise ValueError(f"`l2_attention` must be >= 0. Received: {l2_attention}")
+        self.attention_factor = int(attention_factor)
+        self.l2_attention = float(l2_attention)
+        self.use_attention = bool(use_attention)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape: tuple) -> None:
+        if len(input_shape) != 3 or input_shape[-1] is None:
+            raise ValueError(
+                "AttentionPooling expects pair interactions of shape (batch, pairs, k). "
+                f"Received: {input_shape}"
+            )
+        if not self.use_attention:
+            return
+        k, t = input_shape[-1], self.attention_factor
+        self.attention_kernel = self.add_weight(  # W, stored transposed: (k, t)
+            name="attention_kernel",
+            shape=(k, t),
+            initializer=self.kernel_initializer,
+            regularizer=keras.regularizers.L2(self.l2_attention) if self.l2_attention else None,
+        )
+        self.attention_bias = self.add_weight(
+            name="attention_bias", shape=(t,), initializer="zeros"
+        )
+        self.attention_projection = self.add_weight(  # h: (t, 1)
+            name="attention_projection", shape=(t, 1), initializer=self.kernel_initializer
+        )
+
+    def call(self, pairs: Any) -> tuple[Any, Any]:
+        if not self.use_attention:
+            weights = ops.ones_like(pairs[..., 0])  # (batch, P)
+            return ops.sum(pairs, axis=1), weights
+        # (batch, P, t)
+        hidden = ops.relu(ops.matmul(pairs, self.attention_kernel) + self.attention_bias)
+        # (batch, P): one score per pair, normalised over the pairs of each example
+        scores = ops.squeeze(ops.matmul(hidden, self.attention_projection), axis=-1)
+        weights = ops.softmax(scores, axis=-1)
+        # (batch, k)
+        pooled = ops.sum(pairs * ops.expand_dims(weights, -1), axis=1)
+        return pooled, weights
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple[tuple, tuple]:
+        return (input_shape[0], input_shape[2]), (input_shape[0], input_shape[1])
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "attention_factor": self.attention_factor,
+                "l2_attention": self.l2_attention,
+                "use_attention": self.use_attention,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            }
+        )
+        return config
