@@ -1,0 +1,53 @@
+"""Request dependencies, named like the types they give (FastAPI's ``Annotated`` pattern).
+
+All are ``async def``: a plain ``def`` dependency would cost a thread-pool hop per request.
+Tests replace ``get_model``, ``get_feature_store`` or ``get_scorer`` via
+``app.dependency_overrides``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.errors import ModelNotReady
+from service.feature_store import FeatureStore
+from service.model_registry import ModelRegistry
+from service.scorer import LoadedModel, Scorer
+from service.settings import Settings
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+async def get_model(request: Request) -> LoadedModel:
+    """The version serving now, read once: a swap mid-request does not change it."""
+    model = request.app.state.registry.current
+    if model is None:
+        settings: Settings = request.app.state.settings
+        raise ModelNotReady(
+            f"no model version loaded yet from {settings.model_dir}",
+            retry_after=settings.retry_after,
+        )
+    return model
+
+
+async def get_feature_store(request: Request) -> FeatureStore:
+    return request.app.state.feature_store
+
+
+async def get_scorer(request: Request) -> Scorer:
+    return request.app.state.scorer
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+ModelDep = Annotated[LoadedModel, Depends(get_model)]
+FeatureStoreDep = Annotated[FeatureStore, Depends(get_feature_store)]
+ScorerDep = Annotated[Scorer, Depends(get_scorer)]

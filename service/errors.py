@@ -1,0 +1,191 @@
+"""Domain errors and the handlers that turn every failure into RFC 9457 problem details.
+
+Routes raise ``ServiceError`` subclasses; ``install_error_handlers`` maps them, request
+validation errors, Starlette's HTTP errors and anything unexpected to
+``application/problem+json``. Tracebacks are logged, never returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "urn:afm-ctr:problem:"
+
+
+class ServiceError(Exception):
+    """A failure with an HTTP status; ``detail`` is the one-line message the client sees."""
+
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+    slug: ClassVar[str] = "internal"
+    retry_after: int | None = None
+
+    def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+
+class ModelNotReady(ServiceError):
+    status = 503
+    title = "No model loaded"
+    slug = "model-not-ready"
+
+
+class FeatureStoreUnavailable(ServiceError):
+    """Redis refused, failed or answered too slowly."""
+
+    status = 503
+    title = "Feature store unavailable"
+    slug = "feature-store-unavailable"
+
+
+class FeaturesNotLoaded(ServiceError):
+    """Redis answers but no feature set was loaded under the configured prefix."""
+
+    status = 503
+    title = "No feature set loaded"
+    slug = "features-not-loaded"
+
+
+class ScoringFailed(ServiceError):
+    """TensorFlow raised while scoring; the request was valid."""
+
+    status = 500
+    title = "Scoring failed"
+    slug = "scoring-failed"
+
+
+class InvalidRequest(ServiceError):
+    """A request that passed schema validation but breaks a configured bound."""
+
+    status = 422
+    title = "Invalid request"
+    slug = "invalid-request"
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    title = "Request body too large"
+    slug = "payload-too-large"
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    instance: str,
+    *,
+    slug: str | None = None,
+    retry_after: int | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + slug if slug else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return Response(orjson.dumps(body), status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Pydantic's errors as ``{"field": "body.movie_ids[3]", "message": ...}``."""
+    found = []
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":  # loc holds a character offset, not a field
+            reason = (error.get("ctx") or {}).get("error", "malformed")
+            found.append({"field": "body", "message": f"invalid JSON: {reason}"})
+        else:
+            found.append(
+                {"field": _field_path(error.get("loc", ())), "message": error.get("msg", "")}
+            )
+    return found
+
+
+def _field_path(loc: tuple | list) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "request"
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)  # registered for ServiceError only
+    if exc.status >= 500:
+        log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.detail)
+    return problem_response(
+        exc.status,
+        exc.title,
+        exc.detail,
+        request.url.path,
+        slug=exc.slug,
+        retry_after=exc.retry_after,
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = validation_errors(exc)
+    shown = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:3])
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return problem_response(
+        422,
+        "Invalid request",
+        shown + more,
+        request.url.path,
+        slug="invalid-request",
+        errors=errors,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    response = problem_response(
+        exc.status_code, _reason(exc.status_code), str(exc.detail), request.url.path
+    )
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(
+        500,
+        "Internal error",
+        "an unexpected error occurred; it has been logged",
+        request.url.path,
+        slug="internal",
+    )
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

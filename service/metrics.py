@@ -1,0 +1,103 @@
+"""Prometheus metrics, in a registry per app (tests build many apps in one process).
+
+Request latency is observed by a pure ASGI middleware, labelled by the matched route
+template (``/score``, not ``/score?x``), so label cardinality stays fixed. Gauges and counters
+owned by other objects (model version, Redis errors, reloads) are read at scrape time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.feature_store import FeatureStore
+from service.model_registry import ModelRegistry
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.request_seconds = Histogram(
+            "afm_request_duration_seconds",
+            "Time from request received to response sent, by route.",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._state: _StateCollector | None = None
+
+    def watch(self, models: ModelRegistry, store: FeatureStore) -> None:
+        """Report the state of the objects a lifespan opened (replacing any earlier ones)."""
+        self.unwatch()
+        self._state = _StateCollector(models, store)
+        self.registry.register(self._state)
+
+    def unwatch(self) -> None:
+        if self._state is not None:
+            self.registry.unregister(self._state)
+            self._state = None
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _StateCollector(Collector):
+    def __init__(self, models: ModelRegistry, store: FeatureStore) -> None:
+        self._models = models
+        self._store = store
+
+    def collect(self) -> Iterator:
+        current = self._models.current
+        version = GaugeMetricFamily(
+            "afm_model_version", "Model version being served (0: none loaded)."
+        )
+        version.add_metric([], current.version if current else 0)
+        yield version
+        yield CounterMetricFamily(
+            "afm_redis_errors",
+            "Feature reads that failed or timed out.",
+            value=self._store.errors_total,
+        )
+        reloads = CounterMetricFamily(
+            "afm_model_loads", "Model versions loaded or refused.", labels=["outcome"]
+        )
+        for outcome, count in self._models.reloads.items():
+            reloads.add_metric([outcome], count)
+        yield reloads
+
+
+class RequestMetricsMiddleware:
+    """Observe each HTTP request's duration under its route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.histogram = metrics.request_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.histogram.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - start
+            )

@@ -1,0 +1,55 @@
+"""Operations: the model in use, liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from service.deps import FeatureStoreDep, ModelDep, RegistryDep, SettingsDep
+from service.schemas import Health, ModelInfo, Problem, Readiness
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/model", responses={503: {"model": Problem}})
+async def model_info(model: ModelDep, registry: RegistryDep) -> ModelInfo:
+    """The version being served and its metadata.json."""
+    return ModelInfo(
+        version=model.version,
+        path=str(model.path),
+        loaded_at=model.loaded_at,
+        refused_versions=registry.refused_versions,
+        metadata=model.metadata.model_dump(mode="json"),
+    )
+
+
+@router.get("/healthz")
+async def healthz() -> Health:
+    """Alive: the process answers. Says nothing about the model or Redis (see /readyz)."""
+    return Health()
+
+
+@router.get("/readyz", responses={503: {"model": Readiness, "description": "Not ready."}})
+async def readyz(
+    registry: RegistryDep, store: FeatureStoreDep, settings: SettingsDep, response: Response
+) -> Readiness:
+    """Ready to score: a model is loaded, Redis answers and a feature set is loaded."""
+    redis_ok, features_loaded = await store.check()
+    model = registry.current
+    ready = model is not None and redis_ok and features_loaded
+    if not ready:
+        response.status_code = 503
+        response.headers["Retry-After"] = str(settings.retry_after)
+    return Readiness(
+        ready=ready,
+        model_version=model.version if model else None,
+        redis=redis_ok,
+        features_loaded=features_loaded,
+    )
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: request latency per route, Redis errors, model version."""
+    body, content_type = request.app.state.metrics.render()
+    return Response(body, media_type=content_type)

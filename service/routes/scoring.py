@@ -1,0 +1,107 @@
+"""POST /score and GET /explain: one Redis round trip, one TensorFlow call, orjson out.
+
+Handlers return pre-serialised bytes: the response schemas document the shape in /docs, but
+re-validating thousands of scores per request would cost more than scoring them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from service.deps import FeatureStoreDep, ModelDep, ScorerDep, SettingsDep
+from service.errors import InvalidRequest
+from service.ranking import MOVIE_ID, batch_columns, ranked_indices, readable_pairs
+from service.schemas import ExplainResponse, Problem, ScoreRequest, ScoreResponse
+from service.scorer import LoadedModel
+
+router = APIRouter(tags=["scoring"])
+
+ERRORS = {
+    413: {"model": Problem, "description": "Body larger than max_body_bytes."},
+    422: {"model": Problem, "description": "Invalid request; `errors` names each field."},
+    500: {"model": Problem, "description": "The model failed; the request was valid."},
+    503: {
+        "model": Problem,
+        "description": "No model, or Redis down, slow or empty; retry after `Retry-After` s.",
+    },
+}
+
+
+def _json(body: dict) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.post("/score", response_model=ScoreResponse, responses=ERRORS)
+async def score(
+    request: ScoreRequest,
+    model: ModelDep,
+    store: FeatureStoreDep,
+    scorer: ScorerDep,
+    settings: SettingsDep,
+) -> Response:
+    """Click probabilities of `movie_ids` for `user_id`, in request order or the `top_k` best.
+
+    An unknown user or movie is scored with out-of-vocabulary features and flagged
+    `user_known` / `movie_known: false`. With `explain: true` every score also carries
+    its field pairs by attention weight.
+    """
+    count, limit = len(request.movie_ids), settings.max_candidates
+    if count > limit:
+        raise InvalidRequest(f"movie_ids has {count} entries; at most {limit} are allowed")
+    features = await store.user_features(request.user_id)
+    columns = batch_columns(request.user_id, features, request.movie_ids)
+    if request.explain:
+        explained = await scorer.run(model.explain, columns)
+        probability = explained.probability
+    else:
+        probability = await scorer.run(model.score, columns)
+    movie_ids, values = request.movie_ids, probability.tolist()
+    known = _known_movies(model, columns[MOVIE_ID])
+    scores = []
+    for i in ranked_indices(probability, request.top_k):
+        entry = {"movie_id": movie_ids[i], "probability": values[i], "movie_known": known[i]}
+        if request.explain:
+            entry["pairs"] = readable_pairs(explained.attention[i], explained.contribution[i])
+        scores.append(entry)
+    return _json(
+        {
+            "user_id": request.user_id,
+            "model_version": model.version,
+            "user_known": features is not None,
+            "scores": scores,
+        }
+    )
+
+
+@router.get("/explain", response_model=ExplainResponse, responses=ERRORS)
+async def explain(
+    user_id: Annotated[int, Query(ge=0, le=2**63 - 1, examples=[1])],
+    movie_id: Annotated[int, Query(ge=0, le=2**63 - 1, examples=[1193])],
+    model: ModelDep,
+    store: FeatureStoreDep,
+    scorer: ScorerDep,
+) -> Response:
+    """Why the model scores `movie_id` for `user_id` as it does: every field pair's attention
+    weight (they sum to 1) and its term in the logit, heaviest pair first."""
+    features = await store.user_features(user_id)
+    columns = batch_columns(user_id, features, [movie_id])
+    explained = await scorer.run(model.explain, columns)
+    return _json(
+        {
+            "user_id": user_id,
+            "movie_id": movie_id,
+            "model_version": model.version,
+            "probability": float(explained.probability[0]),
+            "user_known": features is not None,
+            "movie_known": model.knows(MOVIE_ID, columns[MOVIE_ID][0]),
+            "pairs": readable_pairs(explained.attention[0], explained.contribution[0]),
+        }
+    )
+
+
+def _known_movies(model: LoadedModel, movie_ids: list[str]) -> list[bool]:
+    return [model.knows(MOVIE_ID, m) for m in movie_ids]

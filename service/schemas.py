@@ -1,0 +1,147 @@
+"""Request and response bodies. Field names here are the public API; see docs/service.md.
+
+Ids are strict integers: ``"12"``, ``1.5`` and ``true`` are refused with 422 rather than
+guessed at. The candidate-count bound comes from Settings, so it is checked in the route.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+Id = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"user_id": 1, "movie_ids": [1193, 661, 914]},
+                {"user_id": 1, "movie_ids": [1193, 661, 914, 3408], "top_k": 2, "explain": True},
+            ]
+        },
+    )
+
+    user_id: Id
+    movie_ids: list[Id] = Field(min_length=1, description="Candidates, scored in this order.")
+    top_k: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        None, description="Return only the k most probable, best first."
+    )
+    explain: StrictBool = Field(False, description="Add each score's per-pair attention.")
+
+
+class PairWeight(BaseModel):
+    fields: tuple[str, str] = Field(description="The two interacting fields.")
+    weight: float = Field(description="Attention a_ij; the weights of one prediction sum to 1.")
+    contribution: float = Field(description="The pair's attention-weighted term in the logit.")
+
+
+class MovieScore(BaseModel):
+    movie_id: int
+    probability: float
+    movie_known: bool | None = Field(
+        description="False: movie_id was not in the training data (OOV); null if the model's "
+        "vocabulary cannot be read."
+    )
+    pairs: list[PairWeight] | None = Field(None, description="With explain: by weight, descending.")
+
+
+class ScoreResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": 1,
+                    "model_version": 3,
+                    "user_known": True,
+                    "scores": [
+                        {"movie_id": 1193, "probability": 0.81, "movie_known": True},
+                        {"movie_id": 661, "probability": 0.34, "movie_known": True},
+                    ],
+                }
+            ]
+        }
+    )
+
+    user_id: int
+    model_version: int
+    user_known: bool = Field(description="False: no features in Redis; scored with OOV values.")
+    scores: list[MovieScore]
+
+
+class ExplainResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": 1,
+                    "movie_id": 1193,
+                    "model_version": 3,
+                    "probability": 0.81,
+                    "user_known": True,
+                    "movie_known": True,
+                    "pairs": [
+                        {"fields": ["gender", "movie_id"], "weight": 0.31, "contribution": 0.92},
+                        {"fields": ["age", "movie_id"], "weight": 0.12, "contribution": 0.25},
+                    ],
+                }
+            ]
+        }
+    )
+
+    user_id: int
+    movie_id: int
+    model_version: int
+    probability: float
+    user_known: bool
+    movie_known: bool | None
+    pairs: list[PairWeight] = Field(description="All field pairs by attention weight, descending.")
+
+
+class ModelInfo(BaseModel):
+    version: int
+    path: str
+    loaded_at: str
+    refused_versions: list[int] = Field(description="Newer versions that failed to load.")
+    metadata: dict[str, Any] = Field(description="The version's metadata.json.")
+
+
+class Health(BaseModel):
+    status: str = "alive"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model_version: int | None
+    redis: bool = Field(description="Redis answered a command within the timeout.")
+    features_loaded: bool = Field(description="A feature set is loaded under the prefix.")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, the body of every error response."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "urn:afm-ctr:problem:invalid-request",
+                    "title": "Invalid request",
+                    "status": 422,
+                    "detail": "body.movie_ids[1]: Input should be a valid integer",
+                    "instance": "/score",
+                    "errors": [
+                        {"field": "body.movie_ids[1]", "message": "Input should be a valid integer"}
+                    ],
+                }
+            ]
+        }
+    )
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    errors: list[dict[str, str]] | None = None
