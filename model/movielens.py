@@ -176,7 +176,7 @@ def parse_columns(
             if len(bad):
                 raise MalformedInput(
                     f"{origin}, line {bad[0] + 1}, field {i + 1}: "
-                    f"{frame[i].iloc[bad[0]]!r} is not an integer"
+                    f"{str(frame[i].iloc[bad[0]])!r} is not an integer"
                 ) from None
         raise MalformedInput(f"{origin}: cannot parse ({exc})") from None
     return {
@@ -272,13 +272,15 @@ def _numeric_ids(ids: np.ndarray, origin: str, what: str) -> np.ndarray:
     is_int = np.char.isdigit(np.char.strip(ids))
     if not is_int.all():
         line = int(np.flatnonzero(~is_int)[0])
-        raise MalformedInput(f"{origin}, line {line + 1}: {what} {ids[line]!r} is not an integer")
+        raise MalformedInput(
+            f"{origin}, line {line + 1}: {what} {str(ids[line])!r} is not an integer"
+        )
     numeric = ids.astype(np.int64)
     order = np.argsort(numeric, kind="stable")
     dup = np.flatnonzero(numeric[order][1:] == numeric[order][:-1])
     if len(dup):
         line = int(order[dup[0] + 1])
-        raise MalformedInput(f"{origin}, line {line + 1}: duplicate {what} {ids[line]!r}")
+        raise MalformedInput(f"{origin}, line {line + 1}: duplicate {what} {str(ids[line])!r}")
     return numeric
 
 
@@ -409,6 +411,7 @@ def fetch(dataset: str, cache_dir: Path) -> Path:
         extracted = _folder_with(staging, layout.files)
         if not all((extracted / n).is_file() for n in layout.files):
             raise DownloadError(f"{url} lacks {', '.join(layout.files)}; {hint}")
+        extracted.chmod(0o755)  # mkdtemp's 0700 if the archive has no top folder
         try:
             extracted.rename(target)
         except OSError:

@@ -85,6 +85,12 @@ def next_item(ratings: Ratings, *, negatives: int, seed: int) -> PreparedData:
     sampler = _NegativeSampler(
         user, movie, n_users=len(ratings.users["user_id"]), n_movies=len(ratings.movie_ids)
     )
+    blocked = np.intersect1d(sampler.users_without_negatives, user[position >= 1])
+    if len(blocked):
+        raise AfmError(
+            f"user {ratings.users['user_id'][blocked[0]]} rated every movie in {ratings.source}, "
+            "so no negative exists for next-item; remove that user or use --protocol rating"
+        )
     splits = {}
     for name, mask in (("train", train), ("valid", valid), ("test", test)):
         splits[name] = sampler.rows(user[mask], movie[mask], negatives, rng)
@@ -142,12 +148,6 @@ class _NegativeSampler:
         self, user: np.ndarray, positive: np.ndarray, negatives: int, rng: np.random.Generator
     ) -> LabeledRows:
         """Groups of (positive, its negatives), flattened: shape (len(user) * (1 + negatives),)."""
-        blocked = np.isin(user, self.users_without_negatives)  # usually an empty check
-        if len(self.users_without_negatives) and blocked.any():
-            raise AfmError(
-                f"user index {user[blocked][0]} rated every movie, so no negative exists; "
-                "drop such users or use --protocol rating"
-            )
         drawn = self._draw(np.repeat(user, negatives), rng).reshape(len(user), negatives)
         movie = np.concatenate([positive[:, None], drawn], axis=1).ravel()
         label = np.zeros((len(user), 1 + negatives), dtype=np.float32)
@@ -292,7 +292,9 @@ def _read_seed_file(path: Path) -> pd.DataFrame:
     label = columns[SEED_ROW_FIELDS - 1]
     bad = np.flatnonzero((label != "0") & (label != "1"))
     if len(bad):
-        raise MalformedInput(f"{path}, line {bad[0] + 1}: label {label[bad[0]]!r} is not 0 or 1")
+        raise MalformedInput(
+            f"{path}, line {bad[0] + 1}: label {str(label[bad[0]])!r} is not 0 or 1"
+        )
     names = (*USER_COLUMNS, MOVIE_COLUMN)
     frame = pd.DataFrame({name: columns[i] for i, name in enumerate(names)})
     frame["label"] = label == "1"

@@ -91,6 +91,7 @@ def write_synthetic(out: Path, *, users: int, movies: int, ratings: int, seed: i
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the data from other users (e.g. a container's)
     try:
         _write(tmp / "users.dat", user_table)
         _write(tmp / "movies.dat", _movie_table(rng, movies, genres))
