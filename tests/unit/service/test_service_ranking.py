@@ -1,0 +1,75 @@
+"""Pure helpers: batch columns, ranking, readable pairs; settings from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from model import contract
+from service.ranking import UNKNOWN_VALUE, batch_columns, ranked_indices, readable_pairs
+from service.settings import Settings
+
+
+def test_batch_columns_repeat_the_user_and_vary_the_movie() -> None:
+    features = {"gender": "M", "age": "35", "occupation": "7", "zip": "02139"}
+    columns = batch_columns(12, features, [3, 1, 3])
+    assert set(columns) == set(contract.FIELDS)
+    assert columns["user_id"] == ["12", "12", "12"]
+    assert columns["movie_id"] == ["3", "1", "3"]
+    assert columns["zip"] == ["02139"] * 3
+
+
+def test_unknown_user_gets_values_outside_every_vocabulary() -> None:
+    columns = batch_columns(12, None, [3])
+    assert columns["user_id"] == ["12"]
+    assert all(columns[f] == [UNKNOWN_VALUE] for f in ("gender", "age", "occupation", "zip"))
+
+
+def test_ranked_indices_keep_request_order_without_top_k() -> None:
+    assert ranked_indices(np.array([0.1, 0.9, 0.5]), None) == [0, 1, 2]
+
+
+def test_ranked_indices_take_the_top_k_with_stable_ties() -> None:
+    assert ranked_indices(np.array([0.5, 0.9, 0.5, 0.1]), 3) == [1, 0, 2]
+
+
+def test_readable_pairs_are_sorted_by_weight_and_named() -> None:
+    attention = np.zeros(len(contract.PAIRS), dtype=np.float32)
+    attention[4], attention[0] = 0.7, 0.3
+    contribution = np.arange(len(contract.PAIRS), dtype=np.float32)
+    pairs = readable_pairs(attention, contribution)
+    assert pairs[0] == {
+        "fields": ["user_id", "movie_id"],
+        "weight": pytest.approx(0.7),
+        "contribution": 4.0,
+    }
+    assert pairs[1]["fields"] == ["user_id", "gender"]
+    assert len(pairs) == len(contract.PAIRS)
+
+
+def test_settings_read_afm_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AFM_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("AFM_MAX_CANDIDATES", "50")
+    monkeypatch.setenv("AFM_REDIS_TIMEOUT", "0.1")
+    settings = Settings()
+    assert settings.model_dir == tmp_path
+    assert settings.max_candidates == 50 and settings.redis_timeout == 0.1
+    assert settings.redis_prefix == "afm:"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("max_candidates", 0), ("redis_timeout", 0), ("scoring_threads", 0), ("max_body_bytes", 10)],
+)
+def test_settings_refuse_unsafe_values(tmp_path: Path, name: str, value: float) -> None:
+    with pytest.raises(ValidationError, match=name):
+        Settings(model_dir=tmp_path, **{name: value})
+
+
+def test_settings_need_a_model_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AFM_MODEL_DIR", raising=False)
+    with pytest.raises(ValidationError, match="model_dir"):
+        Settings()

@@ -1,0 +1,363 @@
+"""Routes, problem shapes and status codes, with fakes for the model, Redis and the scorer.
+
+Real Redis and a real SavedModel are exercised in tests/integration/serving/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from model import contract
+from service import deps
+from service.app import create_app
+from service.errors import FeaturesNotLoaded, FeatureStoreUnavailable
+from service.scorer import Explanation, Scorer
+from service.settings import Settings
+
+USER = {"gender": "F", "age": "25", "occupation": "4", "zip": "48067"}
+N_PAIRS = len(contract.PAIRS)
+
+
+class FakeModel:
+    """Probability = movie_id / 10_000; attention = a fixed ramp over the pairs."""
+
+    version = 7
+    path = Path("/models/7")
+    loaded_at = "2026-01-01T00:00:00+00:00"
+    metadata = contract.ModelMetadata(
+        version=7,
+        fields=list(contract.FIELDS),
+        pairs=[list(p) for p in contract.PAIRS],
+        hyperparameters={"model": {"embedding_dim": 8}},
+        protocol="next-item",
+        data={},
+        metrics={"test_auc": 0.8},
+        tensorflow_version="2.21.0",
+        created_at="2026-01-01T00:00:00+00:00",
+    )
+    known_movies = frozenset({"1193", "661"})
+    fail = False
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, list[str]]] = []
+
+    def knows(self, field: str, value: str) -> bool | None:
+        return value in self.known_movies if field == "movie_id" else None
+
+    def score(self, columns: dict[str, list[str]]) -> np.ndarray:
+        if self.fail:
+            raise RuntimeError("tensor exploded")
+        self.seen.append(columns)
+        return np.array([int(m) / 10_000 for m in columns["movie_id"]], dtype=np.float32)
+
+    def explain(self, columns: dict[str, list[str]]) -> Explanation:
+        probability = self.score(columns)
+        ramp = np.arange(1, N_PAIRS + 1, dtype=np.float32)
+        attention = np.tile(ramp / ramp.sum(), (len(probability), 1))
+        return Explanation(probability, attention, attention * 2)
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.users = {"1": USER}
+        self.error: Exception | None = None
+        self.calls = 0
+
+    async def user_features(self, user_id: int) -> dict[str, str] | None:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return self.users.get(str(user_id))
+
+    async def check(self) -> tuple[bool, bool]:
+        return (self.error is None, self.error is None)
+
+
+class FakeRegistry:
+    def __init__(self, model: FakeModel | None) -> None:
+        self.current = model
+        self.refused_versions = [8]
+
+
+class DirectScorer:
+    async def run(self, fn, columns):  # noqa: ANN001, ANN201
+        return fn(columns)
+
+
+@pytest.fixture
+def model() -> FakeModel:
+    return FakeModel()
+
+
+@pytest.fixture
+def store() -> FakeStore:
+    return FakeStore()
+
+
+def _client(tmp_path: Path, model: FakeModel | None, store: FakeStore, scorer=None, **settings):  # noqa: ANN001, ANN202
+    app = create_app(Settings(model_dir=tmp_path, reload_interval=0, **settings))
+    registry = FakeRegistry(model)
+
+    async def registry_dep() -> FakeRegistry:
+        return registry
+
+    async def model_dep() -> FakeModel | None:
+        return model
+
+    async def store_dep() -> FakeStore:
+        return store
+
+    async def scorer_dep():  # noqa: ANN202
+        return scorer or DirectScorer()
+
+    if model is not None:  # else the real get_model sees the lifespan's empty registry
+        app.dependency_overrides[deps.get_model] = model_dep
+    app.dependency_overrides[deps.get_registry] = registry_dep
+    app.dependency_overrides[deps.get_feature_store] = store_dep
+    app.dependency_overrides[deps.get_scorer] = scorer_dep
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.fixture
+def client(tmp_path: Path, model: FakeModel, store: FakeStore) -> Iterator[TestClient]:
+    with _client(tmp_path, model, store) as c:
+        yield c
+
+
+def _assert_problem(response, status: int, detail_part: str) -> dict:  # noqa: ANN001
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status
+    assert {"type", "title", "detail", "instance"} <= body.keys()
+    assert detail_part in body["detail"], body["detail"]
+    assert "Traceback" not in response.text
+    return body
+
+
+def test_scores_come_back_in_request_order(client: TestClient, model: FakeModel) -> None:
+    response = client.post("/score", json={"user_id": 1, "movie_ids": [661, 1193, 42]})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["user_id"] == 1 and body["model_version"] == 7 and body["user_known"] is True
+    assert [s["movie_id"] for s in body["scores"]] == [661, 1193, 42]
+    assert [s["probability"] for s in body["scores"]] == pytest.approx([0.0661, 0.1193, 0.0042])
+    assert [s["movie_known"] for s in body["scores"]] == [True, True, False]
+    assert "pairs" not in body["scores"][0]
+    # The model got raw strings: the user's Redis features repeated, one row per movie.
+    assert model.seen[0]["zip"] == ["48067"] * 3
+    assert model.seen[0]["movie_id"] == ["661", "1193", "42"]
+
+
+def test_top_k_returns_the_best_sorted(client: TestClient) -> None:
+    body = client.post(
+        "/score", json={"user_id": 1, "movie_ids": [5, 900, 30, 700], "top_k": 2}
+    ).json()
+    assert [s["movie_id"] for s in body["scores"]] == [900, 700]
+
+
+def test_top_k_larger_than_candidates_returns_all_sorted(client: TestClient) -> None:
+    body = client.post("/score", json={"user_id": 1, "movie_ids": [5, 900], "top_k": 10}).json()
+    assert [s["movie_id"] for s in body["scores"]] == [900, 5]
+
+
+def test_unknown_user_scored_with_oov_values(client: TestClient, model: FakeModel) -> None:
+    body = client.post("/score", json={"user_id": 999, "movie_ids": [1193]}).json()
+    assert body["user_known"] is False
+    assert model.seen[0]["user_id"] == ["999"]
+    assert model.seen[0]["gender"] == [""] and model.seen[0]["zip"] == [""]
+
+
+def test_score_with_explain_carries_sorted_pairs(client: TestClient) -> None:
+    body = client.post("/score", json={"user_id": 1, "movie_ids": [1193], "explain": True}).json()
+    pairs = body["scores"][0]["pairs"]
+    assert len(pairs) == N_PAIRS
+    weights = [p["weight"] for p in pairs]
+    assert weights == sorted(weights, reverse=True)
+    assert sum(weights) == pytest.approx(1.0)
+    assert pairs[0]["fields"] == list(contract.PAIRS[-1])  # the ramp's heaviest column
+    assert pairs[0]["contribution"] == pytest.approx(2 * weights[0])
+
+
+def test_explain_is_readable(client: TestClient) -> None:
+    response = client.get("/explain", params={"user_id": 1, "movie_id": 661})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["probability"] == pytest.approx(0.0661)
+    assert body["user_known"] is True and body["movie_known"] is True
+    assert [tuple(p["fields"]) for p in body["pairs"]] == list(reversed(contract.PAIRS))
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"movie_ids": [1]}, "body.user_id", "Field required"),
+        ({"user_id": 1}, "body.movie_ids", "Field required"),
+        ({"user_id": 1, "movie_ids": []}, "body.movie_ids", "at least 1 item"),
+        ({"user_id": "1", "movie_ids": [1]}, "body.user_id", "valid integer"),
+        ({"user_id": 1, "movie_ids": [1, 2.5]}, "body.movie_ids[1]", "valid integer"),
+        ({"user_id": 1, "movie_ids": [1, "x"]}, "body.movie_ids[1]", "valid integer"),
+        ({"user_id": 1, "movie_ids": [True]}, "body.movie_ids[0]", "valid integer"),
+        ({"user_id": -1, "movie_ids": [1]}, "body.user_id", "greater than or equal to 0"),
+        ({"user_id": 1, "movie_ids": [1], "top_k": 0}, "body.top_k", "greater than or equal to 1"),
+        ({"user_id": 1, "movie_ids": [1], "explain": "yes"}, "body.explain", "valid boolean"),
+        ({"user_id": 1, "movie_ids": [1], "topk": 3}, "body.topk", "Extra inputs"),
+        ({"user_id": 1, "movie_ids": 1193}, "body.movie_ids", "valid list"),
+    ],
+)
+def test_bad_score_body_is_422_naming_the_field(
+    client: TestClient, body: dict, field: str, message: str
+) -> None:
+    problem = _assert_problem(client.post("/score", json=body), 422, message)
+    assert field in [e["field"] for e in problem["errors"]]
+
+
+def test_malformed_json_is_422(client: TestClient) -> None:
+    response = client.post(
+        "/score", content=b'{"user_id": 1,', headers={"content-type": "application/json"}
+    )
+    problem = _assert_problem(response, 422, "invalid JSON")
+    assert problem["errors"][0]["field"] == "body"
+
+
+def test_too_many_candidates_is_422(tmp_path: Path, model: FakeModel, store: FakeStore) -> None:
+    with _client(tmp_path, model, store, max_candidates=3) as c:
+        _assert_problem(
+            c.post("/score", json={"user_id": 1, "movie_ids": [1, 2, 3, 4]}), 422, "at most 3"
+        )
+        assert c.post("/score", json={"user_id": 1, "movie_ids": [1, 2, 3]}).status_code == 200
+
+
+def test_oversized_body_is_413(tmp_path: Path, model: FakeModel, store: FakeStore) -> None:
+    with _client(tmp_path, model, store, max_body_bytes=2048) as c:
+        body = {"user_id": 1, "movie_ids": list(range(1000))}
+        _assert_problem(c.post("/score", json=body), 413, "exceeds the limit of 2048")
+        assert store.calls == 0
+
+
+def test_oversized_chunked_body_is_413(tmp_path: Path, model: FakeModel, store: FakeStore) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"user_id": 1, "movie_ids": ['
+        for _ in range(300):
+            yield b"1193, 661, 914, "
+        yield b"1]}"
+
+    with _client(tmp_path, model, store, max_body_bytes=2048) as c:
+        response = c.post("/score", content=chunks(), headers={"content-type": "application/json"})
+        _assert_problem(response, 413, "exceeds the limit")
+
+
+def test_small_chunked_body_is_scored(tmp_path: Path, model: FakeModel, store: FakeStore) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"user_id": 1, '
+        yield b'"movie_ids": [661]}'
+
+    with _client(tmp_path, model, store) as c:
+        response = c.post("/score", content=chunks(), headers={"content-type": "application/json"})
+        assert response.status_code == 200
+        assert response.json()["scores"][0]["movie_id"] == 661
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"user_id": 1}, {"user_id": "x", "movie_id": 1}, {"user_id": 1, "movie_id": 1.5}],
+)
+def test_bad_explain_query_is_422(client: TestClient, params: dict) -> None:
+    _assert_problem(client.get("/explain", params=params), 422, "query.")
+
+
+def test_redis_unavailable_is_503_with_retry_after(client: TestClient, store: FakeStore) -> None:
+    store.error = FeatureStoreUnavailable("Redis did not answer within 0.25s", retry_after=2)
+    response = client.post("/score", json={"user_id": 1, "movie_ids": [1]})
+    problem = _assert_problem(response, 503, "did not answer")
+    assert response.headers["retry-after"] == "2"
+    assert problem["type"].endswith("feature-store-unavailable")
+
+
+def test_no_feature_set_is_503(client: TestClient, store: FakeStore) -> None:
+    store.error = FeaturesNotLoaded("no feature set under prefix 'afm:'", retry_after=1)
+    response = client.get("/explain", params={"user_id": 1, "movie_id": 1})
+    _assert_problem(response, 503, "no feature set")
+    assert response.headers["retry-after"] == "1"
+
+
+def test_no_model_is_503_and_not_ready(tmp_path: Path, store: FakeStore) -> None:
+    with _client(tmp_path, None, store) as c:
+        response = c.post("/score", json={"user_id": 1, "movie_ids": [1]})
+        _assert_problem(response, 503, "no model version loaded")
+        assert response.headers["retry-after"] == "1"
+        _assert_problem(c.get("/model"), 503, "no model")
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        assert ready.json()["model_version"] is None
+        assert c.get("/healthz").json() == {"status": "alive"}
+
+
+def test_ready_when_model_and_redis_are(client: TestClient, store: FakeStore) -> None:
+    assert client.get("/readyz").json() == {
+        "ready": True,
+        "model_version": 7,
+        "redis": True,
+        "features_loaded": True,
+    }
+    store.error = FeatureStoreUnavailable("down")
+    assert client.get("/readyz").status_code == 503
+
+
+def test_model_info_reports_metadata(client: TestClient) -> None:
+    body = client.get("/model").json()
+    assert body["version"] == 7 and body["refused_versions"] == [8]
+    assert body["metadata"]["metrics"] == {"test_auc": 0.8}
+    assert body["metadata"]["pairs"][0] == list(contract.PAIRS[0])
+
+
+def test_tensorflow_failure_is_500_without_traceback(
+    tmp_path: Path, model: FakeModel, store: FakeStore
+) -> None:
+    model.fail = True
+    scorer = Scorer(threads=1)
+    with _client(tmp_path, model, store, scorer=scorer) as c:
+        response = c.post("/score", json={"user_id": 1, "movie_ids": [1]})
+    scorer.shutdown()
+    problem = _assert_problem(response, 500, "failed to score")
+    assert "tensor exploded" not in response.text
+    assert problem["type"].endswith("scoring-failed")
+
+
+def test_unexpected_error_is_500_without_traceback(client: TestClient, model: FakeModel) -> None:
+    model.fail = True  # DirectScorer: the RuntimeError reaches the last-resort handler
+    response = client.post("/score", json={"user_id": 1, "movie_ids": [1]})
+    _assert_problem(response, 500, "unexpected error")
+    assert "tensor exploded" not in response.text
+
+
+def test_unknown_route_and_method_are_problems(client: TestClient) -> None:
+    _assert_problem(client.get("/nope"), 404, "Not Found")
+    _assert_problem(client.get("/score"), 405, "Method Not Allowed")
+
+
+def test_metrics_count_requests_per_route(client: TestClient) -> None:
+    client.post("/score", json={"user_id": 1, "movie_ids": [1]})
+    client.post("/score", json={"user_id": 1, "movie_ids": []})
+    text = client.get("/metrics").text
+    assert (
+        'afm_request_duration_seconds_count{method="POST",route="/score",status="200"} 1.0' in text
+    )
+    assert (
+        'afm_request_duration_seconds_count{method="POST",route="/score",status="422"} 1.0' in text
+    )
+    assert "afm_redis_errors_total 0.0" in text
+    assert "afm_model_version 0.0" in text  # the lifespan's real registry: empty model dir
+
+
+def test_openapi_documents_examples_and_errors(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    score = spec["paths"]["/score"]["post"]
+    assert {"413", "422", "503"} <= score["responses"].keys()
+    assert spec["components"]["schemas"]["ScoreRequest"]["examples"]
+    assert client.get("/docs").status_code == 200
