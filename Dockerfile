@@ -1,0 +1,55 @@
+# One image for both roles of the product: the one-shot trainer and the scoring API.
+#   docker build -t afm-ctr .
+#   docker run afm-ctr train        # synth/train + export into /models + load features into Redis
+#   docker run afm-ctr serve        # the API on 0.0.0.0:8000 (the default command)
+# Classic builder compatible: no BuildKit-only syntax (RUN --mount, heredocs).
+
+# --- builder: a venv with the pinned dependencies and the project, no editable install -------
+FROM python:3.11-slim AS builder
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# binutils for `strip` (docker/slim-venv.sh); it stays in this stage.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends binutils \
+ && rm -rf /var/lib/apt/lists/* \
+ && python -m venv /opt/venv
+WORKDIR /src
+
+# Dependencies first, from pyproject.toml's pinned list, so code changes reuse this layer.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > requirements.txt \
+ && /opt/venv/bin/pip install -r requirements.txt
+
+COPY README.md ./
+COPY model ./model
+COPY service ./service
+RUN /opt/venv/bin/pip install --no-deps .
+COPY docker/slim-venv.sh ./
+RUN sh slim-venv.sh /opt/venv
+
+# --- final: the venv on a clean python:3.11-slim, run as an unprivileged user ----------------
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --user-group --home-dir /home/afm --create-home afm \
+ && mkdir -p /models /cache \
+ && chown afm:afm /models /cache
+COPY --from=builder /opt/venv /opt/venv
+COPY docker/entrypoint.sh docker/healthcheck.py /opt/afm/
+
+# AFM_* are the CLI's and the service's own settings; compose.yaml overrides them per service.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    AFM_MODEL_DIR=/models \
+    AFM_CACHE_DIR=/cache \
+    AFM_HOST=0.0.0.0 \
+    AFM_PORT=8000
+USER afm
+WORKDIR /home/afm
+EXPOSE 8000
+# Healthy = /readyz answers 200 (model loaded, Redis reachable). Containers running another role
+# (the trainer) report healthy without a probe: see docker/healthcheck.py.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "/opt/afm/healthcheck.py"]
+ENTRYPOINT ["/opt/afm/entrypoint.sh"]
+CMD ["serve"]
