@@ -130,7 +130,7 @@ class _NegativeSampler:
         self.n_movies = n_movies
         seen = np.zeros(n_movies, dtype=bool)
         seen[movie] = True
-        self.pool = np.flatnonzero(seen)
+        self.pool = np.flatnonzero(seen).astype(np.int32)
         key = user.astype(np.int64) * n_movies + movie
         if n_users * n_movies <= _DENSE_CELLS:
             self.rated_cells = np.zeros(n_users * n_movies, dtype=bool)
@@ -149,21 +149,21 @@ class _NegativeSampler:
     ) -> LabeledRows:
         """Groups of (positive, its negatives), flattened: shape (len(user) * (1 + negatives),)."""
         drawn = self._draw(np.repeat(user, negatives), rng).reshape(len(user), negatives)
-        movie = np.concatenate([positive[:, None], drawn], axis=1).ravel()
+        movie = np.concatenate([positive[:, None].astype(np.int32), drawn], axis=1).ravel()
         label = np.zeros((len(user), 1 + negatives), dtype=np.float32)
         label[:, 0] = 1.0
         return LabeledRows(
-            user_idx=np.repeat(user, 1 + negatives).astype(np.int32),
-            movie_idx=movie.astype(np.int32),
+            user_idx=np.repeat(user, 1 + negatives).astype(np.int32, copy=False),
+            movie_idx=movie.astype(np.int32, copy=False),
             label=label.ravel(),
         )
 
     def _draw(self, user: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        movie = self.pool[rng.integers(0, len(self.pool), size=len(user))]
+        movie = self.pool[rng.integers(0, len(self.pool), size=len(user), dtype=np.int32)]
         todo = np.flatnonzero(self._is_rated(user, movie))
         rounds = 0
         while len(todo) and rounds < _MAX_REJECTION_ROUNDS:
-            movie[todo] = self.pool[rng.integers(0, len(self.pool), size=len(todo))]
+            movie[todo] = self.pool[rng.integers(0, len(self.pool), size=len(todo), dtype=np.int32)]
             todo = todo[self._is_rated(user[todo], movie[todo])]
             rounds += 1
         for u in np.unique(user[todo]):  # rare: users who rated nearly the whole pool

@@ -219,20 +219,30 @@ def _pick_movies(
     users, movies = len(counts), len(cluster)
     group = effects.group_affinity(user_table)
     step = max(1, _CHUNK_CELLS // movies)
+    by_count = np.argsort(counts, kind="stable")  # chunks of similar counts partition well
     user_parts, movie_parts = [], []
     for start in range(0, users, step):
-        rows = slice(start, min(start + step, users))
+        rows = by_count[start : start + step]
         score = (
             effects.popularity[None, :]
             + group[rows][:, cluster]
             + effects.user_taste[rows] @ effects.movie_taste.T
         ).astype(np.float32)
         score -= np.log(-np.log(rng.random(score.shape, dtype=np.float32) + 1e-12) + 1e-12)
-        order = np.argsort(-score, axis=1, kind="stable")
-        keep = np.arange(movies)[None, :] < counts[rows, None]
+        # Only each row's top counts[u] matter: partition off the top k_max, sort just those.
+        k_max = int(counts[rows].max())
+        top = np.argpartition(-score, k_max - 1, axis=1)[:, :k_max] if k_max < movies else None
+        if top is not None:
+            score = np.take_along_axis(score, top, axis=1)
+        order = np.argsort(-score, axis=1)
+        if top is not None:
+            order = np.take_along_axis(top, order, axis=1)
+        keep = np.arange(order.shape[1])[None, :] < counts[rows, None]
         movie_parts.append(order[keep])
-        user_parts.append(np.repeat(np.arange(rows.start, rows.stop), counts[rows]))
-    return np.concatenate(user_parts), np.concatenate(movie_parts)
+        user_parts.append(np.repeat(rows, counts[rows]))
+    user, movie = np.concatenate(user_parts), np.concatenate(movie_parts)
+    grouped = np.argsort(user, kind="stable")
+    return user[grouped], movie[grouped]
 
 
 def _stars(
