@@ -38,8 +38,7 @@ def load_features(users: Mapping[str, np.ndarray], redis_url: str, prefix: str) 
     except ValueError as exc:
         raise AfmError(f"invalid Redis URL {redis_url!r}: {exc}") from None
 
-    generation = f"{time.time_ns() // 1_000_000}-{secrets.token_hex(3)}"
-    namespace = feature_layout.namespace(prefix, generation)
+    namespace = feature_layout.namespace(prefix, _new_generation())
     try:
         try:
             _write_namespace(client, namespace, columns)
@@ -56,6 +55,11 @@ def load_features(users: Mapping[str, np.ndarray], redis_url: str, prefix: str) 
     finally:
         client.close()
     return len(user_ids)
+
+
+def _new_generation() -> str:
+    """Milliseconds since the epoch (sorts by load time) plus a random tag (two loads per ms)."""
+    return f"{time.time_ns() // 1_000_000}-{secrets.token_hex(3)}"
 
 
 def _columns(users: Mapping[str, np.ndarray]) -> dict[str, list[str]]:

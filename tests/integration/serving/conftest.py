@@ -1,0 +1,62 @@
+"""Fixtures for the service against a real Redis and the real exported model.
+
+One feature set and one app per module keep these tests to seconds; tests that mutate the
+model directory or Redis (hot reload, outage) build their own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from model.config import DataConfig
+from model.load_features import load_features
+from model.movielens import load_users
+from service.app import create_app
+from service.settings import Settings
+from tests.integration.serving.helpers import remove_prefix, wait_ready
+
+
+@pytest.fixture(scope="session")
+def synthetic_users(synthetic_dir: Path) -> dict:
+    return load_users(DataConfig(dataset="synthetic", data_dir=synthetic_dir))
+
+
+@pytest.fixture(scope="module")
+def loaded_prefix(redis_url: str, synthetic_users: dict) -> Iterator[str]:
+    """A unique prefix holding the synthetic users; removed afterwards."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    load_features(synthetic_users, redis_url, prefix)
+    yield prefix
+    remove_prefix(redis_url, prefix)
+
+
+@pytest.fixture
+def copy_model(tmp_path: Path, trained_model_dir: Path) -> Callable[..., Path]:
+    """Copy the session's version 1 into a private model dir under new version numbers."""
+    root = tmp_path / "models"
+    root.mkdir()
+
+    def copy(*versions: int) -> Path:
+        for version in versions:
+            staging = root / f".tmp-{version}"
+            shutil.copytree(trained_model_dir / "1", staging)
+            staging.rename(root / str(version))  # the export contract: appear by rename
+        return root
+
+    return copy
+
+
+@pytest.fixture(scope="module")
+def api(trained_model_dir: Path, redis_url: str, loaded_prefix: str) -> Iterator[TestClient]:
+    settings = Settings(
+        model_dir=trained_model_dir, redis_url=redis_url, redis_prefix=loaded_prefix
+    )
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        yield client

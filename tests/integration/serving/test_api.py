@@ -1,0 +1,193 @@
+"""The HTTP API against a real Redis and the real exported model: every answer is checked
+against the SavedModel's own signatures on the same raw features."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from fastapi.testclient import TestClient
+
+from model import contract
+from service.app import create_app
+from service.settings import Settings
+from tests.integration.serving.helpers import wait_ready, wait_until
+
+pytestmark = pytest.mark.integration
+
+UNKNOWN_MOVIE = 987_654
+UNKNOWN_USER = 876_543
+
+
+@pytest.fixture(scope="module")
+def signatures(trained_model_dir: Path):  # noqa: ANN201
+    loaded = tf.saved_model.load(str(trained_model_dir / "1"))
+    return loaded, loaded.signatures
+
+
+def _user_row(users: dict, user_id: int) -> dict[str, str]:
+    index = list(users["user_id"]).index(str(user_id))
+    return {name: str(users[name][index]) for name in ("gender", "age", "occupation", "zip")}
+
+
+def _reference(signatures, name: str, user: dict[str, str] | None, user_id: int, movies: list[int]):  # noqa: ANN001, ANN202
+    """The signature's outputs for raw features built by hand (unknown user: empty strings)."""
+    n = len(movies)
+    inputs = {"user_id": [str(user_id)] * n, "movie_id": [str(m) for m in movies]}
+    for field in ("gender", "age", "occupation", "zip"):
+        inputs[field] = [user[field] if user else ""] * n
+    outputs = signatures[1][name](**{f: tf.constant(v, tf.string) for f, v in inputs.items()})
+    return {k: v.numpy() for k, v in outputs.items()}
+
+
+def test_ready_and_serving_version_one(api: TestClient, trained_model_dir: Path) -> None:
+    ready = api.get("/readyz").json()
+    assert ready == {"ready": True, "model_version": 1, "redis": True, "features_loaded": True}
+    info = api.get("/model").json()
+    on_disk = json.loads((trained_model_dir / "1" / contract.METADATA_FILE).read_text())
+    assert info["version"] == 1 and info["metadata"] == on_disk
+
+
+def test_score_equals_saved_model(api: TestClient, signatures, synthetic_users: dict) -> None:  # noqa: ANN001
+    movies = [1, 17, 200, 5, UNKNOWN_MOVIE, 42]
+    body = api.post("/score", json={"user_id": 3, "movie_ids": movies}).json()
+    expected = _reference(
+        signatures, contract.SIGNATURE_SCORE, _user_row(synthetic_users, 3), 3, movies
+    )
+    assert body["user_known"] is True and body["model_version"] == 1
+    assert [s["movie_id"] for s in body["scores"]] == movies
+    got = np.array([s["probability"] for s in body["scores"]])
+    np.testing.assert_allclose(got, expected[contract.OUTPUT_PROBABILITY], rtol=1e-6, atol=1e-7)
+    assert len(set(got.round(6))) > 1  # the model discriminates: not a constant
+
+
+def test_unknown_user_and_movie_are_flagged_and_scored(api: TestClient, signatures) -> None:  # noqa: ANN001
+    movies = [UNKNOWN_MOVIE, 7]
+    body = api.post("/score", json={"user_id": UNKNOWN_USER, "movie_ids": movies}).json()
+    assert body["user_known"] is False
+    assert [s["movie_known"] for s in body["scores"]] == [False, True]
+    expected = _reference(signatures, contract.SIGNATURE_SCORE, None, UNKNOWN_USER, movies)
+    got = [s["probability"] for s in body["scores"]]
+    np.testing.assert_allclose(got, expected[contract.OUTPUT_PROBABILITY], rtol=1e-6, atol=1e-7)
+
+
+def test_every_synthetic_movie_is_known(api: TestClient, trained_model_dir: Path) -> None:
+    sizes = json.loads((trained_model_dir / "1" / contract.METADATA_FILE).read_text())["data"][
+        "vocabulary_sizes"
+    ]
+    movies = list(range(1, sizes["movie_id"] + 1))  # the synthetic ids 1..n all appear in training
+    body = api.post("/score", json={"user_id": 1, "movie_ids": movies}).json()
+    assert all(s["movie_known"] for s in body["scores"])
+
+
+def test_top_k_is_the_best_of_the_full_list(api: TestClient) -> None:
+    movies = list(range(1, 101))
+    full = api.post("/score", json={"user_id": 9, "movie_ids": movies}).json()["scores"]
+    top = api.post("/score", json={"user_id": 9, "movie_ids": movies, "top_k": 5}).json()["scores"]
+    best = sorted(full, key=lambda s: -s["probability"])[:5]
+    assert [s["movie_id"] for s in top] == [s["movie_id"] for s in best]
+
+
+def test_explain_matches_the_explain_signature(
+    api: TestClient, signatures, synthetic_users: dict
+) -> None:  # noqa: ANN001
+    body = api.get("/explain", params={"user_id": 3, "movie_id": 17}).json()
+    expected = _reference(
+        signatures, contract.SIGNATURE_EXPLAIN, _user_row(synthetic_users, 3), 3, [17]
+    )
+    weights = [p["weight"] for p in body["pairs"]]
+    assert sum(weights) == pytest.approx(1.0, abs=1e-5)
+    assert weights == sorted(weights, reverse=True)
+    assert body["probability"] == pytest.approx(
+        float(expected[contract.OUTPUT_PROBABILITY][0]), rel=1e-6
+    )
+    by_pair = {tuple(p["fields"]): p for p in body["pairs"]}
+    assert set(by_pair) == set(contract.PAIRS)
+    for column, pair in enumerate(contract.PAIRS):
+        assert by_pair[pair]["weight"] == pytest.approx(
+            float(expected[contract.OUTPUT_ATTENTION][0, column]), rel=1e-5, abs=1e-7
+        )
+        assert by_pair[pair]["contribution"] == pytest.approx(
+            float(expected[contract.OUTPUT_CONTRIBUTION][0, column]), rel=1e-5, abs=1e-7
+        )
+
+
+def test_score_with_explain_matches_explain(api: TestClient) -> None:
+    scored = api.post("/score", json={"user_id": 3, "movie_ids": [17, 5], "explain": True}).json()
+    single = api.get("/explain", params={"user_id": 3, "movie_id": 17}).json()
+    first = scored["scores"][0]
+    assert first["probability"] == pytest.approx(single["probability"], rel=1e-6)
+    assert [p["fields"] for p in first["pairs"]] == [p["fields"] for p in single["pairs"]]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "detail"),
+    [
+        ({"user_id": 1, "movie_ids": []}, 422, "body.movie_ids"),
+        (
+            {"user_id": 1, "movie_ids": ["abc"]},
+            422,
+            "body.movie_ids[0]: Input should be a valid integer",
+        ),
+        ({"user_id": 1, "movie_ids": list(range(1001))}, 422, "at most 1000"),
+        ({"user_id": 1, "movie_ids": list(range(20_000))}, 413, "exceeds the limit"),
+    ],
+)
+def test_bad_requests_are_problems(api: TestClient, body: dict, status: int, detail: str) -> None:
+    response = api.post("/score", json=body)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    assert detail in response.json()["detail"]
+
+
+def test_metrics_report_version_and_latency(api: TestClient) -> None:
+    api.post("/score", json={"user_id": 1, "movie_ids": [1]})
+    text = api.get("/metrics").text
+    assert "afm_model_version 1.0" in text
+    assert (
+        'afm_request_duration_seconds_bucket{le="0.5",method="POST",route="/score",status="200"}'
+        in text
+    )
+
+
+def test_missing_feature_set_is_503_until_loaded(
+    trained_model_dir: Path, redis_url: str, feature_prefix: str, synthetic_users: dict
+) -> None:
+    from model.load_features import load_features
+
+    settings = Settings(
+        model_dir=trained_model_dir, redis_url=redis_url, redis_prefix=feature_prefix
+    )
+    with TestClient(create_app(settings)) as client:
+        wait_until(lambda: client.get("/readyz").json()["model_version"] == 1, what="model")
+        response = client.post("/score", json={"user_id": 1, "movie_ids": [1]})
+        assert response.status_code == 503 and "load-features" in response.json()["detail"]
+        assert response.headers["retry-after"] == "1"
+        assert client.get("/readyz").json()["features_loaded"] is False
+        load_features(synthetic_users, redis_url, feature_prefix)
+        assert client.post("/score", json={"user_id": 1, "movie_ids": [1]}).status_code == 200
+
+
+def test_starts_without_a_model_and_loads_one_when_it_appears(
+    copy_model,
+    redis_url: str,
+    loaded_prefix: str,  # noqa: ANN001
+) -> None:
+    model_dir = copy_model()  # empty
+    settings = Settings(
+        model_dir=model_dir, redis_url=redis_url, redis_prefix=loaded_prefix, reload_interval=0.1
+    )
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 503
+        response = client.post("/score", json={"user_id": 1, "movie_ids": [1]})
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        copy_model(4)
+        wait_ready(client)
+        assert (
+            client.post("/score", json={"user_id": 1, "movie_ids": [1]}).json()["model_version"]
+            == 4
+        )
