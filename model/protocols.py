@@ -24,9 +24,9 @@ import pandas as pd
 import typer
 
 from model.config import DataConfig
-from model.dataset import MOVIE_COLUMN, USER_COLUMNS, LabeledRows, PreparedData, Ratings
+from model.dataset import USER_COLUMNS, LabeledRows, PreparedData, Ratings
 from model.errors import AfmError, MalformedInput
-from model.movielens import load_ratings, parse_columns
+from model.movielens import load_ratings, parse_categorical
 
 HELD_OUT_MIN_RATINGS = 3  # first item (never a positive) + valid + test
 RATING_POSITIVE, RATING_NEGATIVE = 4, 2  # >= 4 positive, <= 2 negative, 3 dropped
@@ -244,33 +244,33 @@ def read_seed_rows(config: DataConfig) -> PreparedData:
 
     Users are the distinct 5-tuples of user columns and movies the distinct movie ids over
     all three files, so identical raw values share one table row. Labels must be 0 or 1.
-    Text must be UTF-8 (ASCII is a subset); any other value is kept as its string.
+    Text must be UTF-8 (ASCII is a subset); any other value is kept as its string. Columns
+    are read as categories, so ~11M rows take seconds and stay small in memory.
     """
     files = {"train": config.train_file, "valid": config.valid_file, "test": config.test_file}
     if not all(files.values()):
         raise AfmError("seed rows need all three of --train-file, --valid-file, --test-file")
     clock = _Stage()
-    frames = {name: _read_seed_file(Path(path)) for name, path in files.items()}
-    every = pd.concat(frames.values(), ignore_index=True)
-    user_codes, user_table = pd.MultiIndex.from_frame(every[list(USER_COLUMNS)]).factorize()
-    movie_codes, movie_table = pd.factorize(every[MOVIE_COLUMN])
-    users = {
-        col: user_table.get_level_values(i).to_numpy(dtype=str)
-        for i, col in enumerate(USER_COLUMNS)
-    }
+    parsed = {name: _read_seed_file(Path(path)) for name, path in files.items()}
+    labels = {name: _seed_labels(columns[-1], files[name]) for name, columns in parsed.items()}
+    # One code space per column across the three files.
+    merged = [_merge_codes([columns[i] for columns in parsed.values()]) for i in range(6)]
+    sizes = [len(values) for values, _ in merged]
+    user_codes, users = _distinct_users(
+        [np.concatenate(codes) for _, codes in merged[:5]], [v for v, _ in merged[:5]], sizes[:5]
+    )
+    movie_ids, movie_codes = merged[5]
     splits, start = {}, 0
-    for name, frame in frames.items():
-        stop = start + len(frame)
+    for k, name in enumerate(files):
+        stop = start + len(labels[name])
         splits[name] = LabeledRows(
-            user_idx=user_codes[start:stop].astype(np.int32),
-            movie_idx=movie_codes[start:stop].astype(np.int32),
-            label=frame["label"].to_numpy(dtype=np.float32),
+            user_idx=user_codes[start:stop], movie_idx=movie_codes[k], label=labels[name]
         )
         start = stop
-    clock.done(f"read seed rows: {', '.join(f'{k} {len(v):,}' for k, v in frames.items())}")
+    clock.done(f"read seed rows: {', '.join(f'{k} {len(v):,}' for k, v in labels.items())}")
     return PreparedData(
         users=users,
-        movie_ids=np.asarray(movie_table, dtype=str),
+        movie_ids=movie_ids,
         **splits,
         protocol="seed-rows",
         source=", ".join(str(p) for p in files.values()),
@@ -278,27 +278,51 @@ def read_seed_rows(config: DataConfig) -> PreparedData:
     )
 
 
-def _read_seed_file(path: Path) -> pd.DataFrame:
+def _read_seed_file(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     if not path.is_file():
         raise AfmError(f"seed row file {path} does not exist")
-    columns = parse_columns(
-        path.read_bytes(),
-        str(path),
-        sep=b"\t",
-        fields=SEED_ROW_FIELDS,
-        keep=tuple(range(SEED_ROW_FIELDS)),
-        encoding="utf-8",
+    return parse_categorical(
+        path.read_bytes(), str(path), sep=b"\t", fields=SEED_ROW_FIELDS, encoding="utf-8"
     )
-    label = columns[SEED_ROW_FIELDS - 1]
-    bad = np.flatnonzero((label != "0") & (label != "1"))
-    if len(bad):
+
+
+def _seed_labels(column: tuple[np.ndarray, np.ndarray], path: Path) -> np.ndarray:
+    codes, values = column
+    bad_values = np.flatnonzero((values != "0") & (values != "1"))
+    if len(bad_values):
+        line = int(np.flatnonzero(np.isin(codes, bad_values))[0])
         raise MalformedInput(
-            f"{path}, line {bad[0] + 1}: label {str(label[bad[0]])!r} is not 0 or 1"
+            f"{path}, line {line + 1}: label {str(values[codes[line]])!r} is not 0 or 1"
         )
-    names = (*USER_COLUMNS, MOVIE_COLUMN)
-    frame = pd.DataFrame({name: columns[i] for i, name in enumerate(names)})
-    frame["label"] = label == "1"
-    return frame
+    return (values == "1")[codes].astype(np.float32)
+
+
+def _merge_codes(
+    columns: list[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Distinct values over several categorical columns, and each column's codes into them."""
+    values = pd.unique(np.concatenate([v for _, v in columns]))
+    index = pd.Index(values)
+    codes = [index.get_indexer(v).astype(np.int32)[c] for c, v in columns]
+    return np.asarray(values, dtype=str), codes
+
+
+def _distinct_users(
+    codes: list[np.ndarray], values: list[np.ndarray], sizes: list[int]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Row of each example's 5-tuple in a table of distinct 5-tuples (first-seen order)."""
+    if float(np.prod([max(n, 1) for n in sizes], dtype=np.float64)) < 2.0**62:
+        key = np.zeros(len(codes[0]), dtype=np.int64)
+        for c, n in zip(codes, sizes, strict=True):  # mixed radix: one int64 per 5-tuple
+            key = key * max(n, 1) + c
+        row = pd.factorize(key)[0]
+        first = np.empty(int(row.max()) + 1 if len(row) else 0, dtype=np.int64)
+        first[row] = np.arange(len(row))  # any row of a tuple will do: they are all equal
+    else:  # astronomically many distinct values: fall back to unique rows
+        _, first, row = np.unique(np.stack(codes, axis=1), axis=0, return_index=True,
+                                  return_inverse=True)  # fmt: skip
+    users = {col: v[c[first]] for col, v, c in zip(USER_COLUMNS, values, codes, strict=True)}
+    return row.astype(np.int32), users
 
 
 class _Stage:

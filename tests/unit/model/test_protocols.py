@@ -287,3 +287,14 @@ def test_empty_seed_file_is_refused(tmp_path: Path):
     config = seed_files(tmp_path, TRAIN_ROWS, TRAIN_ROWS[:1], [])
     with pytest.raises(MalformedInput, match=r"test.txt: empty file"):
         prepare(config)
+
+
+def test_seed_row_values_stay_exact_strings(tmp_path: Path):
+    # "01" and "1" are different raw values, as are "02139" and "2139": nothing is parsed
+    rows = ["01\tF\t1\t10\t02139\t007\t1", "1\tF\t1\t10\t2139\t7\t0", "1\tF\t1\t10\t2139\t7\t1"]
+    data = prepare(seed_files(tmp_path, rows, rows[:1], rows[1:2]))
+    assert sorted(data.users["user_id"].tolist()) == ["01", "1"]
+    assert sorted(data.users["zip"].tolist()) == ["02139", "2139"]
+    assert sorted(data.movie_ids.tolist()) == ["007", "7"]
+    assert data.raw(data.train)["zip"].tolist() == ["02139", "2139", "2139"]
+    assert data.train.user_idx[1] == data.train.user_idx[2] != data.train.user_idx[0]
