@@ -268,13 +268,16 @@ class AttentionPooling(keras.layers.Layer):
         if not self.use_attention:
             weights = ops.ones_like(pairs[..., 0])  # (batch, P)
             return ops.sum(pairs, axis=1), weights
-        # (batch, P, t)
-        hidden = ops.relu(ops.matmul(pairs, self.attention_kernel) + self.attention_bias)
+        num_pairs, k = pairs.shape[1], pairs.shape[2]
+        # 2-D matmuls over (batch * P, k) rows: much cheaper on CPU than broadcast batch matmuls
+        flat = ops.reshape(pairs, (-1, k))
+        # (batch * P, t)
+        hidden = ops.relu(ops.matmul(flat, self.attention_kernel) + self.attention_bias)
         # (batch, P): one score per pair, normalised over the pairs of each example
-        scores = ops.squeeze(ops.matmul(hidden, self.attention_projection), axis=-1)
+        scores = ops.reshape(ops.matmul(hidden, self.attention_projection), (-1, num_pairs))
         weights = ops.softmax(scores, axis=-1)
-        # (batch, k)
-        pooled = ops.sum(pairs * ops.expand_dims(weights, -1), axis=1)
+        # (batch, 1, P) @ (batch, P, k) -> (batch, k): the attention-weighted sum of pairs
+        pooled = ops.squeeze(ops.matmul(ops.expand_dims(weights, 1), pairs), axis=1)
         return pooled, weights
 
     def compute_output_shape(self, input_shape: tuple) -> tuple[tuple, tuple]:
