@@ -1,0 +1,160 @@
+"""AFM layers against NumPy references with the same weights."""
+
+from __future__ import annotations
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+
+from model.contract import FIELDS, PAIRS
+from model.layers import AttentionPooling, FieldEmbedding, FieldLinear, PairwiseInteraction
+
+RNG = np.random.default_rng(0)
+
+
+def numpy_pairs(embeddings: np.ndarray) -> np.ndarray:
+    """(batch, F, k) -> (batch, P, k), pairs in combinations order."""
+    fields = embeddings.shape[1]
+    return np.stack(
+        [embeddings[:, i] * embeddings[:, j] for i, j in itertools.combinations(range(fields), 2)],
+        axis=1,
+    )
+
+
+def numpy_attention(
+    pairs: np.ndarray, kernel: np.ndarray, bias: np.ndarray, projection: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """a'_ij = h^T ReLU(W x + b), softmax over pairs; pooled = sum_ij a_ij x_ij."""
+    hidden = np.maximum(pairs @ kernel + bias, 0.0)  # (batch, P, t)
+    scores = (hidden @ projection)[..., 0]  # (batch, P)
+    exp = np.exp(scores - scores.max(axis=1, keepdims=True))
+    weights = exp / exp.sum(axis=1, keepdims=True)
+    return (weights[..., None] * pairs).sum(axis=1), weights
+
+
+def built_attention(k: int = 4, t: int = 3, **kwargs) -> AttentionPooling:
+    layer = AttentionPooling(attention_factor=t, **kwargs)
+    layer.build((None, 15, k))
+    # Non-trivial weights, bias included, so every term of the equation is exercised.
+    layer.attention_kernel.assign(RNG.normal(size=(k, t)).astype("float32"))
+    layer.attention_bias.assign(RNG.normal(size=(t,)).astype("float32"))
+    layer.attention_projection.assign(RNG.normal(size=(t, 1)).astype("float32"))
+    return layer
+
+
+def test_field_embedding_reads_each_field_from_its_own_slice() -> None:
+    layer = FieldEmbedding([3, 2], output_dim=2)
+    layer.build((None, 2))
+    table = np.arange(10, dtype="float32").reshape(5, 2)
+    layer.embeddings.assign(table)
+    out = keras.ops.convert_to_numpy(layer(np.array([[1, 0], [2, 1]], dtype="int32")))
+    # field 0 uses rows 0..2, field 1 rows 3..4
+    np.testing.assert_array_equal(out, table[[[1, 3], [2, 4]]])
+
+
+def test_field_linear_is_bias_plus_one_weight_per_field() -> None:
+    layer = FieldLinear([3, 2])
+    layer.build((None, 2))
+    layer.weights_table.embeddings.assign(np.array([[1], [2], [3], [10], [20]], dtype="float32"))
+    layer.bias.assign(np.array([0.5], dtype="float32"))
+    out = keras.ops.convert_to_numpy(layer(np.array([[2, 1], [0, 0]], dtype="int32")))
+    np.testing.assert_allclose(out, [[0.5 + 3 + 20], [0.5 + 1 + 10]])
+
+
+def test_pairwise_interaction_matches_numpy_in_contract_pair_order() -> None:
+    embeddings = RNG.normal(size=(3, len(FIELDS), 5)).astype("float32")
+    out = keras.ops.convert_to_numpy(PairwiseInteraction()(embeddings))
+    assert out.shape == (3, len(PAIRS), 5)
+    np.testing.assert_allclose(out, numpy_pairs(embeddings), rtol=1e-5, atol=1e-6)
+    # column p is the product of the fields named in PAIRS[p]
+    for p, (left, right) in enumerate(PAIRS):
+        i, j = FIELDS.index(left), FIELDS.index(right)
+        np.testing.assert_allclose(out[:, p], embeddings[:, i] * embeddings[:, j], rtol=1e-6)
+
+
+def test_attention_pooling_matches_numpy_reference() -> None:
+    layer = built_attention(k=4, t=3)
+    pairs = RNG.normal(size=(6, 15, 4)).astype("float32")
+    pooled, weights = (keras.ops.convert_to_numpy(t) for t in layer(pairs))
+    ref_pooled, ref_weights = numpy_attention(
+        pairs,
+        layer.attention_kernel.numpy(),
+        layer.attention_bias.numpy(),
+        layer.attention_projection.numpy(),
+    )
+    np.testing.assert_allclose(weights, ref_weights, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pooled, ref_pooled, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_rows_sum_to_one_and_vary_across_inputs() -> None:
+    layer = built_attention(k=8, t=4)
+    _, weights = layer(RNG.normal(size=(32, 15, 8)).astype("float32"))
+    weights = keras.ops.convert_to_numpy(weights)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-5)
+    assert (weights > 0).all()
+    assert weights.std(axis=1).max() > 1e-3, "weights are uniform within an example"
+    assert np.abs(weights - weights[0]).max() > 1e-3, "every example got the same weights"
+
+
+def test_without_attention_every_weight_is_one_and_pooling_is_a_plain_sum() -> None:
+    layer = AttentionPooling(use_attention=False)
+    pairs = RNG.normal(size=(4, 15, 3)).astype("float32")
+    pooled, weights = (keras.ops.convert_to_numpy(t) for t in layer(pairs))
+    assert layer.trainable_weights == []
+    np.testing.assert_array_equal(weights, np.ones((4, 15)))
+    np.testing.assert_allclose(pooled, pairs.sum(axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_fm_ablation_equals_a_numpy_factorization_machine() -> None:
+    """sum_{i<j} <v_i, v_j> via the layers == FM's O(kn) identity 1/2((sum v)^2 - sum v^2)."""
+    embeddings = RNG.normal(size=(5, 6, 4)).astype("float32")
+    pooled, _ = AttentionPooling(use_attention=False)(PairwiseInteraction()(embeddings))
+    interaction = keras.ops.convert_to_numpy(pooled).sum(axis=1)
+    fm = 0.5 * ((embeddings.sum(axis=1) ** 2) - (embeddings**2).sum(axis=1)).sum(axis=1)
+    np.testing.assert_allclose(interaction, fm, rtol=1e-5, atol=1e-5)
+
+
+def test_l2_applies_to_the_attention_matrix_only() -> None:
+    layer = built_attention(k=4, t=3, l2_attention=0.1)
+    layer(RNG.normal(size=(2, 15, 4)).astype("float32"))
+    kernel = layer.attention_kernel.numpy()
+    assert len(layer.losses) == 1
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(layer.losses[0]), 0.1 * (kernel**2).sum(), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        FieldEmbedding([4, 2, 7], output_dim=3, name="emb"),
+        FieldLinear([4, 2, 7], name="lin"),
+        PairwiseInteraction(name="pairs"),
+        AttentionPooling(attention_factor=5, l2_attention=1e-4, use_attention=False, name="att"),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_config_round_trip(layer: keras.layers.Layer) -> None:
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer)
+    assert restored.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: AttentionPooling(attention_factor=0), r"`attention_factor` .* Received: 0"),
+        (lambda: AttentionPooling(l2_attention=-1.0), r"`l2_attention` .* Received: -1.0"),
+        (lambda: FieldEmbedding([], output_dim=4), r"`vocab_sizes` .* Received: \[\]"),
+        (lambda: FieldEmbedding([3, 0], output_dim=4), r"`vocab_sizes` .* Received: \[3, 0\]"),
+        (lambda: FieldEmbedding([3], output_dim=0), r"`output_dim` .* Received: 0"),
+        (lambda: PairwiseInteraction()(np.ones((2, 1, 4))), r"fields >= 2"),
+        (lambda: PairwiseInteraction()(np.ones((2, 4))), r"\(batch, fields >= 2, k\)"),
+        (lambda: FieldEmbedding([3, 2], 4)(np.ones((2, 3), "int32")), r"ids of shape \(batch, 2\)"),
+    ],
+)
+def test_invalid_arguments_are_refused_with_the_value(make, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()
