@@ -47,16 +47,19 @@ class FeatureStore:
         retry_after: int = 1,
     ) -> FeatureStore:
         """A store for ``url``; connects lazily, so Redis may be down at startup."""
-        client = aioredis.Redis.from_url(
+        # A blocking pool queues a burst beyond max_connections (up to the timeout) instead
+        # of failing it at once.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             # One immediate retry replaces a pooled connection that died with a restarted
             # Redis; more would stretch the bounded wait the client was promised.
             retry=Retry(NoBackoff(), 1),
-            max_connections=max_connections,
-            health_check_interval=0,
         )
+        client = aioredis.Redis(connection_pool=pool)
         return cls(client, prefix, timeout, retry_after)
 
     @property
@@ -87,7 +90,7 @@ class FeatureStore:
         return True, current is not None
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._client.aclose(close_connection_pool=True)
 
     async def _call(self, awaitable):  # noqa: ANN001, ANN202 - thin wrapper over redis-py calls
         try:

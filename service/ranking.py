@@ -44,3 +44,22 @@ def readable_pairs(attention: np.ndarray, contribution: np.ndarray) -> list[dict
         {"fields": list(contract.PAIRS[i]), "weight": weights[i], "contribution": terms[i]}
         for i in order
     ]
+
+
+def score_entries(
+    movie_ids: Sequence[int],
+    probability: np.ndarray,
+    known: Sequence[bool | None],
+    top_k: int | None,
+    attention: np.ndarray | None = None,
+    contribution: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """The ``scores`` list of a /score reply; with attention, each entry carries its pairs."""
+    values = probability.tolist()
+    entries = []
+    for i in ranked_indices(probability, top_k):
+        entry = {"movie_id": movie_ids[i], "probability": values[i], "movie_known": known[i]}
+        if attention is not None and contribution is not None:
+            entry["pairs"] = readable_pairs(attention[i], contribution[i])
+        entries.append(entry)
+    return entries

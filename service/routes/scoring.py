@@ -14,9 +14,8 @@ from fastapi.responses import Response
 
 from service.deps import FeatureStoreDep, ModelDep, ScorerDep, SettingsDep
 from service.errors import InvalidRequest
-from service.ranking import MOVIE_ID, batch_columns, ranked_indices, readable_pairs
+from service.ranking import MOVIE_ID, batch_columns, readable_pairs, score_entries
 from service.schemas import ExplainResponse, Problem, ScoreRequest, ScoreResponse
-from service.scorer import LoadedModel
 
 router = APIRouter(tags=["scoring"])
 
@@ -54,19 +53,20 @@ async def score(
         raise InvalidRequest(f"movie_ids has {count} entries; at most {limit} are allowed")
     features = await store.user_features(request.user_id)
     columns = batch_columns(request.user_id, features, request.movie_ids)
+    known = [model.knows(MOVIE_ID, m) for m in columns[MOVIE_ID]]
     if request.explain:
         explained = await scorer.run(model.explain, columns)
-        probability = explained.probability
+        scores = score_entries(
+            request.movie_ids,
+            explained.probability,
+            known,
+            request.top_k,
+            explained.attention,
+            explained.contribution,
+        )
     else:
         probability = await scorer.run(model.score, columns)
-    movie_ids, values = request.movie_ids, probability.tolist()
-    known = _known_movies(model, columns[MOVIE_ID])
-    scores = []
-    for i in ranked_indices(probability, request.top_k):
-        entry = {"movie_id": movie_ids[i], "probability": values[i], "movie_known": known[i]}
-        if request.explain:
-            entry["pairs"] = readable_pairs(explained.attention[i], explained.contribution[i])
-        scores.append(entry)
+        scores = score_entries(request.movie_ids, probability, known, request.top_k)
     return _json(
         {
             "user_id": request.user_id,
@@ -101,7 +101,3 @@ async def explain(
             "pairs": readable_pairs(explained.attention[0], explained.contribution[0]),
         }
     )
-
-
-def _known_movies(model: LoadedModel, movie_ids: list[str]) -> list[bool]:
-    return [model.knows(MOVIE_ID, m) for m in movie_ids]

@@ -1,0 +1,279 @@
+"""Latency and throughput of POST /score on a real `afm-ctr serve` + Redis, driven by wrk.
+
+For 1, 100 and 1000 candidates at concurrency 1 and 8: p50/p99 latency and requests/s, then
+an in-process breakdown of one request's parts (parsing, Redis, TensorFlow, serialization).
+
+    .venv/bin/python benchmarks/serve_latency.py                  # synth + train once, cached
+    .venv/bin/python benchmarks/serve_latency.py --model-dir DIR --data-dir DIR --duration 20
+
+Needs `wrk` (apt-get install -y wrk) and a Redis at --redis-url. The service and the load
+generator share this machine's cores, so figures are a floor for a dedicated host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PREFIX = "bench:"
+CANDIDATES = (1, 100, 1000)
+CONCURRENCY = (1, 8)
+
+
+def main() -> None:
+    args = _parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install -y wrk")
+    model_dir, data_dir = _model_and_data(args)
+    _cli(
+        "load-features",
+        "--dataset",
+        "synthetic",
+        "--data-dir",
+        str(data_dir),
+        "--redis-url",
+        args.redis_url,
+        "--prefix",
+        PREFIX,
+    )
+    users = [
+        line.split("::")[0]
+        for line in (data_dir / "users.dat").read_text(encoding="latin-1").splitlines()
+    ]
+    movies = [
+        line.split("::")[0]
+        for line in (data_dir / "movies.dat").read_text(encoding="latin-1").splitlines()
+    ]
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "AFM_REDIS_PREFIX": PREFIX,
+        "AFM_RELOAD_INTERVAL": "0",
+        **dict(kv.split("=", 1) for kv in args.env),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "model.cli", "serve", "--model-dir", str(model_dir),
+         "--redis-url", args.redis_url, "--port", str(port), "--workers", str(args.workers)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url)
+        rows = []
+        for n in CANDIDATES:
+            script = _lua_script(users, movies, n, Path(args.work_dir))
+            for c in CONCURRENCY:
+                _wrk(url, script, c, duration=2)  # warm-up: first calls at this batch size
+                rows.append((n, c, *_wrk(url, script, c, args.duration)))
+        print(
+            f"\nPOST /score, {args.duration}s per cell, workers={args.workers} {' '.join(args.env)}"
+        )
+        print("| candidates | concurrency | req/s | p50 ms | p99 ms | non-2xx |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for n, c, rps, p50, p99, errors in rows:
+            print(f"| {n} | {c} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} |")
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+    _breakdown(model_dir, args.redis_url, users, movies)
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, help="Export root (default: train one).")
+    parser.add_argument("--data-dir", type=Path, help="Synthetic/ML-1M-format data for users.")
+    parser.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "afm-bench"))
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--duration", type=int, default=10, help="Seconds per measurement.")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--env", nargs="*", default=[], help="Extra AFM_X=Y for the service.")
+    return parser.parse_args()
+
+
+def _model_and_data(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The given model and data, or an ML-1M-sized synthetic set and a model trained on it."""
+    if args.model_dir and args.data_dir:
+        return args.model_dir, args.data_dir
+    work = Path(args.work_dir)
+    data_dir, model_dir = work / "data", work / "models"
+    if not (data_dir / "users.dat").exists():
+        _cli(
+            "synth",
+            "--out",
+            str(data_dir),
+            "--users",
+            "6040",
+            "--movies",
+            "3706",
+            "--ratings",
+            "200000",
+            "--seed",
+            "1",
+        )
+    if not any(p.name.isdigit() for p in model_dir.glob("*")):
+        _cli(
+            "train",
+            "--dataset",
+            "synthetic",
+            "--data-dir",
+            str(data_dir),
+            "--model-dir",
+            str(model_dir),
+            "--epochs",
+            "1",
+        )
+    return model_dir, data_dir
+
+
+def _cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "model.cli", *args], cwd=REPO, check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    sys.exit(f"service at {url} not ready after {timeout}s")
+
+
+def _lua_script(users: list[str], movies: list[str], n: int, work: Path) -> Path:
+    """wrk script cycling through 64 request bodies (different users, random candidates)."""
+    import random
+
+    rng = random.Random(n)
+    bodies = [
+        json.dumps({"user_id": int(rng.choice(users)),
+                    "movie_ids": [int(m) for m in rng.choices(movies, k=n)]})
+        for _ in range(64)
+    ]  # fmt: skip
+    lines = ["local bodies = {"] + [f"  [[{b}]]," for b in bodies] + ["}", "local i = 0"]
+    lines += [
+        "request = function()",
+        "  i = i % #bodies + 1",
+        '  return wrk.format("POST", "/score", {["Content-Type"] = "application/json"}, bodies[i])',
+        "end",
+    ]
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"score_{n}.lua"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _wrk(
+    url: str, script: Path, connections: int, duration: int
+) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p99 ms, non-2xx responses) from one wrk run."""
+    threads = min(connections, 2)
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    out = subprocess.run(
+        [*command, "-s", str(script), url], capture_output=True, text=True, check=True
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1))
+    p99 = _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    if socket_errors:
+        print(f"  wrk socket errors: {socket_errors.group(1)}")
+    return rps, p50, p99, int(errors.group(1)) if errors else 0
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(\w+)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def _breakdown(model_dir: Path, redis_url: str, users: list[str], movies: list[str]) -> None:
+    """Median microseconds of each step of one request, in this process."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from model import contract
+    from service.feature_store import FeatureStore
+    from service.scorer import configure_tensorflow_threads, load_model
+
+    configure_tensorflow_threads(2, 1)
+    model = load_model(model_dir / str(contract.latest_version(model_dir)))
+
+    def median_us(fn, repeat: int = 300) -> float:  # noqa: ANN001
+        fn()
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2] * 1e6
+
+    async def redis_us() -> float:
+        store = FeatureStore.connect(redis_url, PREFIX, timeout=1.0)
+        await store.user_features(users[0])
+        times = []
+        for i in range(300):
+            start = time.perf_counter()
+            await store.user_features(users[i % len(users)])
+            times.append(time.perf_counter() - start)
+        await store.aclose()
+        return sorted(times)[len(times) // 2] * 1e6
+
+    redis_time = asyncio.run(redis_us())
+    print("\nWhere the time goes (median µs per request, in-process, one thread):")
+    print("| candidates | parse+validate | Redis EVALSHA | build columns | TensorFlow |", end="")
+    print(" rank+serialize |\n|---:|---:|---:|---:|---:|---:|")
+    for n in CANDIDATES:
+        parse, build, tf_time, out = _breakdown_row(model, n, users[0], movies, median_us)
+        print(f"| {n} | {parse:.0f} | {redis_time:.0f} | {build:.0f} | {tf_time:.0f} | {out:.0f} |")
+
+
+def _breakdown_row(model, n: int, user: str, movies: list[str], median_us) -> tuple:  # noqa: ANN001
+    import orjson
+
+    from service.ranking import batch_columns, score_entries
+    from service.schemas import ScoreRequest
+
+    body = orjson.dumps({"user_id": int(user), "movie_ids": [int(m) for m in movies[:n]]})
+    request = ScoreRequest.model_validate_json(body)
+    features = {"gender": "F", "age": "25", "occupation": "4", "zip": "48067"}
+    columns = batch_columns(request.user_id, features, request.movie_ids)
+    probability = model.score(columns)
+
+    def respond() -> bytes:
+        known = [model.knows("movie_id", m) for m in columns["movie_id"]]
+        scores = score_entries(request.movie_ids, probability, known, None)
+        reply = {"user_id": 1, "model_version": 1, "user_known": True, "scores": scores}
+        return orjson.dumps(reply)
+
+    return (
+        median_us(lambda: ScoreRequest.model_validate(orjson.loads(body))),
+        median_us(lambda: batch_columns(request.user_id, features, request.movie_ids)),
+        median_us(lambda: model.score(columns), repeat=200),
+        median_us(respond),
+    )
+
+
+if __name__ == "__main__":
+    main()
