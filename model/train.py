@@ -249,7 +249,18 @@ def train_and_export(
     The version directory holds the SavedModel, ``metadata.json`` (contract.ModelMetadata),
     ``metrics.json`` (valid/test AUC and logloss, per-epoch history) and the curve PNG.
     """
-    result = fit(data, afm, train)
+    return export_trained(fit(data, afm, train), data, afm, train, model_dir, data_config)
+
+
+def export_trained(
+    result: FitResult,
+    data: PreparedData,
+    afm: AFMConfig,
+    train: TrainConfig,
+    model_dir: Path,
+    data_config: DataConfig,
+) -> Path:
+    """Export a ``fit`` result with its metadata, metrics file and curve as one new version."""
     metrics_report = {**result.metrics, "history": [asdict(r) for r in result.history]}
 
     def write_extras(directory: Path) -> None:

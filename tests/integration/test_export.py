@@ -1,0 +1,196 @@
+"""Synthetic data -> fit -> export -> tf.saved_model.load: the signatures are the model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model import export as export_module
+from model.config import AFMConfig, DataConfig, TrainConfig
+from model.contract import (
+    FIELDS,
+    OUTPUT_ATTENTION,
+    OUTPUT_CONTRIBUTION,
+    OUTPUT_PROBABILITY,
+    PAIRS,
+    SIGNATURE_EXPLAIN,
+    SIGNATURE_SCORE,
+    list_versions,
+    read_metadata,
+)
+from model.dataset import PreparedData
+from model.errors import AfmError
+from model.protocols import prepare
+from model.synth import write_synthetic
+from model.train import CURVE_FILE, METRICS_FILE, FitResult, export_trained, fit
+
+pytestmark = pytest.mark.integration
+
+AFM = AFMConfig(embedding_dim=8, attention_factor=4)
+TRAIN = TrainConfig(epochs=2, batch_size=1024, seed=5)
+OOV = {field: f"never-seen-{field}" for field in FIELDS}
+
+
+@pytest.fixture(scope="module")
+def data_config(tmp_path_factory: pytest.TempPathFactory) -> DataConfig:
+    out = tmp_path_factory.mktemp("synthetic-export")
+    write_synthetic(out, users=200, movies=150, ratings=8000, seed=5)
+    return DataConfig(dataset="synthetic", data_dir=out, negatives=4, seed=5)
+
+
+@pytest.fixture(scope="module")
+def data(data_config: DataConfig) -> PreparedData:
+    return prepare(data_config)
+
+
+@pytest.fixture(scope="module")
+def fitted(data: PreparedData) -> FitResult:
+    return fit(data, AFM, TRAIN)
+
+
+@pytest.fixture(scope="module")
+def model_dir(
+    fitted: FitResult, data: PreparedData, data_config: DataConfig, tmp_path_factory
+) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    export_trained(fitted, data, AFM, TRAIN, root, data_config)
+    return root
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir: Path):
+    return tf.saved_model.load(str(model_dir / "1"))
+
+
+def raw_batch(data: PreparedData, n: int) -> dict[str, np.ndarray]:
+    """The first n test rows as raw strings, then one row per field with that field unseen."""
+    raw = {field: values[:n].astype(str) for field, values in data.raw(data.test).items()}
+    for unseen in FIELDS:
+        for field in FIELDS:
+            value = OOV[field] if field == unseen else raw[field][0]
+            raw[field] = np.append(raw[field], value)
+    return raw
+
+
+def numpy_ids(raw: dict[str, np.ndarray], vocabularies: dict[str, np.ndarray]) -> np.ndarray:
+    """vocabulary[i] -> i + 1, anything else -> 0: the contract, written independently."""
+    columns = []
+    for field in FIELDS:
+        index = {str(value): i + 1 for i, value in enumerate(vocabularies[field])}
+        columns.append([index.get(value, 0) for value in raw[field]])
+    return np.array(columns, dtype="int32").T
+
+
+def call(signature, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    outputs = signature(**{field: tf.constant(raw[field], tf.string) for field in FIELDS})
+    return {name: value.numpy() for name, value in outputs.items()}
+
+
+def test_both_signatures_equal_the_in_memory_model(loaded, fitted: FitResult, data) -> None:
+    raw = raw_batch(data, 40)
+    ids = numpy_ids(raw, fitted.vocabularies)
+    assert (ids[-len(FIELDS) :] == 0).sum() == len(FIELDS)  # one OOV per appended row
+    expected = {k: v.numpy() for k, v in fitted.model(ids, training=False).items()}
+
+    score = call(loaded.signatures[SIGNATURE_SCORE], raw)
+    assert set(score) == {OUTPUT_PROBABILITY}
+    np.testing.assert_allclose(score[OUTPUT_PROBABILITY], expected[OUTPUT_PROBABILITY], atol=1e-6)
+
+    explain = call(loaded.signatures[SIGNATURE_EXPLAIN], raw)
+    assert set(explain) == {OUTPUT_PROBABILITY, OUTPUT_ATTENTION, OUTPUT_CONTRIBUTION}
+    for name, value in expected.items():
+        np.testing.assert_allclose(explain[name], value, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(explain[OUTPUT_ATTENTION].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_ids_in_training_equal_ids_in_serving(fitted: FitResult, data) -> None:
+    """PreparedData.encode (training) and the lookups (serving) agree on every test row."""
+    raw = {field: values.astype(str) for field, values in data.raw(data.test).items()}
+    np.testing.assert_array_equal(
+        numpy_ids(raw, fitted.vocabularies), data.encode(data.test, fitted.vocabularies)
+    )
+
+
+@pytest.mark.parametrize("batch", [1, 3, 257])
+def test_any_batch_size_with_a_fixed_signature(loaded, data, batch: int) -> None:
+    signature = loaded.signatures[SIGNATURE_EXPLAIN]
+    for spec in signature.structured_input_signature[1].values():
+        assert spec.shape.as_list() == [None] and spec.dtype == tf.string
+    raw = {f: np.resize(v.astype(str), batch) for f, v in data.raw(data.test).items()}
+    out = call(signature, raw)
+    assert out[OUTPUT_PROBABILITY].shape == (batch,)
+    assert out[OUTPUT_ATTENTION].shape == out[OUTPUT_CONTRIBUTION].shape == (batch, len(PAIRS))
+
+
+def test_metadata_follows_the_contract(model_dir: Path, fitted: FitResult, data) -> None:
+    version_dir = model_dir / "1"
+    meta = read_metadata(version_dir)
+    assert meta.version == 1
+    assert meta.fields == list(FIELDS)
+    assert meta.pairs == [list(pair) for pair in PAIRS]
+    assert meta.protocol == "next-item"
+    assert meta.hyperparameters["model"]["embedding_dim"] == AFM.embedding_dim
+    assert meta.hyperparameters["training"]["seed"] == TRAIN.seed
+    assert meta.data["train"] == data.summary()["train"]
+    assert meta.data["vocabulary_sizes"] == {f: len(fitted.vocabularies[f]) for f in FIELDS}
+    assert meta.metrics["test"]["auc"] == pytest.approx(fitted.metrics["test"]["auc"])
+    assert 1 <= meta.metrics["best_epoch"] <= meta.metrics["epochs_run"] <= TRAIN.epochs
+    assert meta.tensorflow_version == tf.__version__
+    assert meta.model_extra["keras_version"]
+    assert datetime.fromisoformat(meta.created_at).tzinfo is not None
+
+    metrics = json.loads((version_dir / METRICS_FILE).read_text())
+    assert len(metrics["history"]) == meta.metrics["epochs_run"]
+    assert (version_dir / CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_versions_count_up_and_leave_no_temporary_directory(
+    fitted: FitResult, data, data_config, tmp_path: Path
+) -> None:
+    for expected in (1, 2):
+        version_dir = export_trained(fitted, data, AFM, TRAIN, tmp_path, data_config)
+        assert version_dir == tmp_path / str(expected)
+        assert read_metadata(version_dir).version == expected
+    (tmp_path / "9").mkdir()
+    assert export_trained(fitted, data, AFM, TRAIN, tmp_path, data_config).name == "10"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "10", "2", "9"]
+
+
+def test_export_losing_a_race_takes_the_next_number(
+    fitted: FitResult, data, data_config, tmp_path: Path, monkeypatch
+) -> None:
+    export_trained(fitted, data, AFM, TRAIN, tmp_path, data_config)
+    # A concurrent export published version 1 after this one chose its number.
+    stale = iter([1])
+    real = export_module.next_version
+    monkeypatch.setattr(export_module, "next_version", lambda root: next(stale, None) or real(root))
+    version_dir = export_trained(fitted, data, AFM, TRAIN, tmp_path, data_config)
+    assert version_dir.name == "2"
+    assert read_metadata(version_dir).version == 2
+    assert list_versions(tmp_path) == [1, 2]
+
+
+def test_failed_export_leaves_nothing_behind(fitted: FitResult, tmp_path: Path) -> None:
+    def broken(directory: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    metadata = {"hyperparameters": {}, "protocol": "next-item", "data": {}, "metrics": {}}
+    with pytest.raises(AfmError, match="cannot write the model"):
+        export_module.export_version(
+            fitted.model, fitted.vocabularies, tmp_path, metadata, write_extras=broken
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_seeded_training_is_reproducible(data: PreparedData) -> None:
+    config = replace(TRAIN, epochs=1)
+    first, second = fit(data, AFM, config), fit(data, AFM, config)
+    for a, b in zip(first.model.get_weights(), second.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert first.metrics == second.metrics
