@@ -129,7 +129,7 @@ def export_version(
         build_archive(model, vocabularies).write_out(str(tmp), verbose=False)
         if write_extras is not None:
             write_extras(tmp)
-        return _publish(tmp, model_dir, metadata)
+        return publish_version(tmp, model_dir, metadata)
     except OSError as exc:
         raise AfmError(f"cannot write the model to {model_dir}: {exc}") from None
     finally:
@@ -137,8 +137,13 @@ def export_version(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _publish(tmp: Path, model_dir: Path, metadata: Mapping[str, Any]) -> Path:
-    """Rename ``tmp`` to the next free version, rewriting metadata.json for each attempt."""
+def publish_version(tmp: Path, model_dir: Path, metadata: Mapping[str, Any]) -> Path:
+    """Rename the complete directory ``tmp`` to ``model_dir/<next free version>``.
+
+    ``metadata.json`` (with the version filled in) is rewritten before each attempt; if
+    another export publishes the chosen number first, the rename fails and the next number
+    is tried. ``tmp`` must be on the same filesystem as ``model_dir`` (rename is atomic).
+    """
     while True:
         version = next_version(model_dir)
         record = ModelMetadata(

@@ -24,7 +24,7 @@ from model.contract import (
     list_versions,
     read_metadata,
 )
-from model.dataset import PreparedData
+from model.dataset import LabeledRows, PreparedData
 from model.errors import AfmError
 from model.protocols import prepare
 from model.synth import write_synthetic
@@ -66,6 +66,10 @@ def model_dir(
 @pytest.fixture(scope="module")
 def loaded(model_dir: Path):
     return tf.saved_model.load(str(model_dir / "1"))
+
+
+def rows_slice(rows: LabeledRows, n: int) -> LabeledRows:
+    return LabeledRows(rows.user_idx[:n], rows.movie_idx[:n], rows.label[:n])
 
 
 def raw_batch(data: PreparedData, n: int) -> dict[str, np.ndarray]:
@@ -150,47 +154,62 @@ def test_metadata_follows_the_contract(model_dir: Path, fitted: FitResult, data)
     assert (version_dir / CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_versions_count_up_and_leave_no_temporary_directory(
-    fitted: FitResult, data, data_config, tmp_path: Path
-) -> None:
+def test_exported_version_is_one_and_no_temporary_directory_is_left(model_dir: Path) -> None:
+    assert [p.name for p in model_dir.iterdir()] == ["1"]
+
+
+METADATA = {"hyperparameters": {}, "protocol": "next-item", "data": {}, "metrics": {}}
+
+
+def staged(model_dir: Path, name: str) -> Path:
+    """A complete directory waiting to be published, as export_version stages it."""
+    tmp = model_dir / f".tmp-{name}"
+    tmp.mkdir(parents=True)
+    (tmp / "saved_model.pb").write_bytes(name.encode())
+    return tmp
+
+
+def test_versions_count_up_from_the_highest_present(tmp_path: Path) -> None:
     for expected in (1, 2):
-        version_dir = export_trained(fitted, data, AFM, TRAIN, tmp_path, data_config)
+        version_dir = export_module.publish_version(
+            staged(tmp_path, str(expected)), tmp_path, METADATA
+        )
         assert version_dir == tmp_path / str(expected)
         assert read_metadata(version_dir).version == expected
     (tmp_path / "9").mkdir()
-    assert export_trained(fitted, data, AFM, TRAIN, tmp_path, data_config).name == "10"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "10", "2", "9"]
+    (tmp_path / ".tmp-unfinished").mkdir()  # another export still writing: not a version
+    assert export_module.publish_version(staged(tmp_path, "x"), tmp_path, METADATA).name == "10"
+    assert list_versions(tmp_path) == [1, 2, 9, 10]
 
 
-def test_export_losing_a_race_takes_the_next_number(
-    fitted: FitResult, data, data_config, tmp_path: Path, monkeypatch
-) -> None:
-    export_trained(fitted, data, AFM, TRAIN, tmp_path, data_config)
-    # A concurrent export published version 1 after this one chose its number.
+def test_export_losing_a_race_takes_the_next_number(tmp_path: Path, monkeypatch) -> None:
+    export_module.publish_version(staged(tmp_path, "winner"), tmp_path, METADATA)
+    # The loser chose its number before the winner's rename landed.
     stale = iter([1])
     real = export_module.next_version
     monkeypatch.setattr(export_module, "next_version", lambda root: next(stale, None) or real(root))
-    version_dir = export_trained(fitted, data, AFM, TRAIN, tmp_path, data_config)
+    version_dir = export_module.publish_version(staged(tmp_path, "loser"), tmp_path, METADATA)
     assert version_dir.name == "2"
     assert read_metadata(version_dir).version == 2
-    assert list_versions(tmp_path) == [1, 2]
+    assert (tmp_path / "1" / "saved_model.pb").read_bytes() == b"winner"
+    assert (tmp_path / "2" / "saved_model.pb").read_bytes() == b"loser"
 
 
 def test_failed_export_leaves_nothing_behind(fitted: FitResult, tmp_path: Path) -> None:
     def broken(directory: Path) -> None:
         raise OSError(28, "No space left on device")
 
-    metadata = {"hyperparameters": {}, "protocol": "next-item", "data": {}, "metrics": {}}
     with pytest.raises(AfmError, match="cannot write the model"):
         export_module.export_version(
-            fitted.model, fitted.vocabularies, tmp_path, metadata, write_extras=broken
+            fitted.model, fitted.vocabularies, tmp_path, METADATA, write_extras=broken
         )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_seeded_training_is_reproducible(data: PreparedData) -> None:
     config = replace(TRAIN, epochs=1)
-    first, second = fit(data, AFM, config), fit(data, AFM, config)
+    small = replace(data, train=rows_slice(data.train, 3000))
+    first, second = fit(small, AFM, config), fit(small, AFM, config)
     for a, b in zip(first.model.get_weights(), second.model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert first.metrics == second.metrics
