@@ -6,6 +6,7 @@ Cases (each in a fresh subprocess, so peak RSS is the case's own):
   synth      write 1M synthetic ratings (6040 users x 3706 movies, ML-1M's shape)
   next-item  load those ratings, then the next-item protocol with 10 negatives (~11M rows)
   rating     load the shared ML-1M copy (999,414 ratings), then the rating protocol
+  seed-rows  read the next-item rows back from the article's tab-separated seed row files
 Reported times are the best of --repeat runs; peak RSS is the process maximum.
 """
 
@@ -24,11 +25,19 @@ REPO = Path(__file__).resolve().parent.parent
 SHAPE = {"users": 6040, "movies": 3706, "ratings": 1_000_000, "seed": 1}
 
 
+def peak_rss_mb() -> float:
+    """This process's high-water RSS (VmHWM: unlike ru_maxrss, not inherited over fork)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_case(case: str, folder: Path, repeat: int) -> dict:
     sys.path.insert(0, str(REPO))
     from model.config import DataConfig
     from model.movielens import load_ratings
-    from model.protocols import next_item, rating_threshold
+    from model.protocols import next_item, prepare, rating_threshold
     from model.synth import write_synthetic
 
     timings: dict[str, list[float]] = {}
@@ -47,17 +56,38 @@ def run_case(case: str, folder: Path, repeat: int) -> dict:
             ratings = timed("load", load_ratings, DataConfig(dataset="synthetic", data_dir=folder))
             data = timed("next-item", next_item, ratings, negatives=10, seed=42)
             rows = sum(v["rows"] for v in data.summary().values())
+        elif case == "seed-rows":
+            files = {f"{name}_file": folder / f"{name}.txt" for name in ("train", "valid", "test")}
+            data = timed("seed-rows", prepare, DataConfig(**files))
+            rows = sum(v["rows"] for v in data.summary().values())
         else:
             ratings = timed("load", load_ratings, DataConfig(dataset="ml-1m", data_dir=folder))
             data = timed("rating", rating_threshold, ratings, seed=42)
             rows = sum(v["rows"] for v in data.summary().values())
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     return {
         "case": case,
         "best_s": {k: round(min(v), 2) for k, v in timings.items()},
         "rows": rows,
         "peak_rss_mb": round(peak_mb),
     }
+
+
+def write_seed_rows(synthetic: Path, out: Path) -> None:
+    """The next-item rows of ``synthetic`` as seed row files (not timed)."""
+    sys.path.insert(0, str(REPO))
+    import numpy as np
+    import pandas as pd
+
+    from model.config import DataConfig
+    from model.protocols import prepare
+
+    data = prepare(DataConfig(dataset="synthetic", data_dir=synthetic))
+    for name in ("train", "valid", "test"):
+        rows = getattr(data, name)
+        frame = pd.DataFrame(data.raw(rows))
+        frame["label"] = rows.label.astype(np.int8)
+        frame.to_csv(out / f"{name}.txt", sep="\t", header=False, index=False)
 
 
 def main() -> None:
@@ -73,13 +103,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         synthetic = Path(tmp) / "synthetic-1m"
-        cases = [("synth", synthetic), ("next-item", synthetic)]
+        cases = [("synth", synthetic), ("next-item", synthetic), ("seed-rows", Path(tmp))]
         ml1m = args.shared / "ml-1m-notime"
         if ml1m.is_dir():
             cases.append(("rating", ml1m))
         else:
             print(f"skipping the rating case: {ml1m} not found")
         for case, folder in cases:
+            if case == "seed-rows":
+                write_seed_rows(synthetic, folder)
             out = subprocess.run(
                 [sys.executable, __file__, "--case", case, "--folder", str(folder),
                  "--repeat", str(args.repeat)],

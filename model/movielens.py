@@ -28,6 +28,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,7 @@ SYNTHETIC_DEFAULTS = {"users": 2000, "movies": 1000, "ratings": 100_000, "seed":
 
 ENCODING = "latin-1"
 _CHUNK = 1 << 20
+_BLOCK_LINES = 1 << 20  # lines factorised at a time by parse_categorical
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,8 @@ def parse_columns(
     is not valid ``encoding``.
     """
     data, sep = _checked_text(data, origin, sep, fields, encoding)
+    for _ in _line_blocks(np.frombuffer(data, dtype=np.uint8), origin, sep, fields):
+        pass  # field counts: pandas would pad short lines and misreport long ones
     dtypes = {i: (np.int64 if i in integer else str) for i in keep}
     try:
         frame = _read_csv(data, sep, fields, keep, dtypes, encoding)
@@ -182,38 +186,63 @@ def parse_columns(
 def parse_categorical(
     data: bytes, origin: str, *, sep: bytes, fields: int, encoding: str = ENCODING
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Every column as (codes, categories): int32 codes (n,) into distinct str values (k,).
+    """Every column as (codes, values): int32 codes (n,) into its distinct str values (k,).
 
-    For large files of few distinct strings (seed rows: ~11M lines at ML-1M size), where
-    one Python string per cell would cost seconds and gigabytes. Same checks and errors as
-    parse_columns.
+    For large files of few distinct strings (seed rows: ~11M lines at ML-1M size), where one
+    Python string per cell would cost a minute and gigabytes. Fields are cut out of the bytes
+    with NumPy and factorised as packed integers, a block of lines at a time; only distinct
+    values become strings, exactly as written. Same checks and errors as parse_columns.
     """
     data, sep = _checked_text(data, origin, sep, fields, encoding)
-    # pandas turns categories that look numeric into numbers ("01" and "1" would merge):
-    # a leading "x" on every field keeps them text; it is cut off the few distinct values.
-    data = b"x" + data.replace(b"\n", b"\nx").replace(sep, sep + b"x")
-    columns = tuple(range(fields))
-    frame = _read_csv(data, sep, fields, columns, dict.fromkeys(columns, "category"), encoding)
-    return [
-        (
-            frame[i].cat.codes.to_numpy(dtype=np.int32),
-            np.asarray([value[1:] for value in frame[i].cat.categories], dtype=str),
-        )
-        for i in columns
-    ]
+    raw = np.frombuffer(data, dtype=np.uint8)
+    columns: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(fields)]
+    for starts, ends, seps in _line_blocks(raw, origin, sep, fields):
+        for i in range(fields):
+            field_start = starts if i == 0 else seps[:, i - 1] + 1
+            field_end = ends if i == fields - 1 else seps[:, i]
+            columns[i].append(_factorize_fields(data, raw, field_start, field_end, encoding))
+    return [merge_codes(parts) for parts in columns]
+
+
+def merge_codes(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """One (codes, values) pair from several, the codes concatenated in order."""
+    values = pd.unique(np.concatenate([v for _, v in parts]))
+    index = pd.Index(values)
+    codes = [index.get_indexer(v).astype(np.int32)[c] for c, v in parts]
+    return np.concatenate(codes), np.asarray(values, dtype=str)
+
+
+def _factorize_fields(
+    data: bytes, raw: np.ndarray, start: np.ndarray, end: np.ndarray, encoding: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of the byte strings raw[start:end], and their distinct values decoded."""
+    length = end - start
+    width = int(length.max())
+    codes = np.zeros(len(start), dtype=np.int64)
+    for offset in range(0, max(width, 1), 8):  # 8 bytes per uint64; text holds no NUL
+        key = np.zeros(len(start), dtype=np.uint64)
+        for j in range(offset, min(offset + 8, width)):
+            inside = j < length
+            byte = np.where(inside, raw[np.where(inside, start + j, 0)], 0).astype(np.uint64)
+            key = (key << np.uint64(8)) | byte
+        part, distinct = pd.factorize(key)
+        codes = pd.factorize(codes * len(distinct) + part)[0]
+    any_row = np.empty(int(codes.max()) + 1, dtype=np.int64)
+    any_row[codes] = np.arange(len(codes))  # one row per distinct value; equal rows agree
+    values = [data[a:b].decode(encoding) for a, b in zip(start[any_row], end[any_row], strict=True)]
+    return codes.astype(np.int32), np.asarray(values, dtype=str)
 
 
 def _checked_text(
     data: bytes, origin: str, sep: bytes, fields: int, encoding: str
 ) -> tuple[bytes, bytes]:
-    """Cleaned text with a one-byte separator, every line holding ``fields`` fields."""
+    """Cleaned text with a one-byte separator (field counts are checked by _line_blocks)."""
     data = _clean_text(data, origin, encoding)
     if len(sep) > 1:  # pandas' C reader takes one-byte separators; '::' -> tab
         tab = data.find(b"\t")
         if tab >= 0:
             raise MalformedInput(f"{origin}, line {_line_at(data, tab)}: unexpected tab")
         data, sep = data.replace(sep, b"\t"), b"\t"
-    _check_field_counts(data, origin, sep, fields)
     return data, sep
 
 
@@ -230,13 +259,16 @@ def _clean_text(data: bytes, origin: str, encoding: str) -> bytes:
             f"{origin}, line {_line_at(data, nul)}: NUL byte; "
             f"expected {encoding} text (is it UTF-16?)"
         )
-    if encoding.lower().replace("_", "-") not in ("latin-1", "latin1", "iso-8859-1"):
+    latin1 = encoding.lower().replace("_", "-") in ("latin-1", "latin1", "iso-8859-1")
+    if not latin1 and not data.isascii():  # ASCII is valid in every encoding we accept
         try:
             data.decode(encoding)
         except UnicodeDecodeError as exc:
             line = _line_at(data, exc.start)
             raise MalformedInput(f"{origin}, line {line}: not valid {encoding} text") from None
-    data = data.replace(b"\r\n", b"\n").rstrip(b"\n")
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    data = data.rstrip(b"\n")
     if not data.strip():
         raise MalformedInput(f"{origin}: empty file")
     return data
@@ -247,19 +279,29 @@ def _line_at(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
 
-def _check_field_counts(data: bytes, origin: str, sep: bytes, fields: int) -> None:
-    """Vectorised: count separators per line, report the first line with the wrong count."""
-    raw = np.frombuffer(data, dtype=np.uint8)
-    newlines = np.flatnonzero(raw == ord("\n"))
-    separators = np.flatnonzero(raw == sep[0])
-    per_line = np.bincount(np.searchsorted(newlines, separators), minlength=len(newlines) + 1)
-    bad = np.flatnonzero(per_line != fields - 1)
-    if len(bad):
-        line = int(bad[0])
-        raise MalformedInput(
-            f"{origin}, line {line + 1}: expected {fields} fields separated by "
-            f"{sep.decode()!r}, found {per_line[line] + 1}"
-        )
+def _line_blocks(
+    raw: np.ndarray, origin: str, sep: bytes, fields: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per block of lines: line starts, line ends and separator offsets (lines, fields - 1).
+
+    Vectorised and in blocks, so memory stays bounded on 11M-line files. Raises
+    MalformedInput at the first line whose separator count is not ``fields - 1``.
+    """
+    line_ends = np.append(np.flatnonzero(raw == ord("\n")), len(raw))
+    for first in range(0, len(line_ends), _BLOCK_LINES):
+        ends = line_ends[first : first + _BLOCK_LINES]
+        begin = int(line_ends[first - 1]) + 1 if first else 0
+        starts = np.concatenate(([begin], ends[:-1] + 1))
+        seps = np.flatnonzero(raw[begin : ends[-1]] == sep[0]) + begin
+        per_line = np.diff(np.searchsorted(seps, ends), prepend=0)
+        bad = np.flatnonzero(per_line != fields - 1)
+        if len(bad):
+            line = first + int(bad[0])
+            raise MalformedInput(
+                f"{origin}, line {line + 1}: expected {fields} fields separated by "
+                f"{sep.decode()!r}, found {per_line[bad[0]] + 1}"
+            )
+        yield starts, ends, seps.reshape(-1, fields - 1)
 
 
 def _read_csv(

@@ -26,7 +26,7 @@ import typer
 from model.config import DataConfig
 from model.dataset import USER_COLUMNS, LabeledRows, PreparedData, Ratings
 from model.errors import AfmError, MalformedInput
-from model.movielens import load_ratings, parse_categorical
+from model.movielens import load_ratings, merge_codes, parse_categorical
 
 HELD_OUT_MIN_RATINGS = 3  # first item (never a positive) + valid + test
 RATING_POSITIVE, RATING_NEGATIVE = 4, 2  # >= 4 positive, <= 2 negative, 3 dropped
@@ -245,7 +245,7 @@ def read_seed_rows(config: DataConfig) -> PreparedData:
     Users are the distinct 5-tuples of user columns and movies the distinct movie ids over
     all three files, so identical raw values share one table row. Labels must be 0 or 1.
     Text must be UTF-8 (ASCII is a subset); any other value is kept as its string. Columns
-    are read as categories, so ~11M rows take seconds and stay small in memory.
+    are factorised without a Python string per cell, so ~11M rows take seconds.
     """
     files = {"train": config.train_file, "valid": config.valid_file, "test": config.test_file}
     if not all(files.values()):
@@ -254,17 +254,18 @@ def read_seed_rows(config: DataConfig) -> PreparedData:
     parsed = {name: _read_seed_file(Path(path)) for name, path in files.items()}
     labels = {name: _seed_labels(columns[-1], files[name]) for name, columns in parsed.items()}
     # One code space per column across the three files.
-    merged = [_merge_codes([columns[i] for columns in parsed.values()]) for i in range(6)]
-    sizes = [len(values) for values, _ in merged]
+    merged = [merge_codes([columns[i] for columns in parsed.values()]) for i in range(6)]
     user_codes, users = _distinct_users(
-        [np.concatenate(codes) for _, codes in merged[:5]], [v for v, _ in merged[:5]], sizes[:5]
+        [codes for codes, _ in merged[:5]], [values for _, values in merged[:5]]
     )
-    movie_ids, movie_codes = merged[5]
+    movie_codes, movie_ids = merged[5]
     splits, start = {}, 0
-    for k, name in enumerate(files):
+    for name in files:
         stop = start + len(labels[name])
         splits[name] = LabeledRows(
-            user_idx=user_codes[start:stop], movie_idx=movie_codes[k], label=labels[name]
+            user_idx=user_codes[start:stop],
+            movie_idx=movie_codes[start:stop],
+            label=labels[name],
         )
         start = stop
     clock.done(f"read seed rows: {', '.join(f'{k} {len(v):,}' for k, v in labels.items())}")
@@ -297,20 +298,11 @@ def _seed_labels(column: tuple[np.ndarray, np.ndarray], path: Path) -> np.ndarra
     return (values == "1")[codes].astype(np.float32)
 
 
-def _merge_codes(
-    columns: list[tuple[np.ndarray, np.ndarray]],
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Distinct values over several categorical columns, and each column's codes into them."""
-    values = pd.unique(np.concatenate([v for _, v in columns]))
-    index = pd.Index(values)
-    codes = [index.get_indexer(v).astype(np.int32)[c] for c, v in columns]
-    return np.asarray(values, dtype=str), codes
-
-
 def _distinct_users(
-    codes: list[np.ndarray], values: list[np.ndarray], sizes: list[int]
+    codes: list[np.ndarray], values: list[np.ndarray]
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Row of each example's 5-tuple in a table of distinct 5-tuples (first-seen order)."""
+    sizes = [len(v) for v in values]
     if float(np.prod([max(n, 1) for n in sizes], dtype=np.float64)) < 2.0**62:
         key = np.zeros(len(codes[0]), dtype=np.int64)
         for c, n in zip(codes, sizes, strict=True):  # mixed radix: one int64 per 5-tuple
