@@ -197,3 +197,17 @@ def test_real_ml1m_without_timestamps():
     assert first == {"user_id": "1", "gender": "F", "age": "1", "occupation": "10", "zip": "48067"}
     assert (ratings.timestamp == 0).all()
     assert len(np.unique(ratings.movie_idx)) == 3610
+
+
+def test_categorical_parse_across_blocks_matches_plain_parse(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(movielens, "_BLOCK_LINES", 3)  # 10 lines -> 4 blocks
+    lines = [f"{i % 4:02d}\t{'x' * (i % 11)}\t{i}" for i in range(10)]
+    data = "\n".join(lines).encode() + b"\n"
+    columns = movielens.parse_categorical(data, "f", sep=b"\t", fields=3)
+    plain = movielens.parse_columns(data, "f", sep=b"\t", fields=3, keep=(0, 1, 2))
+    for i, (codes, values) in enumerate(columns):
+        assert values[codes].tolist() == plain[i].tolist()
+    assert sorted(columns[0][1].tolist()) == ["00", "01", "02", "03"]
+    bad = data.replace(b"\t7\n", b"\t7\t\n")  # line 8, in the third block
+    with pytest.raises(MalformedInput, match=r"f, line 8: expected 3 fields"):
+        movielens.parse_categorical(bad, "f", sep=b"\t", fields=3)
