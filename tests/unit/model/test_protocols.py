@@ -298,3 +298,35 @@ def test_seed_row_values_stay_exact_strings(tmp_path: Path):
     assert sorted(data.movie_ids.tolist()) == ["007", "7"]
     assert data.raw(data.train)["zip"].tolist() == ["02139", "2139", "2139"]
     assert data.train.user_idx[1] == data.train.user_idx[2] != data.train.user_idx[0]
+
+
+@pytest.mark.slow
+def test_real_ml100k_next_item_counts_and_exclusion():
+    from tests.conftest import shared_data
+
+    config = DataConfig(dataset="ml-100k", data_dir=shared_data("ml-100k"), negatives=10)
+    data = prepare(config)
+    users = 943
+    assert len(data.test) == len(data.valid) == users * 11
+    assert sum(len(p) for p in (data.train, data.valid, data.test)) == (100_000 - users) * 11
+    from model.movielens import load_ratings
+
+    ratings = load_ratings(config)
+    n_movies = len(ratings.movie_ids)
+    rated = np.unique(ratings.user_idx.astype(np.int64) * n_movies + ratings.movie_idx)
+    for part in (data.train, data.valid, data.test):
+        neg = part.label == 0
+        keys = part.user_idx[neg].astype(np.int64) * n_movies + part.movie_idx[neg]
+        assert not np.isin(keys, rated).any()
+
+
+@pytest.mark.slow
+def test_real_ml1m_without_timestamps_is_refused_for_next_item_only():
+    from tests.conftest import shared_data
+
+    folder = shared_data("ml-1m-notime")
+    with pytest.raises(AfmError, match="use --protocol rating"):
+        prepare(DataConfig(dataset="ml-1m", data_dir=folder))
+    data = prepare(DataConfig(dataset="ml-1m", data_dir=folder, protocol="rating"))
+    kept = sum(len(p) for p in (data.train, data.valid, data.test))
+    assert kept + data.extra["dropped"] == 999_414
