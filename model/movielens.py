@@ -458,6 +458,12 @@ def fetch(dataset: str, cache_dir: Path) -> Path:
     target = cache_dir / dataset
     if all((target / n).is_file() for n in layout.files):
         return target
+    if target.exists():
+        missing = [n for n in layout.files if not (target / n).is_file()]
+        raise DownloadError(
+            f"the cache {target} lacks {', '.join(missing)}; remove {target} to download "
+            f"{layout.archive} again, or pass --data-dir"
+        )
     base = os.environ.get(URL_ENV) or OFFICIAL_URL
     url = base.rstrip("/") + "/" + layout.archive
     hint = (

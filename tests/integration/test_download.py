@@ -168,3 +168,11 @@ def test_cli_reports_a_download_failure_in_one_line(tmp_path: Path, mirror: Mirr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "HTTP 404" in errors[0] and "--data-dir" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_damaged_cache_is_reported_not_silently_used(tmp_path: Path, mirror: Mirror):
+    mirror.serve("ml-1m.zip", ml1m_zip())
+    load_users(config(tmp_path))
+    (tmp_path / "cache" / "ml-1m" / "ratings.dat").unlink()
+    with pytest.raises(DownloadError, match=r"lacks ratings.dat; remove .* to download"):
+        load_ratings(config(tmp_path))
