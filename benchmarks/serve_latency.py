@@ -27,6 +27,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from fastapi import Request  # module level: the bare endpoint's annotation must resolve
+
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "bench:"
 CANDIDATES = (1, 100, 1000)
@@ -35,6 +37,9 @@ CONCURRENCY = (1, 8)
 
 def main() -> None:
     args = _parse_args()
+    if args.serve_bare:
+        _serve_bare(*args.serve_bare)
+        return
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
     model_dir, data_dir = _model_and_data(args)
@@ -58,38 +63,95 @@ def main() -> None:
         for line in (data_dir / "movies.dat").read_text(encoding="latin-1").splitlines()
     ]
 
+    env = {**os.environ, "AFM_REDIS_PREFIX": PREFIX, "AFM_RELOAD_INTERVAL": "0",
+           **dict(kv.split("=", 1) for kv in args.env)}  # fmt: skip
+    serve = ["-m", "model.cli", "serve", "--model-dir", str(model_dir),
+             "--redis-url", args.redis_url, "--workers", str(args.workers), "--port"]  # fmt: skip
+    title = f"POST /score, {args.duration}s per cell, workers={args.workers} {' '.join(args.env)}"
+    _measure(title, serve, env, "/score", users, movies, args)
+    if args.bare:
+        version_dir = model_dir / max((p.name for p in model_dir.glob("[0-9]*")), key=int)
+        _load_bare_users(args.redis_url, data_dir)
+        bare = [__file__, "--serve-bare"]
+        title = "Bare reference: one HGETALL + one signature call in an async endpoint"
+        _measure(title, bare, dict(os.environ), "/bare", users, movies, args,
+                 bare=(version_dir, args.redis_url))  # fmt: skip
+    _breakdown(model_dir, args.redis_url, users, movies)
+
+
+def _measure(title, command, env, path, users, movies, args, bare=None) -> None:  # noqa: ANN001
+    """Start a server, run wrk over every (candidates, concurrency) cell, print a table."""
     port = _free_port()
-    env = {
-        **os.environ,
-        "AFM_REDIS_PREFIX": PREFIX,
-        "AFM_RELOAD_INTERVAL": "0",
-        **dict(kv.split("=", 1) for kv in args.env),
-    }
+    argv = [*command, str(port)] if bare is None else [*command, str(port), *map(str, bare)]
     server = subprocess.Popen(
-        [sys.executable, "-m", "model.cli", "serve", "--model-dir", str(model_dir),
-         "--redis-url", args.redis_url, "--port", str(port), "--workers", str(args.workers)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, *argv], cwd=REPO, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url)
+        _wait_ready(url, "/healthz" if bare else "/readyz")
         rows = []
         for n in CANDIDATES:
-            script = _lua_script(users, movies, n, Path(args.work_dir))
+            script = _lua_script(users, movies, n, Path(args.work_dir), path)
             for c in CONCURRENCY:
                 _wrk(url, script, c, duration=2)  # warm-up: first calls at this batch size
                 rows.append((n, c, *_wrk(url, script, c, args.duration)))
-        print(
-            f"\nPOST /score, {args.duration}s per cell, workers={args.workers} {' '.join(args.env)}"
-        )
-        print("| candidates | concurrency | req/s | p50 ms | p99 ms | non-2xx |")
-        print("|---:|---:|---:|---:|---:|---:|")
-        for n, c, rps, p50, p99, errors in rows:
-            print(f"| {n} | {c} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} |")
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=30)
-    _breakdown(model_dir, args.redis_url, users, movies)
+    print(f"\n{title} (load average before: {os.getloadavg()[0]:.1f})")
+    print("| candidates | concurrency | req/s | p50 ms | p99 ms | non-2xx |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n, c, rps, p50, p99, errors in rows:
+        print(f"| {n} | {c} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} |")
+
+
+def _load_bare_users(redis_url: str, data_dir: Path) -> None:
+    """Plain ``bare:user:<id>`` hashes (no namespace pointer) for the bare endpoint."""
+    import redis
+
+    from model.feature_layout import USER_FIELDS
+
+    client = redis.Redis.from_url(redis_url)
+    pipe = client.pipeline(transaction=False)
+    for line in (data_dir / "users.dat").read_text(encoding="latin-1").splitlines():
+        user_id, *values = line.split("::")
+        pipe.hset(f"bare:user:{user_id}", mapping=dict(zip(USER_FIELDS, values, strict=True)))
+    pipe.execute()
+    client.close()
+
+
+def _serve_bare(port: str, version_dir: str, redis_url: str) -> None:
+    """The issue's yardstick: no validation bounds, no pointer, TF on the event loop."""
+    import redis.asyncio as aioredis
+    import tensorflow as tf
+    import uvicorn
+    from fastapi import FastAPI
+
+    from model import contract
+
+    signature = tf.saved_model.load(version_dir).signatures[contract.SIGNATURE_SCORE]
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    app = FastAPI()
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {}
+
+    @app.post("/bare")
+    async def bare(request: Request) -> dict:
+        body = await request.json()
+        user = await client.hgetall(f"bare:user:{body['user_id']}")
+        n = len(body["movie_ids"])
+        inputs = {f: [user.get(f, "")] * n for f in ("gender", "age", "occupation", "zip")}
+        inputs |= {
+            "user_id": [str(body["user_id"])] * n,
+            "movie_id": list(map(str, body["movie_ids"])),
+        }
+        outputs = signature(**{f: tf.constant(v, tf.string) for f, v in inputs.items()})
+        return {"scores": outputs[contract.OUTPUT_PROBABILITY].numpy().tolist()}
+
+    uvicorn.run(app, host="127.0.0.1", port=int(port), log_level="warning")
 
 
 def _parse_args() -> argparse.Namespace:
@@ -101,6 +163,11 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="Seconds per measurement.")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--env", nargs="*", default=[], help="Extra AFM_X=Y for the service.")
+    parser.add_argument(
+        "--bare", action="store_true", help="Also measure the bare reference endpoint."
+    )
+    parser.add_argument("--serve-bare", nargs=3, metavar=("PORT", "VERSION_DIR", "REDIS_URL"),
+                        help=argparse.SUPPRESS)  # fmt: skip
     return parser.parse_args()
 
 
@@ -150,11 +217,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_ready(url: str, timeout: float = 120) -> None:
+def _wait_ready(url: str, path: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}{path}", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -163,7 +230,7 @@ def _wait_ready(url: str, timeout: float = 120) -> None:
     sys.exit(f"service at {url} not ready after {timeout}s")
 
 
-def _lua_script(users: list[str], movies: list[str], n: int, work: Path) -> Path:
+def _lua_script(users: list[str], movies: list[str], n: int, work: Path, path: str) -> Path:
     """wrk script cycling through 64 request bodies (different users, random candidates)."""
     import random
 
@@ -174,16 +241,17 @@ def _lua_script(users: list[str], movies: list[str], n: int, work: Path) -> Path
         for _ in range(64)
     ]  # fmt: skip
     lines = ["local bodies = {"] + [f"  [[{b}]]," for b in bodies] + ["}", "local i = 0"]
+    lines += ['local headers = {["Content-Type"] = "application/json"}']
     lines += [
         "request = function()",
         "  i = i % #bodies + 1",
-        '  return wrk.format("POST", "/score", {["Content-Type"] = "application/json"}, bodies[i])',
+        f'  return wrk.format("POST", "{path}", headers, bodies[i])',
         "end",
     ]
     work.mkdir(parents=True, exist_ok=True)
-    path = work / f"score_{n}.lua"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    script = work / f"{path.strip('/')}_{n}.lua"
+    script.write_text("\n".join(lines) + "\n")
+    return script
 
 
 def _wrk(

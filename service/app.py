@@ -55,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    # A log line per request costs more than a Redis read; /metrics already counts requests.
+    logging.getLogger("uvicorn.access").disabled = not settings.access_log
     registry = ModelRegistry(settings.model_dir, _thread_configuring_loader(settings))
     store = FeatureStore.connect(
         settings.redis_url,

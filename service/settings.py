@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding user features.")
     redis_prefix: str = Field(DEFAULT_PREFIX, description="Key prefix of the feature set.")
     redis_timeout: float = Field(
-        0.25,
+        0.5,
         gt=0,
         le=30,
         description="Seconds a feature read may take before the request gets 503.",
@@ -50,6 +50,9 @@ class Settings(BaseSettings):
         0, ge=0, description="Threads inside one TensorFlow op; 0 = available CPUs (cgroup-aware)."
     )
     tf_inter_op_threads: int = Field(1, ge=0, description="Ops TensorFlow runs in parallel.")
+    access_log: bool = Field(
+        False, description="uvicorn's per-request log line (off: /metrics counts requests)."
+    )
 
 
 @lru_cache
