@@ -49,6 +49,7 @@ SYNTHETIC_DEFAULTS = {"users": 2000, "movies": 1000, "ratings": 100_000, "seed":
 ENCODING = "latin-1"
 _CHUNK = 1 << 20
 _BLOCK_LINES = 1 << 20  # lines factorised at a time by parse_categorical
+_SCAN = 1 << 24  # bytes searched for newlines at a time (bounds the boolean temporary)
 
 
 @dataclass(frozen=True)
@@ -160,8 +161,10 @@ def parse_columns(
     single-byte text), a wrong field count, a non-integer in an integer column, or text that
     is not valid ``encoding``.
     """
-    data, sep = _checked_text(data, origin, sep, fields, encoding)
-    for _ in _line_blocks(np.frombuffer(data, dtype=np.uint8), origin, sep, fields):
+    data, sep, end = _checked_text(data, origin, sep, fields, encoding)
+    data = data[:end]  # files read this way are small (ML ratings: ~25 MB)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    for _ in _line_blocks(raw, _line_ends(raw), origin, sep, fields):
         pass  # field counts: pandas would pad short lines and misreport long ones
     dtypes = {i: (np.int64 if i in integer else str) for i in keep}
     try:
@@ -184,37 +187,46 @@ def parse_columns(
 
 
 def parse_categorical(
-    data: bytes, origin: str, *, sep: bytes, fields: int, encoding: str = ENCODING
+    data: bytes,
+    origin: str,
+    *,
+    sep: bytes,
+    fields: int,
+    encoding: str = ENCODING,
+    vocabulary: list[dict[str, int]] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Every column as (codes, values): int32 codes (n,) into its distinct str values (k,).
 
     For large files of few distinct strings (seed rows: ~11M lines at ML-1M size), where one
     Python string per cell would cost a minute and gigabytes. Fields are cut out of the bytes
     with NumPy and factorised as packed integers, a block of lines at a time; only distinct
-    values become strings, exactly as written. Same checks and errors as parse_columns.
+    values become strings, exactly as written. Pass the same ``vocabulary`` (one dict per
+    column, value -> code, updated in place) to several calls to share one code space
+    across files. Same checks and errors as parse_columns.
     """
-    data, sep = _checked_text(data, origin, sep, fields, encoding)
-    raw = np.frombuffer(data, dtype=np.uint8)
-    columns: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(fields)]
-    for starts, ends, seps in _line_blocks(raw, origin, sep, fields):
-        for i in range(fields):
+    data, sep, end = _checked_text(data, origin, sep, fields, encoding)
+    raw = np.frombuffer(data, dtype=np.uint8)[:end]  # a view: no copy of a 270 MB file
+    vocabulary = vocabulary if vocabulary is not None else [{} for _ in range(fields)]
+    line_ends = _line_ends(raw)
+    codes = [np.empty(len(line_ends), dtype=np.int32) for _ in range(fields)]
+    for first, starts, ends, seps in _line_blocks(raw, line_ends, origin, sep, fields):
+        for i, known in enumerate(vocabulary):
             field_start = starts if i == 0 else seps[:, i - 1] + 1
             field_end = ends if i == fields - 1 else seps[:, i]
-            columns[i].append(_factorize_fields(data, raw, field_start, field_end, encoding))
-    return [merge_codes(parts) for parts in columns]
-
-
-def merge_codes(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """One (codes, values) pair from several, the codes concatenated in order."""
-    values = pd.unique(np.concatenate([v for _, v in parts]))
-    index = pd.Index(values)
-    codes = [index.get_indexer(v).astype(np.int32)[c] for c, v in parts]
-    return np.concatenate(codes), np.asarray(values, dtype=str)
+            block, values = _factorize_fields(data, raw, field_start, field_end, encoding)
+            # a few distinct values per block: a dict maps them into the shared code space
+            shared = np.fromiter(
+                (known.setdefault(v, len(known)) for v in values), dtype=np.int32, count=len(values)
+            )
+            codes[i][first : first + len(starts)] = shared[block]
+    return [
+        (c, np.asarray(list(known), dtype=str)) for c, known in zip(codes, vocabulary, strict=True)
+    ]
 
 
 def _factorize_fields(
     data: bytes, raw: np.ndarray, start: np.ndarray, end: np.ndarray, encoding: str
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, list[str]]:
     """Codes of the byte strings raw[start:end], and their distinct values decoded."""
     length = end - start
     width = int(length.max())
@@ -230,24 +242,29 @@ def _factorize_fields(
     any_row = np.empty(int(codes.max()) + 1, dtype=np.int64)
     any_row[codes] = np.arange(len(codes))  # one row per distinct value; equal rows agree
     values = [data[a:b].decode(encoding) for a, b in zip(start[any_row], end[any_row], strict=True)]
-    return codes.astype(np.int32), np.asarray(values, dtype=str)
+    return codes, values
 
 
 def _checked_text(
     data: bytes, origin: str, sep: bytes, fields: int, encoding: str
-) -> tuple[bytes, bytes]:
-    """Cleaned text with a one-byte separator (field counts are checked by _line_blocks)."""
-    data = _clean_text(data, origin, encoding)
+) -> tuple[bytes, bytes, int]:
+    """Cleaned text, a one-byte separator and the end of the last line (see _clean_text)."""
+    data, end = _clean_text(data, origin, encoding)
     if len(sep) > 1:  # pandas' C reader takes one-byte separators; '::' -> tab
-        tab = data.find(b"\t")
+        tab = data.find(b"\t", 0, end)
         if tab >= 0:
             raise MalformedInput(f"{origin}, line {_line_at(data, tab)}: unexpected tab")
         data, sep = data.replace(sep, b"\t"), b"\t"
-    return data, sep
+        end = len(data.rstrip(b"\n"))  # small files only take this path
+    return data, sep, end
 
 
-def _clean_text(data: bytes, origin: str, encoding: str) -> bytes:
-    """Normalised line endings, no trailing newline; refuses what is not text in ``encoding``."""
+def _clean_text(data: bytes, origin: str, encoding: str) -> tuple[bytes, int]:
+    """Text with \\n line endings and the offset where its trailing newlines start.
+
+    Refuses what is not text in ``encoding``. Copies nothing unless line endings change,
+    since seed-row files reach 270 MB.
+    """
     for bom in (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff"):
         if data.startswith(bom):
             raise MalformedInput(
@@ -268,10 +285,12 @@ def _clean_text(data: bytes, origin: str, encoding: str) -> bytes:
             raise MalformedInput(f"{origin}, line {line}: not valid {encoding} text") from None
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
-    data = data.rstrip(b"\n")
-    if not data.strip():
+    end = len(data)
+    while end and data[end - 1] == ord("\n"):
+        end -= 1
+    if end == 0 or data.isspace():
         raise MalformedInput(f"{origin}: empty file")
-    return data
+    return data, end
 
 
 def _line_at(data: bytes, offset: int) -> int:
@@ -279,15 +298,22 @@ def _line_at(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
 
+def _line_ends(raw: np.ndarray) -> np.ndarray:
+    """Offset of each line's end (its newline, or the end of the text), scanned in slices."""
+    return np.concatenate(
+        [np.flatnonzero(raw[i : i + _SCAN] == ord("\n")) + i for i in range(0, len(raw), _SCAN)]
+        + [[len(raw)]]
+    )
+
+
 def _line_blocks(
-    raw: np.ndarray, origin: str, sep: bytes, fields: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per block of lines: line starts, line ends and separator offsets (lines, fields - 1).
+    raw: np.ndarray, line_ends: np.ndarray, origin: str, sep: bytes, fields: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per block of lines: first line, line starts, line ends, separators (lines, fields - 1).
 
     Vectorised and in blocks, so memory stays bounded on 11M-line files. Raises
     MalformedInput at the first line whose separator count is not ``fields - 1``.
     """
-    line_ends = np.append(np.flatnonzero(raw == ord("\n")), len(raw))
     for first in range(0, len(line_ends), _BLOCK_LINES):
         ends = line_ends[first : first + _BLOCK_LINES]
         begin = int(line_ends[first - 1]) + 1 if first else 0
@@ -301,7 +327,7 @@ def _line_blocks(
                 f"{origin}, line {line + 1}: expected {fields} fields separated by "
                 f"{sep.decode()!r}, found {per_line[bad[0]] + 1}"
             )
-        yield starts, ends, seps.reshape(-1, fields - 1)
+        yield first, starts, ends, seps.reshape(-1, fields - 1)
 
 
 def _read_csv(

@@ -26,7 +26,7 @@ import typer
 from model.config import DataConfig
 from model.dataset import USER_COLUMNS, LabeledRows, PreparedData, Ratings
 from model.errors import AfmError, MalformedInput
-from model.movielens import load_ratings, merge_codes, parse_categorical
+from model.movielens import load_ratings, parse_categorical
 
 HELD_OUT_MIN_RATINGS = 3  # first item (never a positive) + valid + test
 RATING_POSITIVE, RATING_NEGATIVE = 4, 2  # >= 4 positive, <= 2 negative, 3 dropped
@@ -251,27 +251,21 @@ def read_seed_rows(config: DataConfig) -> PreparedData:
     if not all(files.values()):
         raise AfmError("seed rows need all three of --train-file, --valid-file, --test-file")
     clock = _Stage()
-    parsed = {name: _read_seed_file(Path(path)) for name, path in files.items()}
+    vocabulary: list[dict[str, int]] = [{} for _ in range(SEED_ROW_FIELDS)]  # shared by files
+    parsed = {name: _read_seed_file(Path(path), vocabulary) for name, path in files.items()}
     labels = {name: _seed_labels(columns[-1], files[name]) for name, columns in parsed.items()}
-    # One code space per column across the three files.
-    merged = [merge_codes([columns[i] for columns in parsed.values()]) for i in range(6)]
-    user_codes, users = _distinct_users(
-        [codes for codes, _ in merged[:5]], [values for _, values in merged[:5]]
+    user_idx, users = _distinct_users(
+        [columns[:5] for columns in parsed.values()],
+        [np.asarray(list(known), dtype=str) for known in vocabulary[:5]],
     )
-    movie_codes, movie_ids = merged[5]
-    splits, start = {}, 0
-    for name in files:
-        stop = start + len(labels[name])
-        splits[name] = LabeledRows(
-            user_idx=user_codes[start:stop],
-            movie_idx=movie_codes[start:stop],
-            label=labels[name],
-        )
-        start = stop
+    splits = {
+        name: LabeledRows(user_idx=rows, movie_idx=columns[5][0], label=labels[name])
+        for (name, columns), rows in zip(parsed.items(), user_idx, strict=True)
+    }
     clock.done(f"read seed rows: {', '.join(f'{k} {len(v):,}' for k, v in labels.items())}")
     return PreparedData(
         users=users,
-        movie_ids=movie_ids,
+        movie_ids=np.asarray(list(vocabulary[5]), dtype=str),
         **splits,
         protocol="seed-rows",
         source=", ".join(str(p) for p in files.values()),
@@ -279,19 +273,27 @@ def read_seed_rows(config: DataConfig) -> PreparedData:
     )
 
 
-def _read_seed_file(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+def _read_seed_file(
+    path: Path, vocabulary: list[dict[str, int]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
     if not path.is_file():
         raise AfmError(f"seed row file {path} does not exist")
     return parse_categorical(
-        path.read_bytes(), str(path), sep=b"\t", fields=SEED_ROW_FIELDS, encoding="utf-8"
+        path.read_bytes(),
+        str(path),
+        sep=b"\t",
+        fields=SEED_ROW_FIELDS,
+        encoding="utf-8",
+        vocabulary=vocabulary,
     )
 
 
 def _seed_labels(column: tuple[np.ndarray, np.ndarray], path: Path) -> np.ndarray:
     codes, values = column
     bad_values = np.flatnonzero((values != "0") & (values != "1"))
-    if len(bad_values):
-        line = int(np.flatnonzero(np.isin(codes, bad_values))[0])
+    bad_rows = np.flatnonzero(np.isin(codes, bad_values)) if len(bad_values) else []
+    if len(bad_rows):  # (a bad value may come from another file of the shared vocabulary)
+        line = int(bad_rows[0])
         raise MalformedInput(
             f"{path}, line {line + 1}: label {str(values[codes[line]])!r} is not 0 or 1"
         )
@@ -299,22 +301,27 @@ def _seed_labels(column: tuple[np.ndarray, np.ndarray], path: Path) -> np.ndarra
 
 
 def _distinct_users(
-    codes: list[np.ndarray], values: list[np.ndarray]
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Row of each example's 5-tuple in a table of distinct 5-tuples (first-seen order)."""
-    sizes = [len(v) for v in values]
-    if float(np.prod([max(n, 1) for n in sizes], dtype=np.float64)) < 2.0**62:
-        key = np.zeros(len(codes[0]), dtype=np.int64)
-        for c, n in zip(codes, sizes, strict=True):  # mixed radix: one int64 per 5-tuple
-            key = key * max(n, 1) + c
-        row = pd.factorize(key)[0]
-        first = np.empty(int(row.max()) + 1 if len(row) else 0, dtype=np.int64)
-        first[row] = np.arange(len(row))  # any row of a tuple will do: they are all equal
-    else:  # astronomically many distinct values: fall back to unique rows
-        _, first, row = np.unique(np.stack(codes, axis=1), axis=0, return_index=True,
-                                  return_inverse=True)  # fmt: skip
-    users = {col: v[c[first]] for col, v, c in zip(USER_COLUMNS, values, codes, strict=True)}
-    return row.astype(np.int32), users
+    files: list[list[tuple[np.ndarray, np.ndarray]]], values: list[np.ndarray]
+) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Per file, each row's index into a table of the distinct 5-tuples of user columns.
+
+    The 5-tuple becomes one integer by factorising column after column (each step stays far
+    below 2^63), over all files at once so the table is shared.
+    """
+    sizes = [len(columns[0][0]) for columns in files]
+    key = np.zeros(sum(sizes), dtype=np.int64)
+    for i, column_values in enumerate(values):
+        codes = np.concatenate([columns[i][0] for columns in files])
+        key = pd.factorize(key * max(len(column_values), 1) + codes)[0]
+    any_row = np.empty(int(key.max()) + 1 if len(key) else 0, dtype=np.int64)
+    any_row[key] = np.arange(len(key))  # rows with one key share their 5-tuple
+    users = {}
+    for col, column_values, i in zip(USER_COLUMNS, values, range(5), strict=True):
+        codes = np.concatenate([columns[i][0] for columns in files])
+        users[col] = column_values[codes[any_row]]
+    bounds = np.cumsum([0, *sizes])
+    per_file = [key[a:b].astype(np.int32) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return per_file, users
 
 
 class _Stage:
