@@ -1,0 +1,90 @@
+"""``afm-ctr train`` end to end, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.config import DataConfig
+from model.contract import FIELDS, OUTPUT_ATTENTION, SIGNATURE_EXPLAIN, read_metadata
+from tests.conftest import run_cli, shared_data
+
+pytestmark = pytest.mark.integration
+
+
+def test_training_learns_the_planted_structure(trained_model_dir: Path) -> None:
+    meta = read_metadata(trained_model_dir / "1")
+    assert meta.metrics["test"]["auc"] > 0.65, meta.metrics
+    assert meta.metrics["valid"]["auc"] > 0.65, meta.metrics
+    metrics = json.loads((trained_model_dir / "1" / "metrics.json").read_text())
+    assert metrics["test"] == meta.metrics["test"]
+    assert (trained_model_dir / "1" / "training_curve.png").stat().st_size > 0
+
+
+def test_attention_is_not_uniform(trained_model_dir: Path, synthetic_dir: Path) -> None:
+    import tensorflow as tf
+
+    from model.protocols import prepare
+
+    data = prepare(DataConfig(dataset="synthetic", data_dir=synthetic_dir, seed=7))
+    raw = data.raw(data.test)
+    explain = tf.saved_model.load(str(trained_model_dir / "1")).signatures[SIGNATURE_EXPLAIN]
+    attention = explain(**{f: tf.constant(raw[f][:500].astype(str)) for f in FIELDS})[
+        OUTPUT_ATTENTION
+    ].numpy()
+    uniform = 1.0 / attention.shape[1]
+    np.testing.assert_allclose(attention.sum(axis=1), 1.0, rtol=1e-5)
+    # Some pair clearly above or below 1/15 on average, and weights differ between examples.
+    assert np.abs(attention.mean(axis=0) - uniform).max() > 0.2 * uniform
+    assert attention.std(axis=0).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--embedding-dim", "0", "--embedding-dim"),
+        ("--batch-size", "-5", "--batch-size"),
+        ("--learning-rate", "fast", "--learning-rate"),
+        ("--negatives", "0", "--negatives"),
+    ],
+)
+def test_bad_model_flags_fail_in_one_line(flag: str, value: str, message: str, tmp_path) -> None:
+    result = run_cli(
+        "train", "--dataset", "synthetic", flag, value, "--model-dir", str(tmp_path), check=False
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_data_is_a_one_line_error(tmp_path: Path) -> None:
+    result = run_cli(
+        "train", "--dataset", "ml-100k", "--data-dir", str(tmp_path / "nowhere"),
+        "--model-dir", str(tmp_path / "models"), check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+@pytest.mark.slow
+def test_real_movielens_100k_next_item(tmp_path: Path) -> None:
+    """The real ML-100K, next-item protocol, default model settings (a few minutes on 2 cores)."""
+    data_dir = shared_data("ml-100k")
+    result = run_cli(
+        "train", "--dataset", "ml-100k", "--data-dir", str(data_dir), "--protocol", "next-item",
+        "--epochs", "6", "--model-dir", str(tmp_path),
+    )  # fmt: skip
+    meta = read_metadata(tmp_path / "1")
+    auc = meta.metrics["test"]["auc"]
+    print(f"ML-100K next-item test AUC {auc:.4f}, logloss {meta.metrics['test']['logloss']:.4f}")
+    assert re.search(r"test AUC 0\.\d{4}", result.stderr)
+    assert meta.data["train"]["rows"] > 1_000_000
+    assert auc > 0.75
