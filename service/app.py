@@ -40,6 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description=DESCRIPTION,
         lifespan=_lifespan,
+        # Prometheus covers metrics; FastAPI's OpenTelemetry hook would cost a check per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.metrics = metrics

@@ -58,6 +58,13 @@ class LoadedModel:
         vocabulary = self.vocabularies.get(field_name)
         return None if vocabulary is None else value in vocabulary
 
+    def known(self, field_name: str, values: Sequence[str]) -> list[bool | None]:
+        """``knows`` for many values (one vocabulary lookup per value, no per-call overhead)."""
+        vocabulary = self.vocabularies.get(field_name)
+        if vocabulary is None:
+            return [None] * len(values)
+        return [value in vocabulary for value in values]
+
     def score(self, columns: Columns) -> np.ndarray:
         """Click probabilities, float32 [batch]."""
         outputs = self.score_fn(**_tensors(columns))

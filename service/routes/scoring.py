@@ -53,7 +53,7 @@ async def score(
         raise InvalidRequest(f"movie_ids has {count} entries; at most {limit} are allowed")
     features = await store.user_features(request.user_id)
     columns = batch_columns(request.user_id, features, request.movie_ids)
-    known = [model.knows(MOVIE_ID, m) for m in columns[MOVIE_ID]]
+    known = model.known(MOVIE_ID, columns[MOVIE_ID])
     if request.explain:
         explained = await scorer.run(model.explain, columns)
         scores = score_entries(
