@@ -131,6 +131,18 @@ def _evaluate(model: keras.Model, ids: np.ndarray, rows: LabeledRows) -> dict[st
     }
 
 
+def compiled_trainer(model: keras.Model, train: TrainConfig) -> keras.Model:
+    """The probability-only view of ``model``, compiled: BCE, Adam, AUC."""
+    trainer = probability_model(model)
+    trainer.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=train.learning_rate),
+        loss=keras.losses.BinaryCrossentropy(),
+        metrics=[keras.metrics.AUC(name="auc")],
+        steps_per_execution=STEPS_PER_EXECUTION,
+    )
+    return trainer
+
+
 def fit(data: PreparedData, afm: AFMConfig, train: TrainConfig) -> FitResult:
     """Train with early stopping on validation AUC; the best epoch's weights are restored."""
     _check_splits(data)
@@ -142,13 +154,7 @@ def fit(data: PreparedData, afm: AFMConfig, train: TrainConfig) -> FitResult:
     x_valid = data.encode(data.valid, vocabularies)
 
     model = build_afm({f: len(vocabularies[f]) + 1 for f in FIELDS}, afm, seed=train.seed)
-    trainer = probability_model(model)
-    trainer.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=train.learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
-        metrics=[keras.metrics.AUC(name="auc")],
-        steps_per_execution=STEPS_PER_EXECUTION,
-    )
+    trainer = compiled_trainer(model, train)
     result = FitResult(model=model, vocabularies=vocabularies)
     best_auc, best_weights, waited = -np.inf, trainer.get_weights(), 0
     _say(

@@ -87,4 +87,4 @@ def test_real_movielens_100k_next_item(tmp_path: Path) -> None:
     print(f"ML-100K next-item test AUC {auc:.4f}, logloss {meta.metrics['test']['logloss']:.4f}")
     assert re.search(r"test AUC 0\.\d{4}", result.stderr)
     assert meta.data["train"]["rows"] > 1_000_000
-    assert auc > 0.75
+    assert auc > 0.8
