@@ -79,6 +79,7 @@ class RequestMetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.histogram = metrics.request_seconds
+        self._children: dict[tuple[str, str, str], Histogram] = {}  # labels() is not free
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,8 +97,10 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            self.histogram.labels(scope["method"], template, str(status)).observe(
-                time.perf_counter() - start
-            )
+            elapsed = time.perf_counter() - start
+            template = getattr(scope.get("route"), "path", "unmatched")
+            key = (scope["method"], template, str(status))
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self.histogram.labels(*key)
+            child.observe(elapsed)

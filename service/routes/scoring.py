@@ -12,7 +12,7 @@ import orjson
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from service.deps import FeatureStoreDep, ModelDep, ScorerDep, SettingsDep
+from service.deps import ScoringDep
 from service.errors import InvalidRequest
 from service.ranking import MOVIE_ID, batch_columns, readable_pairs, score_entries
 from service.schemas import ExplainResponse, Problem, ScoreRequest, ScoreResponse
@@ -35,20 +35,15 @@ def _json(body: dict) -> Response:
 
 
 @router.post("/score", response_model=ScoreResponse, responses=ERRORS)
-async def score(
-    request: ScoreRequest,
-    model: ModelDep,
-    store: FeatureStoreDep,
-    scorer: ScorerDep,
-    settings: SettingsDep,
-) -> Response:
+async def score(request: ScoreRequest, scoring: ScoringDep) -> Response:
     """Click probabilities of `movie_ids` for `user_id`, in request order or the `top_k` best.
 
     An unknown user or movie is scored with out-of-vocabulary features and flagged
     `user_known` / `movie_known: false`. With `explain: true` every score also carries
     its field pairs by attention weight.
     """
-    count, limit = len(request.movie_ids), settings.max_candidates
+    model, store, scorer = scoring.model, scoring.store, scoring.scorer
+    count, limit = len(request.movie_ids), scoring.settings.max_candidates
     if count > limit:
         raise InvalidRequest(f"movie_ids has {count} entries; at most {limit} are allowed")
     features = await store.user_features(request.user_id)
@@ -81,12 +76,11 @@ async def score(
 async def explain(
     user_id: Annotated[int, Query(ge=0, le=2**63 - 1, examples=[1])],
     movie_id: Annotated[int, Query(ge=0, le=2**63 - 1, examples=[1193])],
-    model: ModelDep,
-    store: FeatureStoreDep,
-    scorer: ScorerDep,
+    scoring: ScoringDep,
 ) -> Response:
     """Why the model scores `movie_id` for `user_id` as it does: every field pair's attention
     weight (they sum to 1) and its term in the logit, heaviest pair first."""
+    model, store, scorer = scoring.model, scoring.store, scoring.scorer
     features = await store.user_features(user_id)
     columns = batch_columns(user_id, features, [movie_id])
     explained = await scorer.run(model.explain, columns)

@@ -102,6 +102,13 @@ def store() -> FakeStore:
     return FakeStore()
 
 
+def scoring_dep_model(model: FakeModel):  # noqa: ANN201
+    async def model_dep() -> FakeModel:
+        return model
+
+    return model_dep
+
+
 def _client(tmp_path: Path, model: FakeModel | None, store: FakeStore, scorer=None, **settings):  # noqa: ANN001, ANN202
     app = create_app(Settings(model_dir=tmp_path, reload_interval=0, **settings))
     registry = FakeRegistry(model)
@@ -109,20 +116,17 @@ def _client(tmp_path: Path, model: FakeModel | None, store: FakeStore, scorer=No
     async def registry_dep() -> FakeRegistry:
         return registry
 
-    async def model_dep() -> FakeModel | None:
-        return model
+    async def scoring_dep() -> deps.Scoring:
+        return deps.Scoring(model, store, scorer or DirectScorer(), app.state.settings)  # type: ignore[arg-type]
 
     async def store_dep() -> FakeStore:
         return store
 
-    async def scorer_dep():  # noqa: ANN202
-        return scorer or DirectScorer()
-
-    if model is not None:  # else the real get_model sees the lifespan's empty registry
-        app.dependency_overrides[deps.get_model] = model_dep
+    if model is not None:  # else the real dependency sees the lifespan's empty registry
+        app.dependency_overrides[deps.get_scoring] = scoring_dep
+        app.dependency_overrides[deps.get_model] = scoring_dep_model(model)
     app.dependency_overrides[deps.get_registry] = registry_dep
     app.dependency_overrides[deps.get_feature_store] = store_dep
-    app.dependency_overrides[deps.get_scorer] = scorer_dep
     return TestClient(app, raise_server_exceptions=False)
 
 
