@@ -100,10 +100,15 @@ class Stack:
         return result.stdout
 
     def run_trainer(self, *env: str) -> subprocess.CompletedProcess:
-        """`docker compose run --rm trainer` with extra NAME=value variables; output combined."""
+        """`docker compose run --rm --no-deps trainer` with extra NAME=value variables.
+
+        ``--no-deps``: Redis already runs; without it Compose may recreate it (always so on
+        podman 4.3, whose network IDs Compose misreads), which is downtime, not a rollout.
+        """
         flags = [arg for pair in env for arg in ("-e", pair)]
         return subprocess.run(
-            ["docker", "compose", "-p", self.project, "run", "--rm", "-T", *flags, "trainer"],
+            ["docker", "compose", "-p", self.project, "run", "--rm", "--no-deps", "-T", *flags,
+             "trainer"],
             cwd=REPO_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, timeout=UP_TIMEOUT,
         )  # fmt: skip
@@ -200,7 +205,7 @@ def test_retrain_rolls_out_a_new_version_without_downtime(stack: Stack) -> None:
     """RETRAIN=1 exports version 2 into the shared volume; the API swaps it in while serving."""
     request = {"user_id": 1, "movie_ids": [1, 2, 3]}
     versions_seen: set[int] = set()
-    failures: list[int] = []
+    failures: list[str] = []
     with ThreadPoolExecutor(max_workers=1) as pool, httpx.Client(base_url=stack.base_url) as client:
         retrain = pool.submit(stack.run_trainer, "AFM_RETRAIN=1")
         deadline = time.monotonic() + UP_TIMEOUT + READY_TIMEOUT
@@ -209,7 +214,7 @@ def test_retrain_rolls_out_a_new_version_without_downtime(stack: Stack) -> None:
             if response.status_code == 200:
                 versions_seen.add(response.json()["model_version"])
             else:
-                failures.append(response.status_code)
+                failures.append(f"{response.status_code} {response.text}")
             if retrain.done() and retrain.result().returncode != 0:
                 break
             time.sleep(0.2)
