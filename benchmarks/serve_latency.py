@@ -65,45 +65,50 @@ def main() -> None:
 
     env = {**os.environ, "AFM_REDIS_PREFIX": PREFIX, "AFM_RELOAD_INTERVAL": "0",
            **dict(kv.split("=", 1) for kv in args.env)}  # fmt: skip
-    serve = ["-m", "model.cli", "serve", "--model-dir", str(model_dir),
-             "--redis-url", args.redis_url, "--workers", str(args.workers), "--port"]  # fmt: skip
-    title = f"POST /score, {args.duration}s per cell, workers={args.workers} {' '.join(args.env)}"
-    _measure(title, serve, env, "/score", users, movies, args)
+    servers = {
+        "service": _start(["-m", "model.cli", "serve", "--model-dir", str(model_dir),
+                           "--redis-url", args.redis_url, "--workers", str(args.workers),
+                           "--port"], env, "/readyz"),
+    }  # fmt: skip
     if args.bare:
-        version_dir = model_dir / max((p.name for p in model_dir.glob("[0-9]*")), key=int)
+        version_dir = model_dir / str(max(int(p.name) for p in model_dir.glob("[0-9]*")))
         _load_bare_users(args.redis_url, data_dir)
-        bare = [__file__, "--serve-bare"]
-        title = "Bare reference: one HGETALL + one signature call in an async endpoint"
-        _measure(title, bare, dict(os.environ), "/bare", users, movies, args,
-                 bare=(version_dir, args.redis_url))  # fmt: skip
+        servers["bare"] = _start([__file__, "--serve-bare"], dict(os.environ), "/healthz",
+                                 extra=[str(version_dir), args.redis_url])  # fmt: skip
+    rows = []
+    try:
+        # Cells alternate between the servers, so both see the same background load.
+        for n in CANDIDATES:
+            for c in CONCURRENCY:
+                for name, (url, path, _) in servers.items():
+                    script = _lua_script(users, movies, n, Path(args.work_dir), path)
+                    _wrk(url, script, c, duration=2)  # warm-up at this batch size
+                    load = os.getloadavg()[0]
+                    rows.append((name, n, c, *_wrk(url, script, c, args.duration), load))
+    finally:
+        for _, _, process in servers.values():
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=30)
+    print(f"\nPOST, {args.duration}s per cell, workers={args.workers} {' '.join(args.env)}")
+    print("| server | candidates | concurrency | req/s | p50 ms | p99 ms | non-2xx | load avg |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, n, c, rps, p50, p99, errors, load in rows:
+        print(
+            f"| {name} | {n} | {c} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} | {load:.1f} |"
+        )
     _breakdown(model_dir, args.redis_url, users, movies)
 
 
-def _measure(title, command, env, path, users, movies, args, bare=None) -> None:  # noqa: ANN001
-    """Start a server, run wrk over every (candidates, concurrency) cell, print a table."""
+def _start(command: list[str], env: dict, ready_path: str, extra: list[str] = ()) -> tuple:  # noqa: B006
+    """(url, scored path, process) of a server started on a free port, once it answers."""
     port = _free_port()
-    argv = [*command, str(port)] if bare is None else [*command, str(port), *map(str, bare)]
-    server = subprocess.Popen(
-        [sys.executable, *argv], cwd=REPO, env=env,
+    process = subprocess.Popen(
+        [sys.executable, *command, str(port), *extra], cwd=REPO, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, "/healthz" if bare else "/readyz")
-        rows = []
-        for n in CANDIDATES:
-            script = _lua_script(users, movies, n, Path(args.work_dir), path)
-            for c in CONCURRENCY:
-                _wrk(url, script, c, duration=2)  # warm-up: first calls at this batch size
-                rows.append((n, c, *_wrk(url, script, c, args.duration)))
-    finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
-    print(f"\n{title} (load average before: {os.getloadavg()[0]:.1f})")
-    print("| candidates | concurrency | req/s | p50 ms | p99 ms | non-2xx |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for n, c, rps, p50, p99, errors in rows:
-        print(f"| {n} | {c} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} |")
+    _wait_ready(url, ready_path)
+    return url, "/bare" if ready_path == "/healthz" else "/score", process
 
 
 def _load_bare_users(redis_url: str, data_dir: Path) -> None:

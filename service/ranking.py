@@ -56,10 +56,18 @@ def score_entries(
 ) -> list[dict[str, Any]]:
     """The ``scores`` list of a /score reply; with attention, each entry carries its pairs."""
     values = probability.tolist()
-    entries = []
-    for i in ranked_indices(probability, top_k):
-        entry = {"movie_id": movie_ids[i], "probability": values[i], "movie_known": known[i]}
-        if attention is not None and contribution is not None:
-            entry["pairs"] = readable_pairs(attention[i], contribution[i])
-        entries.append(entry)
-    return entries
+    order = range(len(values)) if top_k is None else ranked_indices(probability, top_k)
+    if attention is None or contribution is None:
+        return [
+            {"movie_id": movie_ids[i], "probability": values[i], "movie_known": known[i]}
+            for i in order
+        ]
+    return [
+        {
+            "movie_id": movie_ids[i],
+            "probability": values[i],
+            "movie_known": known[i],
+            "pairs": readable_pairs(attention[i], contribution[i]),
+        }
+        for i in order
+    ]
