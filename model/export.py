@@ -41,6 +41,7 @@ from model.contract import (
 from model.errors import AfmError
 
 TMP_PREFIX = ".tmp-"
+VOCABULARIES_FILE = "vocabularies.json"  # {field: sorted training values}; value i has id i + 1
 _RENAME_CONFLICTS = (errno.EEXIST, errno.ENOTEMPTY)
 
 
@@ -127,6 +128,9 @@ def export_version(
     tmp = model_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}"
     try:
         build_archive(model, vocabularies).write_out(str(tmp), verbose=False)
+        # The same vocabularies in plain JSON, for readers that should not dig into the graph.
+        vocab_json = {field: [str(v) for v in vocabularies[field]] for field in FIELDS}
+        (tmp / VOCABULARIES_FILE).write_text(json.dumps(vocab_json))
         if write_extras is not None:
             write_extras(tmp)
         return publish_version(tmp, model_dir, metadata)

@@ -149,6 +149,9 @@ def test_metadata_follows_the_contract(model_dir: Path, fitted: FitResult, data)
     assert meta.model_extra["keras_version"]
     assert datetime.fromisoformat(meta.created_at).tzinfo is not None
 
+    vocabularies = json.loads((version_dir / export_module.VOCABULARIES_FILE).read_text())
+    assert vocabularies == {f: [str(v) for v in fitted.vocabularies[f]] for f in FIELDS}
+
     metrics = json.loads((version_dir / METRICS_FILE).read_text())
     assert len(metrics["history"]) == meta.metrics["epochs_run"]
     assert (version_dir / CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
