@@ -283,8 +283,6 @@ def export_trained(
         "data": _data_record(data, result.vocabularies),
         "metrics": result.metrics,
     }
-    version_dir = export_version(
+    return export_version(
         result.model, result.vocabularies, model_dir, metadata, write_extras=write_extras
     )
-    _say(f"exported version {version_dir.name} to {version_dir}")
-    return version_dir
