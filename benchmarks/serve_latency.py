@@ -97,6 +97,18 @@ def main() -> None:
             f"| {name} | {n} | {c} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} | {load:.1f} |"
         )
     _breakdown(model_dir, args.redis_url, users, movies)
+    _remove_keys(args.redis_url, (PREFIX, "bare:"))
+
+
+def _remove_keys(redis_url: str, prefixes: tuple[str, ...]) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for prefix in prefixes:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=2000))
+        for start in range(0, len(keys), 2000):
+            client.unlink(*keys[start : start + 2000])
+    client.close()
 
 
 def _start(command: list[str], env: dict, ready_path: str, extra: list[str] = ()) -> tuple:  # noqa: B006
