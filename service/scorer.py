@@ -9,6 +9,7 @@ once and the event loop keeps serving health checks and Redis reads meanwhile.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -104,25 +105,35 @@ def load_model(version_dir: Path) -> LoadedModel:
         metadata=metadata,
         score_fn=loaded.signatures[contract.SIGNATURE_SCORE],
         explain_fn=loaded.signatures[contract.SIGNATURE_EXPLAIN],
-        vocabularies=read_vocabularies(loaded, metadata),
+        vocabularies=read_vocabularies(version_dir, loaded, metadata),
         saved_model=loaded,
     )
     _warm(model)
     return model
 
 
-def read_vocabularies(loaded: Any, metadata: contract.ModelMetadata) -> dict[str, frozenset[str]]:
+VOCABULARIES_FILE = "vocabularies.json"
+"""``{field: [training values]}`` written by the export next to metadata.json (model/export.py;
+not yet a name in model/contract.py, so spelled here)."""
+
+
+def read_vocabularies(
+    version_dir: Path, loaded: Any, metadata: contract.ModelMetadata
+) -> dict[str, frozenset[str]]:
     """Training vocabulary per field, for the known/unknown flags; {} when it cannot be read.
 
-    A ``vocabularies`` key in metadata.json wins. Otherwise the keys of the SavedModel's lookup
+    ``vocabularies.json`` wins. For exports without it, the keys of the SavedModel's lookup
     tables are read back (the export tracks one StringLookup per field, in FIELDS order) and
     accepted only if their sizes match ``data.vocabulary_sizes`` in metadata.json.
     """
     import tensorflow as tf
 
-    listed = getattr(metadata, "vocabularies", None)
-    if isinstance(listed, dict):
-        return {f: frozenset(map(str, v)) for f, v in listed.items() if f in contract.FIELDS}
+    listed = version_dir / VOCABULARIES_FILE
+    if listed.is_file():
+        vocabularies = json.loads(listed.read_text())
+        return {
+            f: frozenset(map(str, vocabularies[f])) for f in contract.FIELDS if f in vocabularies
+        }
     tables = list(getattr(loaded, "_misc_assets", []))
     sizes = (metadata.data or {}).get("vocabulary_sizes") or {}
     if len(tables) != len(contract.FIELDS):
