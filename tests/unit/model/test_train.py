@@ -1,0 +1,94 @@
+"""The trainer's pure parts: metrics, epoch batching, refusal of unusable splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.config import AFMConfig, TrainConfig
+from model.dataset import LabeledRows, PreparedData
+from model.errors import AfmError
+from model.train import epoch_dataset, fit, log_loss, roc_auc
+
+
+def brute_force_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counted half."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auc_equals_the_pairwise_definition_with_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 300)
+    scores = rng.integers(0, 20, 300) / 20.0  # many ties
+    assert roc_auc(labels, scores) == pytest.approx(brute_force_auc(labels, scores), abs=1e-12)
+
+
+def test_auc_extremes_and_single_class() -> None:
+    labels = np.array([0, 0, 1, 1])
+    assert roc_auc(labels, np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert roc_auc(labels, np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
+    assert roc_auc(labels, np.full(4, 0.5)) == 0.5
+    assert np.isnan(roc_auc(np.ones(4), np.arange(4.0)))
+
+
+def test_log_loss_is_mean_binary_cross_entropy_with_clipping() -> None:
+    labels = np.array([1.0, 0.0, 1.0])
+    probs = np.array([0.9, 0.2, 0.0])
+    expected = -np.mean([np.log(0.9), np.log(0.8), np.log(1e-7)])
+    assert log_loss(labels, probs) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("rows", "batch"), [(10, 4), (8, 4), (3, 4)])
+def test_epoch_dataset_yields_every_row_once_in_batches(rows: int, batch: int) -> None:
+    ids = np.arange(rows * 2, dtype=np.int32).reshape(rows, 2)
+    labels = np.arange(rows, dtype=np.float32)
+    batches = list(epoch_dataset(ids, labels, batch, np.random.default_rng(0)))
+    sizes = [len(y) for _, y in batches]
+    assert sizes == [batch] * (rows // batch) + ([rows % batch] if rows % batch else [])
+    seen_ids = np.concatenate([x.numpy() for x, _ in batches])
+    seen_labels = np.concatenate([y.numpy() for _, y in batches])
+    assert sorted(seen_labels.tolist()) == labels.tolist()
+    # rows stay whole: ids and label of a row travel together
+    np.testing.assert_array_equal(seen_ids[:, 0], seen_labels.astype(np.int32) * 2)
+
+
+def test_epoch_order_follows_the_seed() -> None:
+    ids = np.arange(100, dtype=np.int32).reshape(50, 2)
+    labels = np.arange(50, dtype=np.float32)
+
+    def order(seed: int) -> list[float]:
+        batches = epoch_dataset(ids, labels, 16, np.random.default_rng(seed))
+        return np.concatenate([y.numpy() for _, y in batches]).tolist()
+
+    assert order(1) == order(1)
+    assert order(1) != order(2)
+
+
+def tiny_data(valid_labels: list[float]) -> PreparedData:
+    users = {c: np.array(["a", "b"]) for c in ("user_id", "gender", "age", "occupation", "zip")}
+
+    def rows(labels: list[float]) -> LabeledRows:
+        n = len(labels)
+        return LabeledRows(
+            np.zeros(n, np.int32), np.zeros(n, np.int32), np.array(labels, np.float32)
+        )
+
+    return PreparedData(
+        users,
+        np.array(["1", "2"]),
+        rows([0, 1]),
+        rows(valid_labels),
+        rows([0, 1]),
+        "rating",
+        "test",
+    )
+
+
+def test_a_split_with_one_label_is_refused_before_training() -> None:
+    with pytest.raises(
+        AfmError, match=r"validation split \(3 rows\) needs both positive and negative"
+    ):
+        fit(tiny_data([1, 1, 1]), AFMConfig(), TrainConfig())
