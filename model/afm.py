@@ -62,12 +62,15 @@ def build_afm(
         name="embedding",
     )(ids)  # (batch, F, k)
     linear = FieldLinear(sizes, name="linear")(ids)  # (batch, 1)
-    pairs = PairwiseInteraction(name="pairwise")(embeddings)  # (batch, P, k)
+    pairs = PairwiseInteraction(jit_compile_training=True, name="pairwise")(
+        embeddings
+    )  # (batch, P, k)
     pooled, attention = AttentionPooling(
         attention_factor=config.attention_factor,
         l2_attention=config.l2_attention,
         use_attention=config.use_attention,
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1),
+        jit_compile_training=True,
         name="attention",
     )(pairs)  # (batch, k), (batch, P)
 

@@ -36,6 +36,22 @@ def _check_sizes(vocab_sizes: Sequence[int]) -> list[int]:
     return sizes
 
 
+def _compiled_for_training(fn: Any, enabled: bool, training: bool | None) -> Any:
+    """``fn`` XLA-compiled for training steps when ``enabled``, ``fn`` itself otherwise.
+
+    XLA fuses the chains of element-wise ops over (batch, P, k) tensors, forward and backward,
+    which otherwise each make a pass through memory: measured ~20% less CPU per training step.
+    Inference never compiles, so an exported SavedModel holds plain ops and serving does not
+    recompile per batch size. (XLA over the whole step, ``compile(jit_compile=True)``, was
+    measured 6x slower: the embedding gradient's scatter is slow under XLA on CPU.)
+    """
+    if enabled and training and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True)
+    return fn
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class FieldEmbedding(keras.layers.Layer):
     """Embeddings of F categorical fields from one concatenated table.
@@ -166,6 +182,10 @@ class PairwiseInteraction(keras.layers.Layer):
     Pairs come in ``itertools.combinations`` order: (0,1), (0,2), ..., (F-2, F-1), the order
     of ``model.contract.PAIRS`` for the contract's fields.
 
+    Args:
+        jit_compile_training: bool, run the layer XLA-compiled in training steps (TensorFlow
+            backend; inference is never compiled). Defaults to False.
+
     Call:
         embeddings: float tensor ``(batch, F, k)`` with F >= 2.
         returns: float tensor ``(batch, F*(F-1)/2, k)``.
@@ -175,6 +195,10 @@ class PairwiseInteraction(keras.layers.Layer):
         (2, 15, 4)
     """
 
+    def __init__(self, jit_compile_training: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.jit_compile_training = bool(jit_compile_training)
+
     def build(self, input_shape: tuple) -> None:
         if len(input_shape) != 3 or input_shape[1] is None or input_shape[1] < 2:
             raise ValueError(
@@ -183,7 +207,11 @@ class PairwiseInteraction(keras.layers.Layer):
             )
         self.pairs = list(itertools.combinations(range(input_shape[1]), 2))
 
-    def call(self, embeddings: Any) -> Any:
+    def call(self, embeddings: Any, training: bool | None = None) -> Any:
+        products = _compiled_for_training(self._products, self.jit_compile_training, training)
+        return products(embeddings)
+
+    def _products(self, embeddings: Any) -> Any:
         # F tensors of (batch, k). Unstack/stack: measured ~25% faster per training step on
         # CPU than two gathers along axis 1, whose gradient is a slow scatter.
         fields = ops.unstack(embeddings, axis=1)
@@ -193,6 +221,11 @@ class PairwiseInteraction(keras.layers.Layer):
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         fields = input_shape[1]
         return (input_shape[0], fields * (fields - 1) // 2, input_shape[2])
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"jit_compile_training": self.jit_compile_training})
+        return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -215,6 +248,8 @@ class AttentionPooling(keras.layers.Layer):
         l2_attention: float >= 0, the L2 factor on W. Defaults to 0.
         use_attention: bool. Defaults to True.
         kernel_initializer: initializer of W and h. Defaults to ``"glorot_uniform"``.
+        jit_compile_training: bool, run the layer XLA-compiled in training steps (TensorFlow
+            backend; inference is never compiled). Defaults to False.
 
     Call:
         pairs: float tensor ``(batch, P, k)``, the output of ``PairwiseInteraction``.
@@ -227,6 +262,7 @@ class AttentionPooling(keras.layers.Layer):
         l2_attention: float = 0.0,
         use_attention: bool = True,
         kernel_initializer: Any = "glorot_uniform",
+        jit_compile_training: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -240,6 +276,7 @@ class AttentionPooling(keras.layers.Layer):
         self.l2_attention = float(l2_attention)
         self.use_attention = bool(use_attention)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.jit_compile_training = bool(jit_compile_training)
 
     def build(self, input_shape: tuple) -> None:
         if len(input_shape) != 3 or input_shape[-1] is None:
@@ -263,7 +300,11 @@ class AttentionPooling(keras.layers.Layer):
             name="attention_projection", shape=(t, 1), initializer=self.kernel_initializer
         )
 
-    def call(self, pairs: Any) -> tuple[Any, Any]:
+    def call(self, pairs: Any, training: bool | None = None) -> tuple[Any, Any]:
+        pool = _compiled_for_training(self._pool, self.jit_compile_training, training)
+        return pool(pairs)
+
+    def _pool(self, pairs: Any) -> tuple[Any, Any]:
         if not self.use_attention:
             weights = ops.ones_like(pairs[..., 0])  # (batch, P)
             return ops.sum(pairs, axis=1), weights
@@ -290,6 +331,7 @@ class AttentionPooling(keras.layers.Layer):
                 "l2_attention": self.l2_attention,
                 "use_attention": self.use_attention,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "jit_compile_training": self.jit_compile_training,
             }
         )
         return config

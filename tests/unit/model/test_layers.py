@@ -126,12 +126,25 @@ def test_l2_applies_to_the_attention_matrix_only() -> None:
     )
 
 
+def test_xla_compiled_training_path_equals_the_plain_path() -> None:
+    embeddings = RNG.normal(size=(8, 6, 4)).astype("float32")
+    pairwise = PairwiseInteraction(jit_compile_training=True)
+    attention = built_attention(k=4, t=3, jit_compile_training=True)
+    plain_pairs = keras.ops.convert_to_numpy(pairwise(embeddings))
+    xla_pairs = keras.ops.convert_to_numpy(pairwise(embeddings, training=True))
+    np.testing.assert_allclose(xla_pairs, plain_pairs, rtol=1e-5, atol=1e-6)
+    plain = [keras.ops.convert_to_numpy(t) for t in attention(plain_pairs)]
+    xla = [keras.ops.convert_to_numpy(t) for t in attention(plain_pairs, training=True)]
+    for got, want in zip(xla, plain, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "layer",
     [
         FieldEmbedding([4, 2, 7], output_dim=3, name="emb"),
         FieldLinear([4, 2, 7], name="lin"),
-        PairwiseInteraction(name="pairs"),
+        PairwiseInteraction(jit_compile_training=True, name="pairs"),
         AttentionPooling(attention_factor=5, l2_attention=1e-4, use_attention=False, name="att"),
     ],
     ids=lambda layer: type(layer).__name__,
