@@ -211,7 +211,7 @@ def test_failed_export_leaves_nothing_behind(fitted: FitResult, tmp_path: Path) 
 
 def test_seeded_training_is_reproducible(data: PreparedData) -> None:
     config = replace(TRAIN, epochs=1)
-    small = replace(data, train=rows_slice(data.train, 3000))
+    small = replace(data, train=rows_slice(data.train, 3 * TRAIN.batch_size))  # one batch shape
     first, second = fit(small, AFM, config), fit(small, AFM, config)
     for a, b in zip(first.model.get_weights(), second.model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
