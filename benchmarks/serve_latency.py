@@ -43,6 +43,16 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
     model_dir, data_dir = _model_and_data(args)
+    if args.breakdown_only:
+        _cli("load-features", "--dataset", "synthetic", "--data-dir", str(data_dir),
+             "--redis-url", args.redis_url, "--prefix", PREFIX)  # fmt: skip
+        users = [line.split("::")[0] for line in
+                 (data_dir / "users.dat").read_text(encoding="latin-1").splitlines()]  # fmt: skip
+        movies = [line.split("::")[0] for line in
+                  (data_dir / "movies.dat").read_text(encoding="latin-1").splitlines()]  # fmt: skip
+        _breakdown(model_dir, args.redis_url, users, movies)
+        _remove_keys(args.redis_url, (PREFIX,))
+        return
     _cli(
         "load-features",
         "--dataset",
@@ -183,6 +193,9 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--bare", action="store_true", help="Also measure the bare reference endpoint."
     )
+    parser.add_argument(
+        "--breakdown-only", action="store_true", help="Only the in-process time breakdown."
+    )
     parser.add_argument("--serve-bare", nargs=3, metavar=("PORT", "VERSION_DIR", "REDIS_URL"),
                         help=argparse.SUPPRESS)  # fmt: skip
     return parser.parse_args()
@@ -298,9 +311,12 @@ def _ms(text: str) -> float:
 def _breakdown(model_dir: Path, redis_url: str, users: list[str], movies: list[str]) -> None:
     """Median microseconds of each step of one request, in this process."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import redis.asyncio as aioredis
+
     from model import contract
     from service.feature_store import FeatureStore
-    from service.scorer import configure_tensorflow_threads, load_model
+    from service.ranking import batch_columns
+    from service.scorer import Scorer, configure_tensorflow_threads, load_model
 
     configure_tensorflow_threads(2, 1)
     model = load_model(model_dir / str(contract.latest_version(model_dir)))
@@ -314,24 +330,53 @@ def _breakdown(model_dir: Path, redis_url: str, users: list[str], movies: list[s
             times.append(time.perf_counter() - start)
         return sorted(times)[len(times) // 2] * 1e6
 
-    async def redis_us() -> float:
+    async def redis_us() -> tuple[float, float]:
+        """(plain HGETALL, the store's EVALSHA read) medians, same client library."""
         store = FeatureStore.connect(redis_url, PREFIX, timeout=1.0)
-        await store.user_features(users[0])
-        times = []
-        for i in range(300):
+        plain = aioredis.Redis.from_url(redis_url)
+        namespace = (await plain.get(f"{PREFIX}current")).decode()
+        plain_times, store_times = [], []
+        for i in range(600):
+            user = users[i % len(users)]
             start = time.perf_counter()
-            await store.user_features(users[i % len(users)])
-            times.append(time.perf_counter() - start)
+            await plain.hgetall(f"{namespace}user:{user}")
+            plain_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            await store.user_features(user)
+            store_times.append(time.perf_counter() - start)
         await store.aclose()
-        return sorted(times)[len(times) // 2] * 1e6
+        await plain.aclose()
+        return _median_us(plain_times[100:]), _median_us(store_times[100:])
 
-    redis_time = asyncio.run(redis_us())
+    async def hop_us(columns: dict) -> tuple[float, float]:
+        """(direct call, via the scoring pool) medians of the same TensorFlow call."""
+        scorer = Scorer(threads=1)
+        direct, pooled = [], []
+        for _ in range(300):
+            start = time.perf_counter()
+            model.score(columns)
+            direct.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            await scorer.run(model.score, columns)
+            pooled.append(time.perf_counter() - start)
+        scorer.shutdown()
+        return _median_us(direct[50:]), _median_us(pooled[50:])
+
+    plain_us, store_us = asyncio.run(redis_us())
+    print(f"\nRedis, median µs: plain HGETALL {plain_us:.0f}, store read (EVALSHA) {store_us:.0f}")
     print("\nWhere the time goes (median µs per request, in-process, one thread):")
     print("| candidates | parse+validate | Redis EVALSHA | build columns | TensorFlow |", end="")
-    print(" rank+serialize |\n|---:|---:|---:|---:|---:|---:|")
+    print(" rank+serialize | TF via pool |\n|---:|---:|---:|---:|---:|---:|---:|")
     for n in CANDIDATES:
         parse, build, tf_time, out = _breakdown_row(model, n, users[0], movies, median_us)
-        print(f"| {n} | {parse:.0f} | {redis_time:.0f} | {build:.0f} | {tf_time:.0f} | {out:.0f} |")
+        columns = batch_columns(1, None, [int(m) for m in movies[:n]])
+        _, pooled = asyncio.run(hop_us(columns))
+        print(f"| {n} | {parse:.0f} | {store_us:.0f} | {build:.0f} | {tf_time:.0f} | {out:.0f} "
+              f"| {pooled:.0f} |")  # fmt: skip
+
+
+def _median_us(times: list[float]) -> float:
+    return sorted(times)[len(times) // 2] * 1e6
 
 
 def _breakdown_row(model, n: int, user: str, movies: list[str], median_us) -> tuple:  # noqa: ANN001

@@ -42,9 +42,10 @@ class Settings(BaseSettings):
         5.0, ge=0, description="Seconds between polls of model_dir for a new version; 0 disables."
     )
     scoring_threads: int = Field(
-        2,
+        1,
         ge=1,
-        description="Threads running TensorFlow, off the event loop (bounds concurrent calls).",
+        description="Threads running TensorFlow off the event loop; one call already uses every "
+        "intra-op thread, so more only pays off with more cores.",
     )
     tf_intra_op_threads: int = Field(
         0, ge=0, description="Threads inside one TensorFlow op; 0 = available CPUs (cgroup-aware)."
