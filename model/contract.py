@@ -5,6 +5,7 @@ A model directory follows the TF Serving layout::
     <model-dir>/<version>/            integer version, one above the highest present
         saved_model.pb, variables/    a TensorFlow SavedModel
         metadata.json                 ModelMetadata, below
+        vocabularies.json             {field: [training values]}; value i has model id i + 1
 
 Rules both halves rely on:
 
@@ -25,6 +26,7 @@ Importing this module never imports TensorFlow.
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ OUTPUT_PROBABILITY = "probability"
 OUTPUT_ATTENTION = "attention"
 OUTPUT_CONTRIBUTION = "contribution"
 METADATA_FILE = "metadata.json"
+VOCABULARIES_FILE = "vocabularies.json"
 FORMAT_VERSION = 1
 
 
@@ -80,3 +83,12 @@ def next_version(model_dir: Path) -> int:
 
 def read_metadata(version_dir: Path) -> ModelMetadata:
     return ModelMetadata.model_validate_json((version_dir / METADATA_FILE).read_text())
+
+
+def read_vocabularies(version_dir: Path) -> dict[str, list[str]]:
+    """The training vocabulary of each field, as the SavedModel's lookup layers hold it."""
+    vocabularies = json.loads((version_dir / VOCABULARIES_FILE).read_text())
+    missing = set(FIELDS) - set(vocabularies)
+    if missing:
+        raise ValueError(f"{VOCABULARIES_FILE} lacks field(s) {sorted(missing)}")
+    return {field: [str(v) for v in vocabularies[field]] for field in FIELDS}

@@ -35,13 +35,13 @@ from model.contract import (
     PAIRS,
     SIGNATURE_EXPLAIN,
     SIGNATURE_SCORE,
+    VOCABULARIES_FILE,
     ModelMetadata,
     next_version,
 )
 from model.errors import AfmError
 
 TMP_PREFIX = ".tmp-"
-VOCABULARIES_FILE = "vocabularies.json"  # {field: sorted training values}; value i has id i + 1
 _RENAME_CONFLICTS = (errno.EEXIST, errno.ENOTEMPTY)
 
 

@@ -9,7 +9,6 @@ once and the event loop keeps serving health checks and Redis reads meanwhile.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -105,52 +104,14 @@ def load_model(version_dir: Path) -> LoadedModel:
         metadata=metadata,
         score_fn=loaded.signatures[contract.SIGNATURE_SCORE],
         explain_fn=loaded.signatures[contract.SIGNATURE_EXPLAIN],
-        vocabularies=read_vocabularies(version_dir, loaded, metadata),
+        vocabularies={
+            name: frozenset(values)
+            for name, values in contract.read_vocabularies(version_dir).items()
+        },
         saved_model=loaded,
     )
     _warm(model)
     return model
-
-
-VOCABULARIES_FILE = "vocabularies.json"
-"""``{field: [training values]}`` written by the export next to metadata.json (model/export.py;
-not yet a name in model/contract.py, so spelled here)."""
-
-
-def read_vocabularies(
-    version_dir: Path, loaded: Any, metadata: contract.ModelMetadata
-) -> dict[str, frozenset[str]]:
-    """Training vocabulary per field, for the known/unknown flags; {} when it cannot be read.
-
-    ``vocabularies.json`` wins. For exports without it, the keys of the SavedModel's lookup
-    tables are read back (the export tracks one StringLookup per field, in FIELDS order) and
-    accepted only if their sizes match ``data.vocabulary_sizes`` in metadata.json.
-    """
-    import tensorflow as tf
-
-    listed = version_dir / VOCABULARIES_FILE
-    if listed.is_file():
-        vocabularies = json.loads(listed.read_text())
-        return {
-            f: frozenset(map(str, vocabularies[f])) for f in contract.FIELDS if f in vocabularies
-        }
-    tables = list(getattr(loaded, "_misc_assets", []))
-    sizes = (metadata.data or {}).get("vocabulary_sizes") or {}
-    if len(tables) != len(contract.FIELDS):
-        log.warning(
-            "found %d lookup tables, not %d: *_known flags off", len(tables), len(contract.FIELDS)
-        )
-        return {}
-    vocabularies = {}
-    for name, table in zip(contract.FIELDS, tables, strict=True):
-        keys, _ = tf.raw_ops.LookupTableExportV2(
-            table_handle=table.resource_handle, Tkeys=tf.string, Tvalues=tf.int64
-        )
-        vocabularies[name] = frozenset(k.decode() for k in keys.numpy().tolist())
-        if name in sizes and sizes[name] != len(vocabularies[name]):
-            log.warning("lookup table sizes differ from metadata.json: *_known flags off")
-            return {}
-    return vocabularies
 
 
 def _warm(model: LoadedModel) -> None:

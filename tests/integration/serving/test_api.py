@@ -13,7 +13,6 @@ from fastapi.testclient import TestClient
 
 from model import contract
 from service.app import create_app
-from service.scorer import VOCABULARIES_FILE, read_vocabularies
 from service.settings import Settings
 from tests.integration.serving.helpers import wait_ready, wait_until
 
@@ -192,17 +191,3 @@ def test_starts_without_a_model_and_loads_one_when_it_appears(
             client.post("/score", json={"user_id": 1, "movie_ids": [1]}).json()["model_version"]
             == 4
         )
-
-
-def test_vocabulary_fallback_reads_the_same_as_the_json(
-    trained_model_dir: Path,
-    signatures,
-    tmp_path: Path,  # noqa: ANN001
-) -> None:
-    version_dir = trained_model_dir / "1"
-    metadata = contract.read_metadata(version_dir)
-    assert (version_dir / VOCABULARIES_FILE).is_file()
-    from_json = read_vocabularies(version_dir, signatures[0], metadata)
-    from_tables = read_vocabularies(tmp_path, signatures[0], metadata)  # no vocabularies.json
-    assert set(from_json) == set(contract.FIELDS)
-    assert from_tables == from_json

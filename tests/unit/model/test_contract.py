@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,13 @@ def test_metadata_without_required_keys_is_refused() -> None:
     del data["pairs"]
     with pytest.raises(ValidationError, match="pairs"):
         contract.ModelMetadata.model_validate(data)
+
+
+def test_vocabularies_are_read_per_field_as_strings(tmp_path: Path) -> None:
+    vocab = {field: ["1", "2"] for field in contract.FIELDS} | {"age": [1, 18]}
+    (tmp_path / contract.VOCABULARIES_FILE).write_text(json.dumps(vocab))
+    assert contract.read_vocabularies(tmp_path)["age"] == ["1", "18"]
+    del vocab["zip"]
+    (tmp_path / contract.VOCABULARIES_FILE).write_text(json.dumps(vocab))
+    with pytest.raises(ValueError, match="zip"):
+        contract.read_vocabularies(tmp_path)
