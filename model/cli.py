@@ -17,6 +17,9 @@ from model.config import AFMConfig, DataConfig, Dataset, Protocol, TrainConfig
 from model.errors import AfmError
 from model.feature_layout import DEFAULT_PREFIX
 
+# TensorFlow's C++ info lines (CPU features, XLA) drown the training progress; errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 app = typer.Typer(
     help="Attentional Factorization Machines for click-through-rate scoring.",
     no_args_is_help=True,
