@@ -41,9 +41,8 @@ class PairWeight(BaseModel):
 class MovieScore(BaseModel):
     movie_id: int
     probability: float
-    movie_known: bool | None = Field(
-        description="False: movie_id was not in the training data (OOV); null if the model's "
-        "vocabulary cannot be read."
+    movie_known: bool = Field(
+        description="False: movie_id was not in the training data (scored as out-of-vocabulary)."
     )
     pairs: list[PairWeight] | None = Field(None, description="With explain: by weight, descending.")
 
@@ -96,7 +95,7 @@ class ExplainResponse(BaseModel):
     model_version: int
     probability: float
     user_known: bool
-    movie_known: bool | None
+    movie_known: bool
     pairs: list[PairWeight] = Field(description="All field pairs by attention weight, descending.")
 
 

@@ -48,21 +48,14 @@ class LoadedModel:
     metadata: contract.ModelMetadata
     score_fn: Callable[..., Mapping[str, Any]] = field(repr=False)
     explain_fn: Callable[..., Mapping[str, Any]] = field(repr=False)
-    vocabularies: Mapping[str, frozenset[str]] = field(repr=False, default_factory=dict)
+    vocabularies: Mapping[str, frozenset[str]] = field(repr=False)
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     # The restored object: signatures hold only weak references to its variables.
     saved_model: Any = field(repr=False, default=None)
 
-    def knows(self, field_name: str, value: str) -> bool | None:
-        """Whether ``value`` is in the training vocabulary of ``field_name``; None: unknowable."""
-        vocabulary = self.vocabularies.get(field_name)
-        return None if vocabulary is None else value in vocabulary
-
-    def known(self, field_name: str, values: Sequence[str]) -> list[bool | None]:
-        """``knows`` for many values (one vocabulary lookup per value, no per-call overhead)."""
-        vocabulary = self.vocabularies.get(field_name)
-        if vocabulary is None:
-            return [None] * len(values)
+    def known(self, field_name: str, values: Sequence[str]) -> list[bool]:
+        """Whether each value is in the training vocabulary of ``field_name``."""
+        vocabulary = self.vocabularies[field_name]
         return [value in vocabulary for value in values]
 
     def score(self, columns: Columns) -> np.ndarray:

@@ -91,7 +91,7 @@ async def explain(
             "model_version": model.version,
             "probability": float(explained.probability[0]),
             "user_known": features is not None,
-            "movie_known": model.knows(MOVIE_ID, columns[MOVIE_ID][0]),
+            "movie_known": model.known(MOVIE_ID, columns[MOVIE_ID])[0],
             "pairs": readable_pairs(explained.attention[0], explained.contribution[0]),
         }
     )

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import contract
 from model import export as export_module
 from model.config import AFMConfig, DataConfig, TrainConfig
 from model.contract import (
@@ -22,6 +21,7 @@ from model.contract import (
     PAIRS,
     SIGNATURE_EXPLAIN,
     SIGNATURE_SCORE,
+    VOCABULARIES_FILE,
     list_versions,
     read_metadata,
 )
@@ -150,7 +150,7 @@ def test_metadata_follows_the_contract(model_dir: Path, fitted: FitResult, data)
     assert meta.model_extra["keras_version"]
     assert datetime.fromisoformat(meta.created_at).tzinfo is not None
 
-    vocabularies = json.loads((version_dir / contract.VOCABULARIES_FILE).read_text())
+    vocabularies = json.loads((version_dir / VOCABULARIES_FILE).read_text())
     assert vocabularies == {f: [str(v) for v in fitted.vocabularies[f]] for f in FIELDS}
 
     metrics = json.loads((version_dir / METRICS_FILE).read_text())

@@ -46,11 +46,9 @@ class FakeModel:
     def __init__(self) -> None:
         self.seen: list[dict[str, list[str]]] = []
 
-    def knows(self, field: str, value: str) -> bool | None:
-        return value in self.known_movies if field == "movie_id" else None
-
-    def known(self, field: str, values: list[str]) -> list[bool | None]:
-        return [self.knows(field, v) for v in values]
+    def known(self, field: str, values: list[str]) -> list[bool]:
+        assert field == "movie_id"
+        return [v in self.known_movies for v in values]
 
     def score(self, columns: dict[str, list[str]]) -> np.ndarray:
         if self.fail:
