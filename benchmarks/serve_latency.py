@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,8 @@ import urllib.request
 from pathlib import Path
 
 from fastapi import Request  # module level: the bare endpoint's annotation must resolve
+
+from model import contract
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "bench:"
@@ -43,71 +46,75 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
     model_dir, data_dir = _model_and_data(args)
-    if args.breakdown_only:
-        _cli("load-features", "--dataset", "synthetic", "--data-dir", str(data_dir),
-             "--redis-url", args.redis_url, "--prefix", PREFIX)  # fmt: skip
-        users = [line.split("::")[0] for line in
-                 (data_dir / "users.dat").read_text(encoding="latin-1").splitlines()]  # fmt: skip
-        movies = [line.split("::")[0] for line in
-                  (data_dir / "movies.dat").read_text(encoding="latin-1").splitlines()]  # fmt: skip
-        _breakdown(model_dir, args.redis_url, users, movies)
-        _remove_keys(args.redis_url, (PREFIX,))
-        return
-    _cli(
-        "load-features",
-        "--dataset",
-        "synthetic",
-        "--data-dir",
-        str(data_dir),
-        "--redis-url",
-        args.redis_url,
-        "--prefix",
-        PREFIX,
-    )
-    users = [
-        line.split("::")[0]
-        for line in (data_dir / "users.dat").read_text(encoding="latin-1").splitlines()
-    ]
-    movies = [
-        line.split("::")[0]
-        for line in (data_dir / "movies.dat").read_text(encoding="latin-1").splitlines()
-    ]
-
-    env = {**os.environ, "AFM_REDIS_PREFIX": PREFIX, "AFM_RELOAD_INTERVAL": "0",
-           **dict(kv.split("=", 1) for kv in args.env)}  # fmt: skip
-    servers = {
-        "service": _start(["-m", "model.cli", "serve", "--model-dir", str(model_dir),
-                           "--redis-url", args.redis_url, "--workers", str(args.workers),
-                           "--port"], env, "/readyz"),
-    }  # fmt: skip
-    if args.bare:
-        version_dir = model_dir / str(max(int(p.name) for p in model_dir.glob("[0-9]*")))
+    _cli("load-features", "--dataset", "synthetic", "--data-dir", str(data_dir),
+         "--redis-url", args.redis_url, "--prefix", PREFIX)  # fmt: skip
+    users, movies = _ids(data_dir / "users.dat"), _ids(data_dir / "movies.dat")
+    if not args.breakdown_only:
         _load_bare_users(args.redis_url, data_dir)
+        _measure(args, model_dir, users, movies)
+    _breakdown(model_dir, args.redis_url, users, movies)
+    _remove_keys(args.redis_url, (PREFIX, "bare:"))
+
+
+def _ids(dat: Path) -> list[str]:
+    return [line.split("::")[0] for line in dat.read_text(encoding="latin-1").splitlines()]
+
+
+def _measure(
+    args: argparse.Namespace, model_dir: Path, users: list[str], movies: list[str]
+) -> None:
+    """wrk on every server, cell by cell; each cell alternates the servers for ``rounds``
+    rounds and reports the median, so slow drifts in background load hit all servers alike."""
+    base_env = {**os.environ, "AFM_REDIS_PREFIX": PREFIX, "AFM_RELOAD_INTERVAL": "0"}
+    configs = {"service": args.env, **dict(_variant(v) for v in args.variant)}
+    servers = {}
+    for name, env in configs.items():
+        servers[name] = _start(["-m", "model.cli", "serve", "--model-dir", str(model_dir),
+                                "--redis-url", args.redis_url, "--workers", str(args.workers),
+                                "--port"], base_env | dict(kv.split("=", 1) for kv in env),
+                               "/readyz")  # fmt: skip
+    if args.bare:
+        version_dir = model_dir / str(contract.latest_version(model_dir))
         servers["bare"] = _start([__file__, "--serve-bare"], dict(os.environ), "/healthz",
                                  extra=[str(version_dir), args.redis_url])  # fmt: skip
     rows = []
     try:
-        # Cells alternate between the servers, so both see the same background load.
-        for n in CANDIDATES:
-            for c in CONCURRENCY:
-                for name, (url, path, _) in servers.items():
-                    script = _lua_script(users, movies, n, Path(args.work_dir), path)
-                    _wrk(url, script, c, duration=2)  # warm-up at this batch size
-                    load = os.getloadavg()[0]
-                    rows.append((name, n, c, *_wrk(url, script, c, args.duration), load))
+        for n in args.candidates:
+            for c in args.concurrency:
+                runs: dict[str, list[tuple]] = {name: [] for name in servers}
+                for url, path, _ in servers.values():  # warm-up at this batch size
+                    _wrk(url, _lua_script(users, movies, n, Path(args.work_dir), path), c, 2)
+                for _ in range(args.rounds):
+                    for name, (url, path, _) in servers.items():
+                        script = _lua_script(users, movies, n, Path(args.work_dir), path)
+                        runs[name].append(_wrk(url, script, c, args.duration))
+                for name, results in runs.items():
+                    rows.append((name, n, c, results))
+                    print(_row(name, n, c, results), flush=True)
     finally:
         for _, _, process in servers.values():
             process.send_signal(signal.SIGINT)
             process.wait(timeout=30)
-    print(f"\nPOST, {args.duration}s per cell, workers={args.workers} {' '.join(args.env)}")
-    print("| server | candidates | concurrency | req/s | p50 ms | p99 ms | non-2xx | load avg |")
+    print(f"\nPOST /score, median of {args.rounds} alternating rounds of {args.duration}s, "
+          f"workers={args.workers}; variants: "
+          + "; ".join(f"{k}: {' '.join(v) or 'defaults'}" for k, v in configs.items()))  # fmt: skip
+    print("| server | candidates | concurrency | req/s | (min–max) | p50 ms | p99 ms | non-2xx |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, n, c, rps, p50, p99, errors, load in rows:
-        print(
-            f"| {name} | {n} | {c} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} | {load:.1f} |"
-        )
-    _breakdown(model_dir, args.redis_url, users, movies)
-    _remove_keys(args.redis_url, (PREFIX, "bare:"))
+    for row in rows:
+        print(_row(*row))
+
+
+def _row(name: str, n: int, c: int, results: list[tuple]) -> str:
+    rps, p50, p99, errors = zip(*results, strict=True)
+    median = statistics.median
+    return (f"| {name} | {n} | {c} | {median(rps):,.0f} | {min(rps):,.0f}–{max(rps):,.0f} "
+            f"| {median(p50):.2f} | {median(p99):.2f} | {sum(errors)} |")  # fmt: skip
+
+
+def _variant(text: str) -> tuple[str, list[str]]:
+    """``name:AFM_X=1,AFM_Y=2`` -> (name, ["AFM_X=1", "AFM_Y=2"])."""
+    name, _, env = text.partition(":")
+    return name, [kv for kv in env.split(",") if kv]
 
 
 def _remove_keys(redis_url: str, prefixes: tuple[str, ...]) -> None:
@@ -187,9 +194,14 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, help="Synthetic/ML-1M-format data for users.")
     parser.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "afm-bench"))
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--duration", type=int, default=10, help="Seconds per measurement.")
+    parser.add_argument("--duration", type=int, default=5, help="Seconds per wrk run.")
+    parser.add_argument("--rounds", type=int, default=3, help="Alternating runs per cell.")
+    parser.add_argument("--candidates", type=int, nargs="+", default=list(CANDIDATES))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--env", nargs="*", default=[], help="Extra AFM_X=Y for the service.")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:AFM_X=Y,...",
+                        help="Another service with these settings, measured too.")  # fmt: skip
     parser.add_argument(
         "--bare", action="store_true", help="Also measure the bare reference endpoint."
     )
@@ -316,9 +328,9 @@ def _breakdown(model_dir: Path, redis_url: str, users: list[str], movies: list[s
     from model import contract
     from service.feature_store import FeatureStore
     from service.ranking import batch_columns
-    from service.scorer import Scorer, configure_tensorflow_threads, load_model
+    from service.scorer import Scorer, configure_tensorflow, load_model
 
-    configure_tensorflow_threads(2, 1)
+    configure_tensorflow(1, 1)
     model = load_model(model_dir / str(contract.latest_version(model_dir)))
 
     def median_us(fn, repeat: int = 300) -> float:  # noqa: ANN001
@@ -392,7 +404,7 @@ def _breakdown_row(model, n: int, user: str, movies: list[str], median_us) -> tu
     probability = model.score(columns)
 
     def respond() -> bytes:
-        known = [model.knows("movie_id", m) for m in columns["movie_id"]]
+        known = model.known("movie_id", columns["movie_id"])
         scores = score_entries(request.movie_ids, probability, known, None)
         reply = {"user_id": 1, "model_version": 1, "user_known": True, "scores": scores}
         return orjson.dumps(reply)

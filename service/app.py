@@ -22,7 +22,7 @@ from service.feature_store import FeatureStore
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.model_registry import ModelRegistry
 from service.routes import ops, scoring
-from service.scorer import LoadedModel, Scorer, configure_tensorflow_threads, load_model
+from service.scorer import LoadedModel, Scorer, configure_tensorflow, load_model
 from service.settings import Settings, available_cpus, get_settings
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     scorer = Scorer(settings.scoring_threads)
     app.state.registry, app.state.feature_store, app.state.scorer = registry, store, scorer
-    app.state.metrics.watch(registry, store)
+    app.state.metrics.watch(registry, store, scorer)
     reload_task = asyncio.create_task(_keep_loading(registry, settings.reload_interval))
     log.info(
         "serving from %s, features from %s (prefix %r)",
@@ -103,7 +103,7 @@ def _thread_configuring_loader(settings: Settings):  # noqa: ANN202 - returns a 
     def load(version_dir: Path) -> LoadedModel:
         if not configured.is_set():
             intra = settings.tf_intra_op_threads or available_cpus()
-            configure_tensorflow_threads(intra, settings.tf_inter_op_threads)
+            configure_tensorflow(intra, settings.tf_inter_op_threads)
             configured.set()
         return load_model(version_dir)
 

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.feature_store import FeatureStore
 from service.model_registry import ModelRegistry
+from service.scorer import Scorer
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -33,10 +34,10 @@ class Metrics:
         )
         self._state: _StateCollector | None = None
 
-    def watch(self, models: ModelRegistry, store: FeatureStore) -> None:
+    def watch(self, models: ModelRegistry, store: FeatureStore, scorer: Scorer) -> None:
         """Report the state of the objects a lifespan opened (replacing any earlier ones)."""
         self.unwatch()
-        self._state = _StateCollector(models, store)
+        self._state = _StateCollector(models, store, scorer)
         self.registry.register(self._state)
 
     def unwatch(self) -> None:
@@ -49,9 +50,10 @@ class Metrics:
 
 
 class _StateCollector(Collector):
-    def __init__(self, models: ModelRegistry, store: FeatureStore) -> None:
+    def __init__(self, models: ModelRegistry, store: FeatureStore, scorer: Scorer) -> None:
         self._models = models
         self._store = store
+        self._scorer = scorer
 
     def collect(self) -> Iterator:
         current = self._models.current
@@ -71,6 +73,16 @@ class _StateCollector(Collector):
         for outcome, count in self._models.reloads.items():
             reloads.add_metric([outcome], count)
         yield reloads
+        yield CounterMetricFamily(
+            "afm_tensorflow_calls",
+            "TensorFlow calls made; requests queued meanwhile are merged into one call.",
+            value=self._scorer.calls_total,
+        )
+        yield CounterMetricFamily(
+            "afm_tensorflow_requests",
+            "Scoring requests those calls served (divided by the calls: mean batch).",
+            value=self._scorer.requests_total,
+        )
 
 
 class RequestMetricsMiddleware:

@@ -1,23 +1,28 @@
-"""One loaded model version, and the thread pool that runs TensorFlow off the event loop.
+"""One loaded model version, and the scorer that runs TensorFlow off the event loop in batches.
 
 ``LoadedModel`` wraps the two contract signatures of ``<model-dir>/<version>/``; its methods
 are synchronous, take the six FIELDS as equal-length lists of raw strings, and return NumPy.
 ``Scorer`` runs them on a small dedicated pool, so at most ``threads`` TensorFlow calls run at
-once and the event loop keeps serving health checks and Redis reads meanwhile.
+once and the event loop keeps serving health checks and Redis reads meanwhile. Requests that
+arrive while every thread is busy are merged into one call when a thread frees up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
 import logging
 import math
 import os
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import numpy as np
 
@@ -27,7 +32,15 @@ from service.errors import ScoringFailed
 log = logging.getLogger(__name__)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines, before import
 
-T = TypeVar("T")
+MAX_BATCH_ROWS = 4096
+"""Most rows one merged TensorFlow call takes; a single larger request still runs, alone."""
+
+
+class Rows(Protocol):
+    def __getitem__(self, rows: slice, /) -> Self: ...
+
+
+T = TypeVar("T", bound=Rows)
 Columns = Mapping[str, Sequence[str]]
 """contract.FIELDS -> raw string values, one per row."""
 
@@ -37,6 +50,9 @@ class Explanation:
     probability: np.ndarray  # float32 [batch]
     attention: np.ndarray  # float32 [batch, len(PAIRS)], rows sum to 1
     contribution: np.ndarray  # float32 [batch, len(PAIRS)], each pair's term in the logit
+
+    def __getitem__(self, rows: slice) -> Explanation:
+        return Explanation(self.probability[rows], self.attention[rows], self.contribution[rows])
 
 
 @dataclass(frozen=True)
@@ -60,11 +76,11 @@ class LoadedModel:
 
     def score(self, columns: Columns) -> np.ndarray:
         """Click probabilities, float32 [batch]."""
-        outputs = self.score_fn(**_tensors(columns))
+        outputs = self.score_fn(*_tensors(columns))
         return outputs[contract.OUTPUT_PROBABILITY].numpy()
 
     def explain(self, columns: Columns) -> Explanation:
-        outputs = self.explain_fn(**_tensors(columns))
+        outputs = self.explain_fn(*_tensors(columns))
         return Explanation(
             probability=outputs[contract.OUTPUT_PROBABILITY].numpy(),
             attention=outputs[contract.OUTPUT_ATTENTION].numpy(),
@@ -72,10 +88,25 @@ class LoadedModel:
         )
 
 
-def _tensors(columns: Columns) -> dict[str, Any]:
+def _tensors(columns: Columns) -> list[Any]:
     import tensorflow as tf
 
-    return {name: tf.constant(columns[name], tf.string) for name in contract.FIELDS}
+    return [tf.constant(columns[name], tf.string) for name in contract.FIELDS]
+
+
+def _positional(signature: Callable[..., Mapping[str, Any]]) -> Callable[..., Mapping[str, Any]]:
+    """``signature`` as a function of the FIELDS in order, traced once around it.
+
+    A restored signature re-resolves every captured variable on each call; the traced
+    function captures them once, which saves ~60 µs of Python per call at 1-100 rows.
+    """
+    import tensorflow as tf
+
+    def call(*columns: tf.Tensor) -> Mapping[str, tf.Tensor]:
+        return signature(**dict(zip(contract.FIELDS, columns, strict=True)))
+
+    spec = [tf.TensorSpec([None], tf.string, name=name) for name in contract.FIELDS]
+    return tf.function(call, input_signature=spec).get_concrete_function()
 
 
 def load_model(version_dir: Path) -> LoadedModel:
@@ -95,8 +126,8 @@ def load_model(version_dir: Path) -> LoadedModel:
         version=int(version_dir.name),
         path=version_dir,
         metadata=metadata,
-        score_fn=loaded.signatures[contract.SIGNATURE_SCORE],
-        explain_fn=loaded.signatures[contract.SIGNATURE_EXPLAIN],
+        score_fn=_positional(loaded.signatures[contract.SIGNATURE_SCORE]),
+        explain_fn=_positional(loaded.signatures[contract.SIGNATURE_EXPLAIN]),
         vocabularies={
             name: frozenset(values)
             for name, values in contract.read_vocabularies(version_dir).items()
@@ -124,30 +155,117 @@ def _warm(model: LoadedModel) -> None:
             raise ValueError(f"attention rows sum to {row_sums[:3]}, not 1")
 
 
-class Scorer:
-    """Runs synchronous TensorFlow calls on a bounded pool of ``threads`` threads."""
+@dataclass
+class _Job:
+    fn: Callable[[Columns], Any]
+    columns: Columns
+    rows: int
+    done: asyncio.Future
 
-    def __init__(self, threads: int) -> None:
+
+class Scorer:
+    """Runs TensorFlow calls on ``threads`` threads, merging calls that queue up meanwhile.
+
+    A call that finds a thread free runs at once, alone: batching never adds waiting at low
+    load. Calls that arrive while every thread is busy queue; when a thread frees up, the
+    queued calls of the same function (same model version and signature) run as one batch
+    of up to ``max_batch_rows`` rows. Each TensorFlow call has a fixed cost of ~0.3 ms
+    whatever its size, so under load this serves several requests for the price of one.
+    """
+
+    def __init__(self, threads: int, max_batch_rows: int = MAX_BATCH_ROWS) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tf-score")
+        self._threads = threads
+        self._max_batch_rows = max_batch_rows
+        self._busy = 0
+        self._queue: deque[_Job] = deque()
+        self.calls_total = 0  # TensorFlow calls; read by the metrics collector
+        self.requests_total = 0  # calls of run() they served
 
     async def run(self, fn: Callable[[Columns], T], columns: Columns) -> T:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._pool, fn, columns)
-        except Exception as exc:
-            log.exception("TensorFlow call failed")
-            raise ScoringFailed(
-                f"the model failed to score this request: {type(exc).__name__}"
-            ) from exc
+        """``fn(columns)``, computed on the pool, possibly within a larger batch."""
+        rows = len(next(iter(columns.values())))
+        job = _Job(fn, columns, rows, asyncio.get_running_loop().create_future())
+        self._queue.append(job)
+        self._dispatch()
+        return await job.done
 
     def shutdown(self) -> None:
+        for job in self._queue:
+            job.done.cancel()
+        self._queue.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
+    def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue and self._busy < self._threads:
+            batch = self._take_batch()
+            if batch:
+                self._busy += 1
+                running = loop.run_in_executor(self._pool, _call_merged, batch)
+                running.add_done_callback(partial(self._finish, batch))
 
-def configure_tensorflow_threads(intra_op: int, inter_op: int) -> None:
-    """Set TF's thread pools; only possible before TF's runtime starts (else logged, kept)."""
+    def _take_batch(self) -> list[_Job]:
+        """The oldest live job and every queued job of the same function that fits with it."""
+        batch: list[_Job] = []
+        rows = 0
+        kept: deque[_Job] = deque()
+        for job in self._queue:
+            if job.done.done():  # the client went away while it waited
+                continue
+            if not batch or (job.fn == batch[0].fn and rows + job.rows <= self._max_batch_rows):
+                batch.append(job)
+                rows += job.rows
+            else:
+                kept.append(job)
+        self._queue = kept
+        return batch
+
+    def _finish(self, batch: list[_Job], running: asyncio.Future) -> None:
+        self._busy -= 1
+        self.calls_total += 1
+        self.requests_total += len(batch)
+        exc = None if running.cancelled() else running.exception()
+        if exc is not None:
+            log.error("TensorFlow call failed", exc_info=exc)
+        start = 0
+        for job in batch:
+            stop = start + job.rows
+            if job.done.done():  # cancelled: its client went away
+                pass
+            elif running.cancelled():
+                job.done.cancel()
+            elif exc is not None:
+                job.done.set_exception(
+                    ScoringFailed(f"the model failed to score this request: {type(exc).__name__}")
+                )
+            else:
+                job.done.set_result(running.result()[start:stop])
+            start = stop
+        self._dispatch()
+
+
+def _call_merged(batch: list[_Job]) -> Any:
+    """One call of the batch's function on the jobs' columns, concatenated in order."""
+    if len(batch) == 1:
+        return batch[0].fn(batch[0].columns)
+    merged = {
+        name: list(itertools.chain.from_iterable(job.columns[name] for job in batch))
+        for name in batch[0].columns
+    }
+    return batch[0].fn(merged)
+
+
+def configure_tensorflow(intra_op: int, inter_op: int) -> None:
+    """Import TensorFlow, set its thread pools and exempt its import from garbage collection.
+
+    Thread counts can only be set before TF's runtime starts (else logged and kept).
+    """
     import tensorflow as tf
 
+    # Importing TF leaves ~380k Python objects that every full collection would walk: 140 ms
+    # pauses, measured as the p99 of 1,000-candidate requests. Frozen, they are never scanned.
+    gc.freeze()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra_op)
         tf.config.threading.set_inter_op_parallelism_threads(inter_op)

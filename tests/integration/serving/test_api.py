@@ -3,9 +3,12 @@ against the SavedModel's own signatures on the same raw features."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,7 +17,7 @@ from fastapi.testclient import TestClient
 from model import contract
 from service.app import create_app
 from service.settings import Settings
-from tests.integration.serving.helpers import wait_ready, wait_until
+from tests.integration.serving.helpers import ServerThread, wait_ready, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +92,64 @@ def test_top_k_is_the_best_of_the_full_list(api: TestClient) -> None:
     top = api.post("/score", json={"user_id": 9, "movie_ids": movies, "top_k": 5}).json()["scores"]
     best = sorted(full, key=lambda s: -s["probability"])[:5]
     assert [s["movie_id"] for s in top] == [s["movie_id"] for s in best]
+
+
+def test_concurrent_requests_each_get_their_own_answer(
+    trained_model_dir: Path, redis_url: str, loaded_prefix: str, signatures, synthetic_users: dict
+) -> None:  # noqa: ANN001
+    """Requests that queue behind a busy TensorFlow thread are scored in merged batches;
+    every reply must still be exactly its own request's."""
+    rng = np.random.default_rng(7)
+    bodies = [
+        {
+            "user_id": int(user),
+            "movie_ids": rng.integers(1, 400, size=int(rng.integers(1, 60))).tolist(),
+            "explain": bool(i % 3 == 0),
+        }
+        for i, user in enumerate(rng.integers(1, 300, size=48))
+    ]
+    settings = Settings(
+        model_dir=trained_model_dir,
+        redis_url=redis_url,
+        redis_prefix=loaded_prefix,
+        reload_interval=0,
+    )
+
+    async def fire(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/score", json=b) for b in bodies))
+
+    with ServerThread(settings) as server, httpx.Client(base_url=server.url) as probe:
+        wait_until(lambda: probe.get("/readyz").status_code == 200, what="the model")
+        responses = asyncio.run(fire(server.url))
+        metrics = probe.get("/metrics").text
+
+    for body, response in zip(bodies, responses, strict=True):
+        assert response.status_code == 200, response.text
+        user = body["user_id"]
+        name = contract.SIGNATURE_EXPLAIN if body["explain"] else contract.SIGNATURE_SCORE
+        expected = _reference(
+            signatures, name, _user_row(synthetic_users, user), user, body["movie_ids"]
+        )
+        scores = response.json()["scores"]
+        assert [s["movie_id"] for s in scores] == body["movie_ids"]
+        np.testing.assert_allclose(
+            [s["probability"] for s in scores],
+            expected[contract.OUTPUT_PROBABILITY],
+            rtol=1e-5,
+            atol=1e-7,
+        )
+        if body["explain"]:
+            weights = {tuple(p["fields"]): p["weight"] for p in scores[-1]["pairs"]}
+            np.testing.assert_allclose(
+                [weights[pair] for pair in contract.PAIRS],
+                expected[contract.OUTPUT_ATTENTION][-1],
+                rtol=1e-5,
+                atol=1e-7,
+            )
+    served = float(re.search(r"^afm_tensorflow_requests_total (\S+)$", metrics, re.M).group(1))
+    calls = float(re.search(r"^afm_tensorflow_calls_total (\S+)$", metrics, re.M).group(1))
+    assert served == len(bodies) and 1 <= calls <= served
 
 
 def test_explain_matches_the_explain_signature(

@@ -1,0 +1,142 @@
+"""The scorer's batching, with a scoring function that blocks until a test lets it go."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.errors import ScoringFailed
+from service.scorer import Scorer
+
+
+class Gate:
+    """Scores movie_id as a float; each call waits for ``release`` and is recorded."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.calls: list[list[str]] = []
+        self.fail = fail
+
+    def __call__(self, columns: dict[str, list[str]]) -> np.ndarray:
+        self.entered.set()
+        assert self.release.wait(10), "test never released the gate"
+        self.calls.append(list(columns["movie_id"]))
+        if self.fail:
+            raise RuntimeError("tensor exploded")
+        return np.array([float(m) for m in columns["movie_id"]])
+
+
+def _columns(*movies: int) -> dict[str, list[str]]:
+    return {"user_id": ["1"] * len(movies), "movie_id": [str(m) for m in movies]}
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+async def _occupy(scorer: Scorer, gate: Gate) -> asyncio.Task:
+    """Start a one-row call on ``gate`` and wait until it holds the scorer's only thread."""
+    task = asyncio.create_task(scorer.run(gate, _columns(0)))
+    await asyncio.to_thread(gate.entered.wait, 10)
+    return task
+
+
+def test_a_lone_call_runs_at_once_and_alone() -> None:
+    async def main() -> tuple[list[float], Scorer, Gate]:
+        scorer, gate = Scorer(threads=1), Gate()
+        gate.release.set()
+        result = await scorer.run(gate, _columns(5, 6))
+        scorer.shutdown()
+        return result.tolist(), scorer, gate
+
+    result, scorer, gate = _run(main())
+    assert result == [5.0, 6.0]
+    assert gate.calls == [["5", "6"]]
+    assert (scorer.calls_total, scorer.requests_total) == (1, 1)
+
+
+def test_calls_queued_behind_a_busy_thread_are_merged_and_split_back() -> None:
+    async def main() -> tuple[list[list[float]], Scorer, Gate]:
+        scorer, gate = Scorer(threads=1), Gate()
+        first = await _occupy(scorer, gate)
+        queued = [asyncio.create_task(scorer.run(gate, _columns(i, i + 1))) for i in (10, 20, 30)]
+        await asyncio.sleep(0.05)  # all three are queued now
+        gate.release.set()
+        results = await asyncio.gather(first, *queued)
+        scorer.shutdown()
+        return [r.tolist() for r in results], scorer, gate
+
+    results, scorer, gate = _run(main())
+    assert results == [[0.0], [10.0, 11.0], [20.0, 21.0], [30.0, 31.0]]
+    assert gate.calls == [["0"], ["10", "11", "20", "21", "30", "31"]]
+    assert (scorer.calls_total, scorer.requests_total) == (2, 4)
+
+
+def test_batches_hold_one_function_and_respect_the_row_limit() -> None:
+    async def main() -> tuple[Gate, Gate, list[list[float]]]:
+        scorer, gate, other = Scorer(threads=1, max_batch_rows=4), Gate(), Gate()
+        other.release.set()
+        first = await _occupy(scorer, gate)
+        queued = [
+            asyncio.create_task(scorer.run(gate, _columns(1, 2, 3))),
+            asyncio.create_task(scorer.run(other, _columns(7))),  # another model/signature
+            asyncio.create_task(scorer.run(gate, _columns(4))),  # fits with 1, 2, 3
+            asyncio.create_task(scorer.run(gate, _columns(5))),  # would make 5 rows
+        ]
+        await asyncio.sleep(0.05)
+        gate.release.set()
+        results = await asyncio.gather(first, *queued)
+        scorer.shutdown()
+        return gate, other, [r.tolist() for r in results]
+
+    gate, other, results = _run(main())
+    assert gate.calls == [["0"], ["1", "2", "3", "4"], ["5"]]
+    assert other.calls == [["7"]]
+    assert results == [[0.0], [1.0, 2.0, 3.0], [7.0], [4.0], [5.0]]
+
+
+def test_a_failed_call_fails_each_of_its_requests_and_the_next_call_runs() -> None:
+    async def main() -> tuple[list[BaseException | None], list[float]]:
+        scorer, gate = Scorer(threads=1), Gate(fail=True)
+        first = await _occupy(scorer, gate)
+        queued = [asyncio.create_task(scorer.run(gate, _columns(i))) for i in (1, 2)]
+        await asyncio.sleep(0.05)
+        gate.release.set()
+        outcomes = await asyncio.gather(first, *queued, return_exceptions=True)
+        gate.fail = False
+        after = await scorer.run(gate, _columns(9))
+        scorer.shutdown()
+        return outcomes, after.tolist()
+
+    outcomes, after = _run(main())
+    assert all(isinstance(o, ScoringFailed) for o in outcomes)
+    assert "RuntimeError" in str(outcomes[0]) and "exploded" not in str(outcomes[0])
+    assert after == [9.0]
+
+
+def test_a_request_cancelled_while_queued_is_left_out() -> None:
+    async def main() -> tuple[Gate, list[float]]:
+        scorer, gate = Scorer(threads=1), Gate()
+        first = await _occupy(scorer, gate)
+        gone = asyncio.create_task(scorer.run(gate, _columns(1)))
+        kept = asyncio.create_task(scorer.run(gate, _columns(2)))
+        await asyncio.sleep(0.05)
+        gone.cancel()  # its client disconnected
+        await asyncio.sleep(0)
+        gate.release.set()
+        await first
+        result = await kept
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        scorer.shutdown()
+        return gate, result.tolist()
+
+    gate, result = _run(main())
+    assert gate.calls == [["0"], ["2"]]
+    assert result == [2.0]
