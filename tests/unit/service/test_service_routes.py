@@ -212,7 +212,7 @@ def test_explain_is_readable(client: TestClient) -> None:
         ({"user_id": 1, "movie_ids": [1], "top_k": 0}, "body.top_k", "greater than or equal to 1"),
         ({"user_id": 1, "movie_ids": [1], "explain": "yes"}, "body.explain", "valid boolean"),
         ({"user_id": 1, "movie_ids": [1], "topk": 3}, "body.topk", "Extra inputs"),
-        ({"user_id": 1, "movie_ids": 1193}, "body.movie_ids", "valid list"),
+        ({"user_id": 1, "movie_ids": 1193}, "body.movie_ids", "valid array"),
     ],
 )
 def test_bad_score_body_is_422_naming_the_field(
@@ -364,5 +364,6 @@ def test_openapi_documents_examples_and_errors(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     score = spec["paths"]["/score"]["post"]
     assert {"413", "422", "503"} <= score["responses"].keys()
-    assert spec["components"]["schemas"]["ScoreRequest"]["examples"]
+    body_schema = score["requestBody"]["content"]["application/json"]["schema"]
+    assert body_schema["examples"] and body_schema["required"] == ["user_id", "movie_ids"]
     assert client.get("/docs").status_code == 200
