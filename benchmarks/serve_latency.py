@@ -1,10 +1,14 @@
 """Latency and throughput of POST /score on a real `afm-ctr serve` + Redis, driven by wrk.
 
-For 1, 100 and 1000 candidates at concurrency 1 and 8: p50/p99 latency and requests/s, then
-an in-process breakdown of one request's parts (parsing, Redis, TensorFlow, serialization).
+For 1, 100 and 1000 candidates at concurrency 1 and 8: p50/p99 latency and requests/s, each
+the median of ``--rounds`` runs that alternate between the servers measured (the service,
+``--variant`` services with other settings, ``--bare`` the issue's yardstick); then an
+in-process breakdown of one request's parts (parsing, Redis, TensorFlow, serialization).
 
-    .venv/bin/python benchmarks/serve_latency.py                  # synth + train once, cached
-    .venv/bin/python benchmarks/serve_latency.py --model-dir DIR --data-dir DIR --duration 20
+    .venv/bin/python benchmarks/serve_latency.py --bare          # synth + train once, cached
+    .venv/bin/python benchmarks/serve_latency.py --candidates 100 --concurrency 8 \
+        --variant two:AFM_SCORING_THREADS=2
+    .venv/bin/python benchmarks/serve_latency.py --model-dir DIR --data-dir DIR --breakdown-only
 
 Needs `wrk` (apt-get install -y wrk) and a Redis at --redis-url. The service and the load
 generator share this machine's cores, so figures are a floor for a dedicated host.
