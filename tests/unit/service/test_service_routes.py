@@ -222,10 +222,9 @@ def test_bad_score_body_is_422_naming_the_field(
     assert field in [e["field"] for e in problem["errors"]]
 
 
-def test_malformed_json_is_422(client: TestClient) -> None:
-    response = client.post(
-        "/score", content=b'{"user_id": 1,', headers={"content-type": "application/json"}
-    )
+@pytest.mark.parametrize("content", [b'{"user_id": 1,', b"", b"user_id=1"])
+def test_malformed_or_missing_json_is_422(client: TestClient, content: bytes) -> None:
+    response = client.post("/score", content=content, headers={"content-type": "application/json"})
     problem = _assert_problem(response, 422, "invalid JSON")
     assert problem["errors"][0]["field"] == "body"
 
