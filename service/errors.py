@@ -81,6 +81,12 @@ class PayloadTooLarge(ServiceError):
     slug = "payload-too-large"
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or "" without one: details stay one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def problem_response(
     status: int,
     title: str,

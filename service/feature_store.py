@@ -17,7 +17,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from model import feature_layout
-from service.errors import FeaturesNotLoaded, FeatureStoreUnavailable
+from service.errors import FeaturesNotLoaded, FeatureStoreUnavailable, first_line
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class FeatureStore:
             ) from exc
         except RedisError as exc:
             self.errors_total += 1
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            message = first_line(exc) or type(exc).__name__
             raise FeatureStoreUnavailable(
                 f"Redis unavailable: {message}", retry_after=self._retry_after
             ) from exc

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from model import contract
+from service.errors import first_line
 from service.scorer import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,11 @@ class ModelRegistry:
             model = await loop.run_in_executor(self._pool, self._loader, version_dir)
         except Exception as exc:  # any failure: this version is refused, the old one serves
             self.reloads["refused"] += 1
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             log.error(
                 "refusing model version %s: %s: %s (keeping version %s)",
                 version_dir.name,
                 type(exc).__name__,
-                message,
+                first_line(exc),
                 self._current.version if self._current else "none",
             )
             return None
