@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
-from typing import Any
 
 import numpy as np
 import pytest
@@ -36,10 +34,6 @@ def _columns(*movies: int) -> dict[str, list[str]]:
     return {"user_id": ["1"] * len(movies), "movie_id": [str(m) for m in movies]}
 
 
-def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(coro)
-
-
 async def _occupy(scorer: Scorer, gate: Gate) -> asyncio.Task:
     """Start a one-row call on ``gate`` and wait until it holds the scorer's only thread."""
     task = asyncio.create_task(scorer.run(gate, _columns(0)))
@@ -55,7 +49,7 @@ def test_a_lone_call_runs_at_once_and_alone() -> None:
         scorer.shutdown()
         return result.tolist(), scorer, gate
 
-    result, scorer, gate = _run(main())
+    result, scorer, gate = asyncio.run(main())
     assert result == [5.0, 6.0]
     assert gate.calls == [["5", "6"]]
     assert (scorer.calls_total, scorer.requests_total) == (1, 1)
@@ -72,7 +66,7 @@ def test_calls_queued_behind_a_busy_thread_are_merged_and_split_back() -> None:
         scorer.shutdown()
         return [r.tolist() for r in results], scorer, gate
 
-    results, scorer, gate = _run(main())
+    results, scorer, gate = asyncio.run(main())
     assert results == [[0.0], [10.0, 11.0], [20.0, 21.0], [30.0, 31.0]]
     assert gate.calls == [["0"], ["10", "11", "20", "21", "30", "31"]]
     assert (scorer.calls_total, scorer.requests_total) == (2, 4)
@@ -95,7 +89,7 @@ def test_batches_hold_one_function_and_respect_the_row_limit() -> None:
         scorer.shutdown()
         return gate, other, [r.tolist() for r in results]
 
-    gate, other, results = _run(main())
+    gate, other, results = asyncio.run(main())
     assert gate.calls == [["0"], ["1", "2", "3", "4"], ["5"]]
     assert other.calls == [["7"]]
     assert results == [[0.0], [1.0, 2.0, 3.0], [7.0], [4.0], [5.0]]
@@ -114,7 +108,7 @@ def test_a_failed_call_fails_each_of_its_requests_and_the_next_call_runs() -> No
         scorer.shutdown()
         return outcomes, after.tolist()
 
-    outcomes, after = _run(main())
+    outcomes, after = asyncio.run(main())
     assert all(isinstance(o, ScoringFailed) for o in outcomes)
     assert "RuntimeError" in str(outcomes[0]) and "exploded" not in str(outcomes[0])
     assert after == [9.0]
@@ -137,6 +131,6 @@ def test_a_request_cancelled_while_queued_is_left_out() -> None:
         scorer.shutdown()
         return gate, result.tolist()
 
-    gate, result = _run(main())
+    gate, result = asyncio.run(main())
     assert gate.calls == [["0"], ["2"]]
     assert result == [2.0]
