@@ -6,6 +6,9 @@
 
 Strings never reach this model: the exported signatures wrap it with one StringLookup per
 field (see ``model/export.py``), and training feeds the same ids from ``PreparedData.encode``.
+The field set (``contract.FIELD_SETS``) decides the inputs: single-valued fields arrive
+together as one ``(batch, S)`` id matrix, each multi-valued field (genres) as its own
+``(batch, L)`` padded id matrix, embedded as the mean of its values.
 """
 
 from __future__ import annotations
@@ -15,53 +18,78 @@ from collections.abc import Mapping, Sequence
 import keras
 
 from model.config import AFMConfig
-from model.contract import FIELDS, OUTPUT_ATTENTION, OUTPUT_CONTRIBUTION, OUTPUT_PROBABILITY
-from model.layers import AttentionPooling, FieldEmbedding, FieldLinear, PairwiseInteraction
+from model.contract import MULTI_VALUED, OUTPUT_ATTENTION, OUTPUT_CONTRIBUTION, OUTPUT_PROBABILITY
+from model.dataset import SINGLE_INPUT
+from model.layers import (
+    AttentionPooling,
+    BagEmbedding,
+    FieldEmbedding,
+    IdDropout,
+    LogitSum,
+    PairwiseInteraction,
+)
 
-IDS_INPUT = "ids"
+OOV_TRAINED_FIELDS: tuple[str, ...] = ("user_id", "zip", "movie_id")
+"""Fields whose ids ``AFMConfig.oov_rate`` drops in training: the ones with a long tail and
+new values every day (a new user, a new zip, a new movie)."""
 
 
-def field_sizes(vocab_sizes: Mapping[str, int] | Sequence[int]) -> list[int]:
-    """Table sizes in FIELDS order, from a mapping by field name or a list already in order."""
-    if isinstance(vocab_sizes, Mapping):
-        missing = [f for f in FIELDS if f not in vocab_sizes]
-        if missing:
-            raise ValueError(f"vocabulary sizes missing for fields {missing}")
-        return [int(vocab_sizes[f]) for f in FIELDS]
-    sizes = [int(s) for s in vocab_sizes]
-    if len(sizes) != len(FIELDS):
-        raise ValueError(
-            f"expected {len(FIELDS)} vocabulary sizes (one per field), got {len(sizes)}"
-        )
-    return sizes
+def split_fields(fields: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(single-valued, multi-valued) fields, each in field-set order."""
+    return [f for f in fields if f not in MULTI_VALUED], [f for f in fields if f in MULTI_VALUED]
 
 
 def build_afm(
-    vocab_sizes: Mapping[str, int] | Sequence[int], config: AFMConfig, seed: int = 42
+    fields: Sequence[str], vocab_sizes: Mapping[str, int], config: AFMConfig, seed: int = 42
 ) -> keras.Model:
     """Build the AFM.
 
     Args:
+        fields: the field set, single-valued fields first (``contract.FIELD_SETS``).
         vocab_sizes: ids per field, including the out-of-vocabulary id 0 (so
-            ``len(vocabulary) + 1``), by field name or as a list in FIELDS order.
+            ``len(vocabulary) + 1``), by field name.
         config: the model's hyperparameters.
-        seed: seeds every initializer.
+        seed: seeds every initializer and random draw.
 
     Returns:
-        A model from int ids ``(batch, len(FIELDS))`` in FIELDS order to a dict:
-        ``probability`` ``(batch,)``, ``attention`` ``(batch, P)`` and ``contribution``
-        ``(batch, P)`` with P = len(PAIRS), columns in PAIRS order. Dropout on the pooled
-        vector is active only with ``training=True``.
+        A model from the inputs ``ids`` ``(batch, S)`` (the single-valued fields' ids in
+        field order) and one ``(batch, L)`` input per multi-valued field, named after it, to
+        a dict: ``probability`` ``(batch,)``, ``attention`` ``(batch, P)`` and
+        ``contribution`` ``(batch, P)`` with P = len(pairs(fields)), columns in pairs order.
+        Dropout and id dropout act only with ``training=True``.
     """
-    sizes = field_sizes(vocab_sizes)
-    ids = keras.Input(shape=(len(FIELDS),), dtype="int32", name=IDS_INPUT)
-    embeddings = FieldEmbedding(
-        sizes,
-        config.embedding_dim,
-        embeddings_initializer=keras.initializers.RandomNormal(stddev=0.01, seed=seed),
-        name="embedding",
-    )(ids)  # (batch, F, k)
-    linear = FieldLinear(sizes, name="linear")(ids)  # (batch, 1)
+    single, multi = split_fields(fields)
+    if list(fields) != single + multi:
+        raise ValueError(f"multi-valued fields must come last. Received: {list(fields)}")
+    missing = [f for f in fields if f not in vocab_sizes]
+    if missing:
+        raise ValueError(f"vocabulary sizes missing for fields {missing}")
+    sizes = [int(vocab_sizes[f]) for f in single]
+    ids_input = keras.Input(shape=(len(single),), dtype="int32", name=SINGLE_INPUT)
+    bag_inputs = {f: keras.Input(shape=(None,), dtype="int32", name=f) for f in multi}
+    ids = IdDropout(
+        config.oov_rate,
+        [single.index(f) for f in OOV_TRAINED_FIELDS if f in single],
+        seed=seed + 4,
+        name="oov_dropout",
+    )(ids_input)
+
+    def embed(dim: int, initializer: object, name: str) -> keras.KerasTensor:
+        """(batch, F, dim): single-valued fields from one table, then each bag's mean."""
+        parts = [FieldEmbedding(sizes, dim, embeddings_initializer=initializer, name=name)(ids)]
+        for f in multi:
+            bag = BagEmbedding(
+                int(vocab_sizes[f]), dim, embeddings_initializer=initializer, name=f"{name}_{f}"
+            )
+            parts.append(bag(bag_inputs[f]))
+        return parts[0] if len(parts) == 1 else keras.layers.Concatenate(axis=1)(parts)
+
+    embeddings = embed(
+        config.embedding_dim, keras.initializers.RandomNormal(stddev=0.01, seed=seed), "embedding"
+    )  # (batch, F, k)
+    linear_terms = keras.layers.Reshape((len(fields),), name="linear_terms")(
+        embed(1, "zeros", "linear")
+    )  # (batch, F): w_{x_f}
     pairs = PairwiseInteraction(jit_compile_training=True, name="pairwise")(
         embeddings
     )  # (batch, P, k)
@@ -83,18 +111,19 @@ def build_afm(
     )
     dropped = keras.layers.Dropout(config.dropout, seed=seed + 3, name="dropout")(pooled)
     interaction = projection(dropped)  # (batch, 1)
-    logit = keras.layers.Add(name="logit")([linear, interaction])  # (batch, 1)
+    logit = LogitSum(name="logit")([linear_terms, interaction])  # (batch, 1)
     probability = keras.layers.Reshape((), name=OUTPUT_PROBABILITY)(
         keras.layers.Activation("sigmoid", name="sigmoid")(logit)
     )  # (batch,)
 
-    pair_scores = keras.layers.Reshape((len(sizes) * (len(sizes) - 1) // 2,), name="pair_scores")(
+    num_pairs = len(fields) * (len(fields) - 1) // 2
+    pair_scores = keras.layers.Reshape((num_pairs,), name="pair_scores")(
         projection(pairs)
     )  # (batch, P): p^T (v_i ⊙ v_j)
     contribution = keras.layers.Multiply(name=OUTPUT_CONTRIBUTION)([attention, pair_scores])
 
     return keras.Model(
-        inputs=ids,
+        inputs={SINGLE_INPUT: ids_input, **bag_inputs},
         outputs={
             OUTPUT_PROBABILITY: probability,
             OUTPUT_ATTENTION: attention,

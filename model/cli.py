@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from model.config import AFMConfig, DataConfig, Dataset, Protocol, TrainConfig
+from model.config import AFMConfig, DataConfig, Dataset, FieldSet, Protocol, TrainConfig
 from model.errors import AfmError
 from model.feature_layout import DEFAULT_PREFIX
 
@@ -107,6 +107,27 @@ def train(
     no_attention: Annotated[
         bool, typer.Option("--no-attention", help="FM ablation: every pair weighs 1.")
     ] = False,
+    fields: Annotated[
+        FieldSet | None,
+        typer.Option(
+            help="seed: user_id gender age occupation zip movie_id; all: also the movie's year "
+            "and genres. Default: all for a dataset, seed for seed row files."
+        ),
+    ] = None,
+    oov_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=0.99, help="Share of user/zip/movie ids trained as out-of-vocabulary."
+        ),
+    ] = AFMConfig.oov_rate,
+    holdout_movies: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.99,
+            help="Keep this share of movies out of training; the test reports their AUC.",
+        ),
+    ] = DataConfig.holdout_movies,
     seed: Annotated[
         int, typer.Option(help="Seeds sampling, splits and initialisation.")
     ] = TrainConfig.seed,
@@ -117,6 +138,12 @@ def train(
         raise typer.BadParameter("give all three of --train-file, --valid-file, --test-file")
     if all(seed_files) == (dataset is not None):
         raise typer.BadParameter("give either --dataset or the three seed row files, not both")
+    if fields is None:
+        fields = "seed" if all(seed_files) else "all"
+    elif fields == "all" and all(seed_files):
+        raise typer.BadParameter(
+            "seed row files carry no year or genres; use --fields seed (the default for them)"
+        )
     data_config = DataConfig(
         dataset=dataset,
         data_dir=data_dir,
@@ -127,8 +154,11 @@ def train(
         train_file=train_file,
         valid_file=valid_file,
         test_file=test_file,
+        holdout_movies=holdout_movies,
     )
     afm_config = AFMConfig(
+        fields=fields,
+        oov_rate=oov_rate,
         embedding_dim=embedding_dim,
         attention_factor=attention_factor,
         dropout=dropout,

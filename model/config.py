@@ -8,6 +8,7 @@ from typing import Literal, get_args
 
 Dataset = Literal["ml-1m", "ml-100k", "synthetic"]
 Protocol = Literal["next-item", "rating"]
+FieldSet = Literal["seed", "all"]  # contract.FIELD_SETS
 DATASETS: tuple[str, ...] = get_args(Dataset)
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 
@@ -23,15 +24,18 @@ class DataConfig:
     train_file: Path | None = None  # seed row files, the article's format
     valid_file: Path | None = None
     test_file: Path | None = None
+    holdout_movies: float = 0.0  # share of movies kept out of training (cold-start check)
 
 
 @dataclass(frozen=True)
 class AFMConfig:
+    fields: FieldSet = "all"  # "seed": the six seed-row fields; "all": + the movie's year, genres
     embedding_dim: int = 16  # k
     attention_factor: int = 8  # t
     dropout: float = 0.2  # on the attention-pooled vector
     l2_attention: float = 1e-5  # L2 on the attention matrix W only
     use_attention: bool = True  # False: the FM ablation, every pair weighs 1
+    oov_rate: float = 0.0  # share of user/zip/movie ids dropped to OOV per training row
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,22 @@ A model directory follows the TF Serving layout::
 
 Rules both halves rely on:
 
-* Inputs are the six FIELDS by name, each a 1-D ``tf.string`` tensor of raw values exactly as
-  they appear in the data (gender ``"F"``, zip ``"48067"``, movie_id ``"1193"``). Batch size is
-  unknown: any batch works without retracing. The vocabularies live inside the SavedModel;
-  a value never seen in training maps to an out-of-vocabulary bucket, never to an error.
+* The field set belongs to the version: ``metadata.json``'s ``fields`` (one of FIELD_SETS)
+  and ``pairs`` (``pairs(fields)``) say which fields it uses; readers take them from there,
+  never from a constant. Six SEED_FIELDS, or all eight with the movie's ITEM_FIELDS.
+* Inputs are exactly the version's fields by name, each a 1-D ``tf.string`` tensor of raw
+  values exactly as they appear in the data (gender ``"F"``, zip ``"48067"``, movie_id
+  ``"1193"``, year ``"1995"``, genres ``"Comedy|Drama"``). A MULTI_VALUED field holds its
+  values joined by the separator; its embedding is the mean of its values' embeddings. Batch
+  size is unknown: any batch works without retracing. The vocabularies live inside the
+  SavedModel; a value never seen in training (or ``""``) maps to a trained
+  out-of-vocabulary bucket, never to an error.
 * ``SIGNATURE_SCORE`` returns ``OUTPUT_PROBABILITY`` of shape [batch].
   ``SIGNATURE_EXPLAIN`` returns ``OUTPUT_PROBABILITY`` [batch], ``OUTPUT_ATTENTION``
-  [batch, len(PAIRS)] whose rows sum to 1, and ``OUTPUT_CONTRIBUTION`` [batch, len(PAIRS)],
-  each pair's term in the logit. Columns follow PAIRS order.
+  [batch, len(pairs)] whose rows sum to 1, and ``OUTPUT_CONTRIBUTION`` [batch, len(pairs)],
+  each pair's term in the logit. Columns follow ``pairs`` order.
+* ``format_version`` says which of these rules a version follows; a reader refuses a
+  version newer than the FORMAT_VERSION it knows.
 * A version directory appears only by an atomic rename of a complete directory: a reader
   that sees ``<model-dir>/<n>/`` may load it.
 
@@ -32,11 +40,29 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-FIELDS: tuple[str, ...] = ("user_id", "gender", "age", "occupation", "zip", "movie_id")
-"""Model input fields, in embedding order."""
+USER_FIELDS: tuple[str, ...] = ("user_id", "gender", "age", "occupation", "zip")
+"""Fields describing the user: the same for every candidate of one request."""
 
-PAIRS: tuple[tuple[str, str], ...] = tuple(itertools.combinations(FIELDS, 2))
-"""Field pairs in attention-column order (15 for six fields)."""
+SEED_FIELDS: tuple[str, ...] = (*USER_FIELDS, "movie_id")
+"""The six fields of the seed-row format (15 pairs)."""
+
+ITEM_FIELDS: tuple[str, ...] = ("year", "genres")
+"""What is known of a movie on day one besides its id (release year, genres)."""
+
+ALL_FIELDS: tuple[str, ...] = (*SEED_FIELDS, *ITEM_FIELDS)
+"""Eight fields (28 pairs). Multi-valued fields come last (the model embeds them apart)."""
+
+FIELD_SETS: dict[str, tuple[str, ...]] = {"seed": SEED_FIELDS, "all": ALL_FIELDS}
+
+MULTI_VALUED: dict[str, str] = {"genres": "|"}
+"""Field -> separator of its values, as in ML-1M's movies.dat ("Animation|Comedy")."""
+
+USER_ID, MOVIE_ID = "user_id", "movie_id"
+
+
+def pairs(fields: tuple[str, ...] | list[str]) -> tuple[tuple[str, str], ...]:
+    """Field pairs in attention-column order: ``itertools.combinations`` of ``fields``."""
+    return tuple(itertools.combinations(fields, 2))
 
 SIGNATURE_SCORE = "serving_default"
 SIGNATURE_EXPLAIN = "explain"
@@ -45,7 +71,8 @@ OUTPUT_ATTENTION = "attention"
 OUTPUT_CONTRIBUTION = "contribution"
 METADATA_FILE = "metadata.json"
 VOCABULARIES_FILE = "vocabularies.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""1: six fixed fields. 2: the field set is the version's own (``fields``)."""
 
 
 class ModelMetadata(BaseModel):
@@ -82,13 +109,24 @@ def next_version(model_dir: Path) -> int:
 
 
 def read_metadata(version_dir: Path) -> ModelMetadata:
-    return ModelMetadata.model_validate_json((version_dir / METADATA_FILE).read_text())
+    """The version's metadata; ValueError for a format this reader does not know."""
+    metadata = ModelMetadata.model_validate_json((version_dir / METADATA_FILE).read_text())
+    if metadata.format_version > FORMAT_VERSION:
+        raise ValueError(
+            f"format_version {metadata.format_version} is newer than this reader's "
+            f"{FORMAT_VERSION}; upgrade afm-ctr to serve it"
+        )
+    if tuple(metadata.fields) not in FIELD_SETS.values():
+        raise ValueError(f"unknown field set {metadata.fields}; expected one of {FIELD_SETS}")
+    if [tuple(p) for p in metadata.pairs] != list(pairs(metadata.fields)):
+        raise ValueError("metadata pairs are not the combinations of its fields in order")
+    return metadata
 
 
-def read_vocabularies(version_dir: Path) -> dict[str, list[str]]:
-    """The training vocabulary of each field, as the SavedModel's lookup layers hold it."""
+def read_vocabularies(version_dir: Path, fields: tuple[str, ...]) -> dict[str, list[str]]:
+    """The training vocabulary of each field (single values for MULTI_VALUED fields)."""
     vocabularies = json.loads((version_dir / VOCABULARIES_FILE).read_text())
-    missing = set(FIELDS) - set(vocabularies)
+    missing = set(fields) - set(vocabularies)
     if missing:
         raise ValueError(f"{VOCABULARIES_FILE} lacks field(s) {sorted(missing)}")
-    return {field: [str(v) for v in vocabularies[field]] for field in FIELDS}
+    return {field: [str(v) for v in vocabularies[field]] for field in fields}

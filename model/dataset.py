@@ -7,14 +7,19 @@ every step be a vectorised NumPy operation.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.contract import FIELDS
+from model.contract import MOVIE_ID, MULTI_VALUED, USER_FIELDS
 
-USER_COLUMNS: tuple[str, ...] = FIELDS[:-1]  # user_id, gender, age, occupation, zip
-MOVIE_COLUMN = FIELDS[-1]  # movie_id
+USER_COLUMNS: tuple[str, ...] = USER_FIELDS  # user_id, gender, age, occupation, zip
+MOVIE_COLUMNS: tuple[str, ...] = (MOVIE_ID, "title", "year", "genres")
+"""The movie table: id, title (not a model field), then contract.ITEM_FIELDS. A missing
+value is "" (seed rows know no titles, genres or years)."""
+PAD = -1
+"""Fills the rows of a multi-valued field's id matrix past its last value; masked out."""
 
 
 @dataclass(frozen=True)
@@ -22,12 +27,16 @@ class Ratings:
     """A ratings table: the output of every reader (ML-1M, ML-100K, synthetic)."""
 
     users: dict[str, np.ndarray]  # USER_COLUMNS -> raw string array, shape (n_users,)
-    movie_ids: np.ndarray  # raw string array, shape (n_movies,)
+    movies: dict[str, np.ndarray]  # MOVIE_COLUMNS -> raw string array, shape (n_movies,)
     user_idx: np.ndarray  # int32 (n,): row into `users`
-    movie_idx: np.ndarray  # int32 (n,): row into `movie_ids`
+    movie_idx: np.ndarray  # int32 (n,): row into `movies`
     rating: np.ndarray  # int8 (n,)
     timestamp: np.ndarray  # int64 (n,)
     source: str  # human-readable origin, e.g. "ml-100k at /path"
+
+    @property
+    def movie_ids(self) -> np.ndarray:
+        return self.movies[MOVIE_ID]
 
 
 @dataclass(frozen=True)
@@ -45,39 +54,72 @@ class PreparedData:
     """Train/valid/test rows over shared user and movie tables: the output of every protocol."""
 
     users: dict[str, np.ndarray]
-    movie_ids: np.ndarray
+    movies: dict[str, np.ndarray]
     train: LabeledRows
     valid: LabeledRows
     test: LabeledRows
     protocol: str
     source: str
     extra: dict = field(default_factory=dict)  # protocol details recorded in metadata.json
+    held_out_movies: np.ndarray | None = None  # movie rows kept out of train and valid
 
-    def vocabularies(self) -> dict[str, np.ndarray]:
+    @property
+    def movie_ids(self) -> np.ndarray:
+        return self.movies[MOVIE_ID]
+
+    def table(self, name: str) -> tuple[np.ndarray, str]:
+        """The raw value of field ``name`` per table row, and which index picks the row."""
+        if name in self.users:
+            return self.users[name], "user_idx"
+        return self.movies[name], "movie_idx"
+
+    def vocabularies(self, fields: Sequence[str]) -> dict[str, np.ndarray]:
         """Sorted distinct raw values per field, from training rows only.
 
         Index i of a vocabulary is model id i + 1; id 0 is the out-of-vocabulary bucket, the
-        same convention as a StringLookup(vocabulary=..., num_oov_indices=1).
+        same convention as a StringLookup(vocabulary=..., num_oov_indices=1). A MULTI_VALUED
+        field's vocabulary holds its single values ("Comedy"), never "" .
         """
-        seen_users = _seen(self.train.user_idx, len(self.users[USER_COLUMNS[0]]))
-        vocab = {col: np.unique(self.users[col][seen_users]) for col in USER_COLUMNS}
-        vocab[MOVIE_COLUMN] = np.unique(
-            self.movie_ids[_seen(self.train.movie_idx, len(self.movie_ids))]
-        )
+        seen = {
+            "user_idx": _seen(self.train.user_idx, len(self.users[USER_COLUMNS[0]])),
+            "movie_idx": _seen(self.train.movie_idx, len(self.movie_ids)),
+        }
+        vocab = {}
+        for name in fields:
+            values, index = self.table(name)
+            values = np.unique(values[seen[index]])
+            if name in MULTI_VALUED:
+                values = np.unique([v for joined in values for v in _split(joined, name)])
+            vocab[name] = values.astype(str)
         return vocab
 
-    def encode(self, rows: LabeledRows, vocabularies: dict[str, np.ndarray]) -> np.ndarray:
-        """Model ids, int32 of shape (n, len(FIELDS)) in FIELDS order; unseen values map to 0."""
-        columns = [
-            _codes(self.users[col], vocabularies[col])[rows.user_idx] for col in USER_COLUMNS
-        ]
-        columns.append(_codes(self.movie_ids, vocabularies[MOVIE_COLUMN])[rows.movie_idx])
-        return np.stack(columns, axis=1).astype(np.int32)
+    def encode(
+        self, rows: LabeledRows, vocabularies: Mapping[str, np.ndarray], fields: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Model inputs for ``rows``: see ``model.afm.model_inputs`` for the names and shapes.
 
-    def raw(self, rows: LabeledRows) -> dict[str, np.ndarray]:
+        Single-valued fields become one int32 column each (unseen values map to 0), stacked
+        in ``fields`` order; each MULTI_VALUED field becomes an int32 (n, longest) matrix of
+        its values' ids, padded with PAD (a movie without values gets the OOV id 0 alone).
+        """
+        single = []
+        inputs = {}
+        for name in fields:
+            values, index = self.table(name)
+            at = getattr(rows, index)
+            if name in MULTI_VALUED:
+                inputs[name] = _bag_codes(values, vocabularies[name], name)[at]
+            else:
+                single.append(_codes(values, vocabularies[name])[at])
+        inputs[SINGLE_INPUT] = np.stack(single, axis=1).astype(np.int32)
+        return inputs
+
+    def raw(self, rows: LabeledRows, fields: Sequence[str]) -> dict[str, np.ndarray]:
         """Raw string inputs by field name, as the exported signatures take them."""
-        raw = {col: self.users[col][rows.user_idx] for col in USER_COLUMNS}
-        raw[MOVIE_COLUMN] = self.movie_ids[rows.movie_idx]
+        raw = {}
+        for name in fields:
+            values, index = self.table(name)
+            raw[name] = values[getattr(rows, index)]
         return raw
 
     def summary(self) -> dict[str, dict[str, int]]:
@@ -85,6 +127,24 @@ class PreparedData:
             name: {"rows": len(part), "positives": int(np.count_nonzero(part.label))}
             for name, part in (("train", self.train), ("valid", self.valid), ("test", self.test))
         }
+
+
+SINGLE_INPUT = "ids"
+"""Model input holding every single-valued field's id, (batch, fields) in field-set order."""
+
+
+def _split(joined: str, name: str) -> list[str]:
+    return [v for v in joined.split(MULTI_VALUED[name]) if v]
+
+
+def _bag_codes(values: np.ndarray, vocabulary: np.ndarray, name: str) -> np.ndarray:
+    """Per table row, the ids of its values padded with PAD: int32 (rows, longest)."""
+    index = {v: i + 1 for i, v in enumerate(vocabulary.tolist())}
+    bags = [[index.get(v, 0) for v in _split(joined, name)] or [0] for joined in values.tolist()]
+    codes = np.full((len(bags), max((len(b) for b in bags), default=1)), PAD, dtype=np.int32)
+    for row, bag in enumerate(bags):
+        codes[row, : len(bag)] = bag
+    return codes
 
 
 def _seen(index: np.ndarray, size: int) -> np.ndarray:

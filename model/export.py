@@ -5,9 +5,10 @@ A version is written completely into ``<model-dir>/.tmp-<uuid>/`` (ignored by
 a half-written version. If another export takes ``n`` first, the rename fails and this
 export takes the next free number.
 
-The SavedModel's signatures take the raw string values of the six fields by name; one
+The SavedModel's signatures take the raw string values of the version's fields by name; one
 StringLookup per field, built from the training vocabulary, turns them into the ids the
-model was trained on (vocabulary[i] -> i + 1, anything else -> 0, as ``PreparedData.encode``).
+model was trained on (vocabulary[i] -> i + 1, anything else -> 0, as ``PreparedData.encode``);
+a multi-valued field is split on its separator first and looked up value by value.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,29 +27,33 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from model.afm import split_fields
 from model.contract import (
-    FIELDS,
     METADATA_FILE,
+    MULTI_VALUED,
     OUTPUT_ATTENTION,
     OUTPUT_CONTRIBUTION,
     OUTPUT_PROBABILITY,
-    PAIRS,
     SIGNATURE_EXPLAIN,
     SIGNATURE_SCORE,
     VOCABULARIES_FILE,
     ModelMetadata,
     next_version,
+    pairs,
 )
+from model.dataset import PAD, SINGLE_INPUT
 from model.errors import AfmError
 
 TMP_PREFIX = ".tmp-"
 _RENAME_CONFLICTS = (errno.EEXIST, errno.ENOTEMPTY)
 
 
-def build_lookups(vocabularies: Mapping[str, np.ndarray]) -> dict[str, keras.layers.StringLookup]:
+def build_lookups(
+    fields: Sequence[str], vocabularies: Mapping[str, np.ndarray]
+) -> dict[str, keras.layers.StringLookup]:
     """One StringLookup per field: vocabulary[i] -> i + 1, unknown values -> 0 (int32)."""
     lookups = {}
-    for field in FIELDS:
+    for field in fields:
         lookup = keras.layers.StringLookup(
             vocabulary=[str(v) for v in vocabularies[field]],
             num_oov_indices=1,
@@ -60,30 +65,48 @@ def build_lookups(vocabularies: Mapping[str, np.ndarray]) -> dict[str, keras.lay
     return lookups
 
 
-def _raw_signature() -> list[tf.TensorSpec]:
-    return [tf.TensorSpec(shape=[None], dtype=tf.string, name=field) for field in FIELDS]
+def bag_ids(lookup: keras.layers.StringLookup, joined: tf.Tensor, separator: str) -> tf.Tensor:
+    """(batch, L) int32 ids of each row's values, padded with PAD, as in training.
+
+    ``"Comedy|Drama"`` -> the two values' ids; a row without values (``""``) gets the
+    out-of-vocabulary id 0 alone. L is the batch's longest row plus one padding column, so
+    a batch of empty rows still has a column.
+    """
+    values = tf.strings.split(joined, sep=separator)  # ragged (batch, None)
+    values = tf.ragged.boolean_mask(values, tf.strings.length(values) > 0)
+    ids = tf.ragged.map_flat_values(lambda v: tf.cast(lookup(v), tf.int32), values)
+    dense = tf.pad(ids.to_tensor(default_value=PAD), [[0, 0], [0, 1]], constant_values=PAD)
+    first = tf.where(ids.row_lengths() > 0, dense[:, 0], 0)
+    return tf.concat([first[:, None], dense[:, 1:]], axis=1)
+
+
+def _raw_signature(fields: Sequence[str]) -> list[tf.TensorSpec]:
+    return [tf.TensorSpec(shape=[None], dtype=tf.string, name=field) for field in fields]
 
 
 def build_archive(
-    model: keras.Model, vocabularies: Mapping[str, np.ndarray]
+    model: keras.Model, fields: Sequence[str], vocabularies: Mapping[str, np.ndarray]
 ) -> keras.export.ExportArchive:
     """An ExportArchive with the contract's two endpoints over raw string inputs.
 
-    ``model`` is the dict-output model of ``model.afm.build_afm``. Each endpoint takes the
-    FIELDS as separate 1-D string tensors (batch size unknown), in FIELDS order and by name.
+    ``model`` is the dict-output model of ``model.afm.build_afm`` for ``fields``. Each
+    endpoint takes the fields as separate 1-D string tensors (batch size unknown), in field
+    order and by name.
     """
-    lookups = build_lookups(vocabularies)
+    fields = list(fields)
+    lookups = build_lookups(fields, vocabularies)
+    single, multi = split_fields(fields)
 
     def explain(*raw: tf.Tensor) -> dict[str, tf.Tensor]:
-        # (batch, F) int32 ids in FIELDS order
-        ids = tf.stack(
-            [
-                tf.cast(lookups[field](value), tf.int32)
-                for field, value in zip(FIELDS, raw, strict=True)
-            ],
-            axis=1,
-        )
-        outputs = model(ids, training=False)
+        by_name = dict(zip(fields, raw, strict=True))
+        inputs = {
+            # (batch, S) int32 ids in field order
+            SINGLE_INPUT: tf.stack(
+                [tf.cast(lookups[f](by_name[f]), tf.int32) for f in single], axis=1
+            ),
+            **{f: bag_ids(lookups[f], by_name[f], MULTI_VALUED[f]) for f in multi},
+        }
+        outputs = model(inputs, training=False)
         return {
             OUTPUT_PROBABILITY: outputs[OUTPUT_PROBABILITY],
             OUTPUT_ATTENTION: outputs[OUTPUT_ATTENTION],
@@ -97,13 +120,14 @@ def build_archive(
     archive.track(model)
     for lookup in lookups.values():
         archive.track(lookup)
-    archive.add_endpoint(SIGNATURE_SCORE, score, input_signature=_raw_signature())
-    archive.add_endpoint(SIGNATURE_EXPLAIN, explain, input_signature=_raw_signature())
+    archive.add_endpoint(SIGNATURE_SCORE, score, input_signature=_raw_signature(fields))
+    archive.add_endpoint(SIGNATURE_EXPLAIN, explain, input_signature=_raw_signature(fields))
     return archive
 
 
 def export_version(
     model: keras.Model,
+    fields: Sequence[str],
     vocabularies: Mapping[str, np.ndarray],
     model_dir: Path,
     metadata: Mapping[str, Any],
@@ -113,7 +137,8 @@ def export_version(
 
     Args:
         model: the dict-output AFM of ``build_afm``, trained.
-        vocabularies: sorted training vocabulary per field (``PreparedData.vocabularies()``).
+        fields: the model's field set, in input order.
+        vocabularies: sorted training vocabulary per field (``PreparedData.vocabularies``).
         model_dir: the export root; created if missing.
         metadata: every ``ModelMetadata`` field except ``version``, ``fields``, ``pairs``,
             ``tensorflow_version`` and ``created_at``, which are filled in here. Extra keys
@@ -127,13 +152,13 @@ def export_version(
         raise AfmError(f"cannot create model directory {model_dir}: {exc.strerror}") from None
     tmp = model_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}"
     try:
-        build_archive(model, vocabularies).write_out(str(tmp), verbose=False)
+        build_archive(model, fields, vocabularies).write_out(str(tmp), verbose=False)
         # The same vocabularies in plain JSON, for readers that should not dig into the graph.
-        vocab_json = {field: [str(v) for v in vocabularies[field]] for field in FIELDS}
+        vocab_json = {field: [str(v) for v in vocabularies[field]] for field in fields}
         (tmp / VOCABULARIES_FILE).write_text(json.dumps(vocab_json))
         if write_extras is not None:
             write_extras(tmp)
-        return publish_version(tmp, model_dir, metadata)
+        return publish_version(tmp, model_dir, fields, metadata)
     except OSError as exc:
         raise AfmError(f"cannot write the model to {model_dir}: {exc}") from None
     finally:
@@ -141,7 +166,9 @@ def export_version(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def publish_version(tmp: Path, model_dir: Path, metadata: Mapping[str, Any]) -> Path:
+def publish_version(
+    tmp: Path, model_dir: Path, fields: Sequence[str], metadata: Mapping[str, Any]
+) -> Path:
     """Rename the complete directory ``tmp`` to ``model_dir/<next free version>``.
 
     ``metadata.json`` (with the version filled in) is rewritten before each attempt; if
@@ -152,8 +179,8 @@ def publish_version(tmp: Path, model_dir: Path, metadata: Mapping[str, Any]) -> 
         version = next_version(model_dir)
         record = ModelMetadata(
             version=version,
-            fields=list(FIELDS),
-            pairs=[list(pair) for pair in PAIRS],
+            fields=list(fields),
+            pairs=[list(pair) for pair in pairs(fields)],
             tensorflow_version=tf.__version__,
             keras_version=keras.__version__,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -3,7 +3,9 @@
 One layer, one job:
 
 * ``FieldEmbedding``: per-field embeddings from one concatenated table (one gather).
-* ``FieldLinear``: the linear part w0 + sum_i w_i.
+* ``BagEmbedding``: a multi-valued field's embedding, the mean over its values.
+* ``IdDropout``: ids dropped to out-of-vocabulary in training, so the OOV rows learn.
+* ``LogitSum``: w0 + sum_f w_f + the interaction term.
 * ``PairwiseInteraction``: the element-wise products v_i ⊙ v_j of every field pair.
 * ``AttentionPooling``: the attention network and the weighted sum over pairs.
 
@@ -125,52 +127,152 @@ class FieldEmbedding(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class FieldLinear(keras.layers.Layer):
-    """The linear part of a factorization machine over F one-hot fields.
+class BagEmbedding(keras.layers.Layer):
+    """The embedding of a multi-valued field: the mean of its values' embeddings.
 
-        y_linear(x) = w0 + sum_f w_{x_f}
+        v_f = (1 / |S|) sum_{s in S} e_s      S: the values of field f in one example
 
-    With one active feature per field, sum_i w_i x_i is the sum of one weight per field.
+    so a movie's genres "Comedy|Drama" take part in the pair interactions as one field, like
+    any single-valued field. Ids are padded with -1 (masked out); a row needs at least one
+    id, which is 0 (the out-of-vocabulary row) when the value set is empty or unknown.
 
     Args:
-        vocab_sizes: list of int, the number of ids of each field (id 0 included).
-        weights_initializer: initializer of the weights w. Defaults to ``"zeros"``.
+        vocab_size: int, the number of ids (id 0 included).
+        output_dim: int, the embedding size (1 gives the field's linear weight).
+        embeddings_initializer: initializer of the table. Defaults to ``"uniform"``.
 
     Call:
-        ids: int tensor ``(batch, F)``.
-        returns: float tensor ``(batch, 1)``.
+        ids: int tensor ``(batch, L)``, L >= 1 the longest value set of the batch.
+        returns: float tensor ``(batch, 1, output_dim)``.
+
+    Example:
+        >>> BagEmbedding(4, output_dim=3)(np.array([[1, 2], [3, -1]])).shape
+        (2, 1, 3)
     """
 
     def __init__(
-        self, vocab_sizes: Sequence[int], weights_initializer: Any = "zeros", **kwargs: Any
+        self,
+        vocab_size: int,
+        output_dim: int,
+        embeddings_initializer: Any = "uniform",
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.vocab_sizes = _check_sizes(vocab_sizes)
-        self.weights_initializer = keras.initializers.get(weights_initializer)
-        self.weights_table = FieldEmbedding(
-            self.vocab_sizes, 1, embeddings_initializer=self.weights_initializer, name="weights"
-        )
+        self.vocab_size = _check_sizes([vocab_size])[0]
+        if int(output_dim) < 1:
+            raise ValueError(f"`output_dim` must be a positive integer. Received: {output_dim}")
+        self.output_dim = int(output_dim)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
 
     def build(self, input_shape: tuple) -> None:
-        self.weights_table.build(input_shape)
-        self.bias = self.add_weight(name="bias", shape=(1,), initializer="zeros")  # w0
+        if len(input_shape) != 2:
+            raise ValueError(f"BagEmbedding expects ids of shape (batch, L). Received: {input_shape}")
+        self.embeddings = self.add_weight(
+            name="embeddings",
+            shape=(self.vocab_size, self.output_dim),
+            initializer=self.embeddings_initializer,
+        )
 
     def call(self, ids: Any) -> Any:
-        # (batch, F, 1) -> (batch, 1)
-        return ops.sum(self.weights_table(ids), axis=1) + self.bias
+        ids = ops.cast(ids, "int32")
+        # (batch, L, 1): 1 for a value, 0 for padding
+        present = ops.expand_dims(ops.cast(ids >= 0, self.compute_dtype), -1)
+        # (batch, L, output_dim), padding rows zeroed
+        rows = ops.take(self.embeddings, ops.maximum(ids, 0), axis=0) * present
+        count = ops.maximum(ops.sum(present, axis=1), 1.0)  # (batch, 1)
+        return ops.expand_dims(ops.sum(rows, axis=1) / count, 1)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
-        return (input_shape[0], 1)
+        return (input_shape[0], 1, self.output_dim)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             {
-                "vocab_sizes": self.vocab_sizes,
-                "weights_initializer": keras.initializers.serialize(self.weights_initializer),
+                "vocab_size": self.vocab_size,
+                "output_dim": self.output_dim,
+                "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
             }
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class IdDropout(keras.layers.Layer):
+    """Replaces ids by the out-of-vocabulary id 0 at random, in training steps only.
+
+        id'_f = 0 with probability ``rate``, else id_f        for f in ``columns``
+
+    Trains the out-of-vocabulary rows of high-cardinality fields (user, zip, movie), so a user
+    or movie never seen in training is scored from a learned "unknown" embedding and the
+    other fields (a new movie's genres and year), not from an untrained random one.
+
+    Args:
+        rate: float in [0, 1), the share of ids dropped per column.
+        columns: list of int, the columns of the ``(batch, F)`` id matrix to drop from.
+        seed: int, seeds the draws.
+
+    Call:
+        ids: int tensor ``(batch, F)``; ``training``: drop only when True.
+        returns: int tensor ``(batch, F)``.
+    """
+
+    def __init__(
+        self, rate: float, columns: Sequence[int], seed: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"`rate` must be in [0, 1). Received: {rate}")
+        self.rate = float(rate)
+        self.columns = [int(c) for c in columns]
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, input_shape: tuple) -> None:
+        fields = input_shape[-1]
+        if any(not 0 <= c < fields for c in self.columns):
+            raise ValueError(f"`columns` must index {fields} fields. Received: {self.columns}")
+        self.column_mask = np.isin(np.arange(fields), self.columns)
+
+    def call(self, ids: Any, training: bool | None = None) -> Any:
+        if not training or not self.rate or not self.columns:
+            return ids
+        draw = keras.random.uniform(ops.shape(ids), seed=self.seed_generator)
+        drop = ops.logical_and(draw < self.rate, ops.convert_to_tensor(self.column_mask))
+        return ops.where(drop, ops.zeros_like(ids), ids)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"rate": self.rate, "columns": self.columns, "seed": self.seed})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LogitSum(keras.layers.Layer):
+    """The logit of a factorization machine from its parts, with the global bias w0.
+
+        logit = w0 + sum_f w_{x_f} + interaction
+
+    Args: none beyond Keras' own.
+
+    Call:
+        ``[linear_terms, interaction]``: float tensors ``(batch, F)`` (each field's w term)
+        and ``(batch, 1)``.
+        returns: float tensor ``(batch, 1)``.
+    """
+
+    def build(self, input_shape: list) -> None:
+        self.bias = self.add_weight(name="bias", shape=(1,), initializer="zeros")  # w0
+
+    def call(self, inputs: list) -> Any:
+        linear_terms, interaction = inputs
+        return self.bias + ops.sum(linear_terms, axis=1, keepdims=True) + interaction
+
+    def compute_output_shape(self, input_shape: list) -> tuple:
+        return (input_shape[0][0], 1)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -180,7 +282,7 @@ class PairwiseInteraction(keras.layers.Layer):
         f_PI(E) = { v_i ⊙ v_j  for (i, j) in combinations(range(F), 2) }
 
     Pairs come in ``itertools.combinations`` order: (0,1), (0,2), ..., (F-2, F-1), the order
-    of ``model.contract.PAIRS`` for the contract's fields.
+    of ``model.contract.pairs(fields)``.
 
     Args:
         jit_compile_training: bool, run the layer XLA-compiled in training steps (TensorFlow

@@ -16,6 +16,7 @@ All randomness comes from ``np.random.default_rng(config.seed)``; no per-row Pyt
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -24,9 +25,10 @@ import pandas as pd
 import typer
 
 from model.config import DataConfig
-from model.dataset import USER_COLUMNS, LabeledRows, PreparedData, Ratings
+from model.dataset import MOVIE_COLUMNS, USER_COLUMNS, LabeledRows, PreparedData, Ratings
 from model.errors import AfmError, MalformedInput
-from model.movielens import load_ratings, parse_categorical
+from model.movielens import load_ratings
+from model.parsing import parse_categorical
 
 HELD_OUT_MIN_RATINGS = 3  # first item (never a positive) + valid + test
 RATING_POSITIVE, RATING_NEGATIVE = 4, 2  # >= 4 positive, <= 2 negative, 3 dropped
@@ -51,7 +53,42 @@ def prepare(config: DataConfig) -> PreparedData:
         raise AfmError(f"unknown protocol {config.protocol!r}; expected next-item or rating")
     parts = ", ".join(f"{k} {v['rows']:,} rows" for k, v in data.summary().items())
     clock.done(f"{config.protocol} protocol: {parts}")
+    if config.holdout_movies:
+        data = hold_out_movies(data, share=config.holdout_movies, seed=config.seed)
+        clock.done(
+            f"held out {len(data.held_out_movies):,} movies: their rows left train and "
+            f"validation, {data.extra['held_out_test_rows']:,} test rows remain"
+        )
     return data
+
+
+def hold_out_movies(data: PreparedData, *, share: float, seed: int) -> PreparedData:
+    """``data`` without a seeded random ``share`` of its movies in train and validation.
+
+    Test rows keep them, so the trainer can report how well movies the model has never
+    seen are scored (from their genres and year, and the trained out-of-vocabulary row).
+    """
+    if not 0 < share < 1:
+        raise AfmError(f"the share of held-out movies must be in (0, 1), got {share}")
+    rng = np.random.default_rng([seed, 1])  # its own stream: the protocol's draws are unchanged
+    rated = np.unique(data.train.movie_idx)
+    held = np.sort(rng.choice(rated, size=max(1, round(share * len(rated))), replace=False))
+
+    def without(rows: LabeledRows) -> LabeledRows:
+        keep = ~np.isin(rows.movie_idx, held)
+        return LabeledRows(rows.user_idx[keep], rows.movie_idx[keep], rows.label[keep])
+
+    return dataclasses.replace(
+        data,
+        train=without(data.train),
+        valid=without(data.valid),
+        held_out_movies=held,
+        extra={
+            **data.extra,
+            "held_out_movies": len(held),
+            "held_out_test_rows": int(np.isin(data.test.movie_idx, held).sum()),
+        },
+    )
 
 
 # ---------------------------------------------------------------- next-item
@@ -99,7 +136,7 @@ def next_item(ratings: Ratings, *, negatives: int, seed: int) -> PreparedData:
     )
     return PreparedData(
         users=ratings.users,
-        movie_ids=ratings.movie_ids,
+        movies=ratings.movies,
         **splits,
         protocol="next-item",
         source=ratings.source,
@@ -221,7 +258,7 @@ def rating_threshold(ratings: Ratings, *, seed: int) -> PreparedData:
         )
     return PreparedData(
         users=ratings.users,
-        movie_ids=ratings.movie_ids,
+        movies=ratings.movies,
         **splits,
         protocol="rating",
         source=ratings.source,
@@ -265,12 +302,18 @@ def read_seed_rows(config: DataConfig) -> PreparedData:
     clock.done(f"read seed rows: {', '.join(f'{k} {len(v):,}' for k, v in labels.items())}")
     return PreparedData(
         users=users,
-        movie_ids=np.asarray(list(vocabulary[5]), dtype=str),
+        movies=_movie_table(np.asarray(list(vocabulary[5]), dtype=str)),
         **splits,
         protocol="seed-rows",
         source=", ".join(str(p) for p in files.values()),
         extra={"files": {k: str(v) for k, v in files.items()}},
     )
+
+
+def _movie_table(movie_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Seed rows know movies by id only: title, year and genres are missing ("")."""
+    missing = np.full(len(movie_ids), "", dtype=str)
+    return {name: movie_ids if i == 0 else missing for i, name in enumerate(MOVIE_COLUMNS)}
 
 
 def _read_seed_file(

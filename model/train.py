@@ -25,8 +25,8 @@ import tensorflow as tf
 
 from model.afm import build_afm, probability_model
 from model.config import AFMConfig, DataConfig, TrainConfig
-from model.contract import FIELDS
-from model.dataset import LabeledRows, PreparedData
+from model.contract import FIELD_SETS
+from model.dataset import PreparedData
 from model.errors import AfmError
 from model.export import export_version
 
@@ -52,6 +52,7 @@ class FitResult:
     """A trained model (best weights restored) and how it got there."""
 
     model: keras.Model  # dict outputs, see model.afm.build_afm
+    fields: tuple[str, ...]
     vocabularies: dict[str, np.ndarray]
     history: list[EpochRecord] = field(default_factory=list)
     best_epoch: int = 0
@@ -96,25 +97,31 @@ def _check_splits(data: PreparedData) -> None:
 
 
 def epoch_dataset(
-    ids: np.ndarray, labels: np.ndarray, batch_size: int, rng: np.random.Generator
+    inputs: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
 ) -> tf.data.Dataset:
     """One shuffled epoch as a dataset of ready-made batches.
 
     The permutation comes from ``rng`` (reproducible), and rows are cut into batches in NumPy,
     so tf.data only hands out whole tensors: no per-row work in the input pipeline.
+    ``inputs`` are the model inputs by name, each with one row per label.
     """
     order = rng.permutation(len(labels))
-    ids, labels = ids[order], labels[order]
+    inputs = {name: values[order] for name, values in inputs.items()}
+    labels = labels[order]
     full = len(labels) // batch_size * batch_size
+
+    def batched(values: np.ndarray) -> np.ndarray:
+        return values[:full].reshape(-1, batch_size, *values.shape[1:])
+
     batches = tf.data.Dataset.from_tensor_slices(
-        (
-            ids[:full].reshape(-1, batch_size, ids.shape[1]),
-            labels[:full].reshape(-1, batch_size),
-        )
+        ({name: batched(values) for name, values in inputs.items()}, batched(labels))
     )
     if full < len(labels):
-        tail = tf.data.Dataset.from_tensors((ids[full:], labels[full:]))
-        batches = batches.concatenate(tail)
+        tail = ({name: values[full:] for name, values in inputs.items()}, labels[full:])
+        batches = batches.concatenate(tf.data.Dataset.from_tensors(tail))
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
@@ -123,12 +130,11 @@ def _say(message: str) -> None:
     sys.stderr.flush()
 
 
-def _evaluate(model: keras.Model, ids: np.ndarray, rows: LabeledRows) -> dict[str, float]:
-    probabilities = model.predict(ids, batch_size=PREDICT_BATCH, verbose=0)
-    return {
-        "auc": roc_auc(rows.label, probabilities),
-        "logloss": log_loss(rows.label, probabilities),
-    }
+def _evaluate(
+    model: keras.Model, inputs: Mapping[str, np.ndarray], labels: np.ndarray
+) -> dict[str, float]:
+    probabilities = model.predict(dict(inputs), batch_size=PREDICT_BATCH, verbose=0)
+    return {"auc": roc_auc(labels, probabilities), "logloss": log_loss(labels, probabilities)}
 
 
 def compiled_trainer(model: keras.Model, train: TrainConfig) -> keras.Model:
@@ -148,14 +154,15 @@ def fit(data: PreparedData, afm: AFMConfig, train: TrainConfig) -> FitResult:
     _check_splits(data)
     keras.utils.set_random_seed(train.seed)
     rng = np.random.default_rng(train.seed)
-    vocabularies = data.vocabularies()
-    x_train = data.encode(data.train, vocabularies)
+    fields = FIELD_SETS[afm.fields]
+    vocabularies = data.vocabularies(fields)
+    x_train = data.encode(data.train, vocabularies, fields)
     y_train = data.train.label.astype(np.float32)
-    x_valid = data.encode(data.valid, vocabularies)
+    x_valid = data.encode(data.valid, vocabularies, fields)
 
-    model = build_afm({f: len(vocabularies[f]) + 1 for f in FIELDS}, afm, seed=train.seed)
+    model = build_afm(fields, {f: len(vocabularies[f]) + 1 for f in fields}, afm, seed=train.seed)
     trainer = compiled_trainer(model, train)
-    result = FitResult(model=model, vocabularies=vocabularies)
+    result = FitResult(model=model, fields=fields, vocabularies=vocabularies)
     best_auc, best_weights, waited = -np.inf, trainer.get_weights(), 0
     _say(
         f"training on {len(y_train):,} rows ({int(y_train.sum()):,} positive), "
@@ -166,7 +173,7 @@ def fit(data: PreparedData, afm: AFMConfig, train: TrainConfig) -> FitResult:
         start = time.perf_counter()
         history = trainer.fit(batches, epochs=1, shuffle=False, verbose=0)
         seconds = time.perf_counter() - start
-        valid = _evaluate(trainer, x_valid, data.valid)
+        valid = _evaluate(trainer, x_valid, data.valid.label)
         record = EpochRecord(
             epoch=epoch,
             train_loss=float(history.history["loss"][-1]),
@@ -192,14 +199,28 @@ def fit(data: PreparedData, afm: AFMConfig, train: TrainConfig) -> FitResult:
                 break
     trainer.set_weights(best_weights)
 
-    valid = _evaluate(trainer, x_valid, data.valid)
-    test = _evaluate(trainer, data.encode(data.test, vocabularies), data.test)
+    valid = _evaluate(trainer, x_valid, data.valid.label)
+    x_test = data.encode(data.test, vocabularies, fields)
+    test = _evaluate(trainer, x_test, data.test.label)
     result.metrics = {
         "valid": valid,
         "test": test,
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
     }
+    if data.held_out_movies is not None:
+        held = np.isin(data.test.movie_idx, data.held_out_movies)
+        result.metrics["test_held_out_movies"] = {
+            "rows": int(held.sum()),
+            "positives": int(data.test.label[held].sum()),
+            **_evaluate(
+                trainer, {k: v[held] for k, v in x_test.items()}, data.test.label[held]
+            ),
+        }
+        _say(
+            f"test rows of the {len(data.held_out_movies):,} held-out movies: "
+            f"AUC {result.metrics['test_held_out_movies']['auc']:.4f}"
+        )
     _say(
         f"best epoch {result.best_epoch}: test AUC {test['auc']:.4f}  test logloss "
         f"{test['logloss']:.4f}  (valid AUC {valid['auc']:.4f})"
@@ -239,7 +260,7 @@ def _data_record(data: PreparedData, vocabularies: Mapping[str, np.ndarray]) -> 
         **data.extra,
         **data.summary(),
         "source": data.source,
-        "vocabulary_sizes": {f: len(vocabularies[f]) for f in FIELDS},
+        "vocabulary_sizes": {f: len(v) for f, v in vocabularies.items()},
     }
 
 
@@ -284,5 +305,10 @@ def export_trained(
         "metrics": result.metrics,
     }
     return export_version(
-        result.model, result.vocabularies, model_dir, metadata, write_extras=write_extras
+        result.model,
+        result.fields,
+        result.vocabularies,
+        model_dir,
+        metadata,
+        write_extras=write_extras,
     )
