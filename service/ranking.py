@@ -7,24 +7,37 @@ from typing import Any
 
 import numpy as np
 
-from model import contract
-from model.feature_layout import USER_FIELDS
+from model.contract import MOVIE_ID, USER_FIELDS, USER_ID
 
 UNKNOWN_VALUE = ""
-"""Sent for every user feature of a user without a Redis hash: in no vocabulary, so OOV."""
+"""Sent for every feature Redis does not know (a user or movie without features): in no
+vocabulary, so the model's out-of-vocabulary value."""
 
-USER_ID, MOVIE_ID = contract.FIELDS[0], contract.FIELDS[-1]
+_NONE: Mapping[str, str] = {}
 
 
 def batch_columns(
-    user_id: int, user_features: Mapping[str, str] | None, movie_ids: Sequence[int]
+    fields: Sequence[str],
+    user_id: int,
+    user_features: Mapping[str, str] | None,
+    movie_ids: Sequence[int],
+    movie_features: Mapping[str, Mapping[str, str]],
 ) -> dict[str, list[str]]:
-    """One row per candidate: the user's raw features repeated, the movie id varying."""
+    """One row per candidate for the model's ``fields``: the user's raw features repeated,
+    the movie's id and features (``movie_features``, keyed by id string) varying."""
     n = len(movie_ids)
-    columns = {USER_ID: [str(user_id)] * n, MOVIE_ID: [str(m) for m in movie_ids]}
-    for name in USER_FIELDS:
-        value = user_features[name] if user_features is not None else UNKNOWN_VALUE
-        columns[name] = [value] * n
+    ids = [str(m) for m in movie_ids]
+    user = user_features or _NONE
+    columns = {}
+    for name in fields:
+        if name == USER_ID:
+            columns[name] = [str(user_id)] * n
+        elif name == MOVIE_ID:
+            columns[name] = ids
+        elif name in USER_FIELDS:
+            columns[name] = [user.get(name, UNKNOWN_VALUE)] * n
+        else:
+            columns[name] = [movie_features.get(m, _NONE).get(name, UNKNOWN_VALUE) for m in ids]
     return columns
 
 
@@ -36,13 +49,14 @@ def ranked_indices(probability: np.ndarray, top_k: int | None) -> list[int]:
     return order[:top_k].tolist()
 
 
-def readable_pairs(attention: np.ndarray, contribution: np.ndarray) -> list[dict[str, Any]]:
+def readable_pairs(
+    pairs: Sequence[tuple[str, str]], attention: np.ndarray, contribution: np.ndarray
+) -> list[dict[str, Any]]:
     """One prediction's pairs as ``{"fields", "weight", "contribution"}``, heaviest first."""
     weights, terms = attention.tolist(), contribution.tolist()
     order = sorted(range(len(weights)), key=lambda i: -weights[i])
     return [
-        {"fields": list(contract.PAIRS[i]), "weight": weights[i], "contribution": terms[i]}
-        for i in order
+        {"fields": list(pairs[i]), "weight": weights[i], "contribution": terms[i]} for i in order
     ]
 
 
@@ -51,6 +65,7 @@ def score_entries(
     probability: np.ndarray,
     known: Sequence[bool | None],
     top_k: int | None,
+    pairs: Sequence[tuple[str, str]] = (),
     attention: np.ndarray | None = None,
     contribution: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
@@ -67,7 +82,7 @@ def score_entries(
             "movie_id": movie_ids[i],
             "probability": values[i],
             "movie_known": known[i],
-            "pairs": readable_pairs(attention[i], contribution[i]),
+            "pairs": readable_pairs(pairs, attention[i], contribution[i]),
         }
         for i in order
     ]

@@ -1,7 +1,8 @@
 """One loaded model version, and the scorer that runs TensorFlow off the event loop in batches.
 
 ``LoadedModel`` wraps the two contract signatures of ``<model-dir>/<version>/``; its methods
-are synchronous, take the six FIELDS as equal-length lists of raw strings, and return NumPy.
+are synchronous, take the version's fields (``metadata.json``) as equal-length lists of raw
+strings, and return NumPy.
 ``Scorer`` runs them on a small dedicated pool, so at most ``threads`` TensorFlow calls run at
 once and the event loop keeps serving health checks and Redis reads meanwhile. Requests that
 arrive while every thread is busy are merged into one call when a thread frees up.
@@ -42,14 +43,14 @@ class Rows(Protocol):
 
 T = TypeVar("T", bound=Rows)
 Columns = Mapping[str, Sequence[str]]
-"""contract.FIELDS -> raw string values, one per row."""
+"""The version's fields -> raw string values, one per row."""
 
 
 @dataclass(frozen=True)
 class Explanation:
     probability: np.ndarray  # float32 [batch]
-    attention: np.ndarray  # float32 [batch, len(PAIRS)], rows sum to 1
-    contribution: np.ndarray  # float32 [batch, len(PAIRS)], each pair's term in the logit
+    attention: np.ndarray  # float32 [batch, pairs], rows sum to 1
+    contribution: np.ndarray  # float32 [batch, pairs], each pair's term in the logit
 
     def __getitem__(self, rows: slice) -> Explanation:
         return Explanation(self.probability[rows], self.attention[rows], self.contribution[rows])
@@ -62,6 +63,8 @@ class LoadedModel:
     version: int
     path: Path
     metadata: contract.ModelMetadata
+    fields: tuple[str, ...]
+    pairs: tuple[tuple[str, str], ...]
     score_fn: Callable[..., Mapping[str, Any]] = field(repr=False)
     explain_fn: Callable[..., Mapping[str, Any]] = field(repr=False)
     vocabularies: Mapping[str, frozenset[str]] = field(repr=False)
@@ -76,11 +79,11 @@ class LoadedModel:
 
     def score(self, columns: Columns) -> np.ndarray:
         """Click probabilities, float32 [batch]."""
-        outputs = self.score_fn(_tensors(columns))
+        outputs = self.score_fn(_tensors(columns, self.fields))
         return outputs[contract.OUTPUT_PROBABILITY].numpy()
 
     def explain(self, columns: Columns) -> Explanation:
-        outputs = self.explain_fn(_tensors(columns))
+        outputs = self.explain_fn(_tensors(columns, self.fields))
         return Explanation(
             probability=outputs[contract.OUTPUT_PROBABILITY].numpy(),
             attention=outputs[contract.OUTPUT_ATTENTION].numpy(),
@@ -88,14 +91,16 @@ class LoadedModel:
         )
 
 
-def _tensors(columns: Columns) -> Any:
+def _tensors(columns: Columns, fields: tuple[str, ...]) -> Any:
     import tensorflow as tf
 
-    return tf.constant([columns[name] for name in contract.FIELDS], tf.string)
+    return tf.constant([columns[name] for name in fields], tf.string)
 
 
-def _stacked(signature: Callable[..., Mapping[str, Any]]) -> Callable[..., Mapping[str, Any]]:
-    """``signature`` as a function of one (len(FIELDS), batch) string tensor, traced once.
+def _stacked(
+    signature: Callable[..., Mapping[str, Any]], fields: tuple[str, ...]
+) -> Callable[..., Mapping[str, Any]]:
+    """``signature`` as a function of one (len(fields), batch) string tensor, traced once.
 
     One tensor conversion and one argument instead of six, split again inside the graph, and
     the signature's captured variables resolved once at tracing instead of on every call:
@@ -104,9 +109,9 @@ def _stacked(signature: Callable[..., Mapping[str, Any]]) -> Callable[..., Mappi
     import tensorflow as tf
 
     def call(stacked: tf.Tensor) -> Mapping[str, tf.Tensor]:
-        return signature(**dict(zip(contract.FIELDS, tf.unstack(stacked), strict=True)))
+        return signature(**dict(zip(fields, tf.unstack(stacked), strict=True)))
 
-    spec = tf.TensorSpec([len(contract.FIELDS), None], tf.string, name="fields")
+    spec = tf.TensorSpec([len(fields), None], tf.string, name="fields")
     return tf.function(call, input_signature=[spec]).get_concrete_function()
 
 
@@ -114,24 +119,27 @@ def load_model(version_dir: Path) -> LoadedModel:
     """Load, check and warm one version. Raises on anything that would fail a request later."""
     import tensorflow as tf
 
-    metadata = contract.read_metadata(version_dir)
-    if tuple(metadata.fields) != contract.FIELDS:
-        raise ValueError(f"metadata fields {metadata.fields} differ from {list(contract.FIELDS)}")
-    if [tuple(p) for p in metadata.pairs] != list(contract.PAIRS):
-        raise ValueError("metadata pairs differ from the contract's pair order")
+    metadata = contract.read_metadata(version_dir)  # refuses unknown formats and field sets
+    fields = tuple(metadata.fields)
     loaded = tf.saved_model.load(str(version_dir))
     missing = {contract.SIGNATURE_SCORE, contract.SIGNATURE_EXPLAIN} - set(loaded.signatures)
     if missing:
         raise ValueError(f"SavedModel lacks signature(s) {sorted(missing)}")
+    for name in (contract.SIGNATURE_SCORE, contract.SIGNATURE_EXPLAIN):
+        inputs = set(loaded.signatures[name].structured_input_signature[1])
+        if inputs != set(fields):
+            raise ValueError(f"signature {name} takes {sorted(inputs)}, metadata says {fields}")
     model = LoadedModel(
         version=int(version_dir.name),
         path=version_dir,
         metadata=metadata,
-        score_fn=_stacked(loaded.signatures[contract.SIGNATURE_SCORE]),
-        explain_fn=_stacked(loaded.signatures[contract.SIGNATURE_EXPLAIN]),
+        fields=fields,
+        pairs=contract.pairs(fields),
+        score_fn=_stacked(loaded.signatures[contract.SIGNATURE_SCORE], fields),
+        explain_fn=_stacked(loaded.signatures[contract.SIGNATURE_EXPLAIN], fields),
         vocabularies={
             name: frozenset(values)
-            for name, values in contract.read_vocabularies(version_dir).items()
+            for name, values in contract.read_vocabularies(version_dir, fields).items()
         },
         saved_model=loaded,
     )
@@ -142,14 +150,14 @@ def load_model(version_dir: Path) -> LoadedModel:
 def _warm(model: LoadedModel) -> None:
     """Run both signatures once (first calls build kernels) and check the outputs' invariants."""
     for batch in (1, 64):
-        columns = {name: [""] * batch for name in contract.FIELDS}
+        columns = {name: [""] * batch for name in model.fields}
         probability = model.score(columns)
         explained = model.explain(columns)
         if probability.shape != (batch,) or not np.all((probability >= 0) & (probability <= 1)):
             raise ValueError(
                 f"{contract.SIGNATURE_SCORE} returned bad probabilities {probability[:3]}"
             )
-        if explained.attention.shape != (batch, len(contract.PAIRS)):
+        if explained.attention.shape != (batch, len(model.pairs)):
             raise ValueError(f"attention has shape {explained.attention.shape}")
         row_sums = explained.attention.sum(axis=1)
         if not all(math.isclose(s, 1.0, abs_tol=1e-3) for s in row_sums.tolist()):

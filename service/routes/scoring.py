@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from service.deps import ScoringDep
 from service.errors import InvalidRequest
-from service.ranking import MOVIE_ID, batch_columns, readable_pairs, score_entries
+from model.contract import MOVIE_ID
+from service.ranking import batch_columns, readable_pairs, score_entries
 from service.schemas import ExplainResponse, Problem, ScoreRequest, ScoreResponse
 
 router = APIRouter(tags=["scoring"])
@@ -70,8 +71,10 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
     count, limit = len(request.movie_ids), scoring.settings.max_candidates
     if count > limit:
         raise InvalidRequest(f"movie_ids has {count} entries; at most {limit} are allowed")
-    features = await store.user_features(request.user_id)
-    columns = batch_columns(request.user_id, features, request.movie_ids)
+    features = await store.read(request.user_id)
+    columns = batch_columns(
+        model.fields, request.user_id, features.user, request.movie_ids, features.movies
+    )
     known = model.known(MOVIE_ID, columns[MOVIE_ID])
     if request.explain:
         explained = await scorer.run(model.explain, columns)
@@ -80,6 +83,7 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
             explained.probability,
             known,
             request.top_k,
+            model.pairs,
             explained.attention,
             explained.contribution,
         )
@@ -90,7 +94,7 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
         {
             "user_id": request.user_id,
             "model_version": model.version,
-            "user_known": features is not None,
+            "user_known": features.user is not None,
             "scores": scores,
         }
     )
@@ -105,8 +109,8 @@ async def explain(
     """Why the model scores `movie_id` for `user_id` as it does: every field pair's attention
     weight (they sum to 1) and its term in the logit, heaviest pair first."""
     model, store, scorer = scoring.model, scoring.store, scoring.scorer
-    features = await store.user_features(user_id)
-    columns = batch_columns(user_id, features, [movie_id])
+    features = await store.read(user_id)
+    columns = batch_columns(model.fields, user_id, features.user, [movie_id], features.movies)
     explained = await scorer.run(model.explain, columns)
     return _json(
         {
@@ -114,8 +118,10 @@ async def explain(
             "movie_id": movie_id,
             "model_version": model.version,
             "probability": float(explained.probability[0]),
-            "user_known": features is not None,
+            "user_known": features.user is not None,
             "movie_known": model.known(MOVIE_ID, columns[MOVIE_ID])[0],
-            "pairs": readable_pairs(explained.attention[0], explained.contribution[0]),
+            "pairs": readable_pairs(
+                model.pairs, explained.attention[0], explained.contribution[0]
+            ),
         }
     )

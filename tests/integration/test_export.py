@@ -14,18 +14,20 @@ import tensorflow as tf
 from model import export as export_module
 from model.config import AFMConfig, DataConfig, TrainConfig
 from model.contract import (
-    FIELDS,
+    ALL_FIELDS,
+    FIELD_SETS,
+    MULTI_VALUED,
     OUTPUT_ATTENTION,
     OUTPUT_CONTRIBUTION,
     OUTPUT_PROBABILITY,
-    PAIRS,
     SIGNATURE_EXPLAIN,
     SIGNATURE_SCORE,
     VOCABULARIES_FILE,
     list_versions,
+    pairs,
     read_metadata,
 )
-from model.dataset import LabeledRows, PreparedData
+from model.dataset import PAD, LabeledRows, PreparedData
 from model.errors import AfmError
 from model.protocols import prepare
 from model.synth import write_synthetic
@@ -33,9 +35,9 @@ from model.train import CURVE_FILE, METRICS_FILE, FitResult, export_trained, fit
 
 pytestmark = pytest.mark.integration
 
-AFM = AFMConfig(embedding_dim=8, attention_factor=4)
+AFM = AFMConfig(embedding_dim=8, attention_factor=4, oov_rate=0.05)
 TRAIN = TrainConfig(epochs=2, batch_size=1024, seed=5)
-OOV = {field: f"never-seen-{field}" for field in FIELDS}
+OOV = {field: f"never-seen-{field}" for field in ALL_FIELDS} | {"genres": "Comedy|never-seen"}
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +52,22 @@ def data(data_config: DataConfig) -> PreparedData:
     return prepare(data_config)
 
 
+@pytest.fixture(scope="module", params=list(FIELD_SETS))
+def afm(request: pytest.FixtureRequest) -> AFMConfig:
+    return replace(AFM, fields=request.param)
+
+
 @pytest.fixture(scope="module")
-def fitted(data: PreparedData) -> FitResult:
-    return fit(data, AFM, TRAIN)
+def fitted(data: PreparedData, afm: AFMConfig) -> FitResult:
+    return fit(data, afm, TRAIN)
 
 
 @pytest.fixture(scope="module")
 def model_dir(
-    fitted: FitResult, data: PreparedData, data_config: DataConfig, tmp_path_factory
+    fitted: FitResult, data: PreparedData, data_config: DataConfig, afm: AFMConfig, tmp_path_factory
 ) -> Path:
     root = tmp_path_factory.mktemp("models")
-    export_trained(fitted, data, AFM, TRAIN, root, data_config)
+    export_trained(fitted, data, afm, TRAIN, root, data_config)
     return root
 
 
@@ -73,35 +80,51 @@ def rows_slice(rows: LabeledRows, n: int) -> LabeledRows:
     return LabeledRows(rows.user_idx[:n], rows.movie_idx[:n], rows.label[:n])
 
 
-def raw_batch(data: PreparedData, n: int) -> dict[str, np.ndarray]:
-    """The first n test rows as raw strings, then one row per field with that field unseen."""
-    raw = {field: values[:n].astype(str) for field, values in data.raw(data.test).items()}
-    for unseen in FIELDS:
-        for field in FIELDS:
-            value = OOV[field] if field == unseen else raw[field][0]
-            raw[field] = np.append(raw[field], value)
+def raw_batch(data: PreparedData, fields: tuple[str, ...], n: int) -> dict[str, np.ndarray]:
+    """The first n test rows as raw strings, then one row per field with that field unseen,
+    then (with genres) one row without genres."""
+    raw = {field: values[:n].astype(str) for field, values in data.raw(data.test, fields).items()}
+    unseen_rows = [{unseen: OOV[unseen]} for unseen in fields]
+    if "genres" in fields:
+        unseen_rows.append({"genres": ""})
+    for changes in unseen_rows:
+        for field in fields:
+            raw[field] = np.append(raw[field], changes.get(field, raw[field][0]))
     return raw
 
 
-def numpy_ids(raw: dict[str, np.ndarray], vocabularies: dict[str, np.ndarray]) -> np.ndarray:
+def numpy_inputs(
+    raw: dict[str, np.ndarray], vocabularies: dict[str, np.ndarray], fields: tuple[str, ...]
+) -> dict[str, np.ndarray]:
     """vocabulary[i] -> i + 1, anything else -> 0: the contract, written independently."""
-    columns = []
-    for field in FIELDS:
+    columns, inputs = [], {}
+    for field in fields:
         index = {str(value): i + 1 for i, value in enumerate(vocabularies[field])}
-        columns.append([index.get(value, 0) for value in raw[field]])
-    return np.array(columns, dtype="int32").T
+        if field in MULTI_VALUED:
+            bags = [
+                [index.get(v, 0) for v in joined.split("|") if v] or [0] for joined in raw[field]
+            ]
+            width = max(map(len, bags))
+            inputs[field] = np.array([b + [PAD] * (width - len(b)) for b in bags], dtype="int32")
+        else:
+            columns.append([index.get(value, 0) for value in raw[field]])
+    return {"ids": np.array(columns, dtype="int32").T, **inputs}
 
 
 def call(signature, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    outputs = signature(**{field: tf.constant(raw[field], tf.string) for field in FIELDS})
+    outputs = signature(**{field: tf.constant(values, tf.string) for field, values in raw.items()})
     return {name: value.numpy() for name, value in outputs.items()}
 
 
 def test_both_signatures_equal_the_in_memory_model(loaded, fitted: FitResult, data) -> None:
-    raw = raw_batch(data, 40)
-    ids = numpy_ids(raw, fitted.vocabularies)
-    assert (ids[-len(FIELDS) :] == 0).sum() == len(FIELDS)  # one OOV per appended row
-    expected = {k: v.numpy() for k, v in fitted.model(ids, training=False).items()}
+    fields = fitted.fields
+    raw = raw_batch(data, fields, 40)
+    inputs = numpy_inputs(raw, fitted.vocabularies, fields)
+    single = inputs["ids"][40 : 40 + inputs["ids"].shape[1]]
+    assert (single == 0).sum() == len(single)  # one OOV per appended row
+    if "genres" in fields:  # unseen genre values and an empty genre set map to OOV
+        assert inputs["genres"][-2:, :2].tolist() == [[inputs["genres"][-2, 0], 0], [0, PAD]]
+    expected = {k: v.numpy() for k, v in fitted.model(inputs, training=False).items()}
 
     score = call(loaded.signatures[SIGNATURE_SCORE], raw)
     assert set(score) == {OUTPUT_PROBABILITY}
@@ -116,34 +139,46 @@ def test_both_signatures_equal_the_in_memory_model(loaded, fitted: FitResult, da
 
 def test_ids_in_training_equal_ids_in_serving(fitted: FitResult, data) -> None:
     """PreparedData.encode (training) and the lookups (serving) agree on every test row."""
-    raw = {field: values.astype(str) for field, values in data.raw(data.test).items()}
-    np.testing.assert_array_equal(
-        numpy_ids(raw, fitted.vocabularies), data.encode(data.test, fitted.vocabularies)
-    )
+    fields = fitted.fields
+    raw = {field: values.astype(str) for field, values in data.raw(data.test, fields).items()}
+    want = numpy_inputs(raw, fitted.vocabularies, fields)
+    got = data.encode(data.test, fitted.vocabularies, fields)
+    assert list(got) == list(want)
+    for name, ids in want.items():
+        width = ids.shape[1]  # training pads to the catalogue's longest genre set
+        np.testing.assert_array_equal(got[name][:, :width], ids)
+        assert (got[name][:, width:] == PAD).all()
 
 
 @pytest.mark.parametrize("batch", [1, 3, 257])
-def test_any_batch_size_with_a_fixed_signature(loaded, data, batch: int) -> None:
+def test_any_batch_size_with_a_fixed_signature(loaded, fitted: FitResult, data, batch: int) -> None:
     signature = loaded.signatures[SIGNATURE_EXPLAIN]
-    for spec in signature.structured_input_signature[1].values():
+    specs = signature.structured_input_signature[1]
+    assert sorted(specs) == sorted(fitted.fields)  # exactly the version's fields
+    for spec in specs.values():
         assert spec.shape.as_list() == [None] and spec.dtype == tf.string
-    raw = {f: np.resize(v.astype(str), batch) for f, v in data.raw(data.test).items()}
+    raw = {
+        f: np.resize(v.astype(str), batch) for f, v in data.raw(data.test, fitted.fields).items()
+    }
     out = call(signature, raw)
     assert out[OUTPUT_PROBABILITY].shape == (batch,)
-    assert out[OUTPUT_ATTENTION].shape == out[OUTPUT_CONTRIBUTION].shape == (batch, len(PAIRS))
+    shape = (batch, len(pairs(fitted.fields)))
+    assert out[OUTPUT_ATTENTION].shape == out[OUTPUT_CONTRIBUTION].shape == shape
 
 
-def test_metadata_follows_the_contract(model_dir: Path, fitted: FitResult, data) -> None:
+def test_metadata_follows_the_contract(model_dir: Path, fitted: FitResult, data, afm) -> None:
     version_dir = model_dir / "1"
     meta = read_metadata(version_dir)
     assert meta.version == 1
-    assert meta.fields == list(FIELDS)
-    assert meta.pairs == [list(pair) for pair in PAIRS]
+    assert meta.format_version == 2
+    assert meta.fields == list(FIELD_SETS[afm.fields])
+    assert meta.pairs == [list(pair) for pair in pairs(FIELD_SETS[afm.fields])]
+    assert meta.hyperparameters["model"]["fields"] == afm.fields
     assert meta.protocol == "next-item"
     assert meta.hyperparameters["model"]["embedding_dim"] == AFM.embedding_dim
     assert meta.hyperparameters["training"]["seed"] == TRAIN.seed
     assert meta.data["train"] == data.summary()["train"]
-    assert meta.data["vocabulary_sizes"] == {f: len(fitted.vocabularies[f]) for f in FIELDS}
+    assert meta.data["vocabulary_sizes"] == {f: len(fitted.vocabularies[f]) for f in meta.fields}
     assert meta.metrics["test"]["auc"] == pytest.approx(fitted.metrics["test"]["auc"])
     assert 1 <= meta.metrics["best_epoch"] <= meta.metrics["epochs_run"] <= TRAIN.epochs
     assert meta.tensorflow_version == tf.__version__
@@ -151,7 +186,7 @@ def test_metadata_follows_the_contract(model_dir: Path, fitted: FitResult, data)
     assert datetime.fromisoformat(meta.created_at).tzinfo is not None
 
     vocabularies = json.loads((version_dir / VOCABULARIES_FILE).read_text())
-    assert vocabularies == {f: [str(v) for v in fitted.vocabularies[f]] for f in FIELDS}
+    assert vocabularies == {f: [str(v) for v in fitted.vocabularies[f]] for f in meta.fields}
 
     metrics = json.loads((version_dir / METRICS_FILE).read_text())
     assert len(metrics["history"]) == meta.metrics["epochs_run"]
@@ -176,23 +211,28 @@ def staged(model_dir: Path, name: str) -> Path:
 def test_versions_count_up_from_the_highest_present(tmp_path: Path) -> None:
     for expected in (1, 2):
         version_dir = export_module.publish_version(
-            staged(tmp_path, str(expected)), tmp_path, METADATA
+            staged(tmp_path, str(expected)), tmp_path, ALL_FIELDS, METADATA
         )
         assert version_dir == tmp_path / str(expected)
         assert read_metadata(version_dir).version == expected
     (tmp_path / "9").mkdir()
     (tmp_path / ".tmp-unfinished").mkdir()  # another export still writing: not a version
-    assert export_module.publish_version(staged(tmp_path, "x"), tmp_path, METADATA).name == "10"
+    assert (
+        export_module.publish_version(staged(tmp_path, "x"), tmp_path, ALL_FIELDS, METADATA).name
+        == "10"
+    )
     assert list_versions(tmp_path) == [1, 2, 9, 10]
 
 
 def test_export_losing_a_race_takes_the_next_number(tmp_path: Path, monkeypatch) -> None:
-    export_module.publish_version(staged(tmp_path, "winner"), tmp_path, METADATA)
+    export_module.publish_version(staged(tmp_path, "winner"), tmp_path, ALL_FIELDS, METADATA)
     # The loser chose its number before the winner's rename landed.
     stale = iter([1])
     real = export_module.next_version
     monkeypatch.setattr(export_module, "next_version", lambda root: next(stale, None) or real(root))
-    version_dir = export_module.publish_version(staged(tmp_path, "loser"), tmp_path, METADATA)
+    version_dir = export_module.publish_version(
+        staged(tmp_path, "loser"), tmp_path, ALL_FIELDS, METADATA
+    )
     assert version_dir.name == "2"
     assert read_metadata(version_dir).version == 2
     assert (tmp_path / "1" / "saved_model.pb").read_bytes() == b"winner"
@@ -205,7 +245,12 @@ def test_failed_export_leaves_nothing_behind(fitted: FitResult, tmp_path: Path) 
 
     with pytest.raises(AfmError, match="cannot write the model"):
         export_module.export_version(
-            fitted.model, fitted.vocabularies, tmp_path, METADATA, write_extras=broken
+            fitted.model,
+            fitted.fields,
+            fitted.vocabularies,
+            tmp_path,
+            METADATA,
+            write_extras=broken,
         )
     assert list(tmp_path.iterdir()) == []
 
@@ -213,7 +258,7 @@ def test_failed_export_leaves_nothing_behind(fitted: FitResult, tmp_path: Path) 
 def test_seeded_training_is_reproducible(data: PreparedData) -> None:
     config = replace(TRAIN, epochs=1)
     small = replace(data, train=rows_slice(data.train, 3 * TRAIN.batch_size))  # one batch shape
-    first, second = fit(small, AFM, config), fit(small, AFM, config)
+    first, second = fit(small, AFM, config), fit(small, AFM, config)  # eight fields, OOV drops
     for a, b in zip(first.model.get_weights(), second.model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert first.metrics == second.metrics

@@ -8,17 +8,33 @@ import keras
 import numpy as np
 import pytest
 
-from model.afm import build_afm, field_sizes, probability_model
+from model.afm import build_afm, probability_model
 from model.config import AFMConfig
-from model.contract import FIELDS, OUTPUT_ATTENTION, OUTPUT_CONTRIBUTION, OUTPUT_PROBABILITY, PAIRS
+from model.contract import (
+    ALL_FIELDS,
+    OUTPUT_ATTENTION,
+    OUTPUT_CONTRIBUTION,
+    OUTPUT_PROBABILITY,
+    SEED_FIELDS,
+    pairs,
+)
 
-SIZES = [9, 3, 8, 5, 7, 11]  # ids per field, OOV id 0 included
+# ids per field, OOV id 0 included; genres (multi-valued, last) has 6
+SIZES = dict(zip(ALL_FIELDS, [9, 3, 8, 5, 7, 11, 4, 6], strict=True))
 CONFIG = AFMConfig(embedding_dim=4, attention_factor=3, dropout=0.5)
 
 
-def random_ids(n: int, seed: int = 0) -> np.ndarray:
+def random_ids(n: int, seed: int = 0, fields: tuple[str, ...] = ALL_FIELDS) -> dict:
+    """Model inputs: single-valued ids, and genres as up to 3 values padded with -1."""
     rng = np.random.default_rng(seed)
-    return np.stack([rng.integers(0, size, n) for size in SIZES], axis=1).astype("int32")
+    single = [f for f in fields if f != "genres"]
+    inputs = {"ids": np.stack([rng.integers(0, SIZES[f], n) for f in single], 1).astype("int32")}
+    if "genres" in fields:
+        genres = rng.integers(0, SIZES["genres"], (n, 3)).astype("int32")
+        genres[np.arange(n) % 3 == 1, 1:] = -1  # some rows hold one value, some two or three
+        genres[np.arange(n) % 3 == 2, 2] = -1
+        inputs["genres"] = genres
+    return inputs
 
 
 def randomize(model: keras.Model, seed: int = 1) -> None:
@@ -28,30 +44,43 @@ def randomize(model: keras.Model, seed: int = 1) -> None:
         variable.assign(rng.normal(scale=0.5, size=variable.shape).astype("float32"))
 
 
-def numpy_afm(model: keras.Model, ids: np.ndarray) -> dict[str, np.ndarray]:
+def numpy_afm(model: keras.Model, inputs: dict, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
     """y = w0 + sum_f w_f + p^T sum_ij a_ij (v_i ⊙ v_j), written out from the weights."""
-    offsets = np.cumsum([0, *SIZES[:-1]])
-    rows = ids + offsets
-    table = model.get_layer("embedding").embeddings.numpy()
-    linear = model.get_layer("linear")
-    w = linear.weights_table.embeddings.numpy()[:, 0]
-    w0 = linear.bias.numpy()[0]
+    single = [f for f in fields if f != "genres"]
+    offsets = np.cumsum([0, *[SIZES[f] for f in single][:-1]])
+    rows = inputs["ids"] + offsets
+    v = model.get_layer("embedding").embeddings.numpy()[rows]  # (n, S, k)
+    w = model.get_layer("linear").embeddings.numpy()[rows][..., 0]  # (n, S)
+    if "genres" in fields:
+        genres = inputs["genres"]
+        present = (genres >= 0)[..., None]
+        count = present.sum(1)
+
+        def mean(table: np.ndarray) -> np.ndarray:
+            return (table[np.maximum(genres, 0)] * present).sum(1) / count
+
+        v = np.concatenate(
+            [v, mean(model.get_layer("embedding_genres").embeddings.numpy())[:, None]], 1
+        )
+        w = np.concatenate([w, mean(model.get_layer("linear_genres").embeddings.numpy())], 1)
+    w0 = model.get_layer("logit").bias.numpy()[0]
     p = model.get_layer("projection").kernel.numpy()[:, 0]
     attention = model.get_layer("attention")
 
-    v = table[rows]  # (n, F, k)
-    pairs = np.stack([v[:, i] * v[:, j] for i, j in itertools.combinations(range(6), 2)], 1)
+    pair_products = np.stack(
+        [v[:, i] * v[:, j] for i, j in itertools.combinations(range(len(fields)), 2)], 1
+    )
     if attention.use_attention:
         hidden = np.maximum(
-            pairs @ attention.attention_kernel.numpy() + attention.attention_bias.numpy(), 0
+            pair_products @ attention.attention_kernel.numpy() + attention.attention_bias.numpy(), 0
         )
         scores = (hidden @ attention.attention_projection.numpy())[..., 0]
         a = np.exp(scores - scores.max(1, keepdims=True))
         a /= a.sum(1, keepdims=True)
     else:
-        a = np.ones(pairs.shape[:2])
-    contribution = a * (pairs @ p)
-    logit = w0 + w[rows].sum(1) + contribution.sum(1)
+        a = np.ones(pair_products.shape[:2])
+    contribution = a * (pair_products @ p)
+    logit = w0 + w.sum(1) + contribution.sum(1)
     return {
         OUTPUT_PROBABILITY: 1 / (1 + np.exp(-logit)),
         OUTPUT_ATTENTION: a,
@@ -64,33 +93,45 @@ def outputs(model: keras.Model, ids: np.ndarray, **kwargs) -> dict[str, np.ndarr
     return {k: keras.ops.convert_to_numpy(v) for k, v in model(ids, **kwargs).items()}
 
 
+@pytest.mark.parametrize("fields", [ALL_FIELDS, SEED_FIELDS], ids=["all", "seed"])
 @pytest.mark.parametrize("use_attention", [True, False])
-def test_outputs_match_numpy_afm(use_attention: bool) -> None:
-    model = build_afm(
-        SIZES, AFMConfig(embedding_dim=4, attention_factor=3, use_attention=use_attention)
-    )
+def test_outputs_match_numpy_afm(use_attention: bool, fields: tuple[str, ...]) -> None:
+    config = AFMConfig(embedding_dim=4, attention_factor=3, use_attention=use_attention)
+    model = build_afm(fields, SIZES, config)
     randomize(model)
-    ids = random_ids(16)
-    got, want = outputs(model, ids), numpy_afm(model, ids)
+    ids = random_ids(16, fields=fields)
+    got, want = outputs(model, ids), numpy_afm(model, ids, fields)
     assert got[OUTPUT_PROBABILITY].shape == (16,)
-    assert got[OUTPUT_ATTENTION].shape == got[OUTPUT_CONTRIBUTION].shape == (16, len(PAIRS))
+    shape = (16, len(pairs(fields)))
+    assert got[OUTPUT_ATTENTION].shape == got[OUTPUT_CONTRIBUTION].shape == shape
     for name in (OUTPUT_PROBABILITY, OUTPUT_ATTENTION, OUTPUT_CONTRIBUTION):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 def test_contributions_are_the_pair_terms_of_the_logit() -> None:
-    model = build_afm(SIZES, CONFIG)
+    model = build_afm(ALL_FIELDS, SIZES, CONFIG)
     randomize(model)
     ids = random_ids(8)
     got = outputs(model, ids)
-    linear = keras.ops.convert_to_numpy(model.get_layer("linear")(ids))[:, 0]
+    want = numpy_afm(model, ids, ALL_FIELDS)
+    linear = want["logit"] - want[OUTPUT_CONTRIBUTION].sum(axis=1)  # w0 + sum_f w_f
     logit = linear + got[OUTPUT_CONTRIBUTION].sum(axis=1)
     np.testing.assert_allclose(got[OUTPUT_PROBABILITY], 1 / (1 + np.exp(-logit)), rtol=1e-5)
     np.testing.assert_allclose(got[OUTPUT_ATTENTION].sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_oov_dropout_replaces_user_zip_and_movie_ids_in_training_only() -> None:
+    model = build_afm(SEED_FIELDS, SIZES, AFMConfig(oov_rate=0.5))
+    layer = model.get_layer("oov_dropout")
+    assert layer.columns == [SEED_FIELDS.index(f) for f in ("user_id", "zip", "movie_id")]
+    ids = np.ones((500, 6), dtype="int32")
+    dropped = keras.ops.convert_to_numpy(layer(ids, training=True))
+    assert (dropped[:, layer.columns] == 0).any()
+    assert (dropped[:, [1, 2, 3]] == 1).all()
+
+
 def test_dropout_acts_only_in_training() -> None:
-    model = build_afm(SIZES, CONFIG)
+    model = build_afm(ALL_FIELDS, SIZES, CONFIG)
     randomize(model)
     ids = random_ids(64)
     first = outputs(model, ids)[OUTPUT_PROBABILITY]
@@ -100,7 +141,7 @@ def test_dropout_acts_only_in_training() -> None:
 
 
 def test_probability_model_shares_weights() -> None:
-    model = build_afm(SIZES, CONFIG)
+    model = build_afm(ALL_FIELDS, SIZES, CONFIG)
     randomize(model)
     ids = random_ids(8)
     scorer = probability_model(model)
@@ -111,25 +152,26 @@ def test_probability_model_shares_weights() -> None:
 
 
 def test_same_seed_same_initial_weights() -> None:
-    a, b = build_afm(SIZES, CONFIG, seed=3), build_afm(SIZES, CONFIG, seed=3)
-    c = build_afm(SIZES, CONFIG, seed=4)
+    a, b = (
+        build_afm(ALL_FIELDS, SIZES, CONFIG, seed=3),
+        build_afm(ALL_FIELDS, SIZES, CONFIG, seed=3),
+    )
+    c = build_afm(ALL_FIELDS, SIZES, CONFIG, seed=4)
     for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)
     embedding = a.get_layer("embedding").embeddings.numpy()
     assert not np.array_equal(embedding, c.get_layer("embedding").embeddings.numpy())
 
 
-def test_vocab_sizes_by_name_or_in_order() -> None:
-    assert field_sizes(dict(zip(FIELDS, SIZES, strict=True))) == SIZES
-    assert field_sizes(SIZES) == SIZES
-    with pytest.raises(ValueError, match="missing for fields \\['movie_id'\\]"):
-        field_sizes(dict(zip(FIELDS[:-1], SIZES, strict=False)))
-    with pytest.raises(ValueError, match="expected 6 vocabulary sizes"):
-        field_sizes(SIZES[:3])
+def test_missing_sizes_and_misplaced_multi_valued_fields_are_refused() -> None:
+    with pytest.raises(ValueError, match="missing for fields \\['genres'\\]"):
+        build_afm(ALL_FIELDS, {f: 3 for f in SEED_FIELDS + ("year",)}, CONFIG)
+    with pytest.raises(ValueError, match="multi-valued fields must come last"):
+        build_afm(("genres", *SEED_FIELDS), SIZES, CONFIG)
 
 
 def test_saved_and_loaded_model_gives_the_same_outputs(tmp_path) -> None:
-    model = build_afm(SIZES, CONFIG)
+    model = build_afm(ALL_FIELDS, SIZES, CONFIG)
     randomize(model)
     path = tmp_path / "afm.keras"
     model.save(path)

@@ -8,8 +8,15 @@ import keras
 import numpy as np
 import pytest
 
-from model.contract import FIELDS, PAIRS
-from model.layers import AttentionPooling, FieldEmbedding, FieldLinear, PairwiseInteraction
+from model.contract import SEED_FIELDS, pairs
+from model.layers import (
+    AttentionPooling,
+    BagEmbedding,
+    FieldEmbedding,
+    IdDropout,
+    LogitSum,
+    PairwiseInteraction,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -54,23 +61,47 @@ def test_field_embedding_reads_each_field_from_its_own_slice() -> None:
     np.testing.assert_array_equal(out, table[[[1, 3], [2, 4]]])
 
 
-def test_field_linear_is_bias_plus_one_weight_per_field() -> None:
-    layer = FieldLinear([3, 2])
-    layer.build((None, 2))
-    layer.weights_table.embeddings.assign(np.array([[1], [2], [3], [10], [20]], dtype="float32"))
+def test_bag_embedding_is_the_mean_of_the_present_values() -> None:
+    layer = BagEmbedding(4, output_dim=2)
+    layer.build((None, 3))
+    table = np.arange(8, dtype="float32").reshape(4, 2)
+    layer.embeddings.assign(table)
+    ids = np.array([[1, 2, -1], [3, -1, -1], [0, -1, -1], [1, 2, 3]], dtype="int32")
+    out = keras.ops.convert_to_numpy(layer(ids))
+    assert out.shape == (4, 1, 2)
+    np.testing.assert_allclose(
+        out[:, 0], [(table[1] + table[2]) / 2, table[3], table[0], table[1:].mean(0)]
+    )
+
+
+def test_id_dropout_drops_only_its_columns_and_only_in_training() -> None:
+    layer = IdDropout(0.5, columns=[0, 2], seed=1)
+    ids = np.full((2000, 3), 7, dtype="int32")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(ids)), ids)
+    dropped = keras.ops.convert_to_numpy(layer(ids, training=True))
+    assert set(np.unique(dropped[:, [0, 2]])) == {0, 7}
+    assert 0.45 < (dropped[:, [0, 2]] == 0).mean() < 0.55
+    np.testing.assert_array_equal(dropped[:, 1], 7)
+
+
+def test_logit_sum_is_bias_plus_linear_terms_plus_interaction() -> None:
+    layer = LogitSum()
+    layer.build([(None, 2), (None, 1)])
     layer.bias.assign(np.array([0.5], dtype="float32"))
-    out = keras.ops.convert_to_numpy(layer(np.array([[2, 1], [0, 0]], dtype="int32")))
-    np.testing.assert_allclose(out, [[0.5 + 3 + 20], [0.5 + 1 + 10]])
+    out = layer(
+        [np.array([[1.0, 2.0], [3.0, 4.0]], "float32"), np.array([[10.0], [20.0]], "float32")]
+    )
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out), [[13.5], [27.5]])
 
 
 def test_pairwise_interaction_matches_numpy_in_contract_pair_order() -> None:
-    embeddings = RNG.normal(size=(3, len(FIELDS), 5)).astype("float32")
+    embeddings = RNG.normal(size=(3, len(SEED_FIELDS), 5)).astype("float32")
     out = keras.ops.convert_to_numpy(PairwiseInteraction()(embeddings))
-    assert out.shape == (3, len(PAIRS), 5)
+    assert out.shape == (3, len(pairs(SEED_FIELDS)), 5)
     np.testing.assert_allclose(out, numpy_pairs(embeddings), rtol=1e-5, atol=1e-6)
-    # column p is the product of the fields named in PAIRS[p]
-    for p, (left, right) in enumerate(PAIRS):
-        i, j = FIELDS.index(left), FIELDS.index(right)
+    # column p is the product of the fields named in pairs(SEED_FIELDS)[p]
+    for p, (left, right) in enumerate(pairs(SEED_FIELDS)):
+        i, j = SEED_FIELDS.index(left), SEED_FIELDS.index(right)
         np.testing.assert_allclose(out[:, p], embeddings[:, i] * embeddings[:, j], rtol=1e-6)
 
 
@@ -143,7 +174,9 @@ def test_xla_compiled_training_path_equals_the_plain_path() -> None:
     "layer",
     [
         FieldEmbedding([4, 2, 7], output_dim=3, name="emb"),
-        FieldLinear([4, 2, 7], name="lin"),
+        BagEmbedding(19, output_dim=3, name="bag"),
+        IdDropout(0.1, columns=[0, 5], seed=3, name="oov"),
+        LogitSum(name="logit"),
         PairwiseInteraction(jit_compile_training=True, name="pairs"),
         AttentionPooling(attention_factor=5, l2_attention=1e-4, use_attention=False, name="att"),
     ],
@@ -166,6 +199,9 @@ def test_config_round_trip(layer: keras.layers.Layer) -> None:
         (lambda: PairwiseInteraction()(np.ones((2, 1, 4))), r"fields >= 2"),
         (lambda: PairwiseInteraction()(np.ones((2, 4))), r"\(batch, fields >= 2, k\)"),
         (lambda: FieldEmbedding([3, 2], 4)(np.ones((2, 3), "int32")), r"ids of shape \(batch, 2\)"),
+        (lambda: BagEmbedding(0, 4), r"`vocab_sizes` .* Received: \[0\]"),
+        (lambda: IdDropout(1.0, [0]), r"`rate` must be in \[0, 1\). Received: 1.0"),
+        (lambda: IdDropout(0.1, [3])(np.ones((2, 3), "int32")), r"`columns` must index 3"),
     ],
 )
 def test_invalid_arguments_are_refused_with_the_value(make, message: str) -> None:

@@ -43,24 +43,28 @@ def test_log_loss_is_mean_binary_cross_entropy_with_clipping() -> None:
 
 @pytest.mark.parametrize(("rows", "batch"), [(10, 4), (8, 4), (3, 4)])
 def test_epoch_dataset_yields_every_row_once_in_batches(rows: int, batch: int) -> None:
-    ids = np.arange(rows * 2, dtype=np.int32).reshape(rows, 2)
+    inputs = {
+        "ids": np.arange(rows * 2, dtype=np.int32).reshape(rows, 2),
+        "genres": np.arange(rows * 3, dtype=np.int32).reshape(rows, 3),
+    }
     labels = np.arange(rows, dtype=np.float32)
-    batches = list(epoch_dataset(ids, labels, batch, np.random.default_rng(0)))
+    batches = list(epoch_dataset(inputs, labels, batch, np.random.default_rng(0)))
     sizes = [len(y) for _, y in batches]
     assert sizes == [batch] * (rows // batch) + ([rows % batch] if rows % batch else [])
-    seen_ids = np.concatenate([x.numpy() for x, _ in batches])
+    seen = {k: np.concatenate([x[k].numpy() for x, _ in batches]) for k in inputs}
     seen_labels = np.concatenate([y.numpy() for _, y in batches])
     assert sorted(seen_labels.tolist()) == labels.tolist()
-    # rows stay whole: ids and label of a row travel together
-    np.testing.assert_array_equal(seen_ids[:, 0], seen_labels.astype(np.int32) * 2)
+    # rows stay whole: every input and the label of a row travel together
+    np.testing.assert_array_equal(seen["ids"][:, 0], seen_labels.astype(np.int32) * 2)
+    np.testing.assert_array_equal(seen["genres"][:, 2], seen_labels.astype(np.int32) * 3 + 2)
 
 
 def test_epoch_order_follows_the_seed() -> None:
-    ids = np.arange(100, dtype=np.int32).reshape(50, 2)
+    inputs = {"ids": np.arange(100, dtype=np.int32).reshape(50, 2)}
     labels = np.arange(50, dtype=np.float32)
 
     def order(seed: int) -> list[float]:
-        batches = epoch_dataset(ids, labels, 16, np.random.default_rng(seed))
+        batches = epoch_dataset(inputs, labels, 16, np.random.default_rng(seed))
         return np.concatenate([y.numpy() for _, y in batches]).tolist()
 
     assert order(1) == order(1)
@@ -76,9 +80,10 @@ def tiny_data(valid_labels: list[float]) -> PreparedData:
             np.zeros(n, np.int32), np.zeros(n, np.int32), np.array(labels, np.float32)
         )
 
+    movies = {c: np.array(["1", "2"]) for c in ("movie_id", "title", "year", "genres")}
     return PreparedData(
         users,
-        np.array(["1", "2"]),
+        movies,
         rows([0, 1]),
         rows(valid_labels),
         rows([0, 1]),

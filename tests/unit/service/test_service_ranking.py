@@ -13,19 +13,34 @@ from service.ranking import UNKNOWN_VALUE, batch_columns, ranked_indices, readab
 from service.settings import Settings
 
 
+PAIRS = contract.pairs(contract.SEED_FIELDS)
+MOVIES = {
+    "3": {"title": "Grumpier Old Men (1995)", "year": "1995", "genres": "Comedy|Romance"},
+    "1": {"title": "Toy Story (1995)", "year": "1995", "genres": "Animation|Children's|Comedy"},
+}
+
+
 def test_batch_columns_repeat_the_user_and_vary_the_movie() -> None:
     features = {"gender": "M", "age": "35", "occupation": "7", "zip": "02139"}
-    columns = batch_columns(12, features, [3, 1, 3])
-    assert set(columns) == set(contract.FIELDS)
+    columns = batch_columns(contract.ALL_FIELDS, 12, features, [3, 1, 3], MOVIES)
+    assert list(columns) == list(contract.ALL_FIELDS)
     assert columns["user_id"] == ["12", "12", "12"]
     assert columns["movie_id"] == ["3", "1", "3"]
     assert columns["zip"] == ["02139"] * 3
+    assert columns["genres"] == ["Comedy|Romance", "Animation|Children's|Comedy", "Comedy|Romance"]
+    assert columns["year"] == ["1995"] * 3
 
 
-def test_unknown_user_gets_values_outside_every_vocabulary() -> None:
-    columns = batch_columns(12, None, [3])
-    assert columns["user_id"] == ["12"]
-    assert all(columns[f] == [UNKNOWN_VALUE] for f in ("gender", "age", "occupation", "zip"))
+def test_batch_columns_hold_exactly_the_model_fields() -> None:
+    columns = batch_columns(contract.SEED_FIELDS, 12, None, [3], MOVIES)
+    assert list(columns) == list(contract.SEED_FIELDS)
+
+
+def test_unknown_user_and_movie_get_values_outside_every_vocabulary() -> None:
+    columns = batch_columns(contract.ALL_FIELDS, 12, None, [3, 99], MOVIES)
+    assert columns["user_id"] == ["12", "12"]
+    assert all(columns[f] == [UNKNOWN_VALUE] * 2 for f in ("gender", "age", "occupation", "zip"))
+    assert columns["genres"] == ["Comedy|Romance", UNKNOWN_VALUE]
 
 
 def test_ranked_indices_keep_request_order_without_top_k() -> None:
@@ -37,17 +52,17 @@ def test_ranked_indices_take_the_top_k_with_stable_ties() -> None:
 
 
 def test_readable_pairs_are_sorted_by_weight_and_named() -> None:
-    attention = np.zeros(len(contract.PAIRS), dtype=np.float32)
+    attention = np.zeros(len(PAIRS), dtype=np.float32)
     attention[4], attention[0] = 0.7, 0.3
-    contribution = np.arange(len(contract.PAIRS), dtype=np.float32)
-    pairs = readable_pairs(attention, contribution)
+    contribution = np.arange(len(PAIRS), dtype=np.float32)
+    pairs = readable_pairs(PAIRS, attention, contribution)
     assert pairs[0] == {
         "fields": ["user_id", "movie_id"],
         "weight": pytest.approx(0.7),
         "contribution": 4.0,
     }
     assert pairs[1]["fields"] == ["user_id", "gender"]
-    assert len(pairs) == len(contract.PAIRS)
+    assert len(pairs) == len(PAIRS)
 
 
 def test_settings_read_afm_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

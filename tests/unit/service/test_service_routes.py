@@ -16,11 +16,17 @@ from model import contract
 from service import deps
 from service.app import create_app
 from service.errors import FeaturesNotLoaded, FeatureStoreUnavailable
+from service.feature_store import FeatureRead
 from service.scorer import Explanation, Scorer
 from service.settings import Settings
 
 USER = {"gender": "F", "age": "25", "occupation": "4", "zip": "48067"}
-N_PAIRS = len(contract.PAIRS)
+MOVIES = {
+    "1193": {"title": "One Flew Over the Cuckoo's Nest (1975)", "year": "1975", "genres": "Drama"}
+}
+FIELDS = contract.ALL_FIELDS
+PAIRS = contract.pairs(FIELDS)
+N_PAIRS = len(PAIRS)
 
 
 class FakeModel:
@@ -31,8 +37,8 @@ class FakeModel:
     loaded_at = "2026-01-01T00:00:00+00:00"
     metadata = contract.ModelMetadata(
         version=7,
-        fields=list(contract.FIELDS),
-        pairs=[list(p) for p in contract.PAIRS],
+        fields=list(FIELDS),
+        pairs=[list(p) for p in PAIRS],
         hyperparameters={"model": {"embedding_dim": 8}},
         protocol="next-item",
         data={},
@@ -40,6 +46,8 @@ class FakeModel:
         tensorflow_version="2.21.0",
         created_at="2026-01-01T00:00:00+00:00",
     )
+    fields = FIELDS
+    pairs = PAIRS
     known_movies = frozenset({"1193", "661"})
     fail = False
 
@@ -69,11 +77,11 @@ class FakeStore:
         self.error: Exception | None = None
         self.calls = 0
 
-    async def user_features(self, user_id: int) -> dict[str, str] | None:
+    async def read(self, user_id: int) -> FeatureRead:
         self.calls += 1
         if self.error is not None:
             raise self.error
-        return self.users.get(str(user_id))
+        return FeatureRead(user=self.users.get(str(user_id)), movies=MOVIES)
 
     async def check(self) -> tuple[bool, bool]:
         return (self.error is None, self.error is None)
@@ -159,6 +167,17 @@ def test_scores_come_back_in_request_order(client: TestClient, model: FakeModel)
     assert model.seen[0]["movie_id"] == ["661", "1193", "42"]
 
 
+def test_candidates_carry_their_item_features_from_the_store(
+    client: TestClient, model: FakeModel
+) -> None:
+    body = client.post("/score", json={"user_id": 1, "movie_ids": [5, 1193]}).json()
+    assert [s["movie_known"] for s in body["scores"]] == [False, True]
+    columns = model.seen[-1]
+    assert list(columns) == list(FIELDS)  # exactly the version's fields
+    assert columns["genres"] == ["", "Drama"] and columns["year"] == ["", "1975"]
+    assert columns["gender"] == ["F", "F"]
+
+
 def test_top_k_returns_the_best_sorted(client: TestClient) -> None:
     body = client.post(
         "/score", json={"user_id": 1, "movie_ids": [5, 900, 30, 700], "top_k": 2}
@@ -185,7 +204,7 @@ def test_score_with_explain_carries_sorted_pairs(client: TestClient) -> None:
     weights = [p["weight"] for p in pairs]
     assert weights == sorted(weights, reverse=True)
     assert sum(weights) == pytest.approx(1.0)
-    assert pairs[0]["fields"] == list(contract.PAIRS[-1])  # the ramp's heaviest column
+    assert pairs[0]["fields"] == list(PAIRS[-1])  # the ramp's heaviest column
     assert pairs[0]["contribution"] == pytest.approx(2 * weights[0])
 
 
@@ -195,7 +214,7 @@ def test_explain_is_readable(client: TestClient) -> None:
     body = response.json()
     assert body["probability"] == pytest.approx(0.0661)
     assert body["user_known"] is True and body["movie_known"] is True
-    assert [tuple(p["fields"]) for p in body["pairs"]] == list(reversed(contract.PAIRS))
+    assert [tuple(p["fields"]) for p in body["pairs"]] == list(reversed(PAIRS))
 
 
 @pytest.mark.parametrize(
@@ -317,7 +336,7 @@ def test_model_info_reports_metadata(client: TestClient) -> None:
     body = client.get("/model").json()
     assert body["version"] == 7 and body["refused_versions"] == [8]
     assert body["metadata"]["metrics"] == {"test_auc": 0.8}
-    assert body["metadata"]["pairs"][0] == list(contract.PAIRS[0])
+    assert body["metadata"]["pairs"][0] == list(PAIRS[0])
 
 
 def test_tensorflow_failure_is_500_without_traceback(
