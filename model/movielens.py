@@ -1,34 +1,31 @@
-"""Read MovieLens-1M, MovieLens-100K and synthetic data; fetch the official archives.
+"""Read MovieLens-1M, MovieLens-100K and synthetic data into users, movies and ratings.
 
 Where the files come from (``DataConfig``):
 
 * ``data_dir`` set: an extracted folder (or a folder holding one, e.g. the zip's ``ml-1m/``)
   or the zip itself. Nothing is downloaded.
-* ``ml-1m`` / ``ml-100k`` without ``data_dir``: ``<cache_dir>/<name>/``, downloaded once from
-  GroupLens (``AFM_MOVIELENS_URL`` overrides the base URL), its MD5 checked, extracted into a
-  temporary folder and renamed into place, so the cache never holds a half-extracted copy.
-* ``synthetic`` without ``data_dir``: ``<cache_dir>/synthetic-.../``, written once by
-  ``model.synth`` with the ``afm-ctr synth`` defaults.
+* ``ml-1m`` / ``ml-100k`` without ``data_dir``: ``<cache_dir>/<name>/``, fetched once from
+  GroupLens by ``model.download`` (checksum verified, extracted atomically).
+* ``synthetic`` without ``data_dir``: ``<cache_dir>/synthetic-v<generator>-.../``, written
+  once by ``model.synth`` with the ``afm-ctr synth`` defaults.
 
-Parsing is vectorised: fields are counted per line with NumPy, then pandas' C reader splits
-the columns; integer columns are parsed as integers directly. Every raw value the model sees
-is kept as the string in the file (zip "48067", ML-1M age "1", ML-100K occupation "writer").
+Every raw value the model sees is kept as the string in the file (zip "48067", ML-1M age
+"1", ML-100K occupation "writer"); byte-level parsing is ``model.parsing``'s. The movie
+table (``MOVIE_COLUMNS``) is the same for both layouts, a missing value being "":
+
+* ML-1M ``movies.dat`` (``MovieID::Title::Genres``): the title as written, the year from
+  the "(1995)" that ends it, the genres as written ("Animation|Children's|Comedy").
+* ML-100K ``u.item`` (id | title | release date | video release date | URL | 19 genre
+  flags): the title as written (it carries a year too), the year of the release date
+  ("01-Jan-1995"), the genres of the set flags joined by "|" in u.genre order with ML-1M's
+  spelling; the ``unknown`` flag names no genre.
+
 Malformed input raises MalformedInput naming the file and the first bad line.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import os
-import re
-import shutil
-import tempfile
-import urllib.error
-import urllib.request
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,20 +33,24 @@ import numpy as np
 import pandas as pd
 
 from model.config import DataConfig
-from model.dataset import USER_COLUMNS, Ratings
-from model.errors import AfmError, DownloadError, MalformedInput
-
-OFFICIAL_URL = "https://files.grouplens.org/datasets/movielens/"
-URL_ENV = "AFM_MOVIELENS_URL"
-"""Base URL override (a mirror, or a test server). Its checksum is read from ``<zip>.md5``."""
+from model.contract import MOVIE_ID
+from model.dataset import MOVIE_COLUMNS, USER_COLUMNS, Ratings
+from model.download import fetch, folder_with
+from model.errors import AfmError, MalformedInput
+from model.parsing import parse_columns
 
 SYNTHETIC_DEFAULTS = {"users": 2000, "movies": 1000, "ratings": 100_000, "seed": 42}
 """What ``--dataset synthetic`` generates when no --data-dir is given (as ``afm-ctr synth``)."""
 
-ENCODING = "latin-1"
-_CHUNK = 1 << 20
-_BLOCK_LINES = 1 << 20  # lines factorised at a time by parse_categorical
-_SCAN = 1 << 24  # bytes searched for newlines at a time (bounds the boolean temporary)
+ML_100K_GENRES: tuple[str, ...] = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
+    "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+"""u.item's genre flag columns in u.genre order, spelled as in ML-1M's movies.dat."""
+_NO_GENRE = "unknown"  # u.item's "genre not known" flag: contributes no name
+_TITLE_YEAR = r"\((\d{4})\)\s*$"  # "Toy Story (1995)", trailing spaces tolerated
+_DATE_YEAR = r"-(\d{4})\s*$"  # "01-Jan-1995" (and u.item's one "4-Feb-1971")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class Layout:
     movie_sep: bytes
     movie_fields: int
     rating_sep: bytes
+    genre_flags: tuple[str, ...] = ()
+    """Names of the 0/1 genre columns ending each movie line (ML-100K); empty when column 2
+    holds the genres as text and the title ends with the year (ML-1M)."""
 
     @property
     def files(self) -> tuple[str, str, str]:
@@ -96,8 +100,9 @@ ML_100K = Layout(
     user_fields=5,
     user_order=(0, 2, 1, 3, 4),
     movie_sep=b"|",
-    movie_fields=24,
+    movie_fields=5 + len(ML_100K_GENRES),
     rating_sep=b"\t",
+    genre_flags=ML_100K_GENRES,
 )
 LAYOUTS = {"ml-1m": ML_1M, "ml-100k": ML_100K, "synthetic": ML_1M}
 
@@ -108,12 +113,12 @@ LAYOUTS = {"ml-1m": ML_1M, "ml-100k": ML_100K, "synthetic": ML_1M}
 def load_ratings(config: DataConfig) -> Ratings:
     """Users, movies and ratings of ``config.dataset``; ids are checked against the tables.
 
-    ``Ratings.users`` and ``Ratings.movie_ids`` are sorted by numeric id, so a movie index
+    ``Ratings.users`` and ``Ratings.movies`` are sorted by numeric id, so a movie index
     orders like its id (the next-item protocol breaks time ties by it).
     """
     layout, files = _open(config)
     users = _read_users(files, layout)
-    movie_ids = _read_movie_ids(files, layout)
+    movies = _read_movies(files, layout)
     data, origin = files.read(layout.ratings)
     columns = parse_columns(
         data, origin, sep=layout.rating_sep, fields=4, integer=(0, 1, 2, 3), keep=(0, 1, 2, 3)
@@ -123,10 +128,10 @@ def load_ratings(config: DataConfig) -> Ratings:
     if len(bad):
         raise MalformedInput(f"{origin}, line {bad[0] + 1}: rating {rating[bad[0]]} is not in 1..5")
     user_idx = _index_of(users["user_id"], user_col, origin, layout.users, "user")
-    movie_idx = _index_of(movie_ids, movie_col, origin, layout.movies, "movie")
+    movie_idx = _index_of(movies[MOVIE_ID], movie_col, origin, layout.movies, "movie")
     return Ratings(
         users=users,
-        movie_ids=movie_ids,
+        movies=movies,
         user_idx=user_idx,
         movie_idx=movie_idx,
         rating=rating.astype(np.int8),
@@ -141,211 +146,13 @@ def load_users(config: DataConfig) -> dict[str, np.ndarray]:
     return _read_users(files, layout)
 
 
-# ---------------------------------------------------------------- parsing
+def load_movies(config: DataConfig) -> dict[str, np.ndarray]:
+    """MOVIE_COLUMNS -> string arrays, one entry per movie by numeric id, without the ratings."""
+    layout, files = _open(config)
+    return _read_movies(files, layout)
 
 
-def parse_columns(
-    data: bytes,
-    origin: str,
-    *,
-    sep: bytes,
-    fields: int,
-    keep: tuple[int, ...],
-    integer: tuple[int, ...] = (),
-    encoding: str = ENCODING,
-) -> dict[int, np.ndarray]:
-    """Columns ``keep`` of a separated text file: int64 arrays for ``integer``, else str.
-
-    Every line must hold exactly ``fields`` fields. Raises MalformedInput naming ``origin``
-    and the first offending line for an empty file, NUL bytes or a byte-order mark (not
-    single-byte text), a wrong field count, a non-integer in an integer column, or text that
-    is not valid ``encoding``.
-    """
-    data, sep, end = _checked_text(data, origin, sep, fields, encoding)
-    data = data[:end]  # files read this way are small (ML ratings: ~25 MB)
-    raw = np.frombuffer(data, dtype=np.uint8)
-    for _ in _line_blocks(raw, _line_ends(raw), origin, sep, fields):
-        pass  # field counts: pandas would pad short lines and misreport long ones
-    dtypes = {i: (np.int64 if i in integer else str) for i in keep}
-    try:
-        frame = _read_csv(data, sep, fields, keep, dtypes, encoding)
-    except (ValueError, OverflowError) as exc:
-        frame = _read_csv(data, sep, fields, keep, dict.fromkeys(keep, str), encoding)
-        for i in integer:
-            text = frame[i].str.strip()
-            bad = np.flatnonzero(~text.str.fullmatch(r"[-+]?\d{1,18}").to_numpy(dtype=bool))
-            if len(bad):
-                raise MalformedInput(
-                    f"{origin}, line {bad[0] + 1}, field {i + 1}: "
-                    f"{str(frame[i].iloc[bad[0]])!r} is not an integer"
-                ) from None
-        raise MalformedInput(f"{origin}: cannot parse ({exc})") from None
-    return {
-        i: frame[i].to_numpy(dtype=np.int64) if i in integer else frame[i].to_numpy(dtype=str)
-        for i in keep
-    }
-
-
-def parse_categorical(
-    data: bytes,
-    origin: str,
-    *,
-    sep: bytes,
-    fields: int,
-    encoding: str = ENCODING,
-    vocabulary: list[dict[str, int]] | None = None,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Every column as (codes, values): int32 codes (n,) into its distinct str values (k,).
-
-    For large files of few distinct strings (seed rows: ~11M lines at ML-1M size), where one
-    Python string per cell would cost a minute and gigabytes. Fields are cut out of the bytes
-    with NumPy and factorised as packed integers, a block of lines at a time; only distinct
-    values become strings, exactly as written. Pass the same ``vocabulary`` (one dict per
-    column, value -> code, updated in place) to several calls to share one code space
-    across files. Same checks and errors as parse_columns.
-    """
-    data, sep, end = _checked_text(data, origin, sep, fields, encoding)
-    raw = np.frombuffer(data, dtype=np.uint8)[:end]  # a view: no copy of a 270 MB file
-    vocabulary = vocabulary if vocabulary is not None else [{} for _ in range(fields)]
-    line_ends = _line_ends(raw)
-    codes = [np.empty(len(line_ends), dtype=np.int32) for _ in range(fields)]
-    for first, starts, ends, seps in _line_blocks(raw, line_ends, origin, sep, fields):
-        for i, known in enumerate(vocabulary):
-            field_start = starts if i == 0 else seps[:, i - 1] + 1
-            field_end = ends if i == fields - 1 else seps[:, i]
-            block, values = _factorize_fields(data, raw, field_start, field_end, encoding)
-            # a few distinct values per block: a dict maps them into the shared code space
-            shared = np.fromiter(
-                (known.setdefault(v, len(known)) for v in values), dtype=np.int32, count=len(values)
-            )
-            codes[i][first : first + len(starts)] = shared[block]
-    return [
-        (c, np.asarray(list(known), dtype=str)) for c, known in zip(codes, vocabulary, strict=True)
-    ]
-
-
-def _factorize_fields(
-    data: bytes, raw: np.ndarray, start: np.ndarray, end: np.ndarray, encoding: str
-) -> tuple[np.ndarray, list[str]]:
-    """Codes of the byte strings raw[start:end], and their distinct values decoded."""
-    length = end - start
-    width = int(length.max())
-    codes = np.zeros(len(start), dtype=np.int64)
-    for offset in range(0, max(width, 1), 8):  # 8 bytes per uint64; text holds no NUL
-        key = np.zeros(len(start), dtype=np.uint64)
-        for j in range(offset, min(offset + 8, width)):
-            inside = j < length
-            byte = np.where(inside, raw[np.where(inside, start + j, 0)], 0).astype(np.uint64)
-            key = (key << np.uint64(8)) | byte
-        part, distinct = pd.factorize(key)
-        codes = pd.factorize(codes * len(distinct) + part)[0]
-    any_row = np.empty(int(codes.max()) + 1, dtype=np.int64)
-    any_row[codes] = np.arange(len(codes))  # one row per distinct value; equal rows agree
-    values = [data[a:b].decode(encoding) for a, b in zip(start[any_row], end[any_row], strict=True)]
-    return codes, values
-
-
-def _checked_text(
-    data: bytes, origin: str, sep: bytes, fields: int, encoding: str
-) -> tuple[bytes, bytes, int]:
-    """Cleaned text, a one-byte separator and the end of the last line (see _clean_text)."""
-    data, end = _clean_text(data, origin, encoding)
-    if len(sep) > 1:  # pandas' C reader takes one-byte separators; '::' -> tab
-        tab = data.find(b"\t", 0, end)
-        if tab >= 0:
-            raise MalformedInput(f"{origin}, line {_line_at(data, tab)}: unexpected tab")
-        data, sep = data.replace(sep, b"\t"), b"\t"
-        end = len(data.rstrip(b"\n"))  # small files only take this path
-    return data, sep, end
-
-
-def _clean_text(data: bytes, origin: str, encoding: str) -> tuple[bytes, int]:
-    """Text with \\n line endings and the offset where its trailing newlines start.
-
-    Refuses what is not text in ``encoding``. Copies nothing unless line endings change,
-    since seed-row files reach 270 MB.
-    """
-    for bom in (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff"):
-        if data.startswith(bom):
-            raise MalformedInput(
-                f"{origin}, line 1: starts with a byte-order mark; expected {encoding} text"
-            )
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise MalformedInput(
-            f"{origin}, line {_line_at(data, nul)}: NUL byte; "
-            f"expected {encoding} text (is it UTF-16?)"
-        )
-    latin1 = encoding.lower().replace("_", "-") in ("latin-1", "latin1", "iso-8859-1")
-    if not latin1 and not data.isascii():  # ASCII is valid in every encoding we accept
-        try:
-            data.decode(encoding)
-        except UnicodeDecodeError as exc:
-            line = _line_at(data, exc.start)
-            raise MalformedInput(f"{origin}, line {line}: not valid {encoding} text") from None
-    if b"\r" in data:
-        data = data.replace(b"\r\n", b"\n")
-    end = len(data)
-    while end and data[end - 1] == ord("\n"):
-        end -= 1
-    if end == 0 or data.isspace():
-        raise MalformedInput(f"{origin}: empty file")
-    return data, end
-
-
-def _line_at(data: bytes, offset: int) -> int:
-    """1-based line number of a byte offset."""
-    return data.count(b"\n", 0, offset) + 1
-
-
-def _line_ends(raw: np.ndarray) -> np.ndarray:
-    """Offset of each line's end (its newline, or the end of the text), scanned in slices."""
-    return np.concatenate(
-        [np.flatnonzero(raw[i : i + _SCAN] == ord("\n")) + i for i in range(0, len(raw), _SCAN)]
-        + [[len(raw)]]
-    )
-
-
-def _line_blocks(
-    raw: np.ndarray, line_ends: np.ndarray, origin: str, sep: bytes, fields: int
-) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """Per block of lines: first line, line starts, line ends, separators (lines, fields - 1).
-
-    Vectorised and in blocks, so memory stays bounded on 11M-line files. Raises
-    MalformedInput at the first line whose separator count is not ``fields - 1``.
-    """
-    for first in range(0, len(line_ends), _BLOCK_LINES):
-        ends = line_ends[first : first + _BLOCK_LINES]
-        begin = int(line_ends[first - 1]) + 1 if first else 0
-        starts = np.concatenate(([begin], ends[:-1] + 1))
-        seps = np.flatnonzero(raw[begin : ends[-1]] == sep[0]) + begin
-        per_line = np.diff(np.searchsorted(seps, ends), prepend=0)
-        bad = np.flatnonzero(per_line != fields - 1)
-        if len(bad):
-            line = first + int(bad[0])
-            raise MalformedInput(
-                f"{origin}, line {line + 1}: expected {fields} fields separated by "
-                f"{sep.decode()!r}, found {per_line[bad[0]] + 1}"
-            )
-        yield first, starts, ends, seps.reshape(-1, fields - 1)
-
-
-def _read_csv(
-    data: bytes, sep: bytes, fields: int, keep: tuple[int, ...], dtypes: dict, encoding: str
-) -> pd.DataFrame:
-    return pd.read_csv(
-        io.BytesIO(data),
-        sep=sep.decode(),
-        header=None,
-        names=list(range(fields)),
-        usecols=list(keep),
-        dtype=dtypes,
-        na_filter=False,
-        quoting=csv.QUOTE_NONE,
-        skip_blank_lines=False,
-        encoding=encoding,
-        engine="c",
-    )
+# ---------------------------------------------------------------- readers
 
 
 def _read_users(files: _Files, layout: Layout) -> dict[str, np.ndarray]:
@@ -359,12 +166,49 @@ def _read_users(files: _Files, layout: Layout) -> dict[str, np.ndarray]:
     return {name: values[order] for name, values in users.items()}
 
 
-def _read_movie_ids(files: _Files, layout: Layout) -> np.ndarray:
+def _read_movies(files: _Files, layout: Layout) -> dict[str, np.ndarray]:
     data, origin = files.read(layout.movies)
-    ids = parse_columns(data, origin, sep=layout.movie_sep, fields=layout.movie_fields, keep=(0,))[
-        0
-    ]
-    return ids[np.argsort(_numeric_ids(ids, origin, "movie id"), kind="stable")]
+    flags = tuple(range(layout.movie_fields - len(layout.genre_flags), layout.movie_fields))
+    columns = parse_columns(
+        data,
+        origin,
+        sep=layout.movie_sep,
+        fields=layout.movie_fields,
+        keep=(0, 1, 2, *flags),
+        integer=flags,
+    )
+    ids, titles = columns[0], columns[1]
+    if layout.genre_flags:  # ML-100K: column 2 is the release date, genres are flags
+        year = _year(columns[2], _DATE_YEAR)
+        genres = _flag_names(np.stack([columns[i] for i in flags], axis=1), layout, origin)
+    else:  # ML-1M: the title ends with the year, column 2 holds the genres
+        year = _year(titles, _TITLE_YEAR)
+        genres = columns[2]
+    order = np.argsort(_numeric_ids(ids, origin, "movie id"), kind="stable")
+    return {
+        name: values[order]
+        for name, values in zip(MOVIE_COLUMNS, (ids, titles, year, genres), strict=True)
+    }
+
+
+def _year(text: np.ndarray, pattern: str) -> np.ndarray:
+    """The four digits ``pattern`` captures in each value, or "" where it does not match."""
+    found = pd.Series(text, dtype=object).str.extract(pattern, expand=False)
+    return found.fillna("").to_numpy(dtype=str)
+
+
+def _flag_names(flags: np.ndarray, layout: Layout, origin: str) -> np.ndarray:
+    """Per movie, the names of its set genre flags joined by "|" (u.genre order); "" if none."""
+    bad = np.argwhere((flags != 0) & (flags != 1))
+    if len(bad):
+        line, j = (int(x) for x in bad[0])
+        raise MalformedInput(
+            f"{origin}, line {line + 1}, field {layout.movie_fields - flags.shape[1] + j + 1}: "
+            f"genre flag {flags[line, j]} is not 0 or 1"
+        )
+    names = np.asarray(layout.genre_flags, dtype=object)
+    named = flags.astype(bool) & (names != _NO_GENRE)
+    return np.asarray(["|".join(names[row]) for row in named], dtype=str)  # 1,682 movies
 
 
 def _numeric_ids(ids: np.ndarray, origin: str, what: str) -> np.ndarray:
@@ -415,7 +259,7 @@ class _Files:
             missing = [f for f in layout.files if f not in names]
             self.members = names
         else:
-            self.location = _folder_with(location, layout.files)
+            self.location = folder_with(location, layout.files)
             missing = [f for f in layout.files if not (self.location / f).is_file()]
         if missing:
             raise AfmError(
@@ -439,14 +283,6 @@ class _Files:
         return f"{dataset} at {self.location}"
 
 
-def _folder_with(folder: Path, names: tuple[str, ...]) -> Path:
-    """``folder`` or its one subfolder that holds ``names`` (an extracted zip's top folder)."""
-    if all((folder / n).is_file() for n in names) or not folder.is_dir():
-        return folder
-    inner = [p for p in sorted(folder.iterdir()) if all((p / n).is_file() for n in names)]
-    return inner[0] if len(inner) == 1 else folder
-
-
 def _open(config: DataConfig) -> tuple[Layout, _Files]:
     if config.dataset not in LAYOUTS:
         raise AfmError(f"unknown dataset {config.dataset!r}; expected one of {', '.join(LAYOUTS)}")
@@ -457,131 +293,26 @@ def _open(config: DataConfig) -> tuple[Layout, _Files]:
         return layout, _Files(Path(config.data_dir), layout)
     if config.dataset == "synthetic":
         return layout, _Files(_cached_synthetic(Path(config.cache_dir)), layout)
-    return layout, _Files(fetch(config.dataset, Path(config.cache_dir)), layout)
+    folder = fetch(
+        config.dataset,
+        Path(config.cache_dir),
+        archive=layout.archive,
+        md5=layout.md5,
+        files=layout.files,
+    )
+    return layout, _Files(folder, layout)
 
 
 def _cached_synthetic(cache_dir: Path) -> Path:
-    from model.synth import write_synthetic
+    """The synthetic defaults' folder, written on first use; its name carries the generator
+    version, so data written by an older generator is never reused."""
+    from model.synth import GENERATOR_VERSION, PLANTED_FILE, write_synthetic
 
     d = SYNTHETIC_DEFAULTS
-    folder = cache_dir / f"synthetic-{d['users']}u-{d['movies']}m-{d['ratings']}r-seed{d['seed']}"
-    if not all((folder / n).is_file() for n in ML_1M.files):
+    folder = cache_dir / (
+        f"synthetic-v{GENERATOR_VERSION}-"
+        f"{d['users']}u-{d['movies']}m-{d['ratings']}r-seed{d['seed']}"
+    )
+    if not all((folder / n).is_file() for n in (*ML_1M.files, PLANTED_FILE)):
         write_synthetic(folder, **d)  # atomic: a temporary folder renamed into place
     return folder
-
-
-# ---------------------------------------------------------------- download
-
-
-def fetch(dataset: str, cache_dir: Path) -> Path:
-    """``<cache_dir>/<dataset>/`` holding the extracted official files; downloads if absent.
-
-    Raises DownloadError, with a one-line hint on supplying the archive by hand, for any
-    network or HTTP failure, a truncated body, a checksum mismatch or a broken archive.
-    Nothing is left in the cache unless the whole archive was verified and extracted.
-    """
-    layout = LAYOUTS[dataset]
-    target = cache_dir / dataset
-    if all((target / n).is_file() for n in layout.files):
-        return target
-    if target.exists():
-        missing = [n for n in layout.files if not (target / n).is_file()]
-        raise DownloadError(
-            f"the cache {target} lacks {', '.join(missing)}; remove {target} to download "
-            f"{layout.archive} again, or pass --data-dir"
-        )
-    base = os.environ.get(URL_ENV) or OFFICIAL_URL
-    url = base.rstrip("/") + "/" + layout.archive
-    hint = (
-        f"download {url} by hand and pass --data-dir /path/to/{layout.archive} "
-        "(the zip or its extracted folder)"
-    )
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DownloadError(f"cannot create cache {cache_dir} ({exc}); {hint}") from None
-    part = Path(tempfile.mkstemp(prefix=f".{layout.archive}.", suffix=".part", dir=cache_dir)[1])
-    staging = Path(tempfile.mkdtemp(prefix=f".{dataset}.", suffix=".tmp", dir=cache_dir))
-    try:
-        expected = layout.md5 if base == OFFICIAL_URL else _published_md5(url, hint)
-        digest = _download(url, part, hint)
-        if digest != expected:
-            raise DownloadError(
-                f"checksum mismatch for {url}: md5 {digest}, expected {expected}; {hint}"
-            )
-        try:
-            with zipfile.ZipFile(part) as archive:
-                archive.extractall(staging)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise DownloadError(f"{url} is not a readable zip archive ({exc}); {hint}") from None
-        extracted = _folder_with(staging, layout.files)
-        if not all((extracted / n).is_file() for n in layout.files):
-            raise DownloadError(f"{url} lacks {', '.join(layout.files)}; {hint}")
-        extracted.chmod(0o755)  # mkdtemp's 0700 if the archive has no top folder
-        try:
-            extracted.rename(target)
-        except OSError:
-            if not target.is_dir():  # else another process finished first: use its copy
-                raise
-    except OSError as exc:
-        raise DownloadError(f"cannot write the cache at {cache_dir} ({exc}); {hint}") from None
-    finally:
-        part.unlink(missing_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def _published_md5(url: str, hint: str) -> str:
-    """The digest in a GroupLens-style ``<zip>.md5`` file next to the archive."""
-    try:
-        with urllib.request.urlopen(url + ".md5", timeout=30) as response:
-            text = response.read(4096).decode("ascii", "replace")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise DownloadError(
-            f"cannot fetch the checksum {url}.md5 ({_reason(exc)}); {hint}"
-        ) from None
-    match = re.search(r"\b[0-9a-fA-F]{32}\b", text)
-    if not match:
-        raise DownloadError(f"{url}.md5 holds no MD5 digest; {hint}")
-    return match.group().lower()
-
-
-def _download(url: str, part: Path, hint: str) -> str:
-    """Stream ``url`` into ``part`` with a progress bar on stderr; returns the MD5 hex digest."""
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    md5 = hashlib.md5()
-    received = 0
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, part.open("wb") as out:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            columns = (
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-            )
-            with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-                task = progress.add_task(f"downloading {url}", total=total)
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    md5.update(chunk)
-                    received += len(chunk)
-                    progress.update(task, advance=len(chunk))
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise DownloadError(f"cannot download {url} ({_reason(exc)}); {hint}") from None
-    except Exception as exc:  # http.client.IncompleteRead and friends on a cut connection
-        raise DownloadError(f"download of {url} failed ({exc!r}); {hint}") from None
-    if total is not None and received != total:
-        raise DownloadError(f"download of {url} truncated: {received} of {total} bytes; {hint}")
-    return md5.hexdigest()
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {exc.reason}"
-    if isinstance(exc, urllib.error.URLError):
-        return str(exc.reason)
-    return str(exc)

@@ -4,21 +4,28 @@ The files match ML-1M's layout, encoding (latin-1) and value domains, so every r
 protocol runs on them unchanged::
 
     users.dat    UserID::Gender::Age::Occupation::Zip-code
-    movies.dat   MovieID::Title::Genres
+    movies.dat   MovieID::Title::Genres        (the title ends with the year: "... (1994)")
     ratings.dat  UserID::MovieID::Rating::Timestamp
+    planted.json the planted field pairs and their scales (PLANTED_FILE, below)
 
 Planted structure. Each movie belongs to one of ``CLUSTERS`` genre clusters and takes its
-genres from that cluster. A user's affinity for a movie is
+genres from that cluster, so its genres determine the cluster c_m exactly. Its year, drawn
+independently of the cluster, falls into one of four release eras e_m (``ERA_STARTS``).
+A user's affinity for a movie is
 
-    affinity(u, m) = G[gender_u, c_m] + A[age_u, c_m] + O[occupation_u, c_m] + z_u . y_m
+    affinity(u, m) = G[gender_u, c_m] + A[age_u, c_m] + O[occupation_u, c_m]
+                     + Y[age_u, e_m] + z_u . y_m
 
-(G strongest, then A, then O; z, y are small rank-4 user/movie tastes; zip carries nothing).
+(G strongest, then A, Y, O; z, y are small rank-4 user/movie tastes; zip carries
+nothing). Y is fixed, not drawn: younger users prefer newer movies, older users older ones.
 *Which* movies a user rates follows ``popularity_m + affinity`` (weighted sampling without
 replacement, Gumbel top-k), so the next-item protocol can tell picks from random movies
-through the (gender, movie), (age, movie), (occupation, movie) and (user, movie) pairs.
-*How* a user rates follows ``quality_m + bias_u + affinity + noise``, cut at quantiles that
-give ML-1M's rating histogram, so the rating protocol (>= 4 vs <= 2) learns the same pairs.
-Pairs of two user fields, and every pair with zip, carry no signal.
+through the (gender, genres), (age, genres), (occupation, genres), (age, year) and
+(user_id, movie_id) pairs; movie_id alone can stand in for genres and year, but only on
+movies seen in training. *How* a user rates follows ``quality_m + bias_u + affinity +
+noise``, cut at quantiles that give ML-1M's rating histogram, so the rating protocol
+(>= 4 vs <= 2) learns the same pairs. Pairs of two user fields, and every pair with zip,
+carry no signal.
 
 Timestamps are distinct and increasing per user; the order of a user's history is random, so
 the last item (the next-item test example) is a typical pick, not the strongest one.
@@ -27,6 +34,7 @@ the last item (the next-item test example) is a typical pick, not the strongest 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import tempfile
@@ -54,8 +62,12 @@ CLUSTER_GENRES: tuple[tuple[str, ...], ...] = (
 CLUSTERS = len(CLUSTER_GENRES)
 RATING_SHARES = np.array([0.056, 0.108, 0.261, 0.349, 0.226])  # ML-1M's ratings 1..5
 
+FIRST_YEAR, LAST_YEAR = 1919, 2000  # ML-1M's range; years are uniform over it
+ERA_STARTS = np.array([1919, 1940, 1960, 1980])  # four release eras of about 20 years
+
 # Scales of the planted effects (standard deviations, in logit units of the pick model).
 GENDER_SCALE, AGE_SCALE, OCCUPATION_SCALE, TASTE_SCALE = 1.5, 1.0, 0.6, 0.5
+YEAR_SCALE = 0.8  # of the fixed age x era table Y (its 7 x 4 cells)
 POPULARITY_SCALE, QUALITY_SCALE, USER_BIAS_SCALE, RATING_NOISE = 1.0, 0.6, 0.4, 0.7
 TASTE_RANK = 4
 MIN_RATINGS_PER_USER = 20  # as in ML-1M, when the requested total allows it
@@ -69,9 +81,14 @@ _TITLE_WORDS = (
 
 _CHUNK_CELLS = 1 << 22  # user x movie cells scored at a time (16 MB of float32)
 
+GENERATOR_VERSION = 2
+"""Bumped whenever equal arguments would give other files. 2: the age x era effect."""
+PLANTED_FILE = "planted.json"
+DATA_FILES = ("users.dat", "movies.dat", "ratings.dat")
+
 
 def write_synthetic(out: Path, *, users: int, movies: int, ratings: int, seed: int) -> None:
-    """Write users.dat, movies.dat and ratings.dat for a seeded synthetic population to ``out``.
+    """Write users.dat, movies.dat, ratings.dat and planted.json for a seeded population.
 
     Equal arguments give byte-identical files. The folder appears by one rename of a complete
     temporary folder; an existing ``out`` is replaced only if it holds nothing but these files.
@@ -82,10 +99,12 @@ def write_synthetic(out: Path, *, users: int, movies: int, ratings: int, seed: i
     rng = np.random.default_rng(seed)
     user_table = _users(rng, users)
     cluster, genres = _movie_clusters(rng, movies)
+    year = rng.integers(FIRST_YEAR, LAST_YEAR + 1, size=movies)
+    group = _movie_group(cluster, year)
     effects = _Effects.draw(rng, users, movies)
     counts = _ratings_per_user(rng, users, movies, ratings)
-    user_idx, movie_idx = _pick_movies(rng, user_table, cluster, effects, counts)
-    stars = _stars(rng, user_table, cluster, effects, user_idx, movie_idx)
+    user_idx, movie_idx = _pick_movies(rng, user_table, group, effects, counts)
+    stars = _stars(rng, user_table, group, effects, user_idx, movie_idx)
     timestamps = _timestamps(rng, counts)
 
     out = Path(out)
@@ -94,11 +113,13 @@ def write_synthetic(out: Path, *, users: int, movies: int, ratings: int, seed: i
     tmp.chmod(0o755)  # mkdtemp's 0700 would hide the data from other users (e.g. a container's)
     try:
         _write(tmp / "users.dat", user_table)
-        _write(tmp / "movies.dat", _movie_table(rng, movies, genres))
+        _write(tmp / "movies.dat", _movie_table(rng, genres, year))
         _write(
             tmp / "ratings.dat",
             {"user": user_idx + 1, "movie": movie_idx + 1, "rating": stars, "ts": timestamps},
         )
+        planted = _planted(users=users, movies=movies, ratings=ratings, seed=seed)
+        (tmp / PLANTED_FILE).write_text(json.dumps(planted, indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -146,13 +167,59 @@ def _movie_clusters(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.nd
     return cluster, genres
 
 
-def _movie_table(rng: np.random.Generator, n: int, genres: np.ndarray) -> dict[str, np.ndarray]:
+def _movie_group(cluster: np.ndarray, year: np.ndarray) -> np.ndarray:
+    """Each movie's (cluster, era) cell as one index: cluster * eras + era."""
+    era = np.searchsorted(ERA_STARTS, year, side="right") - 1
+    return cluster * len(ERA_STARTS) + era
+
+
+def _movie_table(
+    rng: np.random.Generator, genres: np.ndarray, year: np.ndarray
+) -> dict[str, np.ndarray]:
+    n = len(genres)
     words = np.array(_TITLE_WORDS, dtype=object)
     first = words[rng.integers(0, len(words), size=n)]
     second = words[rng.integers(0, len(words), size=n)]
-    year = rng.integers(1919, 2001, size=n).astype(str)
-    titles = "The " + first + " " + second + " (" + year + ")"
+    titles = "The " + first + " " + second + " (" + year.astype(str) + ")"
     return {"movie": np.arange(1, n + 1), "title": titles, "genres": genres}
+
+
+def _age_era_table() -> np.ndarray:
+    """Y: (ages, eras), YEAR_SCALE times the outer product of standardised youth and recency.
+
+    The youngest age group likes the newest era most and the oldest era least; the oldest
+    age group the reverse. Cells have mean 0 and standard deviation YEAR_SCALE.
+    """
+    youth = -np.arange(len(AGES), dtype=float)
+    recency = np.arange(len(ERA_STARTS), dtype=float)
+    standard = [(v - v.mean()) / v.std() for v in (youth, recency)]
+    return YEAR_SCALE * np.outer(*standard)
+
+
+def _planted(*, users: int, movies: int, ratings: int, seed: int) -> dict:
+    """Content of planted.json: which field pairs carry signal, and how strongly.
+
+    Field names are the contract's. A scale is the standard deviation of the pair's term in
+    the affinity (for user_id x movie_id, of z_u . y_m). Every other pair carries none.
+    """
+    pairs = [
+        (("gender", "genres"), GENDER_SCALE),
+        (("age", "genres"), AGE_SCALE),
+        (("occupation", "genres"), OCCUPATION_SCALE),
+        (("age", "year"), YEAR_SCALE),
+        (("user_id", "movie_id"), TASTE_SCALE / np.sqrt(TASTE_RANK)),
+    ]
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "arguments": {"users": users, "movies": movies, "ratings": ratings, "seed": seed},
+        "pairs": [list(fields) for fields, _ in pairs],
+        "scales": [float(scale) for _, scale in pairs],
+        "year_effect": {  # Y: rows AGES, columns the eras starting at era_starts
+            "ages": AGES.tolist(),
+            "era_starts": ERA_STARTS.tolist(),
+            "table": (np.round(_age_era_table(), 6) + 0.0).tolist(),  # + 0.0: no "-0.0"
+        },
+    }
 
 
 class _Effects:
@@ -166,6 +233,7 @@ class _Effects:
         return cls(
             gender=rng.normal(0, GENDER_SCALE, (2, CLUSTERS)),
             age=rng.normal(0, AGE_SCALE, (len(AGES), CLUSTERS)),
+            age_era=_age_era_table(),
             occupation=rng.normal(0, OCCUPATION_SCALE, (OCCUPATIONS, CLUSTERS)),
             user_taste=rng.normal(0, np.sqrt(TASTE_SCALE / TASTE_RANK), (users, TASTE_RANK)),
             movie_taste=rng.normal(0, np.sqrt(TASTE_SCALE / TASTE_RANK), (movies, TASTE_RANK)),
@@ -175,10 +243,12 @@ class _Effects:
         )
 
     def group_affinity(self, user_table: dict[str, np.ndarray]) -> np.ndarray:
-        """(users, CLUSTERS): the gender, age and occupation terms of each user per cluster."""
+        """(users, CLUSTERS * eras): each user's G + A + O + Y per movie group (_movie_group)."""
         gender = (user_table["gender"] == "M").astype(int)
         age = np.searchsorted(AGES, user_table["age"])
-        return self.gender[gender] + self.age[age] + self.occupation[user_table["occupation"]]
+        by_cluster = self.gender[gender] + self.age[age] + self.occupation[user_table["occupation"]]
+        # (users, CLUSTERS, 1) + (users, 1, eras) -> (users, CLUSTERS * eras)
+        return (by_cluster[:, :, None] + self.age_era[age][:, None, :]).reshape(len(age), -1)
 
 
 def _ratings_per_user(
@@ -207,7 +277,7 @@ def _ratings_per_user(
 def _pick_movies(
     rng: np.random.Generator,
     user_table: dict[str, np.ndarray],
-    cluster: np.ndarray,
+    movie_group: np.ndarray,
     effects: _Effects,
     counts: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -216,7 +286,7 @@ def _pick_movies(
     Gumbel top-k: the k largest of score + Gumbel noise are a weighted sample without
     replacement. Users are scored in chunks so memory stays at a few tens of MB.
     """
-    users, movies = len(counts), len(cluster)
+    users, movies = len(counts), len(movie_group)
     group = effects.group_affinity(user_table)
     step = max(1, _CHUNK_CELLS // movies)
     by_count = np.argsort(counts, kind="stable")  # chunks of similar counts partition well
@@ -225,7 +295,7 @@ def _pick_movies(
         rows = by_count[start : start + step]
         score = (
             effects.popularity[None, :]
-            + group[rows][:, cluster]
+            + group[rows][:, movie_group]
             + effects.user_taste[rows] @ effects.movie_taste.T
         ).astype(np.float32)
         score -= np.log(-np.log(rng.random(score.shape, dtype=np.float32) + 1e-12) + 1e-12)
@@ -248,7 +318,7 @@ def _pick_movies(
 def _stars(
     rng: np.random.Generator,
     user_table: dict[str, np.ndarray],
-    cluster: np.ndarray,
+    movie_group: np.ndarray,
     effects: _Effects,
     user_idx: np.ndarray,
     movie_idx: np.ndarray,
@@ -259,7 +329,7 @@ def _stars(
     opinion = (
         effects.quality[movie_idx]
         + effects.user_bias[user_idx]
-        + group[user_idx, cluster[movie_idx]]
+        + group[user_idx, movie_group[movie_idx]]
         + taste
         + rng.normal(0, RATING_NOISE, len(user_idx))
     )
@@ -296,7 +366,7 @@ def _write(path: Path, columns: dict[str, np.ndarray]) -> None:
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished folder into place; an old synthetic folder is swapped out first."""
     if out.exists():
-        known = {"users.dat", "movies.dat", "ratings.dat"}
+        known = {*DATA_FILES, PLANTED_FILE}
         if not out.is_dir() or any(p.name not in known for p in out.iterdir()):
             raise AfmError(f"{out} exists and holds other files; choose an empty or new --out")
         old = out.with_name(f".{out.name}.old.{os.getpid()}")

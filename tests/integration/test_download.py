@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from model.config import DataConfig
+from model.download import URL_ENV
 from model.errors import DownloadError
-from model.movielens import URL_ENV, load_ratings, load_users
+from model.movielens import load_movies, load_ratings, load_users
 
 pytestmark = pytest.mark.integration
 
@@ -100,6 +101,7 @@ def test_download_verifies_extracts_and_is_reused(tmp_path: Path, mirror: Mirror
 
     again = load_users(config(tmp_path))
     assert again["user_id"].tolist() == ["1", "2"]
+    assert load_movies(config(tmp_path))["year"].tolist() == ["1995", "1995"]
     assert len(mirror.requests) == served  # the cache answered
 
 

@@ -1,4 +1,5 @@
-"""Readers for the ML-1M, ML-100K and synthetic layouts: raw values, ids, malformed input."""
+"""Readers for the ML-1M, ML-100K and synthetic layouts: raw values, ids, movie tables,
+malformed input; and the byte-level parsers they share."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import movielens
+from model import movielens, parsing
 from model.config import DataConfig
+from model.dataset import MOVIE_COLUMNS
 from model.errors import AfmError, MalformedInput
-from model.movielens import load_ratings, load_users
+from model.movielens import load_movies, load_ratings, load_users
+from model.synth import GENERATOR_VERSION, PLANTED_FILE
 from tests.conftest import shared_data
 
 ML_1M_FILES = {
@@ -100,6 +103,90 @@ def test_load_users_does_not_read_ratings(tmp_path: Path):
     assert list(users) == ["user_id", "gender", "age", "occupation", "zip"]
 
 
+def movie_rows(movies: dict[str, np.ndarray]) -> list[tuple[str, ...]]:
+    return list(zip(*(movies[c].tolist() for c in MOVIE_COLUMNS), strict=True))
+
+
+def test_ml1m_movie_table_takes_the_year_from_the_end_of_the_title(tmp_path: Path):
+    movies_dat = (
+        "10::GoldenEye (1995)::Action|Adventure|Thriller\n"
+        "1::Toy Story (1995)::Animation|Children's|Comedy\n"
+        "2::Jumanji (1995)  ::Adventure|Children's|Fantasy\n"  # trailing spaces
+        "3::1984 (Nineteen Eighty-Four) (1984)::Drama\n"  # a year inside the title too
+        "4::Untitled::Comedy\n"  # no year
+        "5::Señor Ratón (1999) (V)::Comedy\n"  # the year is not at the end
+    )
+    ratings = load_ratings(ml1m(tmp_path, **{"movies.dat": movies_dat}))
+    assert list(ratings.movies) == list(MOVIE_COLUMNS)
+    assert movie_rows(ratings.movies) == [
+        ("1", "Toy Story (1995)", "1995", "Animation|Children's|Comedy"),
+        ("2", "Jumanji (1995)  ", "1995", "Adventure|Children's|Fantasy"),
+        ("3", "1984 (Nineteen Eighty-Four) (1984)", "1984", "Drama"),
+        ("4", "Untitled", "", "Comedy"),
+        ("5", "Señor Ratón (1999) (V)", "", "Comedy"),
+        ("10", "GoldenEye (1995)", "1995", "Action|Adventure|Thriller"),
+    ]
+    assert ratings.movie_ids.tolist() == ["1", "2", "3", "4", "5", "10"]
+    assert ratings.movies["title"][ratings.movie_idx].tolist()[:2] == [
+        "Toy Story (1995)",
+        "GoldenEye (1995)",
+    ]
+
+
+def test_ml100k_movie_table_names_the_set_genre_flags_and_reads_the_release_year(
+    tmp_path: Path,
+):
+    def item(movie_id: int, title: str, date: str, *genres: int) -> str:
+        flags = ["1" if i in genres else "0" for i in range(19)]
+        return "|".join([str(movie_id), title, date, "", "http://x", *flags]) + "\n"
+
+    u_item = (
+        item(2, "GoldenEye (1995)", "01-Jan-1995", 1, 2, 16)
+        + item(1, "Toy Story (1995)", "01-Jan-1995", 3, 4, 5)
+        + item(267, "unknown", "", 0)  # ML-100K's movie without a date, flagged unknown
+        + item(1373, "Good Morning (1971)", "4-Feb-1971", 0)  # one-digit day
+        + item(23, "Taxi Driver (1976)", "16-Feb-1996", 6, 8, 16)  # a re-release date
+        + item(7, "Café (1990) ", "01-Jan-1990", 0, 18)  # unknown beside a named genre
+    )
+    folder = write_files(tmp_path / "ml-100k", {**ML_100K_FILES, "u.item": u_item})
+    movies = load_movies(DataConfig(dataset="ml-100k", data_dir=folder))
+    assert movie_rows(movies) == [
+        ("1", "Toy Story (1995)", "1995", "Animation|Children's|Comedy"),
+        ("2", "GoldenEye (1995)", "1995", "Action|Adventure|Thriller"),
+        ("7", "Café (1990) ", "1990", "Western"),
+        ("23", "Taxi Driver (1976)", "1996", "Crime|Drama|Thriller"),
+        ("267", "unknown", "", ""),
+        ("1373", "Good Morning (1971)", "1971", ""),
+    ]
+
+
+def test_ml100k_genre_names_are_ml1m_spelling_in_u_genre_order():
+    assert movielens.ML_100K_GENRES[0] == "unknown"
+    assert set(movielens.ML_100K_GENRES[1:]) == {
+        "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+        "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
+        "Thriller", "War", "Western",
+    }  # fmt: skip
+
+
+def test_ml100k_genre_flag_other_than_0_or_1_is_malformed(tmp_path: Path):
+    bad = ML_100K_FILES["u.item"].replace("|0|0|0|1|1|1|", "|0|0|0|2|1|1|", 1)
+    folder = write_files(tmp_path / "ml-100k", {**ML_100K_FILES, "u.item": bad})
+    with pytest.raises(MalformedInput, match=r"u.item, line 1, field 9: genre flag 2 is not 0"):
+        load_movies(DataConfig(dataset="ml-100k", data_dir=folder))
+    bad = ML_100K_FILES["u.item"].replace("|0|0|0|1|1|1|", "|0|0|0|x|1|1|", 1)
+    write_files(folder, {"u.item": bad})
+    with pytest.raises(MalformedInput, match=r"u.item, line 1, field 9: 'x' is not an integer"):
+        load_movies(DataConfig(dataset="ml-100k", data_dir=folder))
+
+
+def test_load_movies_does_not_read_ratings(tmp_path: Path):
+    movies = load_movies(ml1m(tmp_path, **{"ratings.dat": "not::a::ratings::file::at all\n"}))
+    assert movies["movie_id"].tolist() == ["1", "2", "3", "10"]
+    assert movies["title"][2] == "Señor Ratón (1999)"  # latin-1
+    assert movies["year"].tolist() == ["1995", "1995", "1999", "1995"]
+
+
 @pytest.mark.parametrize(
     ("file", "content", "message"),
     [
@@ -167,7 +254,8 @@ def test_synthetic_without_data_dir_is_generated_once_in_the_cache(
     config = DataConfig(dataset="synthetic", cache_dir=tmp_path / "cache")
     first = load_ratings(config)
     folders = list((tmp_path / "cache").iterdir())
-    assert [p.name for p in folders] == ["synthetic-30u-40m-600r-seed1"]
+    assert [p.name for p in folders] == [f"synthetic-v{GENERATOR_VERSION}-30u-40m-600r-seed1"]
+    assert (folders[0] / PLANTED_FILE).is_file()
     stamp = (folders[0] / "ratings.dat").stat().st_mtime_ns
     second = load_ratings(config)
     assert (folders[0] / "ratings.dat").stat().st_mtime_ns == stamp
@@ -200,14 +288,48 @@ def test_real_ml1m_without_timestamps():
 
 
 def test_categorical_parse_across_blocks_matches_plain_parse(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(movielens, "_BLOCK_LINES", 3)  # 10 lines -> 4 blocks
+    monkeypatch.setattr(parsing, "_BLOCK_LINES", 3)  # 10 lines -> 4 blocks
     lines = [f"{i % 4:02d}\t{'x' * (i % 11)}\t{i}" for i in range(10)]
     data = "\n".join(lines).encode() + b"\n"
-    columns = movielens.parse_categorical(data, "f", sep=b"\t", fields=3)
-    plain = movielens.parse_columns(data, "f", sep=b"\t", fields=3, keep=(0, 1, 2))
+    columns = parsing.parse_categorical(data, "f", sep=b"\t", fields=3)
+    plain = parsing.parse_columns(data, "f", sep=b"\t", fields=3, keep=(0, 1, 2))
     for i, (codes, values) in enumerate(columns):
         assert values[codes].tolist() == plain[i].tolist()
     assert sorted(columns[0][1].tolist()) == ["00", "01", "02", "03"]
     bad = data.replace(b"\t7\n", b"\t7\t\n")  # line 8, in the third block
     with pytest.raises(MalformedInput, match=r"f, line 8: expected 3 fields"):
-        movielens.parse_categorical(bad, "f", sep=b"\t", fields=3)
+        parsing.parse_categorical(bad, "f", sep=b"\t", fields=3)
+
+
+def test_real_ml1m_movie_table():
+    movies = load_movies(DataConfig(dataset="ml-1m", data_dir=shared_data("ml-1m-notime")))
+    assert len(movies["movie_id"]) == 3883
+    first = {col: values[0] for col, values in movies.items()}
+    assert first == {
+        "movie_id": "1",
+        "title": "Toy Story (1995)",
+        "year": "1995",
+        "genres": "Animation|Children's|Comedy",
+    }
+    years = movies["year"].astype(int)  # every ML-1M title ends with its year
+    assert years.min() == 1919 and years.max() == 2000
+    genres = {g for joined in movies["genres"].tolist() for g in joined.split("|")}
+    assert genres == set(movielens.ML_100K_GENRES[1:])  # the same 18 names in both datasets
+
+
+def test_real_ml100k_movie_table():
+    movies = load_movies(DataConfig(dataset="ml-100k", data_dir=shared_data("ml-100k")))
+    assert len(movies["movie_id"]) == 1682
+    row = {int(m): i for i, m in enumerate(movies["movie_id"].tolist())}
+    assert [movies[c][row[1]] for c in MOVIE_COLUMNS] == [
+        "1",
+        "Toy Story (1995)",
+        "1995",
+        "Animation|Children's|Comedy",
+    ]
+    assert [movies[c][row[267]] for c in MOVIE_COLUMNS] == ["267", "unknown", "", ""]
+    assert [movies[c][row[1373]] for c in MOVIE_COLUMNS[2:]] == ["1971", ""]  # 'unknown' only
+    assert (movies["year"] == "").sum() == 1 and (movies["genres"] == "").sum() == 2
+    assert movies["title"][row[1128]] == "Heidi Fleiss: Hollywood Madam (1995) "  # as written
+    genres = {g for joined in movies["genres"].tolist() for g in joined.split("|") if g}
+    assert genres == set(movielens.ML_100K_GENRES[1:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,17 @@ from model.config import DataConfig
 from model.errors import AfmError
 from model.movielens import load_ratings
 from model.protocols import prepare
-from model.synth import AGES, CLUSTER_GENRES, write_synthetic
+from model.synth import (
+    AGES,
+    CLUSTER_GENRES,
+    ERA_STARTS,
+    GENERATOR_VERSION,
+    PLANTED_FILE,
+    YEAR_SCALE,
+    write_synthetic,
+)
 
-FILES = ("users.dat", "movies.dat", "ratings.dat")
+FILES = ("users.dat", "movies.dat", "ratings.dat", PLANTED_FILE)
 ML_1M_GENRES = {g for cluster in CLUSTER_GENRES for g in cluster}
 
 
@@ -38,6 +47,7 @@ def test_files_are_ml1m_format_with_ml1m_value_domains(small: Path):
     for line in movies:
         movie_id, title, genres = line.split("::")
         assert title.endswith(")") and set(genres.split("|")) <= ML_1M_GENRES
+    assert sorted(p.name for p in small.iterdir()) == sorted(FILES)
 
     ratings = load_ratings(DataConfig(dataset="synthetic", data_dir=small))
     assert len(ratings.rating) == 20_000
@@ -137,3 +147,62 @@ def test_planted_pairs_carry_signal_and_zip_does_not(small: Path, protocol: str)
     if protocol == "rating":  # zip x movie is noise; (under next-item, zip ~ user id, whose
         # count model learns "never drawn as this user's negative", a sampling artefact)
         assert pair_rate_auc(data, "zip") < movie_only
+
+
+def test_planted_json_lists_the_planted_pairs_with_contract_field_names(small: Path):
+    from model.contract import ALL_FIELDS, pairs
+
+    planted = json.loads((small / PLANTED_FILE).read_text())
+    assert planted["generator_version"] == GENERATOR_VERSION
+    assert planted["arguments"] == {"users": 300, "movies": 200, "ratings": 20_000, "seed": 7}
+    assert planted["pairs"] == [
+        ["gender", "genres"],
+        ["age", "genres"],
+        ["occupation", "genres"],
+        ["age", "year"],
+        ["user_id", "movie_id"],
+    ]
+    assert {tuple(p) for p in planted["pairs"]} <= set(pairs(ALL_FIELDS))  # attention order
+    assert len(planted["scales"]) == len(planted["pairs"]) and min(planted["scales"]) > 0
+    table = np.array(planted["year_effect"]["table"])
+    assert table.shape == (len(AGES), len(ERA_STARTS))
+    assert table.std() == pytest.approx(YEAR_SCALE, abs=1e-5)
+    assert table[0, -1] == table.max() and table[-1, 0] == table.max()  # young-new, old-old
+
+
+def test_young_users_pick_and_rate_newer_movies_than_old_users(small: Path):
+    ratings = load_ratings(DataConfig(dataset="synthetic", data_dir=small))
+    age = ratings.users["age"][ratings.user_idx].astype(int)
+    year = ratings.movies["year"][ratings.movie_idx].astype(int)
+    young, old = age <= 18, age >= 50
+    assert young.sum() > 1000 and old.sum() > 1000
+    # The catalogue's years are independent of everything else (mean ~1960): only the
+    # age x era table can move the picks' years apart (seed 7: 1969 vs 1953).
+    assert year[young].mean() - year[old].mean() > 8
+    # Stars: newest era minus oldest era, young users vs old users (seed 7: +1.1 vs -1.0).
+    stars = ratings.rating.astype(float)
+    new, early = year >= ERA_STARTS[-1], year < ERA_STARTS[1]
+
+    def newer_minus_older(who: np.ndarray) -> float:
+        return stars[who & new].mean() - stars[who & early].mean()
+
+    assert newer_minus_older(young) - newer_minus_older(old) > 1.0
+
+
+def test_year_effect_is_measurable_under_the_rating_protocol(small: Path):
+    """A count model on (age, era) beats one on era alone: the pair carries signal."""
+    data = prepare(DataConfig(dataset="synthetic", data_dir=small, protocol="rating"))
+    era = np.searchsorted(ERA_STARTS, data.movies["year"].astype(int), side="right") - 1
+    _, age = np.unique(data.users["age"], return_inverse=True)
+
+    def rate_auc(with_age: bool) -> float:
+        def keys(part):
+            k = era[part.movie_idx].astype(np.int64)
+            return k + len(ERA_STARTS) * age[part.user_idx] if with_age else k
+
+        train_keys, test_keys = keys(data.train), keys(data.test)
+        hits = np.bincount(train_keys, weights=data.train.label, minlength=64)
+        seen = np.bincount(train_keys, minlength=64)
+        return auc((hits[test_keys] + 1) / (seen[test_keys] + 2), data.test.label)
+
+    assert rate_auc(with_age=True) > rate_auc(with_age=False) + 0.05
