@@ -64,6 +64,7 @@ def pairs(fields: tuple[str, ...] | list[str]) -> tuple[tuple[str, str], ...]:
     """Field pairs in attention-column order: ``itertools.combinations`` of ``fields``."""
     return tuple(itertools.combinations(fields, 2))
 
+
 SIGNATURE_SCORE = "serving_default"
 SIGNATURE_EXPLAIN = "explain"
 OUTPUT_PROBABILITY = "probability"

@@ -111,8 +111,7 @@ class PreparedData:
                 inputs[name] = _bag_codes(values, vocabularies[name], name)[at]
             else:
                 single.append(_codes(values, vocabularies[name])[at])
-        inputs[SINGLE_INPUT] = np.stack(single, axis=1).astype(np.int32)
-        return inputs
+        return {SINGLE_INPUT: np.stack(single, axis=1).astype(np.int32), **inputs}
 
     def raw(self, rows: LabeledRows, fields: Sequence[str]) -> dict[str, np.ndarray]:
         """Raw string inputs by field name, as the exported signatures take them."""

@@ -166,7 +166,9 @@ class BagEmbedding(keras.layers.Layer):
 
     def build(self, input_shape: tuple) -> None:
         if len(input_shape) != 2:
-            raise ValueError(f"BagEmbedding expects ids of shape (batch, L). Received: {input_shape}")
+            raise ValueError(
+                f"BagEmbedding expects ids of shape (batch, L). Received: {input_shape}"
+            )
         self.embeddings = self.add_weight(
             name="embeddings",
             shape=(self.vocab_size, self.output_dim),

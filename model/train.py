@@ -213,9 +213,7 @@ def fit(data: PreparedData, afm: AFMConfig, train: TrainConfig) -> FitResult:
         result.metrics["test_held_out_movies"] = {
             "rows": int(held.sum()),
             "positives": int(data.test.label[held].sum()),
-            **_evaluate(
-                trainer, {k: v[held] for k, v in x_test.items()}, data.test.label[held]
-            ),
+            **_evaluate(trainer, {k: v[held] for k, v in x_test.items()}, data.test.label[held]),
         }
         _say(
             f"test rows of the {len(data.held_out_movies):,} held-out movies: "

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from model.config import DataConfig
+from model.contract import SEED_FIELDS
 from model.dataset import Ratings
 from model.errors import AfmError, MalformedInput
 from model.protocols import next_item, prepare, rating_threshold
@@ -29,7 +31,12 @@ def make_ratings(
             "occupation": np.array(["1"] * n),
             "zip": np.array([f"{10000 + i}" for i in range(n)]),
         },
-        movie_ids=np.array(movies),
+        movies={
+            "movie_id": np.array(movies),
+            "title": np.array([f"Movie {m} (1995)" for m in movies]),
+            "year": np.array(["1995"] * len(movies)),
+            "genres": np.array(["Drama"] * len(movies)),
+        },
         user_idx=np.array([user_ids.index(r[0]) for r in rows], dtype=np.int32),
         movie_idx=np.array([movies.index(r[1]) for r in rows], dtype=np.int32),
         rating=np.array([r[2] for r in rows], dtype=np.int8),
@@ -240,7 +247,7 @@ def test_seed_rows_build_tables_from_all_three_files(tmp_path: Path):
     assert data.protocol == "seed-rows"
     assert sorted(data.users["user_id"].tolist()) == ["1", "2", "3"]
     assert sorted(data.movie_ids.tolist()) == ["1193", "3408", "661", "movie-x"]
-    raw = data.raw(data.test)
+    raw = data.raw(data.test, SEED_FIELDS)
     assert raw["zip"].tolist() == ["SW1A-1AA", "70072"]
     assert raw["movie_id"].tolist() == ["movie-x", "661"]
     assert data.train.label.tolist() == [1.0, 0.0, 0.0, 1.0]
@@ -254,11 +261,11 @@ def test_value_seen_only_in_test_encodes_to_the_oov_bucket(tmp_path: Path):
         ["3\tM\t25\t15\t99999\tnew-movie\t1"],
     )
     data = prepare(config)
-    vocab = data.vocabularies()
-    test_ids = data.encode(data.test, vocab)[0]
+    vocab = data.vocabularies(SEED_FIELDS)
+    test_ids = data.encode(data.test, vocab, SEED_FIELDS)["ids"][0]
     # user 3, age 25, occupation 15, zip 99999 and the movie are unseen; gender M is known
     assert test_ids.tolist() == [0, 2, 0, 0, 0, 0]
-    valid_ids = data.encode(data.valid, vocab)[0]
+    valid_ids = data.encode(data.valid, vocab, SEED_FIELDS)["ids"][0]
     assert (valid_ids > 0).all()
 
 
@@ -296,7 +303,7 @@ def test_seed_row_values_stay_exact_strings(tmp_path: Path):
     assert sorted(data.users["user_id"].tolist()) == ["01", "1"]
     assert sorted(data.users["zip"].tolist()) == ["02139", "2139"]
     assert sorted(data.movie_ids.tolist()) == ["007", "7"]
-    assert data.raw(data.train)["zip"].tolist() == ["02139", "2139", "2139"]
+    assert data.raw(data.train, SEED_FIELDS)["zip"].tolist() == ["02139", "2139", "2139"]
     assert data.train.user_idx[1] == data.train.user_idx[2] != data.train.user_idx[0]
 
 
@@ -330,3 +337,16 @@ def test_real_ml1m_without_timestamps_is_refused_for_next_item_only():
     data = prepare(DataConfig(dataset="ml-1m", data_dir=folder, protocol="rating"))
     kept = sum(len(p) for p in (data.train, data.valid, data.test))
     assert kept + data.extra["dropped"] == 999_414
+
+
+def test_held_out_movies_leave_train_and_validation_but_stay_in_test(synthetic: Path):
+    config = DataConfig(dataset="synthetic", data_dir=synthetic, holdout_movies=0.1, seed=3)
+    full = prepare(replace(config, holdout_movies=0.0))
+    data = prepare(config)
+    held = data.held_out_movies
+    assert len(held) == round(0.1 * len(np.unique(full.train.movie_idx)))
+    assert not np.isin(data.train.movie_idx, held).any()
+    assert not np.isin(data.valid.movie_idx, held).any()
+    np.testing.assert_array_equal(data.test.movie_idx, full.test.movie_idx)
+    assert data.extra["held_out_test_rows"] == int(np.isin(data.test.movie_idx, held).sum()) > 0
+    assert data.held_out_movies.tolist() == prepare(config).held_out_movies.tolist()  # seeded
