@@ -16,9 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from model.contract import MOVIE_ID
 from service.deps import ScoringDep
 from service.errors import InvalidRequest
-from model.contract import MOVIE_ID
 from service.ranking import batch_columns, readable_pairs, score_entries
 from service.schemas import ExplainResponse, Problem, ScoreRequest, ScoreResponse
 

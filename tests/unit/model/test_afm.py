@@ -165,7 +165,7 @@ def test_same_seed_same_initial_weights() -> None:
 
 def test_missing_sizes_and_misplaced_multi_valued_fields_are_refused() -> None:
     with pytest.raises(ValueError, match="missing for fields \\['genres'\\]"):
-        build_afm(ALL_FIELDS, {f: 3 for f in SEED_FIELDS + ("year",)}, CONFIG)
+        build_afm(ALL_FIELDS, dict.fromkeys(SEED_FIELDS + ("year",), 3), CONFIG)
     with pytest.raises(ValueError, match="multi-valued fields must come last"):
         build_afm(("genres", *SEED_FIELDS), SIZES, CONFIG)
 

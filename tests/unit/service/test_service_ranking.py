@@ -12,7 +12,6 @@ from model import contract
 from service.ranking import UNKNOWN_VALUE, batch_columns, ranked_indices, readable_pairs
 from service.settings import Settings
 
-
 PAIRS = contract.pairs(contract.SEED_FIELDS)
 MOVIES = {
     "3": {"title": "Grumpier Old Men (1995)", "year": "1995", "genres": "Comedy|Romance"},
