@@ -33,7 +33,7 @@ run() {
 synthetic_data() {
   local users=${AFM_SYNTH_USERS:-600} movies=${AFM_SYNTH_MOVIES:-400}
   local ratings=${AFM_SYNTH_RATINGS:-40000} seed=${AFM_SYNTH_SEED:-42}
-  local dir="$AFM_CACHE_DIR/synthetic-u$users-m$movies-r$ratings-s$seed"
+  local dir="$AFM_CACHE_DIR/synthetic-v2-u$users-m$movies-r$ratings-s$seed"  # v2: the generator's version
   if [ ! -d "$dir" ]; then
     log "making synthetic data in $dir"
     rm -rf "$dir.tmp"

@@ -193,16 +193,21 @@ def load_features(
         str, typer.Option(help="Key prefix of the feature set.", envvar="AFM_REDIS_PREFIX")
     ] = DEFAULT_PREFIX,
 ) -> None:
-    """Write every user's features to Redis as a new namespace, then switch to it atomically."""
+    """Write every user's and movie's features to Redis as a new namespace, then switch to it
+    atomically."""
     from model.load_features import load_features as load
-    from model.movielens import load_users
+    from model.movielens import load_movies, load_users
 
+    config = DataConfig(dataset=dataset, data_dir=data_dir, cache_dir=cache_dir)
     try:
-        users = load_users(DataConfig(dataset=dataset, data_dir=data_dir, cache_dir=cache_dir))
-        count = load(users, redis_url=redis_url, prefix=prefix)
+        users, movies = load_users(config), load_movies(config)
+        user_count, movie_count = load(users, movies, redis_url=redis_url, prefix=prefix)
     except AfmError as exc:
         raise _fail(exc) from None
-    typer.echo(f"loaded {count} users into {redis_url} under prefix {prefix!r}")
+    typer.echo(
+        f"loaded {user_count} users and {movie_count} movies into {redis_url} "
+        f"under prefix {prefix!r}"
+    )
 
 
 @app.command()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from model.config import DataConfig
-from model.contract import FIELDS, OUTPUT_ATTENTION, SIGNATURE_EXPLAIN, read_metadata
+from model.contract import ALL_FIELDS, OUTPUT_ATTENTION, SIGNATURE_EXPLAIN, read_metadata
 from tests.conftest import run_cli, shared_data
 
 pytestmark = pytest.mark.integration
@@ -18,6 +18,7 @@ pytestmark = pytest.mark.integration
 
 def test_training_learns_the_planted_structure(trained_model_dir: Path) -> None:
     meta = read_metadata(trained_model_dir / "1")
+    assert tuple(meta.fields) == ALL_FIELDS  # a dataset trains all eight fields by default
     assert meta.metrics["test"]["auc"] > 0.65, meta.metrics
     assert meta.metrics["valid"]["auc"] > 0.65, meta.metrics
     metrics = json.loads((trained_model_dir / "1" / "metrics.json").read_text())
@@ -31,14 +32,14 @@ def test_attention_is_not_uniform(trained_model_dir: Path, synthetic_dir: Path) 
     from model.protocols import prepare
 
     data = prepare(DataConfig(dataset="synthetic", data_dir=synthetic_dir, seed=7))
-    raw = data.raw(data.test)
+    raw = data.raw(data.test, ALL_FIELDS)
     explain = tf.saved_model.load(str(trained_model_dir / "1")).signatures[SIGNATURE_EXPLAIN]
-    attention = explain(**{f: tf.constant(raw[f][:500].astype(str)) for f in FIELDS})[
+    attention = explain(**{f: tf.constant(raw[f][:500].astype(str)) for f in ALL_FIELDS})[
         OUTPUT_ATTENTION
     ].numpy()
     uniform = 1.0 / attention.shape[1]
     np.testing.assert_allclose(attention.sum(axis=1), 1.0, rtol=1e-5)
-    # Some pair clearly above or below 1/15 on average, and weights differ between examples.
+    # Some pair clearly above or below 1/28 on average, and weights differ between examples.
     assert np.abs(attention.mean(axis=0) - uniform).max() > 0.2 * uniform
     assert attention.std(axis=0).max() > 1e-3
 
@@ -88,3 +89,40 @@ def test_real_movielens_100k_next_item(tmp_path: Path) -> None:
     assert re.search(r"test AUC 0\.\d{4}", result.stderr)
     assert meta.data["train"]["rows"] > 1_000_000
     assert auc > 0.8
+
+
+def _held_out_auc(synthetic_dir: Path, fields: str, model_dir: Path) -> float:
+    run_cli(
+        "train", "--dataset", "synthetic", "--data-dir", str(synthetic_dir), "--fields", fields,
+        "--holdout-movies", "0.1", "--epochs", "3", "--embedding-dim", "8",
+        "--attention-factor", "4", "--batch-size", "1024", "--seed", "7",
+        "--model-dir", str(model_dir),
+    )  # fmt: skip
+    meta = read_metadata(model_dir / "1")
+    held = meta.metrics["test_held_out_movies"]
+    assert held["rows"] > 100 and 0 < held["positives"] < held["rows"]
+    assert meta.data["held_out_movies"] == 20  # 10% of the 200 synthetic movies
+    return held["auc"]
+
+
+def test_unseen_movies_are_ranked_by_their_genres_and_year(
+    synthetic_dir: Path, tmp_path: Path
+) -> None:
+    """Movies kept out of training: the eight-field model ranks them from genres and year,
+    the six-field model knows nothing about them but their (out-of-vocabulary) id."""
+    with_items = _held_out_auc(synthetic_dir, "all", tmp_path / "all")
+    without = _held_out_auc(synthetic_dir, "seed", tmp_path / "seed")
+    print(f"held-out movies: AUC {with_items:.4f} with year and genres, {without:.4f} without")
+    assert with_items > 0.7
+    assert with_items > without + 0.1
+
+
+def test_seed_rows_cannot_ask_for_item_fields(tmp_path: Path) -> None:
+    rows = tmp_path / "rows.txt"
+    rows.write_text("1\tF\t1\t10\t48067\t1193\t1\n2\tM\t25\t4\t02139\t661\t0\n")
+    result = run_cli(
+        "train", "--train-file", str(rows), "--valid-file", str(rows), "--test-file", str(rows),
+        "--fields", "all", "--model-dir", str(tmp_path / "models"), check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "carry no year or genres" in result.stderr

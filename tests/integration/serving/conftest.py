@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from model.config import DataConfig
 from model.load_features import load_features
-from model.movielens import load_users
+from model.movielens import load_movies, load_users
 from service.app import create_app
 from service.settings import Settings
 from tests.integration.serving.helpers import remove_prefix, wait_ready
@@ -27,11 +27,16 @@ def synthetic_users(synthetic_dir: Path) -> dict:
     return load_users(DataConfig(dataset="synthetic", data_dir=synthetic_dir))
 
 
+@pytest.fixture(scope="session")
+def synthetic_movies(synthetic_dir: Path) -> dict:
+    return load_movies(DataConfig(dataset="synthetic", data_dir=synthetic_dir))
+
+
 @pytest.fixture(scope="module")
-def loaded_prefix(redis_url: str, synthetic_users: dict) -> Iterator[str]:
-    """A unique prefix holding the synthetic users; removed afterwards."""
+def loaded_prefix(redis_url: str, synthetic_users: dict, synthetic_movies: dict) -> Iterator[str]:
+    """A unique prefix holding the synthetic users and movies; removed afterwards."""
     prefix = f"test:{uuid.uuid4().hex}:"
-    load_features(synthetic_users, redis_url, prefix)
+    load_features(synthetic_users, synthetic_movies, redis_url, prefix)
     yield prefix
     remove_prefix(redis_url, prefix)
 

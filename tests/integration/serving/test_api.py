@@ -21,6 +21,7 @@ from tests.integration.serving.helpers import ServerThread, wait_ready, wait_unt
 
 pytestmark = pytest.mark.integration
 
+PAIRS = contract.pairs(contract.ALL_FIELDS)  # the session model's field set
 UNKNOWN_MOVIE = 987_654
 UNKNOWN_USER = 876_543
 
@@ -36,14 +37,30 @@ def _user_row(users: dict, user_id: int) -> dict[str, str]:
     return {name: str(users[name][index]) for name in ("gender", "age", "occupation", "zip")}
 
 
-def _reference(signatures, name: str, user: dict[str, str] | None, user_id: int, movies: list[int]):  # noqa: ANN001, ANN202
-    """The signature's outputs for raw features built by hand (unknown user: empty strings)."""
-    n = len(movies)
-    inputs = {"user_id": [str(user_id)] * n, "movie_id": [str(m) for m in movies]}
-    for field in ("gender", "age", "occupation", "zip"):
-        inputs[field] = [user[field] if user else ""] * n
-    outputs = signatures[1][name](**{f: tf.constant(v, tf.string) for f, v in inputs.items()})
-    return {k: v.numpy() for k, v in outputs.items()}
+@pytest.fixture(scope="module")
+def reference(signatures, synthetic_movies: dict):  # noqa: ANN001, ANN201
+    """The signature's outputs for raw features built by hand (unknown: empty strings)."""
+    table = {
+        movie_id: {"year": year, "genres": genres}
+        for movie_id, year, genres in zip(
+            synthetic_movies["movie_id"].tolist(),
+            synthetic_movies["year"].tolist(),
+            synthetic_movies["genres"].tolist(),
+            strict=True,
+        )
+    }
+
+    def run(name: str, user: dict[str, str] | None, user_id: int, movies: list[int]) -> dict:
+        n = len(movies)
+        inputs = {"user_id": [str(user_id)] * n, "movie_id": [str(m) for m in movies]}
+        for field in ("gender", "age", "occupation", "zip"):
+            inputs[field] = [user[field] if user else ""] * n
+        for field in ("year", "genres"):
+            inputs[field] = [table.get(str(m), {}).get(field, "") for m in movies]
+        outputs = signatures[1][name](**{f: tf.constant(v, tf.string) for f, v in inputs.items()})
+        return {k: v.numpy() for k, v in outputs.items()}
+
+    return run
 
 
 def test_ready_and_serving_version_one(api: TestClient, trained_model_dir: Path) -> None:
@@ -54,12 +71,10 @@ def test_ready_and_serving_version_one(api: TestClient, trained_model_dir: Path)
     assert info["version"] == 1 and info["metadata"] == on_disk
 
 
-def test_score_equals_saved_model(api: TestClient, signatures, synthetic_users: dict) -> None:  # noqa: ANN001
+def test_score_equals_saved_model(api: TestClient, reference, synthetic_users: dict) -> None:  # noqa: ANN001
     movies = [1, 17, 200, 5, UNKNOWN_MOVIE, 42]
     body = api.post("/score", json={"user_id": 3, "movie_ids": movies}).json()
-    expected = _reference(
-        signatures, contract.SIGNATURE_SCORE, _user_row(synthetic_users, 3), 3, movies
-    )
+    expected = reference(contract.SIGNATURE_SCORE, _user_row(synthetic_users, 3), 3, movies)
     assert body["user_known"] is True and body["model_version"] == 1
     assert [s["movie_id"] for s in body["scores"]] == movies
     got = np.array([s["probability"] for s in body["scores"]])
@@ -67,12 +82,12 @@ def test_score_equals_saved_model(api: TestClient, signatures, synthetic_users: 
     assert len(set(got.round(6))) > 1  # the model discriminates: not a constant
 
 
-def test_unknown_user_and_movie_are_flagged_and_scored(api: TestClient, signatures) -> None:  # noqa: ANN001
+def test_unknown_user_and_movie_are_flagged_and_scored(api: TestClient, reference) -> None:  # noqa: ANN001
     movies = [UNKNOWN_MOVIE, 7]
     body = api.post("/score", json={"user_id": UNKNOWN_USER, "movie_ids": movies}).json()
     assert body["user_known"] is False
     assert [s["movie_known"] for s in body["scores"]] == [False, True]
-    expected = _reference(signatures, contract.SIGNATURE_SCORE, None, UNKNOWN_USER, movies)
+    expected = reference(contract.SIGNATURE_SCORE, None, UNKNOWN_USER, movies)
     got = [s["probability"] for s in body["scores"]]
     np.testing.assert_allclose(got, expected[contract.OUTPUT_PROBABILITY], rtol=1e-6, atol=1e-7)
 
@@ -95,7 +110,7 @@ def test_top_k_is_the_best_of_the_full_list(api: TestClient) -> None:
 
 
 def test_concurrent_requests_each_get_their_own_answer(
-    trained_model_dir: Path, redis_url: str, loaded_prefix: str, signatures, synthetic_users: dict
+    trained_model_dir: Path, redis_url: str, loaded_prefix: str, reference, synthetic_users: dict
 ) -> None:  # noqa: ANN001
     """Requests that queue behind a busy TensorFlow thread are scored in merged batches;
     every reply must still be exactly its own request's."""
@@ -128,9 +143,7 @@ def test_concurrent_requests_each_get_their_own_answer(
         assert response.status_code == 200, response.text
         user = body["user_id"]
         name = contract.SIGNATURE_EXPLAIN if body["explain"] else contract.SIGNATURE_SCORE
-        expected = _reference(
-            signatures, name, _user_row(synthetic_users, user), user, body["movie_ids"]
-        )
+        expected = reference(name, _user_row(synthetic_users, user), user, body["movie_ids"])
         scores = response.json()["scores"]
         assert [s["movie_id"] for s in scores] == body["movie_ids"]
         np.testing.assert_allclose(
@@ -142,7 +155,7 @@ def test_concurrent_requests_each_get_their_own_answer(
         if body["explain"]:
             weights = {tuple(p["fields"]): p["weight"] for p in scores[-1]["pairs"]}
             np.testing.assert_allclose(
-                [weights[pair] for pair in contract.PAIRS],
+                [weights[pair] for pair in PAIRS],
                 expected[contract.OUTPUT_ATTENTION][-1],
                 rtol=1e-5,
                 atol=1e-7,
@@ -153,12 +166,10 @@ def test_concurrent_requests_each_get_their_own_answer(
 
 
 def test_explain_matches_the_explain_signature(
-    api: TestClient, signatures, synthetic_users: dict
+    api: TestClient, reference, synthetic_users: dict
 ) -> None:  # noqa: ANN001
     body = api.get("/explain", params={"user_id": 3, "movie_id": 17}).json()
-    expected = _reference(
-        signatures, contract.SIGNATURE_EXPLAIN, _user_row(synthetic_users, 3), 3, [17]
-    )
+    expected = reference(contract.SIGNATURE_EXPLAIN, _user_row(synthetic_users, 3), 3, [17])
     weights = [p["weight"] for p in body["pairs"]]
     assert sum(weights) == pytest.approx(1.0, abs=1e-5)
     assert weights == sorted(weights, reverse=True)
@@ -166,8 +177,8 @@ def test_explain_matches_the_explain_signature(
         float(expected[contract.OUTPUT_PROBABILITY][0]), rel=1e-6
     )
     by_pair = {tuple(p["fields"]): p for p in body["pairs"]}
-    assert set(by_pair) == set(contract.PAIRS)
-    for column, pair in enumerate(contract.PAIRS):
+    assert set(by_pair) == set(PAIRS)
+    for column, pair in enumerate(PAIRS):
         assert by_pair[pair]["weight"] == pytest.approx(
             float(expected[contract.OUTPUT_ATTENTION][0, column]), rel=1e-5, abs=1e-7
         )
@@ -215,7 +226,11 @@ def test_metrics_report_version_and_latency(api: TestClient) -> None:
 
 
 def test_missing_feature_set_is_503_until_loaded(
-    trained_model_dir: Path, redis_url: str, feature_prefix: str, synthetic_users: dict
+    trained_model_dir: Path,
+    redis_url: str,
+    feature_prefix: str,
+    synthetic_users: dict,
+    synthetic_movies: dict,
 ) -> None:
     from model.load_features import load_features
 
@@ -228,7 +243,7 @@ def test_missing_feature_set_is_503_until_loaded(
         assert response.status_code == 503 and "load-features" in response.json()["detail"]
         assert response.headers["retry-after"] == "1"
         assert client.get("/readyz").json()["features_loaded"] is False
-        load_features(synthetic_users, redis_url, feature_prefix)
+        load_features(synthetic_users, synthetic_movies, redis_url, feature_prefix)
         assert client.post("/score", json={"user_id": 1, "movie_ids": [1]}).status_code == 200
 
 

@@ -40,9 +40,12 @@ def _problem_503(client: TestClient, detail: str) -> None:
 
 
 def test_redis_outage_gives_503_and_recovers(
-    private_redis: RedisProcess, trained_model_dir: Path, synthetic_users: dict
+    private_redis: RedisProcess,
+    trained_model_dir: Path,
+    synthetic_users: dict,
+    synthetic_movies: dict,
 ) -> None:
-    load_features(synthetic_users, private_redis.url, PREFIX)
+    load_features(synthetic_users, synthetic_movies, private_redis.url, PREFIX)
     settings = Settings(
         model_dir=trained_model_dir,
         redis_url=private_redis.url,
@@ -73,7 +76,7 @@ def test_redis_outage_gives_503_and_recovers(
         # Restarted, empty Redis: 503 "no feature set" until features are loaded again.
         private_redis.start()
         _problem_503(client, "no feature set")
-        load_features(synthetic_users, private_redis.url, PREFIX)
+        load_features(synthetic_users, synthetic_movies, private_redis.url, PREFIX)
         wait_ready(client)
         response = client.post("/score", json=BODY)
         assert response.status_code == 200 and response.json()["user_known"] is True
