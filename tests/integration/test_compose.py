@@ -186,7 +186,9 @@ def test_explain_through_published_port(stack: Stack) -> None:
     response = httpx.get(f"{stack.base_url}/explain?user_id=1&movie_id=2", timeout=10)
     assert response.status_code == 200, response.text
     pairs = response.json()["pairs"]
-    assert sorted(tuple(pair["fields"]) for pair in pairs) == sorted(contract.pairs(contract.ALL_FIELDS))
+    assert sorted(tuple(pair["fields"]) for pair in pairs) == sorted(
+        contract.pairs(contract.ALL_FIELDS)
+    )
     assert sum(pair["weight"] for pair in pairs) == pytest.approx(1.0, abs=1e-4)
     assert 0.0 < response.json()["probability"] < 1.0
 
