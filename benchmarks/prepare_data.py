@@ -80,12 +80,13 @@ def write_seed_rows(synthetic: Path, out: Path) -> None:
     import pandas as pd
 
     from model.config import DataConfig
+    from model.contract import SEED_FIELDS
     from model.protocols import prepare
 
     data = prepare(DataConfig(dataset="synthetic", data_dir=synthetic))
     for name in ("train", "valid", "test"):
         rows = getattr(data, name)
-        frame = pd.DataFrame(data.raw(rows))
+        frame = pd.DataFrame(data.raw(rows, SEED_FIELDS))
         frame["label"] = rows.label.astype(np.int8)
         frame.to_csv(out / f"{name}.txt", sep="\t", header=False, index=False)
 

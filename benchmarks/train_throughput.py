@@ -1,6 +1,7 @@
 """Training throughput (examples/s) and peak memory of the AFM trainer at ML-1M size.
 
     .venv/bin/python benchmarks/train_throughput.py [--source synthetic|ml-1m] [--epochs 1]
+                                                    [--fields all|seed]
 
 Sources:
   synthetic  1M synthetic ratings (6040 users x 3706 movies, ML-1M's shape), next-item protocol
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs after the warm-up")
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--fields", choices=("seed", "all"), default="all")
     args = parser.parse_args()
 
     data = prepare_data(args.source, args.seed)
@@ -74,24 +76,25 @@ def main() -> None:
 
     from model.afm import build_afm
     from model.config import AFMConfig, TrainConfig
-    from model.contract import FIELDS
+    from model.contract import FIELD_SETS
     from model.train import compiled_trainer, epoch_dataset
 
-    afm = AFMConfig(embedding_dim=16, attention_factor=8)
+    afm = AFMConfig(fields=args.fields, embedding_dim=16, attention_factor=8)
+    fields = FIELD_SETS[afm.fields]
     train = replace(TrainConfig(), batch_size=args.batch_size, seed=args.seed)
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    vocabularies = data.vocabularies()
-    x = data.encode(data.train, vocabularies)
+    vocabularies = data.vocabularies(fields)
+    x = data.encode(data.train, vocabularies, fields)
     y = data.train.label.astype(np.float32)
-    model = build_afm({f: len(vocabularies[f]) + 1 for f in FIELDS}, afm, seed=args.seed)
+    model = build_afm(fields, {f: len(vocabularies[f]) + 1 for f in fields}, afm, seed=args.seed)
     trainer = compiled_trainer(model, train)
 
     # Warm-up: the full and the final partial batch shape, so that tracing and XLA compiling
     # (once per batch shape and process, as in a training run) stay out of the timed epochs.
     warmup = WARMUP_BATCHES * args.batch_size + len(y) % args.batch_size
     trainer.fit(
-        epoch_dataset(x[:warmup], y[:warmup], args.batch_size, rng),
+        epoch_dataset({k: v[:warmup] for k, v in x.items()}, y[:warmup], args.batch_size, rng),
         epochs=1, shuffle=False, verbose=0,
     )  # fmt: skip
     load_before = os.getloadavg()[0]
@@ -104,6 +107,7 @@ def main() -> None:
         epochs.append({"examples_per_second": len(y) / wall, "cpu_s_per_1m": cpu / len(y) * 1e6})
     report = {
         "source": args.source,
+        "fields": list(fields),
         "train_rows": len(y),
         "batch_size": args.batch_size,
         "embedding_dim": afm.embedding_dim,
