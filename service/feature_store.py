@@ -1,8 +1,17 @@
-"""Async user-feature reads from Redis, following ``model.feature_layout``.
+"""Async feature reads from Redis, following ``model.feature_layout``.
 
-One request costs one round trip: EVALSHA of ``READ_USER_SCRIPT`` resolves the namespace
-pointer and reads the user's hash atomically, so a reload never shows a mix of feature sets.
-Every Redis failure, and any read slower than ``timeout`` seconds, becomes
+A request needs its user's features and the item features of its candidates. The user costs
+one round trip: EVALSHA of ``READ_USER_SCRIPT`` resolves the namespace pointer and reads the
+user's hash atomically, and says which namespace it read. Item features come from an
+in-process copy of that namespace's movies hash (~4k movies, a few hundred KB), fetched with
+``READ_MOVIES_SCRIPT`` only when the user read reports a namespace the copy is not from:
+once after startup and once per load. Concurrent requests share that one fetch.
+
+A request never mixes two loads: it gets the table of the namespace its user came from. If
+the fetched table is already from a newer load (a switch landed between the two reads), the
+user is read again, up to ``READ_ATTEMPTS`` times.
+
+Every Redis failure, and any call slower than ``timeout`` seconds, becomes
 ``FeatureStoreUnavailable``; callers never see a redis-py exception.
 """
 
@@ -10,6 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -21,9 +33,32 @@ from service.errors import FeaturesNotLoaded, FeatureStoreUnavailable, first_lin
 
 log = logging.getLogger(__name__)
 
+READ_ATTEMPTS = 3
+"""User reads per request before giving up on a feature set that keeps switching; a load
+takes far longer than a read, so a second attempt always suffices in practice."""
+
+_NO_MOVIES: Mapping[str, Mapping[str, str]] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class FeatureRead:
+    """What one request reads, all from the same loaded feature set."""
+
+    user: dict[str, str] | None
+    """USER_FIELDS as raw strings; None for a user not in the feature set."""
+    movies: Mapping[str, Mapping[str, str]]
+    """movie_id string -> MOVIE_FEATURES as raw strings; read-only, shared between requests.
+    Empty for a feature set loaded without movies; a movie not in it is unknown."""
+
+
+@dataclass(frozen=True)
+class _MovieTable:
+    namespace: bytes
+    movies: Mapping[str, Mapping[str, str]]
+
 
 class FeatureStore:
-    """Reads user features; owns its connection pool (close with ``aclose``)."""
+    """Reads user and movie features; owns its connection pool (close with ``aclose``)."""
 
     def __init__(
         self, client: aioredis.Redis, prefix: str, timeout: float, retry_after: int = 1
@@ -34,6 +69,9 @@ class FeatureStore:
         self._timeout = timeout
         self._retry_after = retry_after
         self._read_user = client.register_script(feature_layout.READ_USER_SCRIPT)
+        self._read_movies = client.register_script(feature_layout.READ_MOVIES_SCRIPT)
+        self._table: _MovieTable | None = None  # the last fetched movie table
+        self._fetching: asyncio.Task[_MovieTable] | None = None  # the fetch requests share
         self.errors_total = 0  # read by the metrics collector
 
     @classmethod
@@ -66,20 +104,37 @@ class FeatureStore:
     def prefix(self) -> str:
         return self._prefix
 
-    async def user_features(self, user_id: int | str) -> dict[str, str] | None:
-        """The user's USER_FIELDS as raw strings, or None for a user not in the feature set.
+    @property
+    def movies_loaded(self) -> int:
+        """Movies in the in-process table (0 before the first read); no Redis call."""
+        return len(self._table.movies) if self._table is not None else 0
 
-        Raises FeaturesNotLoaded when no feature set is loaded under the prefix and
-        FeatureStoreUnavailable when Redis fails or is slower than the timeout.
+    async def read(self, user_id: int | str) -> FeatureRead:
+        """The user's features and the movie table of the same loaded feature set.
+
+        One round trip in the steady state; a second (shared by concurrent requests) after a
+        load switched the feature set. Raises FeaturesNotLoaded when no feature set is loaded
+        under the prefix and FeatureStoreUnavailable when Redis fails, a call is slower than
+        the timeout, or loads keep switching for READ_ATTEMPTS reads.
         """
-        raw = await self._call(self._read_user(keys=[self._pointer], args=[str(user_id)]))
-        if raw is None:
-            raise FeaturesNotLoaded(
-                f"no feature set under prefix {self._prefix!r}; run `afm-ctr load-features`",
-                retry_after=self._retry_after,
-            )
-        # HGETALL through Lua arrives as a flat [field, value, ...] list.
-        return feature_layout.decode_user(dict(zip(raw[::2], raw[1::2], strict=True)))
+        for _ in range(READ_ATTEMPTS):
+            cached = self._table
+            namespace, user = await self._user(user_id)
+            table = self._table
+            if table is None or table.namespace != namespace:
+                if table is not cached:
+                    continue  # refreshed while the user was read: read the user again
+                table = await self._call(asyncio.shield(self._refresh()))
+            if table.namespace == namespace:
+                return FeatureRead(user, table.movies)
+        raise FeatureStoreUnavailable(
+            f"the feature set switched during each of {READ_ATTEMPTS} reads",
+            retry_after=self._retry_after,
+        )
+
+    async def user_features(self, user_id: int | str) -> dict[str, str] | None:
+        """``(await self.read(user_id)).user``, for callers that need no movie features."""
+        return (await self.read(user_id)).user
 
     async def check(self) -> tuple[bool, bool]:
         """(Redis answers, a feature set is loaded), never raising."""
@@ -90,7 +145,58 @@ class FeatureStore:
         return True, current is not None
 
     async def aclose(self) -> None:
+        if self._fetching is not None:
+            self._fetching.cancel()
         await self._client.aclose(close_connection_pool=True)
+
+    async def _user(self, user_id: int | str) -> tuple[bytes, dict[str, str] | None]:
+        reply = await self._call(self._read_user(keys=[self._pointer], args=[str(user_id)]))
+        if reply is None:
+            raise self._not_loaded()
+        namespace, raw = reply
+        # HGETALL through Lua arrives as a flat [field, value, ...] list.
+        return namespace, feature_layout.decode_user(dict(zip(raw[::2], raw[1::2], strict=True)))
+
+    def _refresh(self) -> asyncio.Task[_MovieTable]:
+        """The movie-table fetch in flight, started if there is none (single flight)."""
+        if self._fetching is None:
+            self._fetching = asyncio.create_task(self._fetch_table())
+            self._fetching.add_done_callback(self._fetched)
+        return self._fetching
+
+    async def _fetch_table(self) -> _MovieTable:
+        """Fetch and decode the current namespace's movies hash; raw redis-py errors escape
+        to every waiter's ``_call``, which translates and counts them per request."""
+        reply = await self._read_movies(keys=[self._pointer])
+        if reply is None:
+            raise self._not_loaded()
+        namespace, raw = reply
+        movies: dict[str, Mapping[str, str]] = {}
+        for movie_id, value in zip(raw[::2], raw[1::2], strict=True):
+            features = feature_layout.decode_movie(value)
+            if features is not None:
+                movies[movie_id.decode()] = MappingProxyType(features)
+        if len(movies) * 2 != len(raw):
+            log.warning(
+                "skipped %d unreadable movie(s) in %s",
+                len(raw) // 2 - len(movies),
+                feature_layout.movies_key(namespace.decode()),
+            )
+        table = _MovieTable(namespace, MappingProxyType(movies) if movies else _NO_MOVIES)
+        self._table = table
+        log.info("movie table of %s: %d movies", namespace.decode(), len(movies))
+        return table
+
+    def _fetched(self, task: asyncio.Task[_MovieTable]) -> None:
+        self._fetching = None
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every waiter may have timed out already
+
+    def _not_loaded(self) -> FeaturesNotLoaded:
+        return FeaturesNotLoaded(
+            f"no feature set under prefix {self._prefix!r}; run `afm-ctr load-features`",
+            retry_after=self._retry_after,
+        )
 
     async def _call(self, awaitable):  # noqa: ANN001, ANN202 - thin wrapper over redis-py calls
         try:

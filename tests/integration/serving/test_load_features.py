@@ -30,6 +30,16 @@ def _users(n: int, marker: str) -> dict[str, np.ndarray]:
     }
 
 
+def _movies(n: int, marker: str) -> dict[str, np.ndarray]:
+    """n movies whose every feature carries ``marker``."""
+    return {
+        "movie_id": np.array([str(i) for i in range(1, n + 1)]),
+        "title": np.array([f"Movie {i} {marker} (1995)" for i in range(1, n + 1)]),
+        "year": np.full(n, f"y{marker}"),
+        "genres": np.full(n, f"Comedy|{marker}"),
+    }
+
+
 def _keys(client: redis.Redis, prefix: str) -> list[bytes]:
     return list(client.scan_iter(match=f"{prefix}*", count=1000))
 
@@ -62,26 +72,75 @@ def test_cli_loads_every_user_as_a_hash(
     assert client.hgetall(feature_layout.user_key(namespace, first_user[0])) == dict(
         zip(feature_layout.USER_FIELDS, first_user[1:], strict=True)
     )
-    assert len(_keys(client, namespace)) == 300
+    movies = client.hgetall(feature_layout.movies_key(namespace))
+    assert len(movies) == 200
+    first_movie = (synthetic_dir / "movies.dat").read_text(encoding="latin-1").splitlines()[0]
+    movie_id, title, genres = first_movie.split("::")
+    assert feature_layout.decode_movie(movies[movie_id]) == {
+        "title": title,
+        "year": title[-5:-1],
+        "genres": genres,
+    }
+    assert len(_keys(client, namespace)) == 300 + 1
+
+
+def test_users_and_movies_land_in_one_namespace_before_the_single_pointer_set(
+    redis_url: str, feature_prefix: str, client: redis.Redis
+) -> None:
+    pointer = feature_layout.pointer_key(feature_prefix)
+    with client.monitor() as monitor:
+        counts = loader.load_features(_users(50, "A"), _movies(30, "A"), redis_url, feature_prefix)
+        client.echo(f"{feature_prefix}done")  # the Redis may be shared: MONITOR sees everyone
+        commands = []
+        while (command := monitor.next_command()["command"]) != f"ECHO {feature_prefix}done":
+            commands.append(command)
+    assert counts == (50, 30)
+    namespace = client.get(pointer)
+    writes = [c.split(" ", 2)[:2] for c in commands if feature_prefix in c]
+    assert writes[-1] == ["SET", pointer]  # once, and last: users and movies switch together
+    assert {key.startswith(namespace) for _, key in writes[:-1]} == {True}
+    assert sorted({verb for verb, _ in writes[:-1]}) == ["HSET"]
+    assert len(_keys(client, namespace)) == 50 + 1
+    assert client.hget(feature_layout.movies_key(namespace), "7") == (
+        '{"title":"Movie 7 A (1995)","year":"yA","genres":"Comedy|A"}'
+    )
 
 
 def test_reload_switches_namespace_and_deletes_the_old_one(
     redis_url: str, feature_prefix: str, client: redis.Redis
 ) -> None:
-    assert loader.load_features(_users(50, "A"), redis_url, feature_prefix) == 50
+    assert loader.load_features(_users(50, "A"), _movies(30, "A"), redis_url, feature_prefix) == (
+        50,
+        30,
+    )
     old = client.get(feature_layout.pointer_key(feature_prefix))
-    assert loader.load_features(_users(40, "B"), redis_url, feature_prefix) == 40
+    assert loader.load_features(_users(40, "B"), _movies(20, "B"), redis_url, feature_prefix) == (
+        40,
+        20,
+    )
     new = client.get(feature_layout.pointer_key(feature_prefix))
     assert new != old
     assert _keys(client, old) == []
-    assert len(_keys(client, new)) == 40
+    assert len(_keys(client, new)) == 40 + 1
     assert client.hget(feature_layout.user_key(new, 1), "zip") == "zB"
+    assert client.hlen(feature_layout.movies_key(new)) == 20
+
+
+def test_a_table_without_movies_writes_no_movies_hash(
+    redis_url: str, feature_prefix: str, client: redis.Redis
+) -> None:
+    assert loader.load_features(_users(5, "A"), _movies(0, "A"), redis_url, feature_prefix) == (
+        5,
+        0,
+    )
+    namespace = client.get(feature_layout.pointer_key(feature_prefix))
+    assert client.exists(feature_layout.movies_key(namespace)) == 0
 
 
 def test_readers_never_see_a_mix_or_a_gap_during_reloads(
     redis_url: str, feature_prefix: str, client: redis.Redis
 ) -> None:
-    loader.load_features(_users(3000, "A"), redis_url, feature_prefix)
+    loader.load_features(_users(3000, "A"), _movies(10, "A"), redis_url, feature_prefix)
     read_user = client.register_script(feature_layout.READ_USER_SCRIPT)
     pointer = feature_layout.pointer_key(feature_prefix)
     seen: list[str] = []
@@ -91,7 +150,7 @@ def test_readers_never_see_a_mix_or_a_gap_during_reloads(
     def read() -> None:
         user = 1
         while not stop.is_set():
-            raw = read_user(keys=[pointer], args=[user])
+            _, raw = read_user(keys=[pointer], args=[user])
             features = feature_layout.decode_user(dict(zip(raw[::2], raw[1::2], strict=True)))
             markers = {value[1:] for value in features.values()} if features else None
             if markers is None or len(markers) != 1:
@@ -104,7 +163,7 @@ def test_readers_never_see_a_mix_or_a_gap_during_reloads(
     for reader in readers:
         reader.start()
     for marker in "BABA":
-        loader.load_features(_users(3000, marker), redis_url, feature_prefix)
+        loader.load_features(_users(3000, marker), _movies(10, marker), redis_url, feature_prefix)
     stop.set()
     for reader in readers:
         reader.join()
@@ -112,29 +171,56 @@ def test_readers_never_see_a_mix_or_a_gap_during_reloads(
     assert {"A", "B"} <= set(seen)
 
 
+@pytest.mark.parametrize(
+    "planted",
+    [
+        # Redis answers WRONGTYPE mid-load, after the first chunk of user hashes is written
+        lambda ns: feature_layout.user_key(ns, 2500),
+        # ... or after every user is written, at the movies hash
+        feature_layout.movies_key,
+    ],
+    ids=["users", "movies"],
+)
 def test_failed_load_keeps_the_pointer_and_cleans_up(
-    redis_url: str, feature_prefix: str, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    planted,  # noqa: ANN001
+    redis_url: str,
+    feature_prefix: str,
+    client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    loader.load_features(_users(10, "A"), redis_url, feature_prefix)
+    loader.load_features(_users(10, "A"), _movies(5, "A"), redis_url, feature_prefix)
     pointer = feature_layout.pointer_key(feature_prefix)
     before = client.get(pointer)
-    # Plant a string where the next load will HSET user 2500: Redis answers WRONGTYPE mid-load,
-    # after the first chunk of hashes is already written.
+    # Plant a string where the next load will write a hash.
     monkeypatch.setattr(loader, "_new_generation", lambda: "doomed")
     doomed = feature_layout.namespace(feature_prefix, "doomed")
-    client.set(feature_layout.user_key(doomed, 2500), "not a hash")
+    client.set(planted(doomed), "not a hash")
     with pytest.raises(AfmError, match="WRONGTYPE") as failure:
-        loader.load_features(_users(3000, "B"), redis_url, feature_prefix)
+        loader.load_features(_users(3000, "B"), _movies(5, "B"), redis_url, feature_prefix)
     assert "\n" not in str(failure.value)
     assert client.get(pointer) == before
     assert _keys(client, doomed) == []
     assert client.hget(feature_layout.user_key(before, 1), "zip") == "zA"
+    assert client.hlen(feature_layout.movies_key(before)) == 5
+
+
+def test_refused_movie_table_keeps_the_previous_load(
+    redis_url: str, feature_prefix: str, client: redis.Redis
+) -> None:
+    loader.load_features(_users(10, "A"), _movies(5, "A"), redis_url, feature_prefix)
+    before = sorted(_keys(client, feature_prefix))
+    duplicate = {**_movies(3, "B"), "movie_id": np.array(["1", "2", "1"])}
+    with pytest.raises(MalformedInput, match="duplicate movie_id"):
+        loader.load_features(_users(10, "B"), duplicate, redis_url, feature_prefix)
+    assert sorted(_keys(client, feature_prefix)) == before
+    namespace = client.get(feature_layout.pointer_key(feature_prefix))
+    assert client.hget(feature_layout.user_key(namespace, 1), "zip") == "zA"
 
 
 def test_unreachable_redis_is_one_line_error(feature_prefix: str, synthetic_dir: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(AfmError, match=f"loading features into {url} failed"):
-        loader.load_features(_users(5, "A"), url, feature_prefix)
+        loader.load_features(_users(5, "A"), _movies(5, "A"), url, feature_prefix)
     result = run_cli(
         "load-features",
         "--dataset",
@@ -150,16 +236,36 @@ def test_unreachable_redis_is_one_line_error(feature_prefix: str, synthetic_dir:
 
 
 @pytest.mark.parametrize(
-    ("users", "message"),
+    ("users", "movies", "message"),
     [
-        ({"user_id": np.array(["1"])}, "lacks column"),
-        ({**_users(3, "A"), "zip": np.array(["1", "2"])}, "differ in length"),
-        ({**_users(3, "A"), "user_id": np.array(["1", "1", "2"])}, "duplicate user_id"),
+        ({"user_id": np.array(["1"])}, _movies(3, "A"), "user table lacks column"),
+        ({**_users(3, "A"), "zip": np.array(["1", "2"])}, _movies(3, "A"), "user columns differ"),
+        (
+            {**_users(3, "A"), "user_id": np.array(["1", "1", "2"])},
+            _movies(3, "A"),
+            "duplicate user_id",
+        ),
+        (_users(3, "A"), {"movie_id": np.array(["1"])}, "movie table lacks column.*title"),
+        (
+            _users(3, "A"),
+            {**_movies(3, "A"), "year": np.array(["1", "2"])},
+            "movie columns differ in length",
+        ),
+        (
+            _users(3, "A"),
+            {**_movies(3, "A"), "movie_id": np.array(["1", "1", "2"])},
+            "duplicate movie_id",
+        ),
     ],
 )
-def test_malformed_user_table_is_refused(
-    users: dict, message: str, redis_url: str, feature_prefix: str, client: redis.Redis
+def test_malformed_table_is_refused(
+    users: dict,
+    movies: dict,
+    message: str,
+    redis_url: str,
+    feature_prefix: str,
+    client: redis.Redis,
 ) -> None:
     with pytest.raises(MalformedInput, match=message):
-        loader.load_features(users, redis_url, feature_prefix)
+        loader.load_features(users, movies, redis_url, feature_prefix)
     assert _keys(client, feature_prefix) == []
