@@ -77,30 +77,26 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _train_small(synthetic_dir: Path, model_dir: Path, fields: str) -> Path:
+    run_cli(
+        "train", "--dataset", "synthetic", "--data-dir", str(synthetic_dir), "--fields", fields,
+        "--epochs", "3", "--embedding-dim", "8", "--attention-factor", "4",
+        "--batch-size", "1024", "--seed", "7", "--model-dir", str(model_dir),
+    )  # fmt: skip
+    return model_dir
+
+
 @pytest.fixture(scope="session")
 def trained_model_dir(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Model root holding version 1, trained for a few epochs on `synthetic_dir`."""
-    model_dir = tmp_path_factory.mktemp("models")
-    run_cli(
-        "train",
-        "--dataset",
-        "synthetic",
-        "--data-dir",
-        str(synthetic_dir),
-        "--epochs",
-        "3",
-        "--embedding-dim",
-        "8",
-        "--attention-factor",
-        "4",
-        "--batch-size",
-        "1024",
-        "--seed",
-        "7",
-        "--model-dir",
-        str(model_dir),
-    )
-    return model_dir
+    """Model root holding version 1 (all eight fields), trained for a few epochs on
+    `synthetic_dir`."""
+    return _train_small(synthetic_dir, tmp_path_factory.mktemp("models"), "all")
+
+
+@pytest.fixture(scope="session")
+def seed_fields_model_dir(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like `trained_model_dir`, with the six seed fields only."""
+    return _train_small(synthetic_dir, tmp_path_factory.mktemp("seed-models"), "seed")
 
 
 def shared_data(name: str) -> Path:

@@ -43,14 +43,15 @@ def loaded_prefix(redis_url: str, synthetic_users: dict, synthetic_movies: dict)
 
 @pytest.fixture
 def copy_model(tmp_path: Path, trained_model_dir: Path) -> Callable[..., Path]:
-    """Copy the session's version 1 into a private model dir under new version numbers."""
+    """Copy the session's version 1 into a private model dir under new version numbers
+    (``source`` picks another model root, e.g. the six-field one)."""
     root = tmp_path / "models"
     root.mkdir()
 
-    def copy(*versions: int) -> Path:
+    def copy(*versions: int, source: Path = trained_model_dir) -> Path:
         for version in versions:
             staging = root / f".tmp-{version}"
-            shutil.copytree(trained_model_dir / "1", staging)
+            shutil.copytree(source / "1", staging)
             staging.rename(root / str(version))  # the export contract: appear by rename
         return root
 

@@ -99,3 +99,30 @@ def test_new_versions_swap_in_under_load_without_failures(
         assert (
             len(refusals) == 1 and "version 3" in refusals[0] and "keeping version 2" in refusals[0]
         )
+
+
+def test_reload_between_six_and_eight_field_versions_under_load(
+    copy_model: Callable[..., Path],
+    seed_fields_model_dir: Path,
+    redis_url: str,
+    loaded_prefix: str,
+) -> None:
+    """Each version brings its own field set; the service follows it without a failure."""
+    model_dir = copy_model(1)  # eight fields
+    settings = Settings(
+        model_dir=model_dir, redis_url=redis_url, redis_prefix=loaded_prefix, reload_interval=0.1
+    )
+    pair_counts = {}
+    with ServerThread(settings) as server, httpx.Client(base_url=server.url) as probe:
+        wait_until(lambda: probe.get("/readyz").status_code == 200, what="version 1")
+        with Hammer(server.url) as hammer:
+            for version, source in ((2, seed_fields_model_dir), (3, None)):
+                wait_until(lambda v=version: hammer.count() >= 20 * v, what="traffic")
+                copy_model(version, **({"source": source} if source else {}))
+                wait_until(lambda v=version: v in hammer.versions_seen(), what=f"version {version}")
+                explained = probe.get("/explain", params={"user_id": 1, "movie_id": 2}).json()
+                pair_counts[explained["model_version"]] = len(explained["pairs"])
+        statuses = [status for results in hammer.results for status, _ in results]
+        assert statuses and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
+        assert hammer.versions_seen() == {1, 2, 3}
+    assert pair_counts == {2: 15, 3: 28}
