@@ -3,6 +3,7 @@
     logit(x)      = w0 + sum_f w_{x_f}  +  p^T sum_{i<j} a_ij (v_i ⊙ v_j)
     probability   = sigmoid(logit)
     contribution_ij = a_ij * p^T (v_i ⊙ v_j)       (sum over pairs = the interaction term)
+    logit         = bias + sum_f linear_f + sum_ij contribution_ij    (the explain outputs)
 
 Strings never reach this model: the exported signatures wrap it with one StringLookup per
 field (see ``model/export.py``), and training feeds the same ids from ``PreparedData.encode``.
@@ -18,7 +19,15 @@ from collections.abc import Mapping, Sequence
 import keras
 
 from model.config import AFMConfig
-from model.contract import MULTI_VALUED, OUTPUT_ATTENTION, OUTPUT_CONTRIBUTION, OUTPUT_PROBABILITY
+from model.contract import (
+    MULTI_VALUED,
+    OUTPUT_ATTENTION,
+    OUTPUT_BIAS,
+    OUTPUT_CONTRIBUTION,
+    OUTPUT_LINEAR,
+    OUTPUT_LOGIT,
+    OUTPUT_PROBABILITY,
+)
 from model.dataset import SINGLE_INPUT
 from model.layers import (
     AttentionPooling,
@@ -55,7 +64,9 @@ def build_afm(
         A model from the inputs ``ids`` ``(batch, S)`` (the single-valued fields' ids in
         field order) and one ``(batch, L)`` input per multi-valued field, named after it, to
         a dict: ``probability`` ``(batch,)``, ``attention`` ``(batch, P)`` and
-        ``contribution`` ``(batch, P)`` with P = len(pairs(fields)), columns in pairs order.
+        ``contribution`` ``(batch, P)`` with P = len(pairs(fields)), columns in pairs order;
+        ``bias`` ``(batch,)`` (w0), ``linear`` ``(batch, F)`` (each field's w term) and
+        ``logit`` ``(batch,)``, so that logit = bias + sum(linear) + sum(contribution).
         Dropout and id dropout act only with ``training=True``.
     """
     single, multi = split_fields(fields)
@@ -111,10 +122,8 @@ def build_afm(
     )
     dropped = keras.layers.Dropout(config.dropout, seed=seed + 3, name="dropout")(pooled)
     interaction = projection(dropped)  # (batch, 1)
-    logit = LogitSum(name="logit")([linear_terms, interaction])  # (batch, 1)
-    probability = keras.layers.Reshape((), name=OUTPUT_PROBABILITY)(
-        keras.layers.Activation("sigmoid", name="sigmoid")(logit)
-    )  # (batch,)
+    logit, bias = LogitSum(name="logit")([linear_terms, interaction])  # (batch,), (batch,)
+    probability = keras.layers.Activation("sigmoid", name=OUTPUT_PROBABILITY)(logit)  # (batch,)
 
     num_pairs = len(fields) * (len(fields) - 1) // 2
     pair_scores = keras.layers.Reshape((num_pairs,), name="pair_scores")(
@@ -128,6 +137,9 @@ def build_afm(
             OUTPUT_PROBABILITY: probability,
             OUTPUT_ATTENTION: attention,
             OUTPUT_CONTRIBUTION: contribution,
+            OUTPUT_BIAS: bias,
+            OUTPUT_LINEAR: linear_terms,
+            OUTPUT_LOGIT: logit,
         },
         name="afm",
     )

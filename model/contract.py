@@ -21,8 +21,11 @@ Rules both halves rely on:
   out-of-vocabulary bucket, never to an error.
 * ``SIGNATURE_SCORE`` returns ``OUTPUT_PROBABILITY`` of shape [batch].
   ``SIGNATURE_EXPLAIN`` returns ``OUTPUT_PROBABILITY`` [batch], ``OUTPUT_ATTENTION``
-  [batch, len(pairs)] whose rows sum to 1, and ``OUTPUT_CONTRIBUTION`` [batch, len(pairs)],
-  each pair's term in the logit. Columns follow ``pairs`` order.
+  [batch, len(pairs)] whose rows sum to 1, ``OUTPUT_CONTRIBUTION`` [batch, len(pairs)],
+  each pair's term in the logit (columns follow ``pairs`` order), and the rest of the
+  logit: ``OUTPUT_BIAS`` [batch] (w0), ``OUTPUT_LINEAR`` [batch, len(fields)] (each field's
+  linear term, in field order) and ``OUTPUT_LOGIT`` [batch], with
+  logit = bias + sum(linear) + sum(contribution) and probability = sigmoid(logit).
 * ``format_version`` says which of these rules a version follows; a reader refuses a
   version newer than the FORMAT_VERSION it knows.
 * A version directory appears only by an atomic rename of a complete directory: a reader
@@ -70,6 +73,9 @@ SIGNATURE_EXPLAIN = "explain"
 OUTPUT_PROBABILITY = "probability"
 OUTPUT_ATTENTION = "attention"
 OUTPUT_CONTRIBUTION = "contribution"
+OUTPUT_BIAS = "bias"
+OUTPUT_LINEAR = "linear"
+OUTPUT_LOGIT = "logit"
 METADATA_FILE = "metadata.json"
 VOCABULARIES_FILE = "vocabularies.json"
 FORMAT_VERSION = 2

@@ -31,8 +31,6 @@ from model.afm import split_fields
 from model.contract import (
     METADATA_FILE,
     MULTI_VALUED,
-    OUTPUT_ATTENTION,
-    OUTPUT_CONTRIBUTION,
     OUTPUT_PROBABILITY,
     SIGNATURE_EXPLAIN,
     SIGNATURE_SCORE,
@@ -106,12 +104,7 @@ def build_archive(
             ),
             **{f: bag_ids(lookups[f], by_name[f], MULTI_VALUED[f]) for f in multi},
         }
-        outputs = model(inputs, training=False)
-        return {
-            OUTPUT_PROBABILITY: outputs[OUTPUT_PROBABILITY],
-            OUTPUT_ATTENTION: outputs[OUTPUT_ATTENTION],
-            OUTPUT_CONTRIBUTION: outputs[OUTPUT_CONTRIBUTION],
-        }
+        return dict(model(inputs, training=False))  # every output: probability to logit
 
     def score(*raw: tf.Tensor) -> dict[str, tf.Tensor]:
         return {OUTPUT_PROBABILITY: explain(*raw)[OUTPUT_PROBABILITY]}

@@ -263,18 +263,20 @@ class LogitSum(keras.layers.Layer):
     Call:
         ``[linear_terms, interaction]``: float tensors ``(batch, F)`` (each field's w term)
         and ``(batch, 1)``.
-        returns: float tensor ``(batch, 1)``.
+        returns: ``(logit, bias)``: float tensors ``(batch,)``, the second w0 for every row
+        (so an explanation can show every term of the sum).
     """
 
     def build(self, input_shape: list) -> None:
         self.bias = self.add_weight(name="bias", shape=(1,), initializer="zeros")  # w0
 
-    def call(self, inputs: list) -> Any:
+    def call(self, inputs: list) -> tuple[Any, Any]:
         linear_terms, interaction = inputs
-        return self.bias + ops.sum(linear_terms, axis=1, keepdims=True) + interaction
+        bias = ops.zeros_like(interaction[:, 0]) + self.bias  # (batch,)
+        return bias + ops.sum(linear_terms, axis=1) + interaction[:, 0], bias
 
-    def compute_output_shape(self, input_shape: list) -> tuple:
-        return (input_shape[0][0], 1)
+    def compute_output_shape(self, input_shape: list) -> tuple[tuple, tuple]:
+        return (input_shape[0][0],), (input_shape[0][0],)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

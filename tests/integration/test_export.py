@@ -18,7 +18,10 @@ from model.contract import (
     FIELD_SETS,
     MULTI_VALUED,
     OUTPUT_ATTENTION,
+    OUTPUT_BIAS,
     OUTPUT_CONTRIBUTION,
+    OUTPUT_LINEAR,
+    OUTPUT_LOGIT,
     OUTPUT_PROBABILITY,
     SIGNATURE_EXPLAIN,
     SIGNATURE_SCORE,
@@ -131,7 +134,18 @@ def test_both_signatures_equal_the_in_memory_model(loaded, fitted: FitResult, da
     np.testing.assert_allclose(score[OUTPUT_PROBABILITY], expected[OUTPUT_PROBABILITY], atol=1e-6)
 
     explain = call(loaded.signatures[SIGNATURE_EXPLAIN], raw)
-    assert set(explain) == {OUTPUT_PROBABILITY, OUTPUT_ATTENTION, OUTPUT_CONTRIBUTION}
+    assert set(explain) == {
+        OUTPUT_PROBABILITY,
+        OUTPUT_ATTENTION,
+        OUTPUT_CONTRIBUTION,
+        OUTPUT_BIAS,
+        OUTPUT_LINEAR,
+        OUTPUT_LOGIT,
+    }
+    parts = (
+        explain[OUTPUT_BIAS] + explain[OUTPUT_LINEAR].sum(1) + explain[OUTPUT_CONTRIBUTION].sum(1)
+    )
+    np.testing.assert_allclose(parts, explain[OUTPUT_LOGIT], atol=1e-4)
     for name, value in expected.items():
         np.testing.assert_allclose(explain[name], value, atol=1e-6, err_msg=name)
     np.testing.assert_allclose(explain[OUTPUT_ATTENTION].sum(axis=1), 1.0, rtol=1e-5)

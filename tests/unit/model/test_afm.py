@@ -13,7 +13,10 @@ from model.config import AFMConfig
 from model.contract import (
     ALL_FIELDS,
     OUTPUT_ATTENTION,
+    OUTPUT_BIAS,
     OUTPUT_CONTRIBUTION,
+    OUTPUT_LINEAR,
+    OUTPUT_LOGIT,
     OUTPUT_PROBABILITY,
     SEED_FIELDS,
     pairs,
@@ -85,6 +88,8 @@ def numpy_afm(model: keras.Model, inputs: dict, fields: tuple[str, ...]) -> dict
         OUTPUT_PROBABILITY: 1 / (1 + np.exp(-logit)),
         OUTPUT_ATTENTION: a,
         OUTPUT_CONTRIBUTION: contribution,
+        OUTPUT_BIAS: np.full(len(logit), w0),
+        OUTPUT_LINEAR: w,
         "logit": logit,
     }
 
@@ -108,15 +113,20 @@ def test_outputs_match_numpy_afm(use_attention: bool, fields: tuple[str, ...]) -
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
-def test_contributions_are_the_pair_terms_of_the_logit() -> None:
-    model = build_afm(ALL_FIELDS, SIZES, CONFIG)
+@pytest.mark.parametrize("fields", [ALL_FIELDS, SEED_FIELDS], ids=["all", "seed"])
+def test_bias_linear_and_contributions_add_up_to_the_logit(fields: tuple[str, ...]) -> None:
+    model = build_afm(fields, SIZES, CONFIG)
     randomize(model)
-    ids = random_ids(8)
+    ids = random_ids(8, fields=fields)
     got = outputs(model, ids)
-    want = numpy_afm(model, ids, ALL_FIELDS)
-    linear = want["logit"] - want[OUTPUT_CONTRIBUTION].sum(axis=1)  # w0 + sum_f w_f
-    logit = linear + got[OUTPUT_CONTRIBUTION].sum(axis=1)
-    np.testing.assert_allclose(got[OUTPUT_PROBABILITY], 1 / (1 + np.exp(-logit)), rtol=1e-5)
+    want = numpy_afm(model, ids, fields)
+    assert got[OUTPUT_LINEAR].shape == (8, len(fields))
+    np.testing.assert_allclose(got[OUTPUT_LINEAR], want[OUTPUT_LINEAR], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[OUTPUT_BIAS], want[OUTPUT_BIAS], rtol=1e-6)
+    parts = got[OUTPUT_BIAS] + got[OUTPUT_LINEAR].sum(1) + got[OUTPUT_CONTRIBUTION].sum(1)
+    np.testing.assert_allclose(got[OUTPUT_LOGIT], parts, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[OUTPUT_LOGIT], want["logit"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[OUTPUT_PROBABILITY], 1 / (1 + np.exp(-parts)), rtol=1e-5)
     np.testing.assert_allclose(got[OUTPUT_ATTENTION].sum(axis=1), 1.0, rtol=1e-5)
 
 

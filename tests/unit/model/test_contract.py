@@ -14,6 +14,9 @@ def test_names_clients_depend_on_are_spelled_out() -> None:
     assert contract.OUTPUT_PROBABILITY == "probability"
     assert contract.OUTPUT_ATTENTION == "attention"
     assert contract.OUTPUT_CONTRIBUTION == "contribution"
+    assert contract.OUTPUT_BIAS == "bias"
+    assert contract.OUTPUT_LINEAR == "linear"
+    assert contract.OUTPUT_LOGIT == "logit"
     assert contract.METADATA_FILE == "metadata.json"
     assert contract.VOCABULARIES_FILE == "vocabularies.json"
     assert contract.FIELD_SETS == {

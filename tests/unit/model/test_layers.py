@@ -88,10 +88,10 @@ def test_logit_sum_is_bias_plus_linear_terms_plus_interaction() -> None:
     layer = LogitSum()
     layer.build([(None, 2), (None, 1)])
     layer.bias.assign(np.array([0.5], dtype="float32"))
-    out = layer(
-        [np.array([[1.0, 2.0], [3.0, 4.0]], "float32"), np.array([[10.0], [20.0]], "float32")]
-    )
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(out), [[13.5], [27.5]])
+    linear = np.array([[1.0, 2.0], [3.0, 4.0]], "float32")
+    logit, bias = layer([linear, np.array([[10.0], [20.0]], "float32")])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(logit), [13.5, 27.5])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bias), [0.5, 0.5])
 
 
 def test_pairwise_interaction_matches_numpy_in_contract_pair_order() -> None:
