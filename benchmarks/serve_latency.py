@@ -1,16 +1,34 @@
 """Latency and throughput of POST /score on a real `afm-ctr serve` + Redis, driven by wrk.
 
 For 1, 100 and 1000 candidates at concurrency 1 and 8: p50/p99 latency and requests/s, each
-the median of ``--rounds`` runs that alternate between the servers measured (the service,
-``--variant`` services with other settings, ``--bare`` the issue's yardstick); then an
-in-process breakdown of one request's parts (parsing, Redis, TensorFlow, serialization).
+the median of ``--rounds`` runs that alternate between the servers measured; then an
+in-process breakdown of one request's parts (parsing, the store's read, building columns,
+TensorFlow, ranking and JSON) for each model.
+
+Servers, all on the same feature set in Redis (users and movies, ``load_features``):
+
+* ``service-<set>``: ``afm-ctr serve`` of a model of each field set of ``--fields``
+  (``seed``: the six seed fields; ``all``: eight, with the movie's year and genres taken
+  from the service's in-process movie table);
+* ``<name>-<set>``: each ``--variant``, another service with other settings, per field set;
+* ``bare`` (``--bare``): the issue's yardstick, FastAPI + one HGETALL + the SavedModel
+  signature on the event loop. It keeps the six seed fields it has always used (user hash,
+  user_id, movie_id; no movie features), so it always serves the seed model, trained or
+  reused even when ``--fields`` lacks ``seed``.
 
     .venv/bin/python benchmarks/serve_latency.py --bare          # synth + train once, cached
+    .venv/bin/python benchmarks/serve_latency.py --fields seed,all --bare --rounds 5 \
+        --candidates 100 1000
     .venv/bin/python benchmarks/serve_latency.py --candidates 100 --concurrency 8 \
         --variant two:AFM_SCORING_THREADS=2
-    .venv/bin/python benchmarks/serve_latency.py --model-dir DIR --data-dir DIR --breakdown-only
+    .venv/bin/python benchmarks/serve_latency.py --model-dir DIR --model-dir DIR2 \
+        --data-dir DIR --breakdown-only
 
-Needs `wrk` (apt-get install -y wrk) and a Redis at --redis-url. The service and the load
+Models are trained 1 epoch on the data, one export root per field set under --work-dir
+(``models-seed``, ``models-all``), and reused by later runs. A ``--model-dir`` replaces
+that: its newest version's ``metadata.json`` says its field set, and ``--fields`` is ignored.
+
+Needs `wrk` (apt-get install -y wrk) and a Redis at --redis-url. The servers and the load
 generator share this machine's cores, so figures are a floor for a dedicated host.
 """
 
@@ -39,6 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 PREFIX = "bench:"
 CANDIDATES = (1, 100, 1000)
 CONCURRENCY = (1, 8)
+BARE_FIELDS = "seed"  # the field set of the model the bare endpoint serves
 
 
 def main() -> None:
@@ -46,65 +65,93 @@ def main() -> None:
     if args.serve_bare:
         _serve_bare(*args.serve_bare)
         return
-    if shutil.which("wrk") is None:
+    if shutil.which("wrk") is None and not args.breakdown_only:
         sys.exit("wrk not found: apt-get install -y wrk")
-    model_dir, data_dir = _model_and_data(args)
-    _cli("load-features", "--dataset", "synthetic", "--data-dir", str(data_dir),
-         "--redis-url", args.redis_url, "--prefix", PREFIX)  # fmt: skip
-    users, movies = _ids(data_dir / "users.dat"), _ids(data_dir / "movies.dat")
-    if not args.breakdown_only:
-        _load_bare_users(args.redis_url, data_dir)
-        _measure(args, model_dir, users, movies)
-    _breakdown(model_dir, args.redis_url, users, movies)
-    _remove_keys(args.redis_url, (PREFIX, "bare:"))
+    data_dir = _data_dir(args)
+    model_dirs = _model_dirs(args, data_dir)
+    users, movies = _load_features(data_dir, args.redis_url)
+    try:
+        if not args.breakdown_only:
+            _load_bare_users(args.redis_url, users)
+            _measure(args, model_dirs, users["user_id"], movies)
+        _breakdown(args, model_dirs, users["user_id"], movies)
+    finally:
+        _remove_keys(args.redis_url, (PREFIX, "bare:"))
 
 
-def _ids(dat: Path) -> list[str]:
-    return [line.split("::")[0] for line in dat.read_text(encoding="latin-1").splitlines()]
+def _load_features(data_dir: Path, redis_url: str) -> tuple[dict[str, list[str]], list[str]]:
+    """Users and movies of ``data_dir`` loaded under PREFIX; (user columns, movie ids)."""
+    from model.config import DataConfig
+    from model.load_features import load_features
+    from model.movielens import load_movies, load_users
+
+    config = DataConfig(dataset="synthetic", data_dir=data_dir)
+    users, movies = load_users(config), load_movies(config)
+    n_users, n_movies = load_features(users, movies, redis_url, PREFIX)
+    print(f"loaded {n_users} users and {n_movies} movies under {PREFIX!r}", flush=True)
+    user_columns = {name: [str(v) for v in values.tolist()] for name, values in users.items()}
+    return user_columns, [str(m) for m in movies[contract.MOVIE_ID].tolist()]
 
 
 def _measure(
-    args: argparse.Namespace, model_dir: Path, users: list[str], movies: list[str]
+    args: argparse.Namespace, model_dirs: dict[str, Path], users: list[str], movies: list[str]
 ) -> None:
     """wrk on every server, cell by cell; each cell alternates the servers for ``rounds``
     rounds and reports the median, so slow drifts in background load hit all servers alike."""
     base_env = {**os.environ, "AFM_REDIS_PREFIX": PREFIX, "AFM_RELOAD_INTERVAL": "0"}
     configs = {"service": args.env, **dict(_variant(v) for v in args.variant)}
     servers = {}
-    for name, env in configs.items():
-        servers[name] = _start(["-m", "model.cli", "serve", "--model-dir", str(model_dir),
-                                "--redis-url", args.redis_url, "--workers", str(args.workers),
-                                "--port"], base_env | dict(kv.split("=", 1) for kv in env),
-                               "/readyz")  # fmt: skip
-    if args.bare:
-        version_dir = model_dir / str(contract.latest_version(model_dir))
-        servers["bare"] = _start([__file__, "--serve-bare"], dict(os.environ), "/healthz",
-                                 extra=[str(version_dir), args.redis_url])  # fmt: skip
-    rows = []
     try:
-        for n in args.candidates:
-            for c in args.concurrency:
-                runs: dict[str, list[tuple]] = {name: [] for name in servers}
-                for url, path, _ in servers.values():  # warm-up at this batch size
-                    _wrk(url, _lua_script(users, movies, n, Path(args.work_dir), path), c, 2)
-                for _ in range(args.rounds):
-                    for name, (url, path, _) in servers.items():
-                        script = _lua_script(users, movies, n, Path(args.work_dir), path)
-                        runs[name].append(_wrk(url, script, c, args.duration))
-                for name, results in runs.items():
-                    rows.append((name, n, c, results))
-                    print(_row(name, n, c, results), flush=True)
+        for field_set, model_dir in model_dirs.items():
+            if field_set not in args.served:
+                continue
+            for name, env in configs.items():
+                servers[f"{name}-{field_set}"] = _start(
+                    ["-m", "model.cli", "serve", "--model-dir", str(model_dir),
+                     "--redis-url", args.redis_url, "--workers", str(args.workers), "--port"],
+                    base_env | dict(kv.split("=", 1) for kv in env), "/readyz",
+                )  # fmt: skip
+        if args.bare:
+            bare_dir = model_dirs[BARE_FIELDS]
+            version_dir = bare_dir / str(contract.latest_version(bare_dir))
+            servers["bare"] = _start([__file__, "--serve-bare"], dict(os.environ), "/healthz",
+                                     extra=[str(version_dir), args.redis_url])  # fmt: skip
+        rows = _alternate(args, servers, users, movies)
     finally:
         for _, _, process in servers.values():
             process.send_signal(signal.SIGINT)
             process.wait(timeout=30)
     print(f"\nPOST /score, median of {args.rounds} alternating rounds of {args.duration}s, "
-          f"workers={args.workers}; variants: "
+          f"workers={args.workers}; load average before/after: {args.load_before} / "
+          f"{_load_average()}; variants: "
           + "; ".join(f"{k}: {' '.join(v) or 'defaults'}" for k, v in configs.items()))  # fmt: skip
+    for field_set in args.served:
+        metadata = contract.read_metadata(_latest(model_dirs[field_set]))
+        print(f"service-{field_set}: {len(metadata.fields)} fields, version {metadata.version} "
+              f"of {model_dirs[field_set]}")  # fmt: skip
     print("| server | candidates | concurrency | req/s | (min–max) | p50 ms | p99 ms | non-2xx |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(_row(*row))
+
+
+def _alternate(
+    args: argparse.Namespace, servers: dict[str, tuple], users: list[str], movies: list[str]
+) -> list[tuple]:
+    rows = []
+    for n in args.candidates:
+        for c in args.concurrency:
+            runs: dict[str, list[tuple]] = {name: [] for name in servers}
+            for url, path, _ in servers.values():  # warm-up at this batch size
+                _wrk(url, _lua_script(users, movies, n, Path(args.work_dir), path), c, 2)
+            for _ in range(args.rounds):
+                for name, (url, path, _) in servers.items():
+                    script = _lua_script(users, movies, n, Path(args.work_dir), path)
+                    runs[name].append(_wrk(url, script, c, args.duration))
+            for name, results in runs.items():
+                rows.append((name, n, c, results))
+                print(_row(name, n, c, results), flush=True)
+    return rows
 
 
 def _row(name: str, n: int, c: int, results: list[tuple]) -> str:
@@ -118,6 +165,10 @@ def _variant(text: str) -> tuple[str, list[str]]:
     """``name:AFM_X=1,AFM_Y=2`` -> (name, ["AFM_X=1", "AFM_Y=2"])."""
     name, _, env = text.partition(":")
     return name, [kv for kv in env.split(",") if kv]
+
+
+def _load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _remove_keys(redis_url: str, prefixes: tuple[str, ...]) -> None:
@@ -143,7 +194,7 @@ def _start(command: list[str], env: dict, ready_path: str, extra: list[str] = ()
     return url, "/bare" if ready_path == "/healthz" else "/score", process
 
 
-def _load_bare_users(redis_url: str, data_dir: Path) -> None:
+def _load_bare_users(redis_url: str, users: dict[str, list[str]]) -> None:
     """Plain ``bare:user:<id>`` hashes (no namespace pointer) for the bare endpoint."""
     import redis
 
@@ -151,15 +202,15 @@ def _load_bare_users(redis_url: str, data_dir: Path) -> None:
 
     client = redis.Redis.from_url(redis_url)
     pipe = client.pipeline(transaction=False)
-    for line in (data_dir / "users.dat").read_text(encoding="latin-1").splitlines():
-        user_id, *values = line.split("::")
-        pipe.hset(f"bare:user:{user_id}", mapping=dict(zip(USER_FIELDS, values, strict=True)))
+    for i, user_id in enumerate(users[contract.USER_ID]):
+        pipe.hset(f"bare:user:{user_id}", mapping={f: users[f][i] for f in USER_FIELDS})
     pipe.execute()
     client.close()
 
 
 def _serve_bare(port: str, version_dir: str, redis_url: str) -> None:
-    """The issue's yardstick: no validation bounds, no pointer, TF on the event loop."""
+    """The issue's yardstick: no validation bounds, no pointer, TF on the event loop, and
+    the six seed fields (no movie features), as it was written."""
     import redis.asyncio as aioredis
     import tensorflow as tf
     import uvicorn
@@ -193,8 +244,13 @@ def _serve_bare(port: str, version_dir: str, redis_url: str) -> None:
 
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", type=Path, help="Export root (default: train one).")
+    parser.add_argument("--model-dir", type=Path, action="append", default=[],
+                        help="Export root to serve, repeatable; its newest version's "
+                        "metadata.json says its field set. Default: one per --fields.")  # fmt: skip
     parser.add_argument("--data-dir", type=Path, help="Synthetic/ML-1M-format data for users.")
+    parser.add_argument("--fields", default="all", type=_field_sets,
+                        help="Field sets to serve, comma-separated: seed, all or seed,all "
+                        "(one service each, same alternating rounds).")  # fmt: skip
     parser.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "afm-bench"))
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--duration", type=int, default=5, help="Seconds per wrk run.")
@@ -204,7 +260,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--env", nargs="*", default=[], help="Extra AFM_X=Y for the service.")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:AFM_X=Y,...",
-                        help="Another service with these settings, measured too.")  # fmt: skip
+                        help="Another service (per field set) with these settings.")  # fmt: skip
     parser.add_argument(
         "--bare", action="store_true", help="Also measure the bare reference endpoint."
     )
@@ -213,42 +269,68 @@ def _parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--serve-bare", nargs=3, metavar=("PORT", "VERSION_DIR", "REDIS_URL"),
                         help=argparse.SUPPRESS)  # fmt: skip
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.load_before = _load_average()
+    return args
 
 
-def _model_and_data(args: argparse.Namespace) -> tuple[Path, Path]:
-    """The given model and data, or an ML-1M-sized synthetic set and a model trained on it."""
-    if args.model_dir and args.data_dir:
-        return args.model_dir, args.data_dir
-    work = Path(args.work_dir)
-    data_dir, model_dir = work / "data", work / "models"
+def _field_sets(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in contract.FIELD_SETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected {', '.join(contract.FIELD_SETS)}: {text!r}")
+    return list(dict.fromkeys(names))
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    """The given data, or an ML-1M-sized synthetic set (made once under --work-dir)."""
+    if args.data_dir:
+        return args.data_dir
+    data_dir = Path(args.work_dir) / "data"
     if not (data_dir / "users.dat").exists():
-        _cli(
-            "synth",
-            "--out",
-            str(data_dir),
-            "--users",
-            "6040",
-            "--movies",
-            "3706",
-            "--ratings",
-            "200000",
-            "--seed",
-            "1",
-        )
-    if not any(p.name.isdigit() for p in model_dir.glob("*")):
-        _cli(
-            "train",
-            "--dataset",
-            "synthetic",
-            "--data-dir",
-            str(data_dir),
-            "--model-dir",
-            str(model_dir),
-            "--epochs",
-            "1",
-        )
-    return model_dir, data_dir
+        _cli("synth", "--out", str(data_dir), "--users", "6040", "--movies", "3706",
+             "--ratings", "200000", "--seed", "1")  # fmt: skip
+    return data_dir
+
+
+def _model_dirs(args: argparse.Namespace, data_dir: Path) -> dict[str, Path]:
+    """Field set -> export root. Sets ``args.served``: the field sets whose services run.
+
+    Given --model-dir roots are taken as they are (their newest version's field set);
+    otherwise one model per --fields set (and the bare endpoint's seed model) is trained 1
+    epoch under --work-dir, once, and reused.
+    """
+    if args.model_dir:
+        dirs = {_field_set(_latest(d)): d for d in args.model_dir}
+        if len(dirs) != len(args.model_dir):
+            sys.exit("give at most one --model-dir per field set")
+        if args.bare and BARE_FIELDS not in dirs:
+            sys.exit(f"--bare serves a {BARE_FIELDS!r} model: add a --model-dir of one")
+        args.served = list(dirs)
+        return dirs
+    args.served = args.fields
+    needed = [*args.fields, *([BARE_FIELDS] if args.bare else [])]
+    dirs = {}
+    for field_set in dict.fromkeys(needed):
+        model_dir = Path(args.work_dir) / f"models-{field_set}"
+        if contract.latest_version(model_dir) is None:
+            print(f"training a {field_set!r} model into {model_dir}", flush=True)
+            _cli("train", "--dataset", "synthetic", "--data-dir", str(data_dir),
+                 "--model-dir", str(model_dir), "--epochs", "1", "--fields", field_set)  # fmt: skip
+        dirs[field_set] = model_dir
+    return dirs
+
+
+def _latest(model_dir: Path) -> Path:
+    version = contract.latest_version(model_dir)
+    if version is None:
+        sys.exit(f"no model version under {model_dir}")
+    return model_dir / str(version)
+
+
+def _field_set(version_dir: Path) -> str:
+    fields = tuple(contract.read_metadata(version_dir).fields)
+    return next(name for name, value in contract.FIELD_SETS.items() if value == fields)
 
 
 def _cli(*args: str) -> None:
@@ -323,8 +405,10 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
-def _breakdown(model_dir: Path, redis_url: str, users: list[str], movies: list[str]) -> None:
-    """Median microseconds of each step of one request, in this process."""
+def _breakdown(
+    args: argparse.Namespace, model_dirs: dict[str, Path], users: list[str], movies: list[str]
+) -> None:
+    """Median microseconds of each step of one request, in this process, per served model."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import redis.asyncio as aioredis
     import uvloop
@@ -334,7 +418,7 @@ def _breakdown(model_dir: Path, redis_url: str, users: list[str], movies: list[s
     from service.scorer import Scorer, configure_tensorflow, load_model
 
     configure_tensorflow(1, 1)
-    model = load_model(model_dir / str(contract.latest_version(model_dir)))
+    models = {name: load_model(_latest(model_dirs[name])) for name in args.served}
 
     def median_us(fn, repeat: int = 300) -> float:  # noqa: ANN001
         fn()
@@ -345,25 +429,26 @@ def _breakdown(model_dir: Path, redis_url: str, users: list[str], movies: list[s
             times.append(time.perf_counter() - start)
         return sorted(times)[len(times) // 2] * 1e6
 
-    async def redis_us() -> tuple[float, float]:
-        """(plain HGETALL, the store's EVALSHA read) medians, same client library."""
-        store = FeatureStore.connect(redis_url, PREFIX, timeout=1.0)
-        plain = aioredis.Redis.from_url(redis_url)
+    async def redis_us() -> tuple[float, float, object]:
+        """(plain HGETALL, the store's read) medians, same client library, and one read."""
+        store = FeatureStore.connect(args.redis_url, PREFIX, timeout=1.0)
+        plain = aioredis.Redis.from_url(args.redis_url)
         namespace = (await plain.get(f"{PREFIX}current")).decode()
         plain_times, store_times = [], []
-        for i in range(600):
+        for i in range(600):  # the first read fetches the movie table: warm-up, dropped
             user = users[i % len(users)]
             start = time.perf_counter()
             await plain.hgetall(f"{namespace}user:{user}")
             plain_times.append(time.perf_counter() - start)
             start = time.perf_counter()
-            await store.user_features(user)
+            await store.read(user)
             store_times.append(time.perf_counter() - start)
+        read = await store.read(users[0])
         await store.aclose()
         await plain.aclose()
-        return _median_us(plain_times[100:]), _median_us(store_times[100:])
+        return _median_us(plain_times[100:]), _median_us(store_times[100:]), read
 
-    async def pooled_us(columns: dict) -> float:
+    async def pooled_us(model, columns: dict) -> float:  # noqa: ANN001
         """Median of the TensorFlow call handed to the scoring thread and awaited, as the
         route does it. Not interleaved with direct calls: TensorFlow is slower when the
         calling thread keeps changing, which never happens in the service."""
@@ -377,24 +462,29 @@ def _breakdown(model_dir: Path, redis_url: str, users: list[str], movies: list[s
         return _median_us(times[50:])
 
     # uvloop, as under uvicorn: the thread hand-off is cheaper than on asyncio's default loop.
-    plain_us, store_us = uvloop.run(redis_us())
-    print(f"\nRedis, median µs: plain HGETALL {plain_us:.0f}, store read (EVALSHA) {store_us:.0f}")
+    plain_us, store_us, read = uvloop.run(redis_us())
+    print(f"\nRedis, median µs: plain HGETALL {plain_us:.0f}, store read (EVALSHA) {store_us:.0f}"
+          f"; load average {_load_average()}")  # fmt: skip
     print("\nWhere the time goes (median µs per request, in-process, one thread):")
-    print("| candidates | parse+validate | Redis EVALSHA | build columns | TensorFlow |", end="")
-    print(" rank+serialize | TF via pool |\n|---:|---:|---:|---:|---:|---:|---:|")
-    for n in CANDIDATES:
-        parse, build, tf_time, out = _breakdown_row(model, n, users[0], movies, median_us)
-        columns = batch_columns(1, None, [int(m) for m in movies[:n]])
-        pooled = uvloop.run(pooled_us(columns))
-        print(f"| {n} | {parse:.0f} | {store_us:.0f} | {build:.0f} | {tf_time:.0f} | {out:.0f} "
-              f"| {pooled:.0f} |")  # fmt: skip
+    print("| fields | candidates | parse+validate | store read | build columns |", end="")
+    print(" TensorFlow | rank+serialize | TF via pool |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, model in models.items():
+        for n in args.candidates:
+            parse, build, tf_time, out = _breakdown_row(model, n, users[0], movies, read, median_us)
+            ids = [int(m) for m in movies[:n]]
+            columns = batch_columns(model.fields, int(users[0]), read.user, ids, read.movies)
+            pooled = uvloop.run(pooled_us(model, columns))
+            print(f"| {name} ({len(model.fields)}) | {n} | {parse:.0f} | {store_us:.0f} "
+                  f"| {build:.0f} | {tf_time:.0f} | {out:.0f} | {pooled:.0f} |")  # fmt: skip
 
 
 def _median_us(times: list[float]) -> float:
     return sorted(times)[len(times) // 2] * 1e6
 
 
-def _breakdown_row(model, n: int, user: str, movies: list[str], median_us) -> tuple:  # noqa: ANN001
+def _breakdown_row(model, n: int, user: str, movies: list[str], read, median_us) -> tuple:  # noqa: ANN001
+    """(parse+validate, build columns, TensorFlow, rank+serialize) medians, as the route does
+    them, with the user's features and the movie table from a real ``FeatureStore.read``."""
     import orjson
 
     from service.ranking import batch_columns, score_entries
@@ -402,19 +492,24 @@ def _breakdown_row(model, n: int, user: str, movies: list[str], median_us) -> tu
 
     body = orjson.dumps({"user_id": int(user), "movie_ids": [int(m) for m in movies[:n]]})
     request = ScoreRequest.model_validate_json(body)
-    features = {"gender": "F", "age": "25", "occupation": "4", "zip": "48067"}
-    columns = batch_columns(request.user_id, features, request.movie_ids)
+
+    def columns_of() -> dict[str, list[str]]:
+        return batch_columns(
+            model.fields, request.user_id, read.user, request.movie_ids, read.movies
+        )
+
+    columns = columns_of()
     probability = model.score(columns)
 
     def respond() -> bytes:
-        known = model.known("movie_id", columns["movie_id"])
+        known = model.known(contract.MOVIE_ID, columns[contract.MOVIE_ID])
         scores = score_entries(request.movie_ids, probability, known, None)
         reply = {"user_id": 1, "model_version": 1, "user_known": True, "scores": scores}
         return orjson.dumps(reply)
 
     return (
         median_us(lambda: ScoreRequest.model_validate_json(body)),
-        median_us(lambda: batch_columns(request.user_id, features, request.movie_ids)),
+        median_us(columns_of),
         median_us(lambda: model.score(columns), repeat=200),
         median_us(respond),
     )

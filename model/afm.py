@@ -5,6 +5,10 @@
     contribution_ij = a_ij * p^T (v_i ⊙ v_j)       (sum over pairs = the interaction term)
     logit         = bias + sum_f linear_f + sum_ij contribution_ij    (the explain outputs)
 
+With ``fm_init`` (the default) the pooled vector is P * sum a_ij (v_i ⊙ v_j) (P pairs) and h
+starts at zero, so the untrained AFM equals the FM; then
+contribution_ij = P * a_ij * p^T (v_i ⊙ v_j).
+
 Strings never reach this model: the exported signatures wrap it with one StringLookup per
 field (see ``model/export.py``), and training feeds the same ids from ``PreparedData.encode``.
 The field set (``contract.FIELD_SETS``) decides the inputs: single-valued fields arrive
@@ -104,14 +108,17 @@ def build_afm(
     pairs = PairwiseInteraction(jit_compile_training=True, name="pairwise")(
         embeddings
     )  # (batch, P, k)
-    pooled, attention = AttentionPooling(
+    pooling = AttentionPooling(
         attention_factor=config.attention_factor,
         l2_attention=config.l2_attention,
         use_attention=config.use_attention,
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1),
         jit_compile_training=True,
+        projection_initializer="zeros" if config.fm_init else None,
+        scale_by_pairs=config.fm_init,
         name="attention",
-    )(pairs)  # (batch, k), (batch, P)
+    )
+    pooled, attention = pooling(pairs)  # (batch, k), (batch, P)
 
     # p: one projection shared by the pooled vector (the logit) and each pair (its contribution)
     projection = keras.layers.Dense(
@@ -129,6 +136,9 @@ def build_afm(
     pair_scores = keras.layers.Reshape((num_pairs,), name="pair_scores")(
         projection(pairs)
     )  # (batch, P): p^T (v_i ⊙ v_j)
+    scale = pooling.pair_scale(num_pairs)
+    if scale != 1.0:  # the pooled vector carries the factor P, so each pair's term does too
+        pair_scores = keras.layers.Rescaling(scale, name="pair_scale")(pair_scores)
     contribution = keras.layers.Multiply(name=OUTPUT_CONTRIBUTION)([attention, pair_scores])
 
     return keras.Model(

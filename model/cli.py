@@ -107,6 +107,13 @@ def train(
     no_attention: Annotated[
         bool, typer.Option("--no-attention", help="FM ablation: every pair weighs 1.")
     ] = False,
+    fm_init: Annotated[
+        bool,
+        typer.Option(
+            help="Start the AFM as the FM: h = 0, pooled vector scaled by the pair count. "
+            "--no-fm-init: the paper's plain softmax average."
+        ),
+    ] = AFMConfig.fm_init,
     fields: Annotated[
         FieldSet | None,
         typer.Option(
@@ -164,6 +171,7 @@ def train(
         dropout=dropout,
         l2_attention=l2_attention,
         use_attention=not no_attention,
+        fm_init=fm_init,
     )
     train_config = TrainConfig(
         epochs=epochs,

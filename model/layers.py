@@ -349,6 +349,14 @@ class AttentionPooling(keras.layers.Layer):
     With ``use_attention=False`` every a_ij is 1 and no attention weights are created:
     ``pooled = sum_{(i,j)} v_i ⊙ v_j``, the plain factorization machine (the paper's ablation).
 
+    With ``scale_by_pairs=True`` the pooled vector is ``P * sum a_ij (v_i ⊙ v_j)`` (P pairs):
+    uniform attention (a_ij = 1/P) then gives exactly the FM's sum, and with h initialised to
+    zeros (``projection_initializer="zeros"``) the AFM *is* the FM at initialisation and the
+    attention only learns departures from it. Without the factor the softmax average is 1/P
+    of the FM's sum, so the interaction term starts P times weaker than the FM's (measured:
+    test AUC 0.840 vs the FM's 0.878 on ML-100K next-item; 0.878 with the factor, h = 0 and
+    L2 1e-2 on W, see docs/training.md).
+
     Args:
         attention_factor: int, t, the hidden size of the attention network. Defaults to 8.
         l2_attention: float >= 0, the L2 factor on W. Defaults to 0.
@@ -356,6 +364,8 @@ class AttentionPooling(keras.layers.Layer):
         kernel_initializer: initializer of W and h. Defaults to ``"glorot_uniform"``.
         jit_compile_training: bool, run the layer XLA-compiled in training steps (TensorFlow
             backend; inference is never compiled). Defaults to False.
+        projection_initializer: initializer of h; None: ``kernel_initializer``.
+        scale_by_pairs: bool, multiply the pooled vector by P (see above). Defaults to False.
 
     Call:
         pairs: float tensor ``(batch, P, k)``, the output of ``PairwiseInteraction``.
@@ -369,6 +379,8 @@ class AttentionPooling(keras.layers.Layer):
         use_attention: bool = True,
         kernel_initializer: Any = "glorot_uniform",
         jit_compile_training: bool = False,
+        projection_initializer: Any = None,
+        scale_by_pairs: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -383,6 +395,14 @@ class AttentionPooling(keras.layers.Layer):
         self.use_attention = bool(use_attention)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.jit_compile_training = bool(jit_compile_training)
+        self.projection_initializer = keras.initializers.get(
+            kernel_initializer if projection_initializer is None else projection_initializer
+        )
+        self.scale_by_pairs = bool(scale_by_pairs)
+
+    def pair_scale(self, num_pairs: int) -> float:
+        """The factor on the pooled vector: P with ``scale_by_pairs`` and attention, else 1."""
+        return float(num_pairs) if self.scale_by_pairs and self.use_attention else 1.0
 
     def build(self, input_shape: tuple) -> None:
         if len(input_shape) != 3 or input_shape[-1] is None:
@@ -403,7 +423,7 @@ class AttentionPooling(keras.layers.Layer):
             name="attention_bias", shape=(t,), initializer="zeros"
         )
         self.attention_projection = self.add_weight(  # h: (t, 1)
-            name="attention_projection", shape=(t, 1), initializer=self.kernel_initializer
+            name="attention_projection", shape=(t, 1), initializer=self.projection_initializer
         )
 
     def call(self, pairs: Any, training: bool | None = None) -> tuple[Any, Any]:
@@ -424,7 +444,8 @@ class AttentionPooling(keras.layers.Layer):
         weights = ops.softmax(scores, axis=-1)
         # (batch, 1, P) @ (batch, P, k) -> (batch, k): the attention-weighted sum of pairs
         pooled = ops.squeeze(ops.matmul(ops.expand_dims(weights, 1), pairs), axis=1)
-        return pooled, weights
+        scale = self.pair_scale(num_pairs)
+        return (pooled * scale if scale != 1.0 else pooled), weights
 
     def compute_output_shape(self, input_shape: tuple) -> tuple[tuple, tuple]:
         return (input_shape[0], input_shape[2]), (input_shape[0], input_shape[1])
@@ -438,6 +459,8 @@ class AttentionPooling(keras.layers.Layer):
                 "use_attention": self.use_attention,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "jit_compile_training": self.jit_compile_training,
+                "projection_initializer": keras.initializers.serialize(self.projection_initializer),
+                "scale_by_pairs": self.scale_by_pairs,
             }
         )
         return config

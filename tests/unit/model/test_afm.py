@@ -82,7 +82,8 @@ def numpy_afm(model: keras.Model, inputs: dict, fields: tuple[str, ...]) -> dict
         a /= a.sum(1, keepdims=True)
     else:
         a = np.ones(pair_products.shape[:2])
-    contribution = a * (pair_products @ p)
+    scale = len(a[0]) if attention.use_attention and attention.scale_by_pairs else 1
+    contribution = scale * a * (pair_products @ p)
     logit = w0 + w.sum(1) + contribution.sum(1)
     return {
         OUTPUT_PROBABILITY: 1 / (1 + np.exp(-logit)),
@@ -100,8 +101,11 @@ def outputs(model: keras.Model, ids: np.ndarray, **kwargs) -> dict[str, np.ndarr
 
 @pytest.mark.parametrize("fields", [ALL_FIELDS, SEED_FIELDS], ids=["all", "seed"])
 @pytest.mark.parametrize("use_attention", [True, False])
-def test_outputs_match_numpy_afm(use_attention: bool, fields: tuple[str, ...]) -> None:
-    config = AFMConfig(embedding_dim=4, attention_factor=3, use_attention=use_attention)
+@pytest.mark.parametrize("fm_init", [True, False], ids=["fm-init", "paper"])
+def test_outputs_match_numpy_afm(use_attention: bool, fields: tuple[str, ...], fm_init) -> None:
+    config = AFMConfig(
+        embedding_dim=4, attention_factor=3, use_attention=use_attention, fm_init=fm_init
+    )
     model = build_afm(fields, SIZES, config)
     randomize(model)
     ids = random_ids(16, fields=fields)
@@ -189,3 +193,23 @@ def test_saved_and_loaded_model_gives_the_same_outputs(tmp_path) -> None:
     ids = random_ids(8)
     for name, value in outputs(model, ids).items():
         np.testing.assert_allclose(outputs(restored, ids)[name], value, rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("fields", [ALL_FIELDS, SEED_FIELDS], ids=["all", "seed"])
+def test_fm_init_starts_as_the_fm(fields: tuple[str, ...]) -> None:
+    """h = 0 and pooled x P: the untrained AFM scores exactly like the FM with the same weights."""
+    afm = build_afm(fields, SIZES, AFMConfig(embedding_dim=4, attention_factor=3))
+    fm = build_afm(
+        fields, SIZES, AFMConfig(embedding_dim=4, attention_factor=3, use_attention=False)
+    )
+    randomize(fm)
+    shared = [layer.name for layer in fm.layers if layer.weights and layer.name != "attention"]
+    for name in shared:
+        afm.get_layer(name).set_weights(fm.get_layer(name).get_weights())
+    ids = random_ids(16, fields=fields)
+    got, want = outputs(afm, ids), outputs(fm, ids)
+    np.testing.assert_allclose(got[OUTPUT_PROBABILITY], want[OUTPUT_PROBABILITY], rtol=1e-5)
+    np.testing.assert_allclose(got[OUTPUT_ATTENTION], 1 / len(pairs(fields)), rtol=1e-6)
+    np.testing.assert_allclose(
+        got[OUTPUT_CONTRIBUTION], want[OUTPUT_CONTRIBUTION], rtol=1e-4, atol=1e-6
+    )

@@ -179,6 +179,7 @@ def test_xla_compiled_training_path_equals_the_plain_path() -> None:
         LogitSum(name="logit"),
         PairwiseInteraction(jit_compile_training=True, name="pairs"),
         AttentionPooling(attention_factor=5, l2_attention=1e-4, use_attention=False, name="att"),
+        AttentionPooling(projection_initializer="zeros", scale_by_pairs=True, name="att_fm"),
     ],
     ids=lambda layer: type(layer).__name__,
 )
