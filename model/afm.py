@@ -31,6 +31,7 @@ from model.contract import (
     OUTPUT_LINEAR,
     OUTPUT_LOGIT,
     OUTPUT_PROBABILITY,
+    USER_FIELDS,
 )
 from model.dataset import SINGLE_INPUT
 from model.layers import (
@@ -42,9 +43,9 @@ from model.layers import (
     PairwiseInteraction,
 )
 
-OOV_TRAINED_FIELDS: tuple[str, ...] = ("user_id", "zip", "movie_id")
-"""Fields whose ids ``AFMConfig.oov_rate`` drops in training: the ones with a long tail and
-new values every day (a new user, a new zip, a new movie)."""
+OOV_GROUPS: tuple[tuple[str, ...], ...] = (("user_id",), ("zip",), ("movie_id",), USER_FIELDS)
+"""Fields ``AFMConfig.oov_rate`` drops together in training, one group at a time: a new user,
+a new zip, a new movie (its genres and year still known), a user the feature store lacks."""
 
 
 def split_fields(fields: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -84,7 +85,7 @@ def build_afm(
     bag_inputs = {f: keras.Input(shape=(None,), dtype="int32", name=f) for f in multi}
     ids = IdDropout(
         config.oov_rate,
-        [single.index(f) for f in OOV_TRAINED_FIELDS if f in single],
+        [[single.index(f) for f in group] for group in OOV_GROUPS],
         seed=seed + 4,
         name="oov_dropout",
     )(ids_input)

@@ -201,17 +201,18 @@ class BagEmbedding(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class IdDropout(keras.layers.Layer):
-    """Replaces ids by the out-of-vocabulary id 0 at random, in training steps only.
+    """Replaces groups of ids by the out-of-vocabulary id 0 at random, in training steps only.
 
-        id'_f = 0 with probability ``rate``, else id_f        for f in ``columns``
+        for each group g and row: with probability ``rate``, id'_f = 0 for every f in g
 
-    Trains the out-of-vocabulary rows of high-cardinality fields (user, zip, movie), so a user
-    or movie never seen in training is scored from a learned "unknown" embedding and the
-    other fields (a new movie's genres and year), not from an untrained random one.
+    Trains the out-of-vocabulary rows for what serving meets every day: a new movie (its id
+    unknown, its genres and year known), a new user or zip, and a user the feature store does
+    not know at all (every user field unknown at once). Without it those rows keep their
+    random initial values and such requests get uncalibrated scores.
 
     Args:
-        rate: float in [0, 1), the share of ids dropped per column.
-        columns: list of int, the columns of the ``(batch, F)`` id matrix to drop from.
+        rate: float in [0, 1), the share of rows in which each group is dropped.
+        groups: list of lists of int, columns of the ``(batch, F)`` id matrix dropped together.
         seed: int, seeds the draws.
 
     Call:
@@ -220,27 +221,39 @@ class IdDropout(keras.layers.Layer):
     """
 
     def __init__(
-        self, rate: float, columns: Sequence[int], seed: int | None = None, **kwargs: Any
+        self,
+        rate: float,
+        groups: Sequence[Sequence[int]],
+        seed: int | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if not 0.0 <= float(rate) < 1.0:
             raise ValueError(f"`rate` must be in [0, 1). Received: {rate}")
         self.rate = float(rate)
-        self.columns = [int(c) for c in columns]
+        self.groups = [[int(c) for c in group] for group in groups]
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def build(self, input_shape: tuple) -> None:
         fields = input_shape[-1]
-        if any(not 0 <= c < fields for c in self.columns):
-            raise ValueError(f"`columns` must index {fields} fields. Received: {self.columns}")
-        self.column_mask = np.isin(np.arange(fields), self.columns)
+        if any(not 0 <= c < fields for group in self.groups for c in group):
+            raise ValueError(f"`groups` must index {fields} fields. Received: {self.groups}")
+        # (G, F): 1 where group g holds field f
+        self.membership = np.zeros((len(self.groups), fields), dtype="float32")
+        for g, group in enumerate(self.groups):
+            self.membership[g, group] = 1.0
 
     def call(self, ids: Any, training: bool | None = None) -> Any:
-        if not training or not self.rate or not self.columns:
+        if not training or not self.rate or not self.groups:
             return ids
-        draw = keras.random.uniform(ops.shape(ids), seed=self.seed_generator)
-        drop = ops.logical_and(draw < self.rate, ops.convert_to_tensor(self.column_mask))
+        # (batch, G): which groups each row drops
+        dropped = keras.random.uniform(
+            (ops.shape(ids)[0], len(self.groups)), seed=self.seed_generator
+        )
+        dropped = ops.cast(dropped < self.rate, "float32")
+        # (batch, F): a field is dropped when any of its groups is
+        drop = ops.matmul(dropped, ops.convert_to_tensor(self.membership)) > 0
         return ops.where(drop, ops.zeros_like(ids), ids)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
@@ -248,7 +261,7 @@ class IdDropout(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"rate": self.rate, "columns": self.columns, "seed": self.seed})
+        config.update({"rate": self.rate, "groups": self.groups, "seed": self.seed})
         return config
 
 

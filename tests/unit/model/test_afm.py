@@ -134,14 +134,9 @@ def test_bias_linear_and_contributions_add_up_to_the_logit(fields: tuple[str, ..
     np.testing.assert_allclose(got[OUTPUT_ATTENTION].sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_oov_dropout_replaces_user_zip_and_movie_ids_in_training_only() -> None:
-    model = build_afm(SEED_FIELDS, SIZES, AFMConfig(oov_rate=0.5))
-    layer = model.get_layer("oov_dropout")
-    assert layer.columns == [SEED_FIELDS.index(f) for f in ("user_id", "zip", "movie_id")]
-    ids = np.ones((500, 6), dtype="int32")
-    dropped = keras.ops.convert_to_numpy(layer(ids, training=True))
-    assert (dropped[:, layer.columns] == 0).any()
-    assert (dropped[:, [1, 2, 3]] == 1).all()
+def test_oov_dropout_groups_new_users_zips_movies_and_unknown_users() -> None:
+    model = build_afm(ALL_FIELDS, SIZES, AFMConfig(oov_rate=0.5))
+    assert model.get_layer("oov_dropout").groups == [[0], [4], [5], [0, 1, 2, 3, 4]]
 
 
 def test_dropout_acts_only_in_training() -> None:

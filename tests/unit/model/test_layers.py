@@ -74,14 +74,17 @@ def test_bag_embedding_is_the_mean_of_the_present_values() -> None:
     )
 
 
-def test_id_dropout_drops_only_its_columns_and_only_in_training() -> None:
-    layer = IdDropout(0.5, columns=[0, 2], seed=1)
-    ids = np.full((2000, 3), 7, dtype="int32")
+def test_id_dropout_drops_whole_groups_and_only_in_training() -> None:
+    layer = IdDropout(0.3, groups=[[0], [0, 1, 2]], seed=1)
+    ids = np.full((4000, 4), 7, dtype="int32")
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(ids)), ids)
-    dropped = keras.ops.convert_to_numpy(layer(ids, training=True))
-    assert set(np.unique(dropped[:, [0, 2]])) == {0, 7}
-    assert 0.45 < (dropped[:, [0, 2]] == 0).mean() < 0.55
-    np.testing.assert_array_equal(dropped[:, 1], 7)
+    dropped = keras.ops.convert_to_numpy(layer(ids, training=True)) == 0
+    assert not dropped[:, 3].any()  # in no group
+    # columns 1 and 2 only ever go together (their one group); column 0 with them or alone
+    np.testing.assert_array_equal(dropped[:, 1], dropped[:, 2])
+    assert (dropped[:, 0] >= dropped[:, 1]).all()
+    assert 0.27 < dropped[:, 1].mean() < 0.33  # one group: the rate
+    assert 0.48 < dropped[:, 0].mean() < 0.54  # two groups: 1 - 0.7 ** 2 = 0.51
 
 
 def test_logit_sum_is_bias_plus_linear_terms_plus_interaction() -> None:
@@ -175,7 +178,7 @@ def test_xla_compiled_training_path_equals_the_plain_path() -> None:
     [
         FieldEmbedding([4, 2, 7], output_dim=3, name="emb"),
         BagEmbedding(19, output_dim=3, name="bag"),
-        IdDropout(0.1, columns=[0, 5], seed=3, name="oov"),
+        IdDropout(0.1, groups=[[0], [0, 5]], seed=3, name="oov"),
         LogitSum(name="logit"),
         PairwiseInteraction(jit_compile_training=True, name="pairs"),
         AttentionPooling(attention_factor=5, l2_attention=1e-4, use_attention=False, name="att"),
@@ -201,8 +204,8 @@ def test_config_round_trip(layer: keras.layers.Layer) -> None:
         (lambda: PairwiseInteraction()(np.ones((2, 4))), r"\(batch, fields >= 2, k\)"),
         (lambda: FieldEmbedding([3, 2], 4)(np.ones((2, 3), "int32")), r"ids of shape \(batch, 2\)"),
         (lambda: BagEmbedding(0, 4), r"`vocab_sizes` .* Received: \[0\]"),
-        (lambda: IdDropout(1.0, [0]), r"`rate` must be in \[0, 1\). Received: 1.0"),
-        (lambda: IdDropout(0.1, [3])(np.ones((2, 3), "int32")), r"`columns` must index 3"),
+        (lambda: IdDropout(1.0, [[0]]), r"`rate` must be in \[0, 1\). Received: 1.0"),
+        (lambda: IdDropout(0.1, [[3]])(np.ones((2, 3), "int32")), r"`groups` must index 3"),
     ],
 )
 def test_invalid_arguments_are_refused_with_the_value(make, message: str) -> None:
