@@ -1,8 +1,8 @@
-"""Pure helpers between the routes and the model: batch columns, ranking, readable pairs."""
+"""Pure helpers between the routes and the model: batch columns and ranking."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,40 +49,21 @@ def ranked_indices(probability: np.ndarray, top_k: int | None) -> list[int]:
     return order[:top_k].tolist()
 
 
-def readable_pairs(
-    pairs: Sequence[tuple[str, str]], attention: np.ndarray, contribution: np.ndarray
-) -> list[dict[str, Any]]:
-    """One prediction's pairs as ``{"fields", "weight", "contribution"}``, heaviest first."""
-    weights, terms = attention.tolist(), contribution.tolist()
-    order = sorted(range(len(weights)), key=lambda i: -weights[i])
-    return [
-        {"fields": list(pairs[i]), "weight": weights[i], "contribution": terms[i]} for i in order
-    ]
-
-
 def score_entries(
     movie_ids: Sequence[int],
     probability: np.ndarray,
-    known: Sequence[bool | None],
+    known: Sequence[bool],
     top_k: int | None,
-    pairs: Sequence[tuple[str, str]] = (),
-    attention: np.ndarray | None = None,
-    contribution: np.ndarray | None = None,
+    explain: Callable[[int], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The ``scores`` list of a /score reply; with attention, each entry carries its pairs."""
+    """The ``scores`` list of a /score reply; with ``explain`` (row -> its explanation), each
+    entry also carries its explanation."""
     values = probability.tolist()
     order = range(len(values)) if top_k is None else ranked_indices(probability, top_k)
-    if attention is None or contribution is None:
-        return [
-            {"movie_id": movie_ids[i], "probability": values[i], "movie_known": known[i]}
-            for i in order
-        ]
-    return [
-        {
-            "movie_id": movie_ids[i],
-            "probability": values[i],
-            "movie_known": known[i],
-            "pairs": readable_pairs(pairs, attention[i], contribution[i]),
-        }
-        for i in order
+    entries = [
+        {"movie_id": movie_ids[i], "probability": values[i], "movie_known": known[i]} for i in order
     ]
+    if explain is not None:
+        for entry, i in zip(entries, order, strict=True):
+            entry.update(explain(i))
+    return entries

@@ -32,18 +32,45 @@ class ScoreRequest(BaseModel):
     explain: StrictBool = Field(False, description="Add each score's per-pair attention.")
 
 
+class FeatureValue(BaseModel):
+    field: str
+    value: str = Field(description='The raw value the model was given; "" when unknown.')
+    label: str = Field(
+        description="A readable name: a code's meaning, the movie title, genres as a list; "
+        'the raw value where no label exists; "unknown" for no value.'
+    )
+    known: bool = Field(description="False: not in the training data (out of vocabulary).")
+
+
 class PairWeight(BaseModel):
     fields: tuple[str, str] = Field(description="The two interacting fields.")
+    values: tuple[str, str] = Field(description="Their raw values.")
+    labels: tuple[str, str] = Field(description="Their readable labels.")
     weight: float = Field(description="Attention a_ij; the weights of one prediction sum to 1.")
-    contribution: float = Field(description="The pair's attention-weighted term in the logit.")
+    contribution: float = Field(description="The pair's term in the logit.")
+
+
+class Breakdown(BaseModel):
+    """One prediction taken apart: bias + sum(linear) + sum(pair contributions) = logit."""
+
+    logit: float = Field(description="log(p / (1 - p)) of the probability.")
+    bias: float = Field(description="w0, the same for every prediction.")
+    linear: dict[str, float] = Field(description="Each field's own term w_f in the logit.")
+    features: list[FeatureValue] = Field(description="The model's fields, in field order.")
+    pairs: list[PairWeight] = Field(description="Every field pair, heaviest weight first.")
 
 
 class MovieScore(BaseModel):
     movie_id: int
     probability: float
     movie_known: bool = Field(
-        description="False: movie_id was not in the training data (scored as out-of-vocabulary)."
+        description="False: movie_id was not in the training data (scored from its genres "
+        "and year where known, else as out-of-vocabulary)."
     )
+    logit: float | None = Field(None, description="With explain, as in /explain.")
+    bias: float | None = Field(None, description="With explain, as in /explain.")
+    linear: dict[str, float] | None = Field(None, description="With explain, as in /explain.")
+    features: list[FeatureValue] | None = Field(None, description="With explain.")
     pairs: list[PairWeight] | None = Field(None, description="With explain: by weight, descending.")
 
 
@@ -70,7 +97,7 @@ class ScoreResponse(BaseModel):
     scores: list[MovieScore]
 
 
-class ExplainResponse(BaseModel):
+class ExplainResponse(Breakdown):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -78,12 +105,30 @@ class ExplainResponse(BaseModel):
                     "user_id": 1,
                     "movie_id": 1193,
                     "model_version": 3,
-                    "probability": 0.81,
+                    "probability": 0.62,
+                    "logit": 0.5,
+                    "bias": -1.2,
+                    "linear": {
+                        "user_id": 0.1,
+                        "gender": -0.1,
+                        "age": 0.2,
+                        "occupation": 0.0,
+                        "zip": 0.0,
+                        "movie_id": 0.9,
+                    },
                     "user_known": True,
                     "movie_known": True,
+                    "features": [
+                        {"field": "age", "value": "1", "label": "Under 18", "known": True},
+                    ],
                     "pairs": [
-                        {"fields": ["gender", "movie_id"], "weight": 0.31, "contribution": 0.92},
-                        {"fields": ["age", "movie_id"], "weight": 0.12, "contribution": 0.25},
+                        {
+                            "fields": ["age", "movie_id"],
+                            "values": ["1", "1193"],
+                            "labels": ["Under 18", "One Flew Over the Cuckoo's Nest (1975)"],
+                            "weight": 0.31,
+                            "contribution": 0.6,
+                        },
                     ],
                 }
             ]
@@ -96,7 +141,6 @@ class ExplainResponse(BaseModel):
     probability: float
     user_known: bool
     movie_known: bool
-    pairs: list[PairWeight] = Field(description="All field pairs by attention weight, descending.")
 
 
 class ModelInfo(BaseModel):

@@ -48,12 +48,28 @@ Columns = Mapping[str, Sequence[str]]
 
 @dataclass(frozen=True)
 class Explanation:
+    """The explain signature's outputs: logit = bias + sum(linear) + sum(contribution)."""
+
     probability: np.ndarray  # float32 [batch]
     attention: np.ndarray  # float32 [batch, pairs], rows sum to 1
     contribution: np.ndarray  # float32 [batch, pairs], each pair's term in the logit
+    bias: np.ndarray  # float32 [batch], w0
+    linear: np.ndarray  # float32 [batch, fields], each field's linear term
+    logit: np.ndarray  # float32 [batch]
 
     def __getitem__(self, rows: slice) -> Explanation:
-        return Explanation(self.probability[rows], self.attention[rows], self.contribution[rows])
+        return Explanation(**{name: getattr(self, name)[rows] for name in EXPLAIN_OUTPUTS})
+
+
+EXPLAIN_OUTPUTS: dict[str, str] = {
+    "probability": contract.OUTPUT_PROBABILITY,
+    "attention": contract.OUTPUT_ATTENTION,
+    "contribution": contract.OUTPUT_CONTRIBUTION,
+    "bias": contract.OUTPUT_BIAS,
+    "linear": contract.OUTPUT_LINEAR,
+    "logit": contract.OUTPUT_LOGIT,
+}
+"""Explanation attribute -> the explain signature's output it holds."""
 
 
 @dataclass(frozen=True)
@@ -73,9 +89,16 @@ class LoadedModel:
     saved_model: Any = field(repr=False, default=None)
 
     def known(self, field_name: str, values: Sequence[str]) -> list[bool]:
-        """Whether each value is in the training vocabulary of ``field_name``."""
+        """Whether each value is in the training vocabulary of ``field_name`` (a multi-valued
+        one: every one of its values is, and it has one)."""
         vocabulary = self.vocabularies[field_name]
-        return [value in vocabulary for value in values]
+        separator = contract.MULTI_VALUED.get(field_name)
+        if separator is None:
+            return [value in vocabulary for value in values]
+        return [
+            bool(parts) and all(part in vocabulary for part in parts)
+            for parts in ([p for p in value.split(separator) if p] for value in values)
+        ]
 
     def score(self, columns: Columns) -> np.ndarray:
         """Click probabilities, float32 [batch]."""
@@ -84,11 +107,7 @@ class LoadedModel:
 
     def explain(self, columns: Columns) -> Explanation:
         outputs = self.explain_fn(_tensors(columns, self.fields))
-        return Explanation(
-            probability=outputs[contract.OUTPUT_PROBABILITY].numpy(),
-            attention=outputs[contract.OUTPUT_ATTENTION].numpy(),
-            contribution=outputs[contract.OUTPUT_CONTRIBUTION].numpy(),
-        )
+        return Explanation(**{name: outputs[key].numpy() for name, key in EXPLAIN_OUTPUTS.items()})
 
 
 def _tensors(columns: Columns, fields: tuple[str, ...]) -> Any:
@@ -129,6 +148,14 @@ def load_model(version_dir: Path) -> LoadedModel:
         inputs = set(loaded.signatures[name].structured_input_signature[1])
         if inputs != set(fields):
             raise ValueError(f"signature {name} takes {sorted(inputs)}, metadata says {fields}")
+    lacking = set(EXPLAIN_OUTPUTS.values()) - set(
+        loaded.signatures[contract.SIGNATURE_EXPLAIN].structured_outputs
+    )
+    if lacking:
+        raise ValueError(
+            f"signature {contract.SIGNATURE_EXPLAIN} lacks output(s) {sorted(lacking)}: exported "
+            "by an older afm-ctr; train a new version"
+        )
     model = LoadedModel(
         version=int(version_dir.name),
         path=version_dir,

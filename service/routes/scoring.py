@@ -8,7 +8,7 @@ content-type parse, stdlib JSON, then validation) measured ~3 % of its requests/
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -17,10 +17,13 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from model.contract import MOVIE_ID
+from service import explanation
 from service.deps import ScoringDep
 from service.errors import InvalidRequest
-from service.ranking import batch_columns, readable_pairs, score_entries
+from service.feature_store import FeatureRead
+from service.ranking import batch_columns, score_entries
 from service.schemas import ExplainResponse, Problem, ScoreRequest, ScoreResponse
+from service.scorer import Columns, Explanation, LoadedModel
 
 router = APIRouter(tags=["scoring"])
 
@@ -63,8 +66,8 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
     """Click probabilities of `movie_ids` for `user_id`, in request order or the `top_k` best.
 
     An unknown user or movie is scored with out-of-vocabulary features and flagged
-    `user_known` / `movie_known: false`. With `explain: true` every score also carries
-    its field pairs by attention weight.
+    `user_known` / `movie_known: false`; a movie only Redis knows is scored from its genres
+    and year. With `explain: true` every score also carries its explanation, as `/explain`.
     """
     request = await _score_request(http)
     model, store, scorer = scoring.model, scoring.store, scoring.scorer
@@ -83,9 +86,7 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
             explained.probability,
             known,
             request.top_k,
-            model.pairs,
-            explained.attention,
-            explained.contribution,
+            lambda row: _explanation(model, columns, row, explained, features),
         )
     else:
         probability = await scorer.run(model.score, columns)
@@ -100,14 +101,24 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
     )
 
 
+def _explanation(
+    model: LoadedModel, columns: Columns, row: int, explained: Explanation, read: FeatureRead
+) -> dict[str, Any]:
+    """Row ``row``'s features with labels and its logit's parts."""
+    values = [columns[field][row] for field in model.fields]
+    described = explanation.features(model.fields, values, model, read.meta.labels, read.movies)
+    return explanation.breakdown(model.fields, model.pairs, explained[row], described)
+
+
 @router.get("/explain", response_model=ExplainResponse, responses=ERRORS)
 async def explain(
     user_id: Annotated[int, Query(ge=0, le=2**63 - 1, examples=[1])],
     movie_id: Annotated[int, Query(ge=0, le=2**63 - 1, examples=[1193])],
     scoring: ScoringDep,
 ) -> Response:
-    """Why the model scores `movie_id` for `user_id` as it does: every field pair's attention
-    weight (they sum to 1) and its term in the logit, heaviest pair first."""
+    """Why the model scores `movie_id` for `user_id` as it does: each field's value with a
+    readable label, and the logit taken apart: `bias` + each field's `linear` term + each
+    pair's `contribution` = `logit`, pairs by attention weight (they sum to 1), heaviest first."""
     model, store, scorer = scoring.model, scoring.store, scoring.scorer
     features = await store.read(user_id)
     columns = batch_columns(model.fields, user_id, features.user, [movie_id], features.movies)
@@ -117,11 +128,8 @@ async def explain(
             "user_id": user_id,
             "movie_id": movie_id,
             "model_version": model.version,
-            "probability": float(explained.probability[0]),
             "user_known": features.user is not None,
             "movie_known": model.known(MOVIE_ID, columns[MOVIE_ID])[0],
-            "pairs": readable_pairs(
-                model.pairs, explained.attention[0], explained.contribution[0]
-            ),
+            **_explanation(model, columns, 0, explained, features),
         }
     )
