@@ -201,20 +201,30 @@ def load_features(
         str, typer.Option(help="Key prefix of the feature set.", envvar="AFM_REDIS_PREFIX")
     ] = DEFAULT_PREFIX,
 ) -> None:
-    """Write every user's and movie's features to Redis as a new namespace, then switch to it
+    """Write every user's and movie's features and what the load is (source, value labels,
+    most rated movies, sample users) to Redis as a new namespace, then switch to it
     atomically."""
     from model.load_features import load_features as load
-    from model.movielens import load_movies, load_users
+    from model.movielens import load_feature_set
 
     config = DataConfig(dataset=dataset, data_dir=data_dir, cache_dir=cache_dir)
     try:
-        users, movies = load_users(config), load_movies(config)
-        user_count, movie_count = load(users, movies, redis_url=redis_url, prefix=prefix)
+        loaded = load_feature_set(config)
+        user_count, movie_count = load(
+            loaded.users,
+            loaded.movies,
+            redis_url=redis_url,
+            prefix=prefix,
+            source=loaded.source,
+            labels=loaded.labels,
+            popular=loaded.popular,
+            sample_users=loaded.sample_users,
+        )
     except AfmError as exc:
         raise _fail(exc) from None
     typer.echo(
-        f"loaded {user_count} users and {movie_count} movies into {redis_url} "
-        f"under prefix {prefix!r}"
+        f"loaded {user_count} users and {movie_count} movies of {loaded.source} into "
+        f"{redis_url} under prefix {prefix!r}"
     )
 
 

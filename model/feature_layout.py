@@ -7,17 +7,28 @@ Layout, for a key prefix P (default ``afm:``)::
     <namespace>movies          hash: field = movie_id, value = that movie's features as compact
                                JSON, keys in MOVIE_FEATURES order:
                                {"title":"Heat (1995)","year":"1995","genres":"Action|Crime"}
+    <namespace>meta            hash: what the load is (META_FIELDS), every value a string:
+                               source       "ml-1m at /data/ml-1m"
+                               users        "6040" (decimal)
+                               movies       "3883" (decimal)
+                               loaded_at    "2026-01-02T03:04:05Z" (UTC, ISO 8601 seconds)
+                               labels       {"gender":{"F":"Female","M":"Male"}} (compact JSON:
+                                            field -> raw value -> readable label)
+                               popular      ["2858","260"] (JSON: up to 100 movie ids, most
+                                            rated first)
+                               sample_users ["1","2"] (JSON: up to 20 user ids)
 
-A load writes a fresh namespace (users and movies), then points ``P current`` at it with one
-SET, then deletes the previous namespace. Readers resolve the pointer and read in one atomic
-Lua call that also returns the namespace it read from (READ_USER_SCRIPT, READ_MOVIES_SCRIPT),
-so each read sees either the old feature set or the new one, never a mix, and never a
-namespace that is half written or already deleted. A reader that caches the movie table
-(the service does) keeps it per namespace and pairs a user only with the table of the
-namespace the user came from.
+A load writes a fresh namespace (users, movies and meta), then points ``P current`` at it
+with one SET, then deletes the previous namespace. Readers resolve the pointer and read in
+one atomic Lua call that also returns the namespace it read from (READ_USER_SCRIPT,
+READ_MOVIES_SCRIPT), so each read sees either the old feature set or the new one, never a
+mix, and never a namespace that is half written or already deleted. A reader that caches
+the movie table and meta (the service does) keeps them per namespace and pairs a user only
+with the table of the namespace the user came from.
 
-A namespace written by a loader that knew no movies has no ``movies`` key: it reads as an
-empty table. Movie values are raw strings exactly as in the data, "" when unknown.
+A namespace written by an older loader may lack ``movies`` (reads as an empty table) or
+``meta`` (reads as ``FeatureSetMeta()``: no source, counts or time, no labels, no samples).
+Movie values are raw strings exactly as in the data, "" when unknown.
 
 Pure and synchronous: the writer and the reader share every byte-level decision here.
 """
@@ -26,6 +37,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 DEFAULT_PREFIX = "afm:"
 
@@ -47,10 +60,36 @@ return {ns, redis.call('HGETALL', ns .. 'user:' .. ARGV[1])}
 READ_MOVIES_SCRIPT = """
 local ns = redis.call('GET', KEYS[1])
 if not ns then return false end
-return {ns, redis.call('HGETALL', ns .. 'movies')}
+return {ns, redis.call('HGETALL', ns .. 'movies'), redis.call('HGETALL', ns .. 'meta')}
 """
 """KEYS[1] = pointer_key(prefix). Returns nil when nothing is loaded, else ``{namespace, flat
-movie_id/JSON list of the movies hash}`` (an empty list when the load wrote no movies)."""
+movie_id/JSON list of the movies hash, flat field/value list of the meta hash}`` (an empty
+list for a hash the load did not write)."""
+
+META_FIELDS: tuple[str, ...] = (
+    "source", "users", "movies", "loaded_at", "labels", "popular", "sample_users",
+)  # fmt: skip
+"""Fields of the meta hash, in the order encode_meta writes them."""
+
+
+@dataclass(frozen=True)
+class FeatureSetMeta:
+    """What one load wrote, as stored in its meta hash. The defaults are what a namespace
+    without a meta hash (an older loader) reads as."""
+
+    source: str = ""
+    """The dataset, e.g. "ml-1m at /data/ml-1m"; "" when unknown."""
+    users: int | None = None
+    movies: int | None = None
+    loaded_at: str = ""
+    """UTC, ISO 8601 to the second: "2026-01-02T03:04:05Z"; "" when unknown."""
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
+    """field -> raw value -> readable label, for fields whose values are codes (ML-1M's age
+    "1" is "Under 18"). A field or value not in it has no label but its raw value."""
+    popular: tuple[str, ...] = ()
+    """Movie ids, most rated first."""
+    sample_users: tuple[str, ...] = ()
+    """User ids present in the load, for people trying the service."""
 
 
 def pointer_key(prefix: str) -> str:
@@ -68,6 +107,10 @@ def user_key(namespace: str, user_id: str | int) -> str:
 
 def movies_key(namespace: str) -> str:
     return f"{namespace}movies"
+
+
+def meta_key(namespace: str) -> str:
+    return f"{namespace}meta"
 
 
 def encode_user(features: Mapping[str, str]) -> dict[str, str]:
@@ -110,6 +153,77 @@ def decode_movie(raw: bytes | str) -> dict[str, str] | None:
     if not all(isinstance(v, str) for v in features.values()):
         return None
     return features
+
+
+def encode_meta(meta: FeatureSetMeta) -> dict[str, str]:
+    """The meta hash of one load: META_FIELDS as strings, the JSON ones compact with
+    non-ASCII text kept as is. A count that is None is left out, as decode_meta reads it back."""
+    encoded = {
+        "source": meta.source,
+        "users": _count(meta.users),
+        "movies": _count(meta.movies),
+        "loaded_at": meta.loaded_at,
+        "labels": _json({f: dict(values) for f, values in meta.labels.items()}),
+        "popular": _json(list(meta.popular)),
+        "sample_users": _json(list(meta.sample_users)),
+    }
+    return {name: value for name, value in encoded.items() if value is not None}
+
+
+def decode_meta(raw: Mapping[bytes | str, bytes | str] | None) -> FeatureSetMeta:
+    """The meta of a load from its hash as read back; never raises.
+
+    A missing hash, or any missing or unreadable field, reads as that field's default
+    (FeatureSetMeta()), so a bad meta hash costs labels or samples, never a read. The result
+    is read-only all the way down: readers may share it.
+    """
+    try:
+        text = {_text(k): _text(v) for k, v in (raw or {}).items()}
+    except UnicodeDecodeError:
+        return FeatureSetMeta()
+    labels = _loads(text.get("labels"), dict)
+    popular = _loads(text.get("popular"), list)
+    samples = _loads(text.get("sample_users"), list)
+    return FeatureSetMeta(
+        source=text.get("source", ""),
+        users=_decimal(text.get("users")),
+        movies=_decimal(text.get("movies")),
+        loaded_at=text.get("loaded_at", ""),
+        labels=MappingProxyType(
+            {
+                name: MappingProxyType(dict(values))
+                for name, values in labels.items()
+                if isinstance(values, dict) and _all_str(*values.keys(), *values.values())
+            }
+        ),
+        popular=tuple(popular) if _all_str(*popular) else (),
+        sample_users=tuple(samples) if _all_str(*samples) else (),
+    )
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _loads(text: str | None, kind: type) -> dict | list:
+    """JSON ``text`` if it is a ``kind``, else an empty one."""
+    try:
+        value = json.loads(text) if text is not None else None
+    except ValueError:
+        value = None
+    return value if isinstance(value, kind) else kind()
+
+
+def _count(value: int | None) -> str | None:
+    return None if value is None else str(int(value))
+
+
+def _decimal(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isascii() and text.isdigit() else None
+
+
+def _all_str(*values: object) -> bool:
+    return all(isinstance(v, str) for v in values)
 
 
 def _text(value: bytes | str) -> str:

@@ -1,9 +1,10 @@
-"""Write user and movie features to Redis as a fresh namespace, then switch the pointer to it.
+"""Write user and movie features and the load's meta to Redis as a fresh namespace, then
+switch the pointer to it.
 
 The order gives readers (``READ_USER_SCRIPT``, ``READ_MOVIES_SCRIPT``) a clean cut-over: the
-new namespace, users and movies alike, is complete before one SET makes it current, so users
-and movies switch together; the previous namespace is deleted only after nobody can resolve
-to it any more. A failed load deletes what it wrote and leaves the pointer alone.
+new namespace, users, movies and meta alike, is complete before one SET makes it current, so
+they switch together; the previous namespace is deleted only after nobody can resolve to it
+any more. A failed load deletes what it wrote and leaves the pointer alone.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from types import MappingProxyType
 
 import numpy as np
 import redis
@@ -30,17 +33,35 @@ def load_features(
     movies: Mapping[str, np.ndarray],
     redis_url: str,
     prefix: str,
+    *,
+    source: str = "",
+    labels: Mapping[str, Mapping[str, str]] | None = None,
+    popular: Sequence[str] = (),
+    sample_users: Sequence[str] = (),
 ) -> tuple[int, int]:
-    """Load one hash per user and one movies hash under a new namespace of ``prefix``.
+    """Load one hash per user, one movies hash and one meta hash under a new namespace of
+    ``prefix``.
 
     ``users`` maps USER_COLUMNS and ``movies`` maps MOVIE_COLUMNS to equal-length arrays of
-    raw strings (row i is one user or movie; a movie table may have no rows). Returns
-    (user count, movie count). Raises MalformedInput for inconsistent columns or duplicate
-    ids, before touching Redis; AfmError when Redis fails (after removing the half-written
-    namespace; the pointer is untouched).
+    raw strings (row i is one user or movie; a movie table may have no rows). The meta hash
+    (``feature_layout.FeatureSetMeta``) records ``source``, ``labels`` (field -> raw value ->
+    label), ``popular`` movie ids, ``sample_users`` ids, both counts and the load time (UTC).
+    Returns (user count, movie count). Raises MalformedInput for inconsistent columns,
+    duplicate ids, labels that are not strings, or popular or sample ids that are not
+    strings of the tables, before touching Redis; AfmError when Redis fails (after removing
+    the half-written namespace; the pointer is untouched).
     """
     user_columns = _columns(users, USER_COLUMNS, "user")
     movie_columns = _columns(movies, MOVIE_COLUMNS, "movie")
+    meta = feature_layout.FeatureSetMeta(
+        source=_string(source, "source"),
+        users=len(user_columns["user_id"]),
+        movies=len(movie_columns["movie_id"]),
+        loaded_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        labels=_labels(labels or {}),
+        popular=_ids(popular, movie_columns["movie_id"], "popular movie"),
+        sample_users=_ids(sample_users, user_columns["user_id"], "sample user"),
+    )
     try:
         client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30)
     except ValueError as exc:
@@ -51,6 +72,7 @@ def load_features(
         try:
             _write_users(client, namespace, user_columns)
             _write_movies(client, namespace, movie_columns)
+            _write_meta(client, namespace, meta)
             previous = client.set(feature_layout.pointer_key(prefix), namespace, get=True)
         except redis.RedisError as exc:
             _delete_namespace_quietly(client, namespace)
@@ -88,6 +110,42 @@ def _columns(
     return columns
 
 
+def _string(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise MalformedInput(f"{what} must be a string, got {value!r}")
+    return value
+
+
+def _labels(labels: Mapping[str, Mapping[str, str]]) -> Mapping[str, Mapping[str, str]]:
+    """A read-only copy of ``labels``: field -> raw value -> label, all strings."""
+    if not isinstance(labels, Mapping):
+        raise MalformedInput(f"labels must map field -> value -> label, got {labels!r}")
+    copy = {}
+    for name, values in labels.items():
+        if not isinstance(values, Mapping):
+            raise MalformedInput(f"labels of {name!r} must map value -> label, got {values!r}")
+        for text in (name, *values.keys(), *values.values()):
+            if not isinstance(text, str):
+                raise MalformedInput(
+                    f"labels of {name!r}: {text} ({type(text).__name__}) is not a string"
+                )
+        copy[name] = MappingProxyType(dict(values))
+    return MappingProxyType(copy)
+
+
+def _ids(ids: Sequence[str], known: list[str], what: str) -> tuple[str, ...]:
+    """``ids`` as a tuple; each must be a string of ``known``."""
+    if isinstance(ids, str):  # a str is a Sequence[str] of its characters
+        raise MalformedInput(f"{what} ids must be a sequence of strings, got {ids!r}")
+    table = set(known)
+    for value in ids:
+        if not isinstance(value, str):
+            raise MalformedInput(f"{what} id {value} ({type(value).__name__}) is not a string")
+        if value not in table:
+            raise MalformedInput(f"{what} id {value!r} is not in the table")
+    return tuple(ids)
+
+
 def _write_users(client: redis.Redis, namespace: str, columns: dict[str, list[str]]) -> None:
     pipe = client.pipeline(transaction=False)
     rows = zip(*(columns[f] for f in feature_layout.USER_FIELDS), strict=True)
@@ -118,6 +176,10 @@ def _write_movies(client: redis.Redis, namespace: str, columns: dict[str, list[s
             },
         )
     pipe.execute()
+
+
+def _write_meta(client: redis.Redis, namespace: str, meta: feature_layout.FeatureSetMeta) -> None:
+    client.hset(feature_layout.meta_key(namespace), mapping=feature_layout.encode_meta(meta))
 
 
 def _delete_namespace(client: redis.Redis, namespace: str) -> None:

@@ -20,13 +20,20 @@ table (``MOVIE_COLUMNS``) is the same for both layouts, a missing value being ""
   ("01-Jan-1995"), the genres of the set flags joined by "|" in u.genre order with ML-1M's
   spelling; the ``unknown`` flag names no genre.
 
+Each layout also carries the labels its README documents for coded user values
+(``Layout.labels``): ML-1M's (and so the synthetic data's) gender, age and occupation
+codes; ML-100K's gender only, its ages being years and its occupations names already.
+``load_feature_set`` bundles users, movies and those labels with what a person trying the
+service needs: the most rated movies and a few user ids.
+
 Malformed input raises MalformedInput naming the file and the first bad line.
 """
 
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +55,27 @@ ML_100K_GENRES: tuple[str, ...] = (
     "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
 """u.item's genre flag columns in u.genre order, spelled as in ML-1M's movies.dat."""
+GENDER_LABELS = {"F": "Female", "M": "Male"}
+"""Both layouts' gender codes (ML-1M README: "M" for male and "F" for female)."""
+ML_1M_LABELS: Mapping[str, Mapping[str, str]] = {
+    "gender": GENDER_LABELS,
+    "age": {
+        "1": "Under 18", "18": "18-24", "25": "25-34", "35": "35-44", "45": "45-49",
+        "50": "50-55", "56": "56+",
+    },
+    "occupation": {
+        "0": "other or not specified", "1": "academic/educator", "2": "artist",
+        "3": "clerical/admin", "4": "college/grad student", "5": "customer service",
+        "6": "doctor/health care", "7": "executive/managerial", "8": "farmer",
+        "9": "homemaker", "10": "K-12 student", "11": "lawyer", "12": "programmer",
+        "13": "retired", "14": "sales/marketing", "15": "scientist", "16": "self-employed",
+        "17": "technician/engineer", "18": "tradesman/craftsman", "19": "unemployed",
+        "20": "writer",
+    },
+}  # fmt: skip
+"""ML-1M README's user codes, field -> raw value -> label, spelled as there."""
+POPULAR_MOVIES = 100  # FeatureSet.popular: the most rated movies kept
+SAMPLE_USERS = 20  # FeatureSet.sample_users: the first user ids kept
 _NO_GENRE = "unknown"  # u.item's "genre not known" flag: contributes no name
 _TITLE_YEAR = r"\((\d{4})\)\s*$"  # "Toy Story (1995)", trailing spaces tolerated
 _DATE_YEAR = r"-(\d{4})\s*$"  # "01-Jan-1995" (and u.item's one "4-Feb-1971")
@@ -71,6 +99,8 @@ class Layout:
     genre_flags: tuple[str, ...] = ()
     """Names of the 0/1 genre columns ending each movie line (ML-100K); empty when column 2
     holds the genres as text and the title ends with the year (ML-1M)."""
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """User field -> raw value -> readable label, for the fields the README gives codes for."""
 
     @property
     def files(self) -> tuple[str, str, str]:
@@ -89,6 +119,7 @@ ML_1M = Layout(
     movie_sep=b"::",
     movie_fields=3,
     rating_sep=b"::",
+    labels=ML_1M_LABELS,
 )
 ML_100K = Layout(
     archive="ml-100k.zip",
@@ -103,8 +134,21 @@ ML_100K = Layout(
     movie_fields=5 + len(ML_100K_GENRES),
     rating_sep=b"\t",
     genre_flags=ML_100K_GENRES,
+    labels={"gender": GENDER_LABELS},
 )
 LAYOUTS = {"ml-1m": ML_1M, "ml-100k": ML_100K, "synthetic": ML_1M}
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """What ``afm-ctr load-features`` writes: the user and movie tables and their meta."""
+
+    users: dict[str, np.ndarray]  # USER_COLUMNS -> raw string array, sorted by numeric id
+    movies: dict[str, np.ndarray]  # MOVIE_COLUMNS -> string array, sorted by numeric id
+    source: str  # e.g. "ml-1m at /path"
+    labels: Mapping[str, Mapping[str, str]]  # the layout's Layout.labels
+    popular: tuple[str, ...]  # up to POPULAR_MOVIES rated movie ids, most rated first
+    sample_users: tuple[str, ...]  # the first SAMPLE_USERS user ids by numeric id
 
 
 # ---------------------------------------------------------------- public API
@@ -150,6 +194,32 @@ def load_movies(config: DataConfig) -> dict[str, np.ndarray]:
     """MOVIE_COLUMNS -> string arrays, one entry per movie by numeric id, without the ratings."""
     layout, files = _open(config)
     return _read_movies(files, layout)
+
+
+def load_feature_set(config: DataConfig) -> FeatureSet:
+    """Users, movies, labels, most rated movies and sample users of ``config.dataset``.
+
+    Of the ratings only the movie column is used, to count ratings per movie (ties in count
+    go to the lower id); a rated movie missing from the movie table is malformed input.
+    """
+    layout, files = _open(config)
+    users = _read_users(files, layout)
+    movies = _read_movies(files, layout)
+    data, origin = files.read(layout.ratings)
+    rated = parse_columns(data, origin, sep=layout.rating_sep, fields=4, integer=(1,), keep=(1,))
+    movie_idx = _index_of(movies[MOVIE_ID], rated[1], origin, layout.movies, "movie")
+    counts = np.bincount(movie_idx, minlength=len(movies[MOVIE_ID]))  # (n_movies,)
+    # Rows are in id order, so a stable sort on the count breaks ties by id.
+    ranked = np.argsort(-counts, kind="stable")[:POPULAR_MOVIES]
+    ranked = ranked[counts[ranked] > 0]
+    return FeatureSet(
+        users=users,
+        movies=movies,
+        source=files.describe(config.dataset),
+        labels=layout.labels,
+        popular=tuple(movies[MOVIE_ID][ranked].tolist()),
+        sample_users=tuple(users["user_id"][:SAMPLE_USERS].tolist()),
+    )
 
 
 # ---------------------------------------------------------------- readers

@@ -5,11 +5,14 @@ one round trip: EVALSHA of ``READ_USER_SCRIPT`` resolves the namespace pointer a
 user's hash atomically, and says which namespace it read. Item features come from an
 in-process copy of that namespace's movies hash (~4k movies, a few hundred KB), fetched with
 ``READ_MOVIES_SCRIPT`` only when the user read reports a namespace the copy is not from:
-once after startup and once per load. Concurrent requests share that one fetch.
+once after startup and once per load. Concurrent requests share that one fetch. The same
+script returns the namespace's meta hash (what the load is: source, counts, value labels,
+popular movies, sample users), cached and shared with the table.
 
-A request never mixes two loads: it gets the table of the namespace its user came from. If
-the fetched table is already from a newer load (a switch landed between the two reads), the
-user is read again, up to ``READ_ATTEMPTS`` times.
+A request never mixes two loads: it gets the table and meta of the namespace its user came
+from. If the fetched table is already from a newer load (a switch landed between the two
+reads), the user is read again, up to ``READ_ATTEMPTS`` times. ``feature_set`` does the same
+with a GET of the pointer in place of the user read.
 
 Every Redis failure, and any call slower than ``timeout`` seconds, becomes
 ``FeatureStoreUnavailable``; callers never see a redis-py exception.
@@ -19,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -29,15 +33,19 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from model import feature_layout
+from model.feature_layout import FeatureSetMeta
 from service.errors import FeaturesNotLoaded, FeatureStoreUnavailable, first_line
 
 log = logging.getLogger(__name__)
 
 READ_ATTEMPTS = 3
-"""User reads per request before giving up on a feature set that keeps switching; a load
-takes far longer than a read, so a second attempt always suffices in practice."""
+"""Reads (of a user, or of the pointer for ``feature_set``) per call before giving up on a
+feature set that keeps switching; a load takes far longer than a read, so a second attempt
+always suffices in practice."""
 
+_T = TypeVar("_T")
 _NO_MOVIES: Mapping[str, Mapping[str, str]] = MappingProxyType({})
+_NO_META = FeatureSetMeta()
 
 
 @dataclass(frozen=True)
@@ -49,12 +57,27 @@ class FeatureRead:
     movies: Mapping[str, Mapping[str, str]]
     """movie_id string -> MOVIE_FEATURES as raw strings; read-only, shared between requests.
     Empty for a feature set loaded without movies; a movie not in it is unknown."""
+    meta: FeatureSetMeta = _NO_META
+    """What the load is: ``meta.labels[field][value]`` is a raw value's readable label where
+    the dataset documents one. Read-only, shared; ``FeatureSetMeta()`` for a feature set
+    loaded without meta (no labels, no samples)."""
+
+
+@dataclass(frozen=True)
+class FeatureSetInfo:
+    """What the loaded feature set is, for people: its meta and its popular movies."""
+
+    meta: FeatureSetMeta
+    popular_movies: tuple[tuple[str, Mapping[str, str]], ...]
+    """(movie_id, MOVIE_FEATURES) of ``meta.popular``, most rated first; ids missing from
+    the movie table are left out."""
 
 
 @dataclass(frozen=True)
 class _MovieTable:
     namespace: bytes
     movies: Mapping[str, Mapping[str, str]]
+    info: FeatureSetInfo
 
 
 class FeatureStore:
@@ -110,27 +133,24 @@ class FeatureStore:
         return len(self._table.movies) if self._table is not None else 0
 
     async def read(self, user_id: int | str) -> FeatureRead:
-        """The user's features and the movie table of the same loaded feature set.
+        """The user's features and the movie table and meta of the same loaded feature set.
 
         One round trip in the steady state; a second (shared by concurrent requests) after a
         load switched the feature set. Raises FeaturesNotLoaded when no feature set is loaded
         under the prefix and FeatureStoreUnavailable when Redis fails, a call is slower than
         the timeout, or loads keep switching for READ_ATTEMPTS reads.
         """
-        for _ in range(READ_ATTEMPTS):
-            cached = self._table
-            namespace, user = await self._user(user_id)
-            table = self._table
-            if table is None or table.namespace != namespace:
-                if table is not cached:
-                    continue  # refreshed while the user was read: read the user again
-                table = await self._call(asyncio.shield(self._refresh()))
-            if table.namespace == namespace:
-                return FeatureRead(user, table.movies)
-        raise FeatureStoreUnavailable(
-            f"the feature set switched during each of {READ_ATTEMPTS} reads",
-            retry_after=self._retry_after,
-        )
+        user, table = await self._with_table(lambda: self._user(user_id))
+        return FeatureRead(user, table.movies, table.info.meta)
+
+    async def feature_set(self) -> FeatureSetInfo:
+        """The current feature set's meta and popular movies, from the in-process copy.
+
+        One GET of the pointer in the steady state (no user read); the shared table fetch
+        too after a load. Raises as ``read`` does.
+        """
+        _, table = await self._with_table(self._namespace)
+        return table.info
 
     async def user_features(self, user_id: int | str) -> dict[str, str] | None:
         """``(await self.read(user_id)).user``, for callers that need no movie features."""
@@ -149,6 +169,35 @@ class FeatureStore:
             self._fetching.cancel()
         await self._client.aclose(close_connection_pool=True)
 
+    async def _with_table(
+        self, read: Callable[[], Awaitable[tuple[bytes, _T]]]
+    ) -> tuple[_T, _MovieTable]:
+        """``read()``'s value and the movie table of the namespace it reports reading.
+
+        The cached table when it is that namespace's, else the shared fetch; ``read`` again
+        when the cache changed meanwhile or the fetch found another namespace.
+        """
+        for _ in range(READ_ATTEMPTS):
+            cached = self._table
+            namespace, value = await read()
+            table = self._table
+            if table is None or table.namespace != namespace:
+                if table is not cached:
+                    continue  # refreshed while ``read`` ran: read again
+                table = await self._call(asyncio.shield(self._refresh()))
+            if table.namespace == namespace:
+                return value, table
+        raise FeatureStoreUnavailable(
+            f"the feature set switched during each of {READ_ATTEMPTS} reads",
+            retry_after=self._retry_after,
+        )
+
+    async def _namespace(self) -> tuple[bytes, None]:
+        namespace = await self._call(self._client.get(self._pointer))
+        if namespace is None:
+            raise self._not_loaded()
+        return namespace, None
+
     async def _user(self, user_id: int | str) -> tuple[bytes, dict[str, str] | None]:
         reply = await self._call(self._read_user(keys=[self._pointer], args=[str(user_id)]))
         if reply is None:
@@ -165,12 +214,13 @@ class FeatureStore:
         return self._fetching
 
     async def _fetch_table(self) -> _MovieTable:
-        """Fetch and decode the current namespace's movies hash; raw redis-py errors escape
-        to every waiter's ``_call``, which translates and counts them per request."""
+        """Fetch and decode the current namespace's movies and meta hashes; raw redis-py
+        errors escape to every waiter's ``_call``, which translates and counts them per
+        request."""
         reply = await self._read_movies(keys=[self._pointer])
         if reply is None:
             raise self._not_loaded()
-        namespace, raw = reply
+        namespace, raw, raw_meta = reply
         movies: dict[str, Mapping[str, str]] = {}
         for movie_id, value in zip(raw[::2], raw[1::2], strict=True):
             features = feature_layout.decode_movie(value)
@@ -182,9 +232,21 @@ class FeatureStore:
                 len(raw) // 2 - len(movies),
                 feature_layout.movies_key(namespace.decode()),
             )
-        table = _MovieTable(namespace, MappingProxyType(movies) if movies else _NO_MOVIES)
+        meta = feature_layout.decode_meta(dict(zip(raw_meta[::2], raw_meta[1::2], strict=True)))
+        popular = tuple((m, movies[m]) for m in meta.popular if m in movies)
+        table = _MovieTable(
+            namespace,
+            MappingProxyType(movies) if movies else _NO_MOVIES,
+            FeatureSetInfo(meta, popular),
+        )
         self._table = table
-        log.info("movie table of %s: %d movies", namespace.decode(), len(movies))
+        log.info(
+            "movie table of %s: %d movies (%s, loaded %s)",
+            namespace.decode(),
+            len(movies),
+            meta.source or "source unknown",
+            meta.loaded_at or "at an unknown time",
+        )
         return table
 
     def _fetched(self, task: asyncio.Task[_MovieTable]) -> None:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import redis
 
 from model import feature_layout
+from model.feature_layout import FeatureSetMeta
 from model.load_features import load_features
 from service.errors import FeaturesNotLoaded, FeatureStoreUnavailable
-from service.feature_store import FeatureRead, FeatureStore
+from service.feature_store import FeatureRead, FeatureSetInfo, FeatureStore
 from tests.integration.serving.helpers import free_port
 
 pytestmark = pytest.mark.integration
@@ -35,11 +39,26 @@ def _movies(n: int, marker: str) -> dict[str, np.ndarray]:
     }
 
 
+def _load(url: str, prefix: str, users: int, movies: int, marker: str) -> None:
+    """A load whose users, movies and meta (source, labels, popular, samples) carry ``marker``."""
+    load_features(
+        _users(users, marker),
+        _movies(movies, marker),
+        url,
+        prefix,
+        source=f"marked {marker}",
+        labels={"gender": {f"g{marker}": f"Gender {marker}"}},
+        popular=("7", "3", str(movies)),
+        sample_users=("2", "1"),
+    )
+
+
 def _markers(read: FeatureRead) -> set[str]:
-    """The load markers a read carries: one element when user and movies agree."""
+    """The load markers a read carries: one element when user, movies and meta agree."""
     user = {value[1:] for value in read.user.values()} if read.user else set()
     movies = {features["year"][1:] for features in read.movies.values()}
-    return user | movies
+    meta = {read.meta.source.removeprefix("marked ")} if read.meta.source else set()
+    return user | movies | meta
 
 
 def _run(coro):  # noqa: ANN001, ANN202
@@ -63,9 +82,23 @@ def client(redis_url: str):  # noqa: ANN201
 
 @pytest.fixture
 def loaded(redis_url: str, feature_prefix: str) -> str:
-    """``feature_prefix`` holding 300 users and 40 movies marked "A"."""
-    load_features(_users(300, "A"), _movies(40, "A"), redis_url, feature_prefix)
+    """``feature_prefix`` holding 300 users, 40 movies and a meta marked "A"."""
+    _load(redis_url, feature_prefix, 300, 40, "A")
     return feature_prefix
+
+
+@contextmanager
+def _monitored(client: redis.Redis, prefix: str) -> Iterator[list[str]]:
+    """Collects, on exit, what clients sent to Redis on keys of ``prefix`` meanwhile (not what
+    Lua scripts ran): each command's verb and first key."""
+    commands: list[str] = []
+    with client.monitor() as monitor:
+        yield commands
+        client.echo(f"{prefix}done")  # the Redis may be shared: MONITOR sees everyone
+        while (command := monitor.next_command())["command"] != f"ECHO {prefix}done":
+            if command["client_type"] != "lua" and prefix in command["command"]:
+                verb, *args = command["command"].split(" ")
+                commands.append(" ".join([verb, *[a for a in args if prefix in a][:1]]))
 
 
 def test_reads_the_user_and_the_movie_table(redis_url: str, loaded: str) -> None:
@@ -80,6 +113,72 @@ def test_reads_the_user_and_the_movie_table(redis_url: str, loaded: str) -> None
     assert unknown.user is None and unknown.movies is known.movies
     assert check == (True, True)
     assert store.movies_loaded == 40
+    assert known.meta.source == "marked A" and (known.meta.users, known.meta.movies) == (300, 40)
+    assert known.meta.labels == {"gender": {"gA": "Gender A"}}
+    assert known.meta.popular == ("7", "3", "40") and known.meta.sample_users == ("2", "1")
+    assert unknown.meta is known.meta  # decoded once per load, shared
+
+
+def test_feature_set_is_the_meta_and_the_popular_movies(redis_url: str, loaded: str) -> None:
+    async def both(store: FeatureStore):  # noqa: ANN202
+        return await store.feature_set(), await store.read(1)
+
+    info, read = _run(_with_store(redis_url, loaded, both))
+    assert isinstance(info, FeatureSetInfo)
+    assert info.meta is read.meta
+    assert [movie_id for movie_id, _ in info.popular_movies] == ["7", "3", "40"]
+    assert info.popular_movies[0][1] == {"title": "Movie 7 A", "year": "yA", "genres": "Drama|A"}
+    assert info.popular_movies[2][1] is read.movies["40"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", info.meta.loaded_at)
+
+
+def test_steady_state_is_one_evalsha_per_read_and_one_get_per_feature_set(
+    redis_url: str, loaded: str, client: redis.Redis
+) -> None:
+    async def steady(store: FeatureStore) -> list[str]:
+        await store.read(1)  # connects, loads the scripts and fetches the table
+        with _monitored(client, loaded) as commands:
+            await store.read(1)
+            await store.feature_set()
+            await store.read(2)
+            await store.feature_set()
+        return commands
+
+    pointer = feature_layout.pointer_key(loaded)
+    assert _run(_with_store(redis_url, loaded, steady)) == [
+        f"EVALSHA {pointer}",
+        f"GET {pointer}",
+        f"EVALSHA {pointer}",
+        f"GET {pointer}",
+    ]
+
+
+def test_feature_set_follows_a_load(redis_url: str, loaded: str) -> None:
+    async def around_a_load(store: FeatureStore):  # noqa: ANN202
+        before = await store.feature_set()
+        await asyncio.to_thread(_load, redis_url, loaded, 300, 25, "B")
+        return before, await store.feature_set(), await store.read(1)
+
+    before, after, read = _run(_with_store(redis_url, loaded, around_a_load))
+    assert before.meta.source == "marked A" and after.meta.source == "marked B"
+    assert after.meta is read.meta and _markers(read) == {"B"}
+    assert [m for m, _ in after.popular_movies] == ["7", "3", "25"]
+    assert after.popular_movies[0][1]["year"] == "yB"
+
+
+def test_popular_movies_missing_from_the_table_are_left_out(
+    redis_url: str, loaded: str, client: redis.Redis
+) -> None:
+    namespace = client.get(feature_layout.pointer_key(loaded))
+    client.hset(feature_layout.meta_key(namespace), "popular", '["999","7"]')
+    info = _run(_with_store(redis_url, loaded, lambda store: store.feature_set()))
+    assert info.meta.popular == ("999", "7")
+    assert [m for m, _ in info.popular_movies] == ["7"]
+
+
+def test_feature_set_without_a_load_raises(redis_url: str, feature_prefix: str) -> None:
+    with pytest.raises(FeaturesNotLoaded, match="load-features"):
+        _run(_with_store(redis_url, feature_prefix, lambda store: store.feature_set()))
 
 
 def test_user_features_is_the_user_half_of_read(redis_url: str, loaded: str) -> None:
@@ -118,9 +217,14 @@ def test_a_feature_set_without_movies_reads_an_empty_table(
     client.hset(feature_layout.user_key(namespace, 1), mapping=user)
     client.set(feature_layout.pointer_key(feature_prefix), namespace)
 
-    read = _run(_with_store(redis_url, feature_prefix, lambda store: store.read(1)))
+    async def both(store: FeatureStore):  # noqa: ANN202
+        return await store.read(1), await store.feature_set()
+
+    read, info = _run(_with_store(redis_url, feature_prefix, both))
     assert read.user == user
     assert dict(read.movies) == {}
+    assert read.meta == FeatureSetMeta() and dict(read.meta.labels) == {}
+    assert info == FeatureSetInfo(FeatureSetMeta(), ())
 
 
 def test_unreadable_movies_are_left_out(redis_url: str, loaded: str, client: redis.Redis) -> None:
@@ -136,9 +240,7 @@ def test_next_read_after_a_load_gets_the_new_table(
     async def reads(store: FeatureStore):  # noqa: ANN202
         before = await store.read(1)
         old = client.get(feature_layout.pointer_key(loaded))
-        await asyncio.to_thread(
-            load_features, _users(300, "B"), _movies(25, "B"), redis_url, loaded
-        )
+        await asyncio.to_thread(_load, redis_url, loaded, 300, 25, "B")
         return before, old, await store.read(1)
 
     before, old, after = _run(_with_store(redis_url, loaded, reads))
@@ -159,7 +261,7 @@ def test_concurrent_reads_never_mix_two_loads(redis_url: str, loaded: str) -> No
 
     def alternate() -> None:
         for marker in "BA" * 6:
-            load_features(_users(300, marker), _movies(sizes[marker], marker), redis_url, loaded)
+            _load(redis_url, loaded, 300, sizes[marker], marker)
         loads_done.set()
 
     async def reader(store: FeatureStore, seen: list[FeatureRead], gave_up: list[str]) -> None:

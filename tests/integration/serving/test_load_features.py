@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ import redis
 from model import feature_layout
 from model import load_features as loader
 from model.errors import AfmError, MalformedInput
+from model.movielens import ML_1M_LABELS
 from tests.conftest import run_cli
 from tests.integration.serving.helpers import free_port
 
@@ -65,7 +69,10 @@ def test_cli_loads_every_user_as_a_hash(
         "--prefix",
         feature_prefix,
     )
-    assert "loaded 300 users" in result.stdout
+    assert result.stdout.splitlines() == [
+        f"loaded 300 users and 200 movies of synthetic at {synthetic_dir} into {redis_url} "
+        f"under prefix {feature_prefix!r}"
+    ]
     namespace = client.get(feature_layout.pointer_key(feature_prefix))
     assert namespace.startswith(f"{feature_prefix}ns:")
     first_user = (synthetic_dir / "users.dat").read_text().splitlines()[0].split("::")
@@ -81,7 +88,20 @@ def test_cli_loads_every_user_as_a_hash(
         "year": title[-5:-1],
         "genres": genres,
     }
-    assert len(_keys(client, namespace)) == 300 + 1
+    assert len(_keys(client, namespace)) == 300 + 2  # users, movies, meta
+    meta = client.hgetall(feature_layout.meta_key(namespace))
+    assert {k: meta[k] for k in ("source", "users", "movies")} == {
+        "source": f"synthetic at {synthetic_dir}",
+        "users": "300",
+        "movies": "200",
+    }
+    assert json.loads(meta["labels"]) == ML_1M_LABELS  # synthetic users carry ML-1M codes
+    assert json.loads(meta["sample_users"]) == [str(i) for i in range(1, 21)]
+    popular = json.loads(meta["popular"])
+    rated = [line.split("::")[1] for line in (synthetic_dir / "ratings.dat").open()]
+    counts = {m: rated.count(m) for m in set(rated)}
+    assert len(popular) == 100 and set(popular) <= set(movies)
+    assert [counts[m] for m in popular] == sorted(counts.values(), reverse=True)[:100]
 
 
 def test_users_and_movies_land_in_one_namespace_before_the_single_pointer_set(
@@ -97,13 +117,56 @@ def test_users_and_movies_land_in_one_namespace_before_the_single_pointer_set(
     assert counts == (50, 30)
     namespace = client.get(pointer)
     writes = [c.split(" ", 2)[:2] for c in commands if feature_prefix in c]
-    assert writes[-1] == ["SET", pointer]  # once, and last: users and movies switch together
+    assert writes[-1] == ["SET", pointer]  # once, and last: all of the load switches together
+    assert writes[-2] == ["HSET", feature_layout.meta_key(namespace)]
     assert {key.startswith(namespace) for _, key in writes[:-1]} == {True}
     assert sorted({verb for verb, _ in writes[:-1]}) == ["HSET"]
-    assert len(_keys(client, namespace)) == 50 + 1
+    assert len(_keys(client, namespace)) == 50 + 2
     assert client.hget(feature_layout.movies_key(namespace), "7") == (
         '{"title":"Movie 7 A (1995)","year":"yA","genres":"Comedy|A"}'
     )
+
+
+def test_the_meta_hash_records_what_was_loaded(
+    redis_url: str, feature_prefix: str, client: redis.Redis
+) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    loader.load_features(
+        _users(50, "A"),
+        _movies(30, "A"),
+        redis_url,
+        feature_prefix,
+        source="marked A at /nowhere",
+        labels={"gender": {"gA": "Gender A"}, "age": {}},
+        popular=["7", "30", "1"],
+        sample_users=("2", "1"),
+    )
+    namespace = client.get(feature_layout.pointer_key(feature_prefix))
+    meta = client.hgetall(feature_layout.meta_key(namespace))
+    loaded_at = meta.pop("loaded_at")
+    assert meta == {
+        "source": "marked A at /nowhere",
+        "users": "50",
+        "movies": "30",
+        "labels": '{"gender":{"gA":"Gender A"},"age":{}}',
+        "popular": '["7","30","1"]',
+        "sample_users": '["2","1"]',
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", loaded_at)
+    stamp = datetime.strptime(loaded_at, "%Y-%m-%dT%H:%M:%S%z")
+    assert before <= stamp <= datetime.now(UTC)
+
+
+def test_a_load_without_a_description_still_records_counts_and_time(
+    redis_url: str, feature_prefix: str, client: redis.Redis
+) -> None:
+    loader.load_features(_users(5, "A"), _movies(0, "A"), redis_url, feature_prefix)
+    namespace = client.get(feature_layout.pointer_key(feature_prefix))
+    meta = feature_layout.decode_meta(client.hgetall(feature_layout.meta_key(namespace)))
+    assert (meta.source, meta.users, meta.movies) == ("", 5, 0)
+    assert (dict(meta.labels), meta.popular, meta.sample_users) == ({}, (), ())
+    stamp = datetime.strptime(meta.loaded_at, "%Y-%m-%dT%H:%M:%S%z")
+    assert datetime.now(UTC) - stamp < timedelta(minutes=1)
 
 
 def test_reload_switches_namespace_and_deletes_the_old_one(
@@ -121,7 +184,7 @@ def test_reload_switches_namespace_and_deletes_the_old_one(
     new = client.get(feature_layout.pointer_key(feature_prefix))
     assert new != old
     assert _keys(client, old) == []
-    assert len(_keys(client, new)) == 40 + 1
+    assert len(_keys(client, new)) == 40 + 2
     assert client.hget(feature_layout.user_key(new, 1), "zip") == "zB"
     assert client.hlen(feature_layout.movies_key(new)) == 20
 
@@ -178,8 +241,10 @@ def test_readers_never_see_a_mix_or_a_gap_during_reloads(
         lambda ns: feature_layout.user_key(ns, 2500),
         # ... or after every user is written, at the movies hash
         feature_layout.movies_key,
+        # ... or after users and movies, at the meta hash: the last write before the switch
+        feature_layout.meta_key,
     ],
-    ids=["users", "movies"],
+    ids=["users", "movies", "meta"],
 )
 def test_failed_load_keeps_the_pointer_and_cleans_up(
     planted,  # noqa: ANN001
@@ -233,6 +298,29 @@ def test_unreachable_redis_is_one_line_error(feature_prefix: str, synthetic_dir:
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"source": None}, "source must be a string"),
+        ({"labels": {"gender": ["F", "M"]}}, "labels of 'gender' must map value -> label"),
+        ({"labels": {"age": {"1": 1}}}, r"labels of 'age': 1 \(int\) is not a string"),
+        ({"labels": {"age": {1: "Under 18"}}}, r"labels of 'age': 1 \(int\) is not a string"),
+        ({"labels": {3: {"1": "x"}}}, r"labels of 3: 3 \(int\) is not a string"),
+        ({"popular": [7]}, r"popular movie id 7 \(int\) is not a string"),
+        ({"popular": ["4"]}, "popular movie id '4' is not in the table"),
+        ({"popular": "123"}, "popular movie ids must be a sequence of strings"),
+        ({"sample_users": np.array([1, 2])}, r"sample user id 1 \(int64\) is not a string"),
+        ({"sample_users": ["1", "99"]}, "sample user id '99' is not in the table"),
+    ],
+)
+def test_malformed_meta_is_refused(
+    meta: dict, message: str, redis_url: str, feature_prefix: str, client: redis.Redis
+) -> None:
+    with pytest.raises(MalformedInput, match=message):
+        loader.load_features(_users(3, "A"), _movies(3, "A"), redis_url, feature_prefix, **meta)
+    assert _keys(client, feature_prefix) == []
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ def test_key_names_are_stable() -> None:
     assert fl.user_key(ns, 42) == "afm:ns:123-ab:user:42"
     assert fl.user_key(ns, "42") == "afm:ns:123-ab:user:42"
     assert fl.movies_key(ns) == "afm:ns:123-ab:movies"
+    assert fl.meta_key(ns) == "afm:ns:123-ab:meta"
 
 
 def test_movie_features_are_the_movie_columns_after_the_id() -> None:
@@ -108,9 +109,107 @@ def test_decode_movie_unreadable_or_incomplete_is_none(raw: bytes) -> None:
 
 
 def test_read_scripts_resolve_the_pointer_and_return_the_namespace() -> None:
-    # The scripts build keys exactly as user_key and movies_key do.
+    # The scripts build keys exactly as user_key, movies_key and meta_key do.
     assert "ns .. 'user:' .. ARGV[1]" in fl.READ_USER_SCRIPT
-    assert "ns .. 'movies'" in fl.READ_MOVIES_SCRIPT
+    assert (
+        "return {ns, redis.call('HGETALL', ns .. 'movies'), redis.call('HGETALL', ns .. 'meta')}"
+        in fl.READ_MOVIES_SCRIPT
+    )
     for script in (fl.READ_USER_SCRIPT, fl.READ_MOVIES_SCRIPT):
         assert "redis.call('GET', KEYS[1])" in script
         assert "return {ns, redis.call('HGETALL'" in script
+
+
+META = fl.FeatureSetMeta(
+    source="ml-1m at /data/ml-1m",
+    users=6040,
+    movies=3883,
+    loaded_at="2026-01-02T03:04:05Z",
+    labels={"gender": {"F": "Female", "M": "Male"}, "age": {"1": "Under 18"}},
+    popular=("2858", "260"),
+    sample_users=("1", "2"),
+)
+META_HASH = {
+    "source": "ml-1m at /data/ml-1m",
+    "users": "6040",
+    "movies": "3883",
+    "loaded_at": "2026-01-02T03:04:05Z",
+    "labels": '{"gender":{"F":"Female","M":"Male"},"age":{"1":"Under 18"}}',
+    "popular": '["2858","260"]',
+    "sample_users": '["1","2"]',
+}
+
+
+def test_encode_meta_is_strings_and_compact_json() -> None:
+    assert fl.META_FIELDS == (
+        "source", "users", "movies", "loaded_at", "labels", "popular", "sample_users",
+    )  # fmt: skip
+    encoded = fl.encode_meta(META)
+    assert encoded == META_HASH
+    assert tuple(encoded) == fl.META_FIELDS
+
+
+def test_encode_meta_keeps_non_ascii_text_and_leaves_out_unknown_counts() -> None:
+    meta = fl.FeatureSetMeta(source="données", labels={"genres": {"Crime": "Policier é"}})
+    assert fl.encode_meta(meta) == {
+        "source": "données",
+        "loaded_at": "",
+        "labels": '{"genres":{"Crime":"Policier é"}}',
+        "popular": "[]",
+        "sample_users": "[]",
+    }
+
+
+def test_decode_meta_round_trips_bytes_from_redis() -> None:
+    raw = {k.encode(): v.encode() for k, v in META_HASH.items()}
+    assert fl.decode_meta(raw) == META
+    assert fl.decode_meta(META_HASH) == META
+    assert fl.decode_meta(fl.encode_meta(fl.FeatureSetMeta())) == fl.FeatureSetMeta()
+
+
+def test_decoded_meta_is_read_only() -> None:
+    meta = fl.decode_meta(META_HASH)
+    with pytest.raises(TypeError):
+        meta.labels["gender"] = {}  # type: ignore[index]
+    with pytest.raises(TypeError):
+        meta.labels["gender"]["F"] = "f"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        fl.FeatureSetMeta().labels["age"] = {}  # type: ignore[index]
+
+
+@pytest.mark.parametrize("raw", [None, {}])
+def test_a_namespace_without_meta_reads_as_the_defaults(raw: dict | None) -> None:
+    meta = fl.decode_meta(raw)
+    assert meta == fl.FeatureSetMeta()
+    assert (meta.source, meta.users, meta.movies, meta.loaded_at) == ("", None, None, "")
+    assert (dict(meta.labels), meta.popular, meta.sample_users) == ({}, (), ())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "default"),
+    [
+        ("users", "many", None),
+        ("movies", "-3", None),
+        ("movies", "\uff13", None),  # a digit, but not a decimal one Redis would hold
+        ("labels", "{", {}),
+        ("labels", '["gender"]', {}),
+        ("popular", '{"2858":1}', ()),
+        ("popular", "[2858]", ()),
+        ("sample_users", '["1",null]', ()),
+    ],
+)
+def test_decode_meta_unreadable_field_reads_as_its_default(
+    field: str, value: str, default: object
+) -> None:
+    meta = fl.decode_meta({**META_HASH, field: value})
+    assert getattr(meta, field) == default
+    assert meta.source == META.source  # the other fields are kept
+
+
+def test_decode_meta_drops_a_field_whose_labels_are_not_strings() -> None:
+    labels = '{"gender":{"F":"Female"},"age":{"1":18},"zip":"x"}'
+    assert fl.decode_meta({**META_HASH, "labels": labels}).labels == {"gender": {"F": "Female"}}
+
+
+def test_decode_meta_of_undecodable_bytes_is_the_defaults() -> None:
+    assert fl.decode_meta({b"source": b"\xff"}) == fl.FeatureSetMeta()

@@ -3,6 +3,7 @@ malformed input; and the byte-level parsers they share."""
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from model import movielens, parsing
 from model.config import DataConfig
 from model.dataset import MOVIE_COLUMNS
 from model.errors import AfmError, MalformedInput
-from model.movielens import load_movies, load_ratings, load_users
+from model.movielens import load_feature_set, load_movies, load_ratings, load_users
 from model.synth import GENERATOR_VERSION, PLANTED_FILE
 from tests.conftest import shared_data
 
@@ -333,3 +334,83 @@ def test_real_ml100k_movie_table():
     assert movies["title"][row[1128]] == "Heidi Fleiss: Hollywood Madam (1995) "  # as written
     genres = {g for joined in movies["genres"].tolist() for g in joined.split("|") if g}
     assert genres == set(movielens.ML_100K_GENRES[1:])
+
+
+def test_feature_set_ranks_movies_by_ratings_and_breaks_ties_by_id(tmp_path: Path):
+    # Movie 1 is rated twice; 2 and 10 once each (2 first: ties go to the lower id, not the
+    # lower text); 3 never, so it is not popular.
+    loaded = load_feature_set(ml1m(tmp_path))
+    assert loaded.popular == ("1", "2", "10")
+    assert loaded.sample_users == ("1", "2", "10")
+    assert loaded.users["zip"].tolist() == ["48067", "70072", "95370-1234"]
+    assert loaded.movies["movie_id"].tolist() == ["1", "2", "3", "10"]
+    assert loaded.source == f"ml-1m at {tmp_path / 'ml-1m'}"
+    assert loaded.labels is movielens.ML_1M_LABELS
+
+
+def test_feature_set_keeps_the_most_rated_movies_and_the_first_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(movielens, "POPULAR_MOVIES", 2)
+    monkeypatch.setattr(movielens, "SAMPLE_USERS", 2)
+    loaded = load_feature_set(ml1m(tmp_path))
+    assert loaded.popular == ("1", "2")
+    assert loaded.sample_users == ("1", "2")
+
+
+def test_feature_set_of_ml100k_labels_gender_only(tmp_path: Path):
+    folder = write_files(tmp_path / "ml-100k", ML_100K_FILES)
+    loaded = load_feature_set(DataConfig(dataset="ml-100k", data_dir=folder))
+    assert loaded.labels == {"gender": {"F": "Female", "M": "Male"}}
+    assert loaded.popular == ("1", "2")
+    assert loaded.sample_users == ("1", "2")
+
+
+def test_synthetic_data_uses_ml1m_codes_and_labels():
+    assert movielens.LAYOUTS["synthetic"].labels is movielens.ML_1M_LABELS
+    assert set(movielens.ML_1M_LABELS) == {"gender", "age", "occupation"}  # user fields
+
+
+@pytest.mark.parametrize(
+    ("ratings", "message"),
+    [
+        ("1::1::5::1\n1::99::5::1\n", r"ratings.dat, line 2: movie 99 is not in movies"),
+        ("1::1::5::1\n1::2::5\n", r"ratings.dat, line 2: expected 4 fields"),
+        ("1::x::5::1\n", r"ratings.dat, line 1, field 2: 'x' is not an integer"),
+    ],
+)
+def test_feature_set_refuses_malformed_ratings(tmp_path: Path, ratings: str, message: str):
+    with pytest.raises(MalformedInput, match=message):
+        load_feature_set(ml1m(tmp_path, **{"ratings.dat": ratings}))
+
+
+def test_ml1m_labels_are_the_readme_codes():
+    """Every code and label of ML-1M's README, spelled as there ("other" or not specified
+    loses its quotes)."""
+    readme = (shared_data("ml-1m-notime") / "README").read_text(encoding="latin-1")
+    ages, occupations = readme.split("Age is chosen")[1].split("Occupation is chosen")
+    occupations = occupations.split("\n\n- ")[0]
+
+    def codes(section: str) -> dict[str, str]:
+        rows = re.findall(r"^\s*\*\s*(\d+):\s*(.+?)\s*$", section, flags=re.MULTILINE)
+        return {code: label.replace('"', "") for code, label in rows}
+
+    assert movielens.ML_1M_LABELS["age"] == codes(ages)
+    assert movielens.ML_1M_LABELS["occupation"] == codes(occupations)
+    assert len(codes(ages)) == 7 and len(codes(occupations)) == 21
+    assert '"M" for male and "F" for female' in readme
+    assert movielens.ML_1M_LABELS["gender"] == {"F": "Female", "M": "Male"}
+
+
+@pytest.mark.slow
+def test_real_ml1m_feature_set():
+    loaded = load_feature_set(DataConfig(dataset="ml-1m", data_dir=shared_data("ml-1m-notime")))
+    assert len(loaded.users["user_id"]) == 6040 and len(loaded.movies["movie_id"]) == 3883
+    assert len(loaded.popular) == 100 and len(set(loaded.popular)) == 100
+    assert loaded.popular[:3] == ("2858", "260", "1196")  # American Beauty, Star Wars IV, V
+    assert loaded.sample_users == tuple(str(i) for i in range(1, 21))
+    ratings = load_ratings(DataConfig(dataset="ml-1m", data_dir=shared_data("ml-1m-notime")))
+    counts = np.bincount(ratings.movie_idx, minlength=len(ratings.movie_ids))
+    rows = {m: i for i, m in enumerate(ratings.movie_ids.tolist())}
+    ranked = [int(counts[rows[m]]) for m in loaded.popular]
+    assert ranked == sorted(ranked, reverse=True) and ranked[0] == counts.max() == 3428
