@@ -13,7 +13,15 @@ from typing import Annotated
 
 import typer
 
-from model.config import AFMConfig, DataConfig, Dataset, FieldSet, Protocol, TrainConfig
+from model.config import (
+    DEFAULT_OOV_RATE,
+    AFMConfig,
+    DataConfig,
+    Dataset,
+    FieldSet,
+    Protocol,
+    TrainConfig,
+)
 from model.errors import AfmError
 from model.feature_layout import DEFAULT_PREFIX
 
@@ -122,11 +130,15 @@ def train(
         ),
     ] = None,
     oov_rate: Annotated[
-        float,
+        float | None,
         typer.Option(
-            min=0.0, max=0.99, help="Share of user/zip/movie ids trained as out-of-vocabulary."
+            min=0.0,
+            max=0.99,
+            help="Share of rows in which a new user, zip or movie, or an unknown user, is "
+            "simulated (ids trained as out-of-vocabulary). Default: 0.05 with --fields all, "
+            "0 with seed.",
         ),
-    ] = AFMConfig.oov_rate,
+    ] = None,
     holdout_movies: Annotated[
         float,
         typer.Option(
@@ -165,7 +177,7 @@ def train(
     )
     afm_config = AFMConfig(
         fields=fields,
-        oov_rate=oov_rate,
+        oov_rate=DEFAULT_OOV_RATE[fields] if oov_rate is None else oov_rate,
         embedding_dim=embedding_dim,
         attention_factor=attention_factor,
         dropout=dropout,

@@ -195,3 +195,27 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    _document_problems(app)
+
+
+def _document_problems(app: FastAPI) -> None:
+    """OpenAPI lists error bodies under the media type they are sent with.
+
+    FastAPI documents every ``responses={...: {"model": Problem}}`` as ``application/json``;
+    the handlers above send ``application/problem+json``, and a schema-driven client or
+    fuzzer checks the content type against the schema.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()  # FastAPI caches it: the rewrite below runs on the cached copy
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for response in operation.get("responses", {}).values():
+                    content = response.get("content", {})
+                    body = content.get("application/json", {}).get("schema", {})
+                    if body.get("$ref", "").endswith("/Problem"):
+                        response["content"] = {PROBLEM_MEDIA_TYPE: content.pop("application/json")}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -143,6 +143,24 @@ class ExplainResponse(Breakdown):
     movie_known: bool
 
 
+class Movie(BaseModel):
+    movie_id: int
+    title: str
+    year: str
+    genres: str
+
+
+class FeatureSet(BaseModel):
+    """What `afm-ctr load-features` loaded (the feature set the service reads now)."""
+
+    source: str = Field(description='The dataset it came from; "" if not recorded.')
+    users: int | None
+    movies: int | None
+    loaded_at: str = Field(description='UTC, ISO 8601; "" if not recorded.')
+    sample_users: list[int] = Field(description="Some user ids to try.")
+    popular_movies: list[Movie] = Field(description="The most rated movies, most first.")
+
+
 class ModelInfo(BaseModel):
     version: int
     path: str

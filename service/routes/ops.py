@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.deps import FeatureStoreDep, ModelDep, RegistryDep, SettingsDep
-from service.schemas import Health, ModelInfo, Problem, Readiness
+from service.schemas import FeatureSet, Health, ModelInfo, Movie, Problem, Readiness
 
 router = APIRouter(tags=["operations"])
 
@@ -20,6 +20,26 @@ async def model_info(model: ModelDep, registry: RegistryDep) -> ModelInfo:
         loaded_at=model.loaded_at,
         refused_versions=registry.refused_versions,
         metadata=model.metadata.model_dump(mode="json"),
+    )
+
+
+@router.get("/feature-set", responses={503: {"model": Problem}})
+async def feature_set(store: FeatureStoreDep) -> FeatureSet:
+    """What `afm-ctr load-features` loaded: its source, counts, sample users and the most
+    rated movies (a recommender's cold-start candidates, and the explanation page's)."""
+    info = await store.feature_set()
+    meta = info.meta
+    return FeatureSet(
+        source=meta.source,
+        users=meta.users,
+        movies=meta.movies,
+        loaded_at=meta.loaded_at,
+        sample_users=[int(u) for u in meta.sample_users if u.isdigit()],
+        popular_movies=[
+            Movie(movie_id=int(movie_id), **features)
+            for movie_id, features in info.popular_movies
+            if movie_id.isdigit()
+        ],
     )
 
 

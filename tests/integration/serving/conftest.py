@@ -16,27 +16,43 @@ from fastapi.testclient import TestClient
 
 from model.config import DataConfig
 from model.load_features import load_features
-from model.movielens import load_movies, load_users
+from model.movielens import FeatureSet, load_feature_set
 from service.app import create_app
 from service.settings import Settings
-from tests.integration.serving.helpers import remove_prefix, wait_ready
+from tests.integration.serving.helpers import remove_prefix, schema_checked, wait_ready
 
 
 @pytest.fixture(scope="session")
-def synthetic_users(synthetic_dir: Path) -> dict:
-    return load_users(DataConfig(dataset="synthetic", data_dir=synthetic_dir))
+def synthetic_feature_set(synthetic_dir: Path) -> FeatureSet:
+    return load_feature_set(DataConfig(dataset="synthetic", data_dir=synthetic_dir))
 
 
 @pytest.fixture(scope="session")
-def synthetic_movies(synthetic_dir: Path) -> dict:
-    return load_movies(DataConfig(dataset="synthetic", data_dir=synthetic_dir))
+def synthetic_users(synthetic_feature_set: FeatureSet) -> dict:
+    return synthetic_feature_set.users
+
+
+@pytest.fixture(scope="session")
+def synthetic_movies(synthetic_feature_set: FeatureSet) -> dict:
+    return synthetic_feature_set.movies
 
 
 @pytest.fixture(scope="module")
-def loaded_prefix(redis_url: str, synthetic_users: dict, synthetic_movies: dict) -> Iterator[str]:
-    """A unique prefix holding the synthetic users and movies; removed afterwards."""
+def loaded_prefix(redis_url: str, synthetic_feature_set: FeatureSet) -> Iterator[str]:
+    """A unique prefix holding the synthetic feature set (as `load-features` writes it);
+    removed afterwards."""
     prefix = f"test:{uuid.uuid4().hex}:"
-    load_features(synthetic_users, synthetic_movies, redis_url, prefix)
+    fs = synthetic_feature_set
+    load_features(
+        fs.users,
+        fs.movies,
+        redis_url,
+        prefix,
+        source=fs.source,
+        labels=fs.labels,
+        popular=fs.popular,
+        sample_users=fs.sample_users,
+    )
     yield prefix
     remove_prefix(redis_url, prefix)
 
@@ -63,6 +79,6 @@ def api(trained_model_dir: Path, redis_url: str, loaded_prefix: str) -> Iterator
     settings = Settings(
         model_dir=trained_model_dir, redis_url=redis_url, redis_prefix=loaded_prefix
     )
-    with TestClient(create_app(settings)) as client:
+    with schema_checked(TestClient(create_app(settings))) as client:
         wait_ready(client)
         yield client

@@ -9,12 +9,14 @@ import threading
 import time
 from collections.abc import Callable
 
+import httpx
 import pytest
 import redis
 import uvicorn
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.schemas import ExplainResponse, FeatureSet, ScoreResponse
 from service.settings import Settings
 
 
@@ -115,3 +117,20 @@ def _pings(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+RESPONSE_MODELS = {"/score": ScoreResponse, "/explain": ExplainResponse, "/feature-set": FeatureSet}
+
+
+def validate_against_schema(response: httpx.Response) -> None:
+    """An httpx response hook: every 200 body of a documented route must parse as its
+    response model, so the published schemas cannot drift from what is sent."""
+    model = RESPONSE_MODELS.get(response.request.url.path)
+    if model is not None and response.status_code == 200:
+        response.read()
+        model.model_validate_json(response.content)
+
+
+def schema_checked(client: TestClient) -> TestClient:
+    client.event_hooks["response"].append(validate_against_schema)
+    return client

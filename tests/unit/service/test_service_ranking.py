@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from model import contract
-from service.ranking import UNKNOWN_VALUE, batch_columns, ranked_indices, readable_pairs
+from service.ranking import UNKNOWN_VALUE, batch_columns, ranked_indices, score_entries
 from service.settings import Settings
 
 PAIRS = contract.pairs(contract.SEED_FIELDS)
@@ -50,18 +50,15 @@ def test_ranked_indices_take_the_top_k_with_stable_ties() -> None:
     assert ranked_indices(np.array([0.5, 0.9, 0.5, 0.1]), 3) == [1, 0, 2]
 
 
-def test_readable_pairs_are_sorted_by_weight_and_named() -> None:
-    attention = np.zeros(len(PAIRS), dtype=np.float32)
-    attention[4], attention[0] = 0.7, 0.3
-    contribution = np.arange(len(PAIRS), dtype=np.float32)
-    pairs = readable_pairs(PAIRS, attention, contribution)
-    assert pairs[0] == {
-        "fields": ["user_id", "movie_id"],
-        "weight": pytest.approx(0.7),
-        "contribution": 4.0,
-    }
-    assert pairs[1]["fields"] == ["user_id", "gender"]
-    assert len(pairs) == len(PAIRS)
+def test_score_entries_follow_top_k_and_carry_explanations() -> None:
+    probability = np.array([0.2, 0.9, 0.5], dtype=np.float32)
+    entries = score_entries([7, 8, 9], probability, [True, False, True], 2, lambda i: {"row": i})
+    assert [(e["movie_id"], e["movie_known"], e["row"]) for e in entries] == [
+        (8, False, 1),
+        (9, True, 2),
+    ]
+    plain = score_entries([7, 8, 9], probability, [True, False, True], None)
+    assert [e["movie_id"] for e in plain] == [7, 8, 9] and "row" not in plain[0]
 
 
 def test_settings_read_afm_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

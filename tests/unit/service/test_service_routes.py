@@ -13,17 +13,29 @@ import pytest
 from fastapi.testclient import TestClient
 
 from model import contract
+from model.feature_layout import FeatureSetMeta
 from service import deps
 from service.app import create_app
 from service.errors import FeaturesNotLoaded, FeatureStoreUnavailable
-from service.feature_store import FeatureRead
+from service.feature_store import FeatureRead, FeatureSetInfo
+from service.schemas import ExplainResponse, FeatureSet, ScoreResponse
 from service.scorer import Explanation, Scorer
 from service.settings import Settings
+from tests.integration.serving.helpers import schema_checked
 
 USER = {"gender": "F", "age": "25", "occupation": "4", "zip": "48067"}
 MOVIES = {
     "1193": {"title": "One Flew Over the Cuckoo's Nest (1975)", "year": "1975", "genres": "Drama"}
 }
+META = FeatureSetMeta(
+    source="ml-1m at /data",
+    users=1,
+    movies=1,
+    loaded_at="2026-01-02T03:04:05Z",
+    labels={"age": {"25": "25-34"}, "gender": {"F": "Female"}},
+    popular=("1193",),
+    sample_users=("1",),
+)
 FIELDS = contract.ALL_FIELDS
 PAIRS = contract.pairs(FIELDS)
 N_PAIRS = len(PAIRS)
@@ -55,8 +67,10 @@ class FakeModel:
         self.seen: list[dict[str, list[str]]] = []
 
     def known(self, field: str, values: list[str]) -> list[bool]:
-        assert field == "movie_id"
-        return [v in self.known_movies for v in values]
+        """Movies: known_movies; any other field: every non-empty value."""
+        if field == "movie_id":
+            return [v in self.known_movies for v in values]
+        return [v != "" for v in values]
 
     def score(self, columns: dict[str, list[str]]) -> np.ndarray:
         if self.fail:
@@ -65,10 +79,16 @@ class FakeModel:
         return np.array([int(m) / 10_000 for m in columns["movie_id"]], dtype=np.float32)
 
     def explain(self, columns: dict[str, list[str]]) -> Explanation:
+        """Pair weights a fixed ramp, contributions twice the weights, linear terms 0.1 each;
+        the bias makes bias + linear + contributions the logit of the probability."""
         probability = self.score(columns)
+        n = len(probability)
         ramp = np.arange(1, N_PAIRS + 1, dtype=np.float32)
-        attention = np.tile(ramp / ramp.sum(), (len(probability), 1))
-        return Explanation(probability, attention, attention * 2)
+        attention = np.tile(ramp / ramp.sum(), (n, 1))
+        linear = np.full((n, len(FIELDS)), 0.1, dtype=np.float32)
+        logit = np.log(probability / (1 - probability)).astype(np.float32)
+        bias = logit - linear.sum(1) - (attention * 2).sum(1)
+        return Explanation(probability, attention, attention * 2, bias, linear, logit)
 
 
 class FakeStore:
@@ -81,7 +101,12 @@ class FakeStore:
         self.calls += 1
         if self.error is not None:
             raise self.error
-        return FeatureRead(user=self.users.get(str(user_id)), movies=MOVIES)
+        return FeatureRead(user=self.users.get(str(user_id)), movies=MOVIES, meta=META)
+
+    async def feature_set(self) -> FeatureSetInfo:
+        if self.error is not None:
+            raise self.error
+        return FeatureSetInfo(META, tuple((m, MOVIES[m]) for m in META.popular))
 
     async def check(self) -> tuple[bool, bool]:
         return (self.error is None, self.error is None)
@@ -133,7 +158,7 @@ def _client(tmp_path: Path, model: FakeModel | None, store: FakeStore, scorer=No
         app.dependency_overrides[deps.get_model] = scoring_dep_model(model)
     app.dependency_overrides[deps.get_registry] = registry_dep
     app.dependency_overrides[deps.get_feature_store] = store_dep
-    return TestClient(app, raise_server_exceptions=False)
+    return schema_checked(TestClient(app, raise_server_exceptions=False))
 
 
 @pytest.fixture
@@ -197,24 +222,54 @@ def test_unknown_user_scored_with_oov_values(client: TestClient, model: FakeMode
     assert model.seen[0]["gender"] == [""] and model.seen[0]["zip"] == [""]
 
 
-def test_score_with_explain_carries_sorted_pairs(client: TestClient) -> None:
-    body = client.post("/score", json={"user_id": 1, "movie_ids": [1193], "explain": True}).json()
-    pairs = body["scores"][0]["pairs"]
-    assert len(pairs) == N_PAIRS
-    weights = [p["weight"] for p in pairs]
+def test_score_with_explain_carries_the_labelled_breakdown(client: TestClient) -> None:
+    response = client.post("/score", json={"user_id": 1, "movie_ids": [1193], "explain": True})
+    entry = ScoreResponse.model_validate(response.json()).scores[0]
+    assert len(entry.pairs) == N_PAIRS
+    weights = [p.weight for p in entry.pairs]
     assert weights == sorted(weights, reverse=True)
     assert sum(weights) == pytest.approx(1.0)
-    assert pairs[0]["fields"] == list(PAIRS[-1])  # the ramp's heaviest column
-    assert pairs[0]["contribution"] == pytest.approx(2 * weights[0])
+    assert entry.pairs[0].fields == PAIRS[-1]  # the ramp's heaviest column: (year, genres)
+    assert entry.pairs[0].values == ("1975", "Drama")
+    assert entry.pairs[0].contribution == pytest.approx(2 * weights[0])
+    total = entry.bias + sum(entry.linear.values()) + sum(p.contribution for p in entry.pairs)
+    assert total == pytest.approx(entry.logit, abs=1e-4)
+    assert 1 / (1 + np.exp(-entry.logit)) == pytest.approx(entry.probability, rel=1e-5)
 
 
-def test_explain_is_readable(client: TestClient) -> None:
-    response = client.get("/explain", params={"user_id": 1, "movie_id": 661})
+def test_explain_names_each_value_with_its_label(client: TestClient) -> None:
+    response = client.get("/explain", params={"user_id": 1, "movie_id": 1193})
     assert response.status_code == 200
-    body = response.json()
-    assert body["probability"] == pytest.approx(0.0661)
-    assert body["user_known"] is True and body["movie_known"] is True
-    assert [tuple(p["fields"]) for p in body["pairs"]] == list(reversed(PAIRS))
+    body = ExplainResponse.model_validate(response.json())
+    assert body.probability == pytest.approx(0.1193)
+    assert body.user_known is True and body.movie_known is True
+    assert [tuple(p.fields) for p in body.pairs] == list(reversed(PAIRS))
+    labels = {f.field: (f.value, f.label, f.known) for f in body.features}
+    assert list(labels) == list(FIELDS)
+    assert labels["age"] == ("25", "25-34", True)
+    assert labels["gender"] == ("F", "Female", True)
+    assert labels["occupation"] == ("4", "4", True)  # no label: the raw value
+    assert labels["movie_id"] == ("1193", MOVIES["1193"]["title"], True)
+    age_genres = next(p for p in body.pairs if p.fields == ("age", "genres"))
+    assert age_genres.labels == ("25-34", "Drama")
+    total = body.bias + sum(body.linear.values()) + sum(p.contribution for p in body.pairs)
+    assert total == pytest.approx(body.logit, abs=1e-4)
+
+
+def test_explain_of_an_unknown_user_and_movie_says_so(client: TestClient) -> None:
+    body = ExplainResponse.model_validate(
+        client.get("/explain", params={"user_id": 5, "movie_id": 661}).json()
+    )
+    assert body.user_known is False and body.movie_known is True
+    labels = {f.field: (f.value, f.label) for f in body.features}
+    assert labels["gender"] == ("", "unknown") and labels["genres"] == ("", "unknown")
+    assert labels["movie_id"] == ("661", "661")  # known to the model, not to Redis
+
+
+def test_feature_set_lists_samples_and_popular_movies(client: TestClient) -> None:
+    body = FeatureSet.model_validate(client.get("/feature-set").json())
+    assert body.source == "ml-1m at /data" and body.sample_users == [1]
+    assert [(m.movie_id, m.title) for m in body.popular_movies] == [(1193, MOVIES["1193"]["title"])]
 
 
 @pytest.mark.parametrize(
@@ -385,3 +440,17 @@ def test_openapi_documents_examples_and_errors(client: TestClient) -> None:
     body_schema = score["requestBody"]["content"]["application/json"]["schema"]
     assert body_schema["examples"] and body_schema["required"] == ["user_id", "movie_ids"]
     assert client.get("/docs").status_code == 200
+
+
+def test_openapi_documents_errors_as_problem_json(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    documented = 0
+    for path in ("/score", "/explain", "/feature-set", "/model"):
+        for operation in schema["paths"][path].values():
+            for code, response in operation["responses"].items():
+                if int(code) >= 400:
+                    assert list(response["content"]) == ["application/problem+json"], (path, code)
+                    ref = response["content"]["application/problem+json"]["schema"]["$ref"]
+                    assert ref.endswith("/Problem")
+                    documented += 1
+    assert documented >= 9  # 413, 422, 500, 503 twice, and the 503s of /feature-set and /model
