@@ -247,10 +247,10 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--model-dir", type=Path, action="append", default=[],
                         help="Export root to serve, repeatable; its newest version's "
                         "metadata.json says its field set. Default: one per --fields.")  # fmt: skip
-    parser.add_argument("--data-dir", type=Path, help="Synthetic/ML-1M-format data for users.")
+    parser.add_argument("--data-dir", type=Path, help="Synthetic/ML-1M-format users and movies.")
     parser.add_argument("--fields", default="all", type=_field_sets,
-                        help="Field sets to serve, comma-separated: seed, all or seed,all "
-                        "(one service each, same alternating rounds).")  # fmt: skip
+                        help="Field sets to serve, comma-separated: seed, all (default) or "
+                        "seed,all (one service each, same alternating rounds).")  # fmt: skip
     parser.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "afm-bench"))
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--duration", type=int, default=5, help="Seconds per wrk run.")

@@ -29,6 +29,7 @@ def batch_columns(
     ids = [str(m) for m in movie_ids]
     user = user_features or _NONE
     columns = {}
+    rows = None  # each candidate's movie features, looked up once for all item fields
     for name in fields:
         if name == USER_ID:
             columns[name] = [str(user_id)] * n
@@ -37,7 +38,10 @@ def batch_columns(
         elif name in USER_FIELDS:
             columns[name] = [user.get(name, UNKNOWN_VALUE)] * n
         else:
-            columns[name] = [movie_features.get(m, _NONE).get(name, UNKNOWN_VALUE) for m in ids]
+            if rows is None:
+                get = movie_features.get
+                rows = [get(m, _NONE) for m in ids]
+            columns[name] = [row.get(name, UNKNOWN_VALUE) for row in rows]
     return columns
 
 
