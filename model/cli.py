@@ -45,6 +45,7 @@ DataDirOpt = Annotated[
 CacheDirOpt = Annotated[
     Path, typer.Option(help="Where downloads and generated data are kept.", envvar="AFM_CACHE_DIR")
 ]
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # the service's default too (service/settings.py)
 RedisUrlOpt = Annotated[
     str, typer.Option(help="Redis holding the user features.", envvar="AFM_REDIS_URL")
 ]
@@ -156,7 +157,10 @@ def train(
     if any(seed_files) and not all(seed_files):
         raise typer.BadParameter("give all three of --train-file, --valid-file, --test-file")
     if all(seed_files) == (dataset is not None):
-        raise typer.BadParameter("give either --dataset or the three seed row files, not both")
+        raise typer.BadParameter(
+            "give --dataset (ml-1m, ml-100k, synthetic) or the three seed row files, "
+            "exactly one of them"
+        )
     if fields is None:
         fields = "seed" if all(seed_files) else "all"
     elif fields == "all" and all(seed_files):
@@ -205,7 +209,7 @@ def train(
 
 @app.command("load-features")
 def load_features(
-    redis_url: RedisUrlOpt,
+    redis_url: RedisUrlOpt = DEFAULT_REDIS_URL,
     dataset: DatasetOpt = "synthetic",
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = DataConfig.cache_dir,
@@ -246,7 +250,7 @@ def serve(
         Path,
         typer.Option(help="Export root to serve the newest version of.", envvar="AFM_MODEL_DIR"),
     ],
-    redis_url: RedisUrlOpt = "redis://127.0.0.1:6379/0",
+    redis_url: RedisUrlOpt = DEFAULT_REDIS_URL,
     host: Annotated[str, typer.Option(envvar="AFM_HOST")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="AFM_PORT")] = 8000,
     workers: Annotated[int, typer.Option(min=1, envvar="AFM_WORKERS")] = 1,

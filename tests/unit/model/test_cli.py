@@ -26,10 +26,10 @@ def test_help_lists_every_command_without_importing_tensorflow() -> None:
     [
         (
             ["--dataset", "ml-1m", "--train-file", "a", "--valid-file", "b", "--test-file", "c"],
-            "either --dataset or the three seed row files",
+            "give --dataset (ml-1m, ml-100k, synthetic) or the three seed row files",
         ),
         (["--train-file", "a"], "all three of --train-file"),
-        ([], "either --dataset or the three seed row files"),
+        ([], "give --dataset (ml-1m, ml-100k, synthetic) or the three seed row files"),
         (["--dataset", "ml-20m"], "'ml-20m' is not one of 'ml-1m', 'ml-100k', 'synthetic'"),
         (
             ["--dataset", "synthetic", "--protocol", "random"],
@@ -43,3 +43,18 @@ def test_train_rejects_bad_flag_combinations(args: list[str], message: str, tmp_
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_load_features_and_serve_default_to_the_same_redis() -> None:
+    import inspect
+
+    from model import cli
+
+    defaults = {
+        name: inspect.signature(getattr(cli, name)).parameters["redis_url"].default
+        for name in ("load_features", "serve")
+    }
+    assert set(defaults.values()) == {cli.DEFAULT_REDIS_URL}
+    from service.settings import Settings
+
+    assert Settings.model_fields["redis_url"].default == cli.DEFAULT_REDIS_URL
