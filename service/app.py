@@ -21,7 +21,7 @@ from service.errors import install_error_handlers
 from service.feature_store import FeatureStore
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.model_registry import ModelRegistry
-from service.routes import ops, scoring
+from service.routes import ops, scoring, ui
 from service.scorer import LoadedModel, Scorer, configure_tensorflow, load_model
 from service.settings import Settings, available_cpus, get_settings
 
@@ -40,6 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description=DESCRIPTION,
         lifespan=_lifespan,
+        docs_url=None,  # /docs comes from service.routes.ui, with local assets
+        redoc_url=None,
         # Prometheus covers metrics; FastAPI's OpenTelemetry hook would cost a check per request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
@@ -48,6 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(scoring.router)
     app.include_router(ops.router)
+    app.include_router(ui.router)
+    ui.mount_static(app)
     # Outermost last: the size limit runs before routing; metrics time everything inside it.
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -1,8 +1,9 @@
 """Prometheus metrics, in a registry per app (tests build many apps in one process).
 
 Request latency is observed by a pure ASGI middleware, labelled by the matched route
-template (``/score``, not ``/score?x``), so label cardinality stays fixed. Gauges and counters
-owned by other objects (model version, Redis errors, reloads) are read at scrape time.
+template (``/score``, not ``/score?x``; a mount's path, ``/static/ui``, for every file
+under it), so label cardinality stays fixed. Gauges and counters owned by other objects
+(model version, Redis errors, reloads) are read at scrape time.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.feature_store import FeatureStore
@@ -99,6 +101,7 @@ class RequestMetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        path, root_path = scope["path"], scope.get("root_path", "")  # routing rewrites them
 
         async def send_with_status(message: Message) -> None:
             nonlocal status
@@ -110,9 +113,21 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             elapsed = time.perf_counter() - start
-            template = getattr(scope.get("route"), "path", "unmatched")
+            route = scope.get("route")
+            template = route.path if route is not None else _template(scope, path, root_path)
             key = (scope["method"], template, str(status))
             child = self._children.get(key)
             if child is None:
                 child = self._children[key] = self.histogram.labels(*key)
             child.observe(elapsed)
+
+
+def _template(scope: Scope, path: str, root_path: str) -> str:
+    """The path of the app's route matching the request, for the requests FastAPI does not
+    record in ``scope["route"]`` (it does for its API routes): its own /openapi.json and the
+    static mounts. "unmatched" for a 404."""
+    original = {**scope, "path": path, "root_path": root_path}
+    for route in getattr(scope.get("app"), "routes", ()):
+        if route.matches(original)[0] is Match.FULL:
+            return getattr(route, "path", "unmatched")
+    return "unmatched"

@@ -1,0 +1,205 @@
+"""The explanation page and the API docs in a real headless Chromium, against a real service.
+
+What the page shows is compared with what the API answers for the same question: the ranking
+with ``POST /score``, the heatmap with ``GET /explain``, to the precision the page prints.
+The docs must render from this service alone: every request the browser makes goes to it.
+
+``AFM_UI_SCREENSHOT=docs/ui.png`` also saves the page, a movie selected, as that PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.integration.serving.helpers import ServerThread
+
+pytestmark = pytest.mark.integration
+
+PROBABILITY_DIGITS = 4  # as the page prints them (service/static/ui/app.js)
+WEIGHT_DIGITS = 3
+SELECTED_ROW = 2  # the page selects the best movie itself; the test picks the third
+
+
+def wait_for(driver: WebDriver, css: str, timeout: float = 30):
+    return WebDriverWait(driver, timeout).until(lambda d: d.find_element(By.CSS_SELECTOR, css))
+
+
+def console_errors(driver: WebDriver) -> list[dict]:
+    """Console entries at error level since the last call (reading the log empties it)."""
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def requested_urls(driver: WebDriver) -> list[str]:
+    """URLs the browser requested since the last call, from Chromium's performance log."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def shown(value: str, expected: float, digits: int) -> bool:
+    """``value`` is ``expected`` printed to ``digits`` decimals (either rounding of a tie)."""
+    return abs(float(value) - expected) <= 0.5 * 10**-digits + 1e-9
+
+
+def save_screenshot(driver: WebDriver, target: Path) -> None:
+    """The viewport as a 256-colour PNG: a third of the size, the same to the eye."""
+    from PIL import Image  # Pillow comes with matplotlib
+
+    image = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+    image.quantize(256, dither=Image.Dither.NONE).save(target, optimize=True)
+
+
+@pytest.fixture(scope="module")
+def page(browser: WebDriver, server: ServerThread) -> WebDriver:
+    """The page as a person reaches it: the index at /, then its link."""
+    browser.get(f"{server.url}/")
+    browser.find_element(By.LINK_TEXT, "Explanation page").click()
+    wait_for(browser, "body[data-state=ready]")
+    return browser
+
+
+def test_page_ranks_as_score_does(page: WebDriver, http: httpx.Client) -> None:
+    feature_set = http.get("/feature-set").json()
+    user_id = int(page.find_element(By.ID, "user-id").get_attribute("value"))
+    candidates = [
+        int(m)
+        for m in re.split(r"[\s,]+", page.find_element(By.ID, "candidates").get_attribute("value"))
+    ]
+    top_k = int(page.find_element(By.ID, "top-k").get_attribute("value"))
+    assert user_id == feature_set["sample_users"][0]
+    assert candidates == [m["movie_id"] for m in feature_set["popular_movies"][:20]]
+
+    answer = http.post(
+        "/score", json={"user_id": user_id, "movie_ids": candidates, "top_k": top_k}
+    ).json()["scores"]
+    rows = page.find_elements(By.CSS_SELECTOR, "#ranking tbody tr")
+    assert [int(row.get_attribute("data-movie-id")) for row in rows] == [
+        s["movie_id"] for s in answer
+    ]
+    titles = {m["movie_id"]: m["title"] for m in feature_set["popular_movies"]}
+    for row, score in zip(rows, answer, strict=True):
+        probability = row.find_element(By.CSS_SELECTOR, ".probability").text
+        assert shown(probability, score["probability"], PROBABILITY_DIGITS), (row.text, score)
+        assert row.find_element(By.CSS_SELECTOR, ".title").text == titles[score["movie_id"]]
+    assert console_errors(page) == []
+
+
+def test_heatmap_shows_the_explain_weights(page: WebDriver, http: httpx.Client) -> None:
+    row = page.find_elements(By.CSS_SELECTOR, "#ranking tbody tr")[SELECTED_ROW]
+    movie_id = int(row.get_attribute("data-movie-id"))
+    row.click()
+    wait_for(page, f"#explanation[data-movie-id='{movie_id}'] #heatmap td[data-pair]")
+    user_id = int(page.find_element(By.ID, "user-id").get_attribute("value"))
+    explained = http.get("/explain", params={"user_id": user_id, "movie_id": movie_id}).json()
+
+    cells = page.execute_script(
+        "const head = document.querySelector('#heatmap thead tr').cells;"
+        "return [...document.querySelectorAll('#heatmap td[data-pair]')].map(td => ["
+        "  td.dataset.pair, td.textContent, td.title,"
+        "  td.parentElement.cells[0].textContent, head[td.cellIndex].textContent])"
+    )
+    by_pair: dict[str, list[tuple[str, str]]] = {}
+    for pair, text, title, row_label, column_label in cells:
+        # Each cell sits on its pair's row and column ("age: 25-34" is field "age").
+        axes = {row_label.split(":")[0], column_label.split(":")[0]}
+        assert axes == set(pair.split("|")), (pair, row_label, column_label)
+        by_pair.setdefault(pair, []).append((text, title))
+    assert len(by_pair) == len(explained["pairs"])
+    for pair in explained["pairs"]:
+        shown_cells = by_pair["|".join(pair["fields"])]
+        assert len(shown_cells) == 2  # the matrix is symmetric: (a, b) and (b, a)
+        for text, title in shown_cells:
+            assert shown(text, pair["weight"], WEIGHT_DIGITS), (pair, text)
+            # Weights can all be equal (1 / pairs); contributions tell the pairs apart.
+            contribution = re.search(r"contribution ([+−][\d.]+)", title).group(1)
+            assert shown(contribution.replace("−", "-"), pair["contribution"], 3), (pair, title)
+    blank = page.find_elements(By.CSS_SELECTOR, "#heatmap td.empty")
+    assert len(blank) == len(explained["features"])  # the diagonal
+    assert all(cell.text == "" for cell in blank)
+
+    labels = [f"{f['field']}: {f['label']}" for f in explained["features"]]
+    axis = page.execute_script(
+        "return [...document.querySelectorAll('#heatmap th.row')].map(th => th.textContent)"
+    )
+    assert axis == labels
+
+    terms = page.execute_script(
+        "return [...document.querySelectorAll('#terms tr[data-term]')]"
+        ".map(tr => [tr.dataset.term, tr.dataset.key, Number(tr.dataset.value)])"
+    )
+    assert [t[1] for t in terms if t[0] == "linear"] == list(explained["linear"])
+    assert {t[1] for t in terms if t[0] == "pair"} == {
+        "|".join(p["fields"]) for p in explained["pairs"]
+    }
+    check = page.find_element(By.ID, "check")
+    assert check.get_attribute("data-agrees") == "true"
+    assert f"{explained['logit']:+.3f}".replace("-", "−") in check.text
+
+    user = {
+        item.get_attribute("data-field"): item.find_element(By.TAG_NAME, "dd").text
+        for item in page.find_elements(By.CSS_SELECTOR, "#user-features [data-field]")
+    }
+    for feature in explained["features"]:
+        if feature["field"] in user:
+            assert user[feature["field"]].startswith(feature["label"])
+    assert user  # the user's fields are shown
+    assert console_errors(page) == []
+
+    if target := os.environ.get("AFM_UI_SCREENSHOT"):
+        save_screenshot(page, Path(target))
+
+
+def test_errors_show_the_problem_detail(page: WebDriver, http: httpx.Client) -> None:
+    user_box = page.find_element(By.ID, "user-id")
+    user_box.clear()
+    user_box.send_keys("-1")
+    page.find_element(By.ID, "score-button").click()
+    error = wait_for(page, "body[data-state=error] #error")
+    candidates = [m["movie_id"] for m in http.get("/feature-set").json()["popular_movies"][:3]]
+    problem = http.post("/score", json={"user_id": -1, "movie_ids": candidates}).json()
+    assert problem["detail"] in error.text
+    assert page.find_elements(By.CSS_SELECTOR, "#ranking tbody tr") == []
+    # The only console error is Chromium's note of the 422 answer itself.
+    assert all("422" in entry["message"] for entry in console_errors(page))
+
+    user_box.clear()
+    user_box.send_keys("1")
+    page.find_element(By.ID, "candidates").send_keys(", x1")
+    page.find_element(By.ID, "score-button").click()
+    assert "“x1” is not a movie id" in page.find_element(By.ID, "error").text
+
+
+def test_docs_render_offline(browser: WebDriver, server: ServerThread) -> None:
+    requested_urls(browser)  # forget the earlier pages' requests
+    browser.get(f"{server.url}/docs")
+    operation = wait_for(browser, ".swagger-ui .opblock-summary-path[data-path='/score']")
+    assert operation.text.startswith("/score")
+    urls = requested_urls(browser)
+    assert any(u.endswith("/static/docs/swagger-ui-bundle.js") for u in urls)
+    local = (server.url, f"blob:{server.url}/", "data:")  # Swagger UI makes blob: URLs
+    assert [u for u in urls if not u.startswith(local)] == []
+    assert console_errors(browser) == []
+
+
+def test_metrics_name_the_page_routes(http: httpx.Client) -> None:
+    """Run after the pages above were loaded: each of their requests is under its route."""
+    routes = set(
+        re.findall(
+            r'afm_request_duration_seconds_count\{[^}]*route="([^"]*)"', http.get("/metrics").text
+        )
+    )
+    assert {"/", "/ui", "/static/ui", "/static/docs", "/docs", "/openapi.json"} <= routes
+    assert "unmatched" not in routes
