@@ -117,6 +117,8 @@ def build_afm(
         jit_compile_training=True,
         projection_initializer="zeros" if config.fm_init else None,
         scale_by_pairs=config.fm_init,
+        pair_bias=config.pair_bias,
+        l2_pair_bias=config.l2_pair_bias,
         name="attention",
     )
     pooled, attention = pooling(pairs)  # (batch, k), (batch, P)

@@ -123,6 +123,16 @@ def train(
             "--no-fm-init: the paper's plain softmax average."
         ),
     ] = AFMConfig.fm_init,
+    pair_bias: Annotated[
+        bool,
+        typer.Option(
+            help="Add a learned score offset c_ij per pair to the attention (global pair "
+            "importance on top of the per-example attention)."
+        ),
+    ] = AFMConfig.pair_bias,
+    l2_pair_bias: Annotated[
+        float, typer.Option(min=0.0, help="L2 on the per-pair attention offsets c.")
+    ] = AFMConfig.l2_pair_bias,
     fields: Annotated[
         FieldSet | None,
         typer.Option(
@@ -188,6 +198,8 @@ def train(
         l2_attention=l2_attention,
         use_attention=not no_attention,
         fm_init=fm_init,
+        pair_bias=pair_bias,
+        l2_pair_bias=l2_pair_bias,
     )
     train_config = TrainConfig(
         epochs=epochs,

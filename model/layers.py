@@ -379,6 +379,11 @@ class AttentionPooling(keras.layers.Layer):
             backend; inference is never compiled). Defaults to False.
         projection_initializer: initializer of h; None: ``kernel_initializer``.
         scale_by_pairs: bool, multiply the pooled vector by P (see above). Defaults to False.
+        pair_bias: bool, add a learned offset c_ij per pair to the scores (init 0):
+            a'_ij = h^T ReLU(W (v_i ⊙ v_j) + b) + c_ij, a global importance per pair (like a
+            field-weighted FM) on top of the per-example attention; rows still sum to 1.
+            Defaults to False.
+        l2_pair_bias: float >= 0, the L2 factor on c. Defaults to 0.
 
     Call:
         pairs: float tensor ``(batch, P, k)``, the output of ``PairwiseInteraction``.
@@ -394,6 +399,8 @@ class AttentionPooling(keras.layers.Layer):
         jit_compile_training: bool = False,
         projection_initializer: Any = None,
         scale_by_pairs: bool = False,
+        pair_bias: bool = False,
+        l2_pair_bias: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -412,13 +419,17 @@ class AttentionPooling(keras.layers.Layer):
             kernel_initializer if projection_initializer is None else projection_initializer
         )
         self.scale_by_pairs = bool(scale_by_pairs)
+        if float(l2_pair_bias) < 0:
+            raise ValueError(f"`l2_pair_bias` must be >= 0. Received: {l2_pair_bias}")
+        self.pair_bias = bool(pair_bias)
+        self.l2_pair_bias = float(l2_pair_bias)
 
     def pair_scale(self, num_pairs: int) -> float:
         """The factor on the pooled vector: P with ``scale_by_pairs`` and attention, else 1."""
         return float(num_pairs) if self.scale_by_pairs and self.use_attention else 1.0
 
     def build(self, input_shape: tuple) -> None:
-        if len(input_shape) != 3 or input_shape[-1] is None:
+        if len(input_shape) != 3 or input_shape[-1] is None or input_shape[1] is None:
             raise ValueError(
                 "AttentionPooling expects pair interactions of shape (batch, pairs, k). "
                 f"Received: {input_shape}"
@@ -438,6 +449,15 @@ class AttentionPooling(keras.layers.Layer):
         self.attention_projection = self.add_weight(  # h: (t, 1)
             name="attention_projection", shape=(t, 1), initializer=self.projection_initializer
         )
+        if self.pair_bias:  # c: one learned score offset per pair, the pair's global importance
+            self.attention_pair_bias = self.add_weight(
+                name="attention_pair_bias",
+                shape=(input_shape[1],),
+                initializer="zeros",
+                regularizer=(
+                    keras.regularizers.L2(self.l2_pair_bias) if self.l2_pair_bias else None
+                ),
+            )
 
     def call(self, pairs: Any, training: bool | None = None) -> tuple[Any, Any]:
         pool = _compiled_for_training(self._pool, self.jit_compile_training, training)
@@ -454,6 +474,8 @@ class AttentionPooling(keras.layers.Layer):
         hidden = ops.relu(ops.matmul(flat, self.attention_kernel) + self.attention_bias)
         # (batch, P): one score per pair, normalised over the pairs of each example
         scores = ops.reshape(ops.matmul(hidden, self.attention_projection), (-1, num_pairs))
+        if self.pair_bias:
+            scores = scores + self.attention_pair_bias
         weights = ops.softmax(scores, axis=-1)
         # (batch, 1, P) @ (batch, P, k) -> (batch, k): the attention-weighted sum of pairs
         pooled = ops.squeeze(ops.matmul(ops.expand_dims(weights, 1), pairs), axis=1)
@@ -474,6 +496,8 @@ class AttentionPooling(keras.layers.Layer):
                 "jit_compile_training": self.jit_compile_training,
                 "projection_initializer": keras.initializers.serialize(self.projection_initializer),
                 "scale_by_pairs": self.scale_by_pairs,
+                "pair_bias": self.pair_bias,
+                "l2_pair_bias": self.l2_pair_bias,
             }
         )
         return config

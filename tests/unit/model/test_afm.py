@@ -78,6 +78,8 @@ def numpy_afm(model: keras.Model, inputs: dict, fields: tuple[str, ...]) -> dict
             pair_products @ attention.attention_kernel.numpy() + attention.attention_bias.numpy(), 0
         )
         scores = (hidden @ attention.attention_projection.numpy())[..., 0]
+        if attention.pair_bias:
+            scores = scores + attention.attention_pair_bias.numpy()
         a = np.exp(scores - scores.max(1, keepdims=True))
         a /= a.sum(1, keepdims=True)
     else:
@@ -102,9 +104,16 @@ def outputs(model: keras.Model, ids: np.ndarray, **kwargs) -> dict[str, np.ndarr
 @pytest.mark.parametrize("fields", [ALL_FIELDS, SEED_FIELDS], ids=["all", "seed"])
 @pytest.mark.parametrize("use_attention", [True, False])
 @pytest.mark.parametrize("fm_init", [True, False], ids=["fm-init", "paper"])
-def test_outputs_match_numpy_afm(use_attention: bool, fields: tuple[str, ...], fm_init) -> None:
+@pytest.mark.parametrize("pair_bias", [True, False], ids=["pair-bias", "no-pair-bias"])
+def test_outputs_match_numpy_afm(
+    use_attention: bool, fields: tuple[str, ...], fm_init: bool, pair_bias: bool
+) -> None:
     config = AFMConfig(
-        embedding_dim=4, attention_factor=3, use_attention=use_attention, fm_init=fm_init
+        embedding_dim=4,
+        attention_factor=3,
+        use_attention=use_attention,
+        fm_init=fm_init,
+        pair_bias=pair_bias,
     )
     model = build_afm(fields, SIZES, config)
     randomize(model)

@@ -31,11 +31,17 @@ def numpy_pairs(embeddings: np.ndarray) -> np.ndarray:
 
 
 def numpy_attention(
-    pairs: np.ndarray, kernel: np.ndarray, bias: np.ndarray, projection: np.ndarray
+    pairs: np.ndarray,
+    kernel: np.ndarray,
+    bias: np.ndarray,
+    projection: np.ndarray,
+    pair_bias: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """a'_ij = h^T ReLU(W x + b), softmax over pairs; pooled = sum_ij a_ij x_ij."""
+    """a'_ij = h^T ReLU(W x + b) (+ c_ij), softmax over pairs; pooled = sum_ij a_ij x_ij."""
     hidden = np.maximum(pairs @ kernel + bias, 0.0)  # (batch, P, t)
     scores = (hidden @ projection)[..., 0]  # (batch, P)
+    if pair_bias is not None:
+        scores = scores + pair_bias
     exp = np.exp(scores - scores.max(axis=1, keepdims=True))
     weights = exp / exp.sum(axis=1, keepdims=True)
     return (weights[..., None] * pairs).sum(axis=1), weights
@@ -48,6 +54,8 @@ def built_attention(k: int = 4, t: int = 3, **kwargs) -> AttentionPooling:
     layer.attention_kernel.assign(RNG.normal(size=(k, t)).astype("float32"))
     layer.attention_bias.assign(RNG.normal(size=(t,)).astype("float32"))
     layer.attention_projection.assign(RNG.normal(size=(t, 1)).astype("float32"))
+    if layer.pair_bias:
+        layer.attention_pair_bias.assign(RNG.normal(size=(15,)).astype("float32"))
     return layer
 
 
@@ -108,8 +116,9 @@ def test_pairwise_interaction_matches_numpy_in_contract_pair_order() -> None:
         np.testing.assert_allclose(out[:, p], embeddings[:, i] * embeddings[:, j], rtol=1e-6)
 
 
-def test_attention_pooling_matches_numpy_reference() -> None:
-    layer = built_attention(k=4, t=3)
+@pytest.mark.parametrize("pair_bias", [False, True], ids=["shared", "pair-bias"])
+def test_attention_pooling_matches_numpy_reference(pair_bias: bool) -> None:
+    layer = built_attention(k=4, t=3, pair_bias=pair_bias)
     pairs = RNG.normal(size=(6, 15, 4)).astype("float32")
     pooled, weights = (keras.ops.convert_to_numpy(t) for t in layer(pairs))
     ref_pooled, ref_weights = numpy_attention(
@@ -117,6 +126,7 @@ def test_attention_pooling_matches_numpy_reference() -> None:
         layer.attention_kernel.numpy(),
         layer.attention_bias.numpy(),
         layer.attention_projection.numpy(),
+        layer.attention_pair_bias.numpy() if pair_bias else None,
     )
     np.testing.assert_allclose(weights, ref_weights, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pooled, ref_pooled, rtol=1e-5, atol=1e-5)
@@ -160,10 +170,34 @@ def test_l2_applies_to_the_attention_matrix_only() -> None:
     )
 
 
+def test_pair_bias_starts_at_zero_and_takes_its_own_l2() -> None:
+    layer = AttentionPooling(attention_factor=3, l2_attention=0.1, pair_bias=True, l2_pair_bias=0.2)
+    layer.build((None, 15, 4))
+    np.testing.assert_array_equal(layer.attention_pair_bias.numpy(), np.zeros(15))
+    layer.attention_pair_bias.assign(RNG.normal(size=(15,)).astype("float32"))
+    layer(RNG.normal(size=(2, 15, 4)).astype("float32"))
+    kernel, offsets = layer.attention_kernel.numpy(), layer.attention_pair_bias.numpy()
+    losses = sorted(float(keras.ops.convert_to_numpy(loss)) for loss in layer.losses)
+    want = sorted([0.1 * (kernel**2).sum(), 0.2 * (offsets**2).sum()])
+    np.testing.assert_allclose(losses, want, rtol=1e-5)
+
+
+def test_pair_bias_alone_gives_the_same_weights_to_every_example() -> None:
+    """With h = 0 the attention is softmax(c): a global weight per pair, rows still sum to 1."""
+    layer = built_attention(k=4, t=3, pair_bias=True)
+    layer.attention_projection.assign(np.zeros((3, 1), "float32"))
+    _, weights = layer(RNG.normal(size=(5, 15, 4)).astype("float32"))
+    c = layer.attention_pair_bias.numpy()
+    want = np.exp(c - c.max()) / np.exp(c - c.max()).sum()
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(weights), np.tile(want, (5, 1)), rtol=1e-5
+    )
+
+
 def test_xla_compiled_training_path_equals_the_plain_path() -> None:
     embeddings = RNG.normal(size=(8, 6, 4)).astype("float32")
     pairwise = PairwiseInteraction(jit_compile_training=True)
-    attention = built_attention(k=4, t=3, jit_compile_training=True)
+    attention = built_attention(k=4, t=3, jit_compile_training=True, pair_bias=True)
     plain_pairs = keras.ops.convert_to_numpy(pairwise(embeddings))
     xla_pairs = keras.ops.convert_to_numpy(pairwise(embeddings, training=True))
     np.testing.assert_allclose(xla_pairs, plain_pairs, rtol=1e-5, atol=1e-6)
@@ -183,6 +217,7 @@ def test_xla_compiled_training_path_equals_the_plain_path() -> None:
         PairwiseInteraction(jit_compile_training=True, name="pairs"),
         AttentionPooling(attention_factor=5, l2_attention=1e-4, use_attention=False, name="att"),
         AttentionPooling(projection_initializer="zeros", scale_by_pairs=True, name="att_fm"),
+        AttentionPooling(pair_bias=True, l2_pair_bias=1e-4, name="att_pair_bias"),
     ],
     ids=lambda layer: type(layer).__name__,
 )
@@ -197,6 +232,7 @@ def test_config_round_trip(layer: keras.layers.Layer) -> None:
     [
         (lambda: AttentionPooling(attention_factor=0), r"`attention_factor` .* Received: 0"),
         (lambda: AttentionPooling(l2_attention=-1.0), r"`l2_attention` .* Received: -1.0"),
+        (lambda: AttentionPooling(l2_pair_bias=-1.0), r"`l2_pair_bias` .* Received: -1.0"),
         (lambda: FieldEmbedding([], output_dim=4), r"`vocab_sizes` .* Received: \[\]"),
         (lambda: FieldEmbedding([3, 0], output_dim=4), r"`vocab_sizes` .* Received: \[3, 0\]"),
         (lambda: FieldEmbedding([3], output_dim=0), r"`output_dim` .* Received: 0"),
