@@ -152,10 +152,6 @@ class FeatureStore:
         _, table = await self._with_table(self._namespace)
         return table.info
 
-    async def user_features(self, user_id: int | str) -> dict[str, str] | None:
-        """``(await self.read(user_id)).user``, for callers that need no movie features."""
-        return (await self.read(user_id)).user
-
     async def check(self) -> tuple[bool, bool]:
         """(Redis answers, a feature set is loaded), never raising."""
         try:

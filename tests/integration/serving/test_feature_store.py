@@ -181,16 +181,6 @@ def test_feature_set_without_a_load_raises(redis_url: str, feature_prefix: str) 
         _run(_with_store(redis_url, feature_prefix, lambda store: store.feature_set()))
 
 
-def test_user_features_is_the_user_half_of_read(redis_url: str, loaded: str) -> None:
-    async def read(store: FeatureStore):  # noqa: ANN202
-        return await store.user_features(1), await store.user_features(10**9)
-
-    assert _run(_with_store(redis_url, loaded, read)) == (
-        {"gender": "gA", "age": "aA", "occupation": "oA", "zip": "zA"},
-        None,
-    )
-
-
 def test_the_table_is_read_only(redis_url: str, loaded: str) -> None:
     read = _run(_with_store(redis_url, loaded, lambda store: store.read(1)))
     with pytest.raises(TypeError):
