@@ -17,6 +17,10 @@ Layout, for a key prefix P (default ``afm:``)::
                                popular      ["2858","260"] (JSON: up to 100 movie ids, most
                                             rated first)
                                sample_users ["1","2"] (JSON: up to 20 user ids)
+                               user_values  {"gender":{"F":1709,"M":4331},"age":{...},...}
+                                            (compact JSON: USER_FIELDS -> raw value -> users
+                                            with it, values sorted; what the service compares
+                                            with a model's vocabularies)
 
 A load writes a fresh namespace (users, movies and meta), then points ``P current`` at it
 with one SET, then deletes the previous namespace. Readers resolve the pointer and read in
@@ -27,7 +31,8 @@ the movie table and meta (the service does) keeps them per namespace and pairs a
 with the table of the namespace the user came from.
 
 A namespace written by an older loader may lack ``movies`` (reads as an empty table) or
-``meta`` (reads as ``FeatureSetMeta()``: no source, counts or time, no labels, no samples).
+``meta`` (reads as ``FeatureSetMeta()``: no source, counts or time, no labels, no samples),
+and a meta hash may lack ``user_values`` (reads as empty: nothing to compare).
 Movie values are raw strings exactly as in the data, "" when unknown.
 
 Pure and synchronous: the writer and the reader share every byte-level decision here.
@@ -67,7 +72,7 @@ movie_id/JSON list of the movies hash, flat field/value list of the meta hash}``
 list for a hash the load did not write)."""
 
 META_FIELDS: tuple[str, ...] = (
-    "source", "users", "movies", "loaded_at", "labels", "popular", "sample_users",
+    "source", "users", "movies", "loaded_at", "labels", "popular", "sample_users", "user_values",
 )  # fmt: skip
 """Fields of the meta hash, in the order encode_meta writes them."""
 
@@ -90,6 +95,10 @@ class FeatureSetMeta:
     """Movie ids, most rated first."""
     sample_users: tuple[str, ...] = ()
     """User ids present in the load, for people trying the service."""
+    user_values: Mapping[str, Mapping[str, int]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    """USER_FIELDS -> raw value -> number of loaded users with it; empty when not recorded."""
 
 
 def pointer_key(prefix: str) -> str:
@@ -166,6 +175,7 @@ def encode_meta(meta: FeatureSetMeta) -> dict[str, str]:
         "labels": _json({f: dict(values) for f, values in meta.labels.items()}),
         "popular": _json(list(meta.popular)),
         "sample_users": _json(list(meta.sample_users)),
+        "user_values": _json({f: dict(values) for f, values in meta.user_values.items()}),
     }
     return {name: value for name, value in encoded.items() if value is not None}
 
@@ -174,8 +184,8 @@ def decode_meta(raw: Mapping[bytes | str, bytes | str] | None) -> FeatureSetMeta
     """The meta of a load from its hash as read back; never raises.
 
     A missing hash, or any missing or unreadable field, reads as that field's default
-    (FeatureSetMeta()), so a bad meta hash costs labels or samples, never a read. The result
-    is read-only all the way down: readers may share it.
+    (FeatureSetMeta()), so a bad meta hash costs labels, samples or value counts, never a
+    read. The result is read-only all the way down: readers may share it.
     """
     try:
         text = {_text(k): _text(v) for k, v in (raw or {}).items()}
@@ -184,6 +194,7 @@ def decode_meta(raw: Mapping[bytes | str, bytes | str] | None) -> FeatureSetMeta
     labels = _loads(text.get("labels"), dict)
     popular = _loads(text.get("popular"), list)
     samples = _loads(text.get("sample_users"), list)
+    user_values = _loads(text.get("user_values"), dict)
     return FeatureSetMeta(
         source=text.get("source", ""),
         users=_decimal(text.get("users")),
@@ -198,6 +209,13 @@ def decode_meta(raw: Mapping[bytes | str, bytes | str] | None) -> FeatureSetMeta
         ),
         popular=tuple(popular) if _all_str(*popular) else (),
         sample_users=tuple(samples) if _all_str(*samples) else (),
+        user_values=MappingProxyType(
+            {
+                name: MappingProxyType(dict(counts))
+                for name, counts in user_values.items()
+                if isinstance(counts, dict) and _all_counts(counts)
+            }
+        ),
     )
 
 
@@ -224,6 +242,11 @@ def _decimal(text: str | None) -> int | None:
 
 def _all_str(*values: object) -> bool:
     return all(isinstance(v, str) for v in values)
+
+
+def _all_counts(counts: dict) -> bool:
+    """Every key a string and every value a count (an int >= 0, not a bool)."""
+    return _all_str(*counts) and all(type(n) is int and n >= 0 for n in counts.values())
 
 
 def _text(value: bytes | str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -45,7 +46,8 @@ def load_features(
     ``users`` maps USER_COLUMNS and ``movies`` maps MOVIE_COLUMNS to equal-length arrays of
     raw strings (row i is one user or movie; a movie table may have no rows). The meta hash
     (``feature_layout.FeatureSetMeta``) records ``source``, ``labels`` (field -> raw value ->
-    label), ``popular`` movie ids, ``sample_users`` ids, both counts and the load time (UTC).
+    label), ``popular`` movie ids, ``sample_users`` ids, both counts, the users per value of
+    each user feature (``user_values``) and the load time (UTC).
     Returns (user count, movie count). Raises MalformedInput for inconsistent columns,
     duplicate ids, labels that are not strings, or popular or sample ids that are not
     strings of the tables, before touching Redis; AfmError when Redis fails (after removing
@@ -61,6 +63,7 @@ def load_features(
         labels=_labels(labels or {}),
         popular=_ids(popular, movie_columns["movie_id"], "popular movie"),
         sample_users=_ids(sample_users, user_columns["user_id"], "sample user"),
+        user_values=_value_counts(user_columns),
     )
     try:
         client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30)
@@ -144,6 +147,16 @@ def _ids(ids: Sequence[str], known: list[str], what: str) -> tuple[str, ...]:
         if value not in table:
             raise MalformedInput(f"{what} id {value!r} is not in the table")
     return tuple(ids)
+
+
+def _value_counts(columns: dict[str, list[str]]) -> Mapping[str, Mapping[str, int]]:
+    """USER_FIELDS -> raw value -> users with it, values sorted (a stable meta hash)."""
+    return MappingProxyType(
+        {
+            name: MappingProxyType(dict(sorted(Counter(columns[name]).items())))
+            for name in feature_layout.USER_FIELDS
+        }
+    )
 
 
 def _write_users(client: redis.Redis, namespace: str, columns: dict[str, list[str]]) -> None:

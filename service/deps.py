@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.datastructures import State
 
+from service.coverage import CoverageMonitor
 from service.errors import ModelNotReady
 from service.feature_store import FeatureStore
 from service.model_registry import ModelRegistry
@@ -49,6 +50,10 @@ async def get_feature_store(request: Request) -> FeatureStore:
     return request.app.state.feature_store
 
 
+async def get_coverage(request: Request) -> CoverageMonitor:
+    return request.app.state.coverage
+
+
 async def get_scorer(request: Request) -> Scorer:
     return request.app.state.scorer
 
@@ -73,4 +78,5 @@ RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
 FeatureStoreDep = Annotated[FeatureStore, Depends(get_feature_store)]
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
+CoverageDep = Annotated[CoverageMonitor, Depends(get_coverage)]
 ScoringDep = Annotated[Scoring, Depends(get_scoring)]

@@ -65,12 +65,17 @@ class FeatureRead:
 
 @dataclass(frozen=True)
 class FeatureSetInfo:
-    """What the loaded feature set is, for people: its meta and its popular movies."""
+    """What the loaded feature set is: its meta and popular movies for people, its
+    namespace and movie ids for comparing it with a model (``service.coverage``)."""
 
     meta: FeatureSetMeta
     popular_movies: tuple[tuple[str, Mapping[str, str]], ...]
     """(movie_id, MOVIE_FEATURES) of ``meta.popular``, most rated first; ids missing from
     the movie table are left out."""
+    namespace: str = ""
+    """The namespace read; a new one per load."""
+    movie_ids: frozenset[str] = frozenset()
+    """Ids of the movie table (readable movies only)."""
 
 
 @dataclass(frozen=True)
@@ -233,7 +238,7 @@ class FeatureStore:
         table = _MovieTable(
             namespace,
             MappingProxyType(movies) if movies else _NO_MOVIES,
-            FeatureSetInfo(meta, popular),
+            FeatureSetInfo(meta, popular, namespace.decode(), frozenset(movies)),
         )
         self._table = table
         log.info(

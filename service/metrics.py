@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.coverage import CoverageMonitor
 from service.feature_store import FeatureStore
 from service.model_registry import ModelRegistry
 from service.scorer import Scorer
@@ -36,10 +37,16 @@ class Metrics:
         )
         self._state: _StateCollector | None = None
 
-    def watch(self, models: ModelRegistry, store: FeatureStore, scorer: Scorer) -> None:
+    def watch(
+        self,
+        models: ModelRegistry,
+        store: FeatureStore,
+        scorer: Scorer,
+        coverage: CoverageMonitor,
+    ) -> None:
         """Report the state of the objects a lifespan opened (replacing any earlier ones)."""
         self.unwatch()
-        self._state = _StateCollector(models, store, scorer)
+        self._state = _StateCollector(models, store, scorer, coverage)
         self.registry.register(self._state)
 
     def unwatch(self) -> None:
@@ -47,15 +54,31 @@ class Metrics:
             self.registry.unregister(self._state)
             self._state = None
 
+    async def refresh(self) -> None:
+        """Bring values computed on demand (feature coverage) up to date before a scrape;
+        nothing to do before a lifespan started watching."""
+        if self._state is not None:
+            await self._state.refresh()
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
 class _StateCollector(Collector):
-    def __init__(self, models: ModelRegistry, store: FeatureStore, scorer: Scorer) -> None:
+    def __init__(
+        self,
+        models: ModelRegistry,
+        store: FeatureStore,
+        scorer: Scorer,
+        coverage: CoverageMonitor,
+    ) -> None:
         self._models = models
         self._store = store
         self._scorer = scorer
+        self._coverage = coverage
+
+    async def refresh(self) -> None:
+        await self._coverage.check(self._models.current, self._store)
 
     def collect(self) -> Iterator:
         current = self._models.current
@@ -85,6 +108,16 @@ class _StateCollector(Collector):
             "Scoring requests those calls served (divided by the calls: mean batch).",
             value=self._scorer.requests_total,
         )
+        coverage = GaugeMetricFamily(
+            "afm_feature_coverage",
+            "Share of loaded users (movie_id: movies) whose value of the field the served "
+            "model was trained on (refreshed before each scrape).",
+            labels=["field"],
+        )
+        latest = self._coverage.latest
+        for name, share in latest.shares.items() if latest is not None else ():
+            coverage.add_metric([name], share)
+        yield coverage
 
 
 class RequestMetricsMiddleware:

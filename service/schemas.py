@@ -161,12 +161,26 @@ class FeatureSet(BaseModel):
     popular_movies: list[Movie] = Field(description="The most rated movies, most first.")
 
 
+class CoverageReport(BaseModel):
+    fields: dict[str, float] = Field(
+        description="Share of the loaded users (movie_id: movies) whose value of the field "
+        "is in the model's training vocabulary; fields the load did not count are absent."
+    )
+    threshold: float = Field(description="AFM_MIN_FEATURE_COVERAGE.")
+    ok: bool = Field(description="Every share is at least the threshold.")
+
+
 class ModelInfo(BaseModel):
     version: int
     path: str
     loaded_at: str
     refused_versions: list[int] = Field(description="Newer versions that failed to load.")
     metadata: dict[str, Any] = Field(description="The version's metadata.json.")
+    coverage: CoverageReport | None = Field(
+        None,
+        description="How much of the loaded feature set the model knows; null when "
+        "no feature set can be read.",
+    )
 
 
 class Health(BaseModel):
@@ -178,6 +192,12 @@ class Readiness(BaseModel):
     model_version: int | None
     redis: bool = Field(description="Redis answered a command within the timeout.")
     features_loaded: bool = Field(description="A feature set is loaded under the prefix.")
+    coverage_ok: bool | None = Field(
+        None,
+        description="The model knows enough of the loaded values (see /model); does not "
+        "affect ready. null without a model or a feature set.",
+    )
+    coverage_reason: str | None = Field(None, description="Why coverage is low, when it is.")
 
 
 class Problem(BaseModel):

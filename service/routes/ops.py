@@ -5,21 +5,37 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.deps import FeatureStoreDep, ModelDep, RegistryDep, SettingsDep
-from service.schemas import FeatureSet, Health, ModelInfo, Movie, Problem, Readiness
+from service.deps import CoverageDep, FeatureStoreDep, ModelDep, RegistryDep, SettingsDep
+from service.schemas import (
+    CoverageReport,
+    FeatureSet,
+    Health,
+    ModelInfo,
+    Movie,
+    Problem,
+    Readiness,
+)
 
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/model", responses={503: {"model": Problem}})
-async def model_info(model: ModelDep, registry: RegistryDep) -> ModelInfo:
-    """The version being served and its metadata.json."""
+async def model_info(
+    model: ModelDep, registry: RegistryDep, store: FeatureStoreDep, coverage: CoverageDep
+) -> ModelInfo:
+    """The version being served, its metadata.json and its coverage of the loaded features."""
+    covered = await coverage.check(model, store)
     return ModelInfo(
         version=model.version,
         path=str(model.path),
         loaded_at=model.loaded_at,
         refused_versions=registry.refused_versions,
         metadata=model.metadata.model_dump(mode="json"),
+        coverage=None
+        if covered is None
+        else CoverageReport(
+            fields=dict(covered.shares), threshold=covered.threshold, ok=covered.ok
+        ),
     )
 
 
@@ -51,12 +67,19 @@ async def healthz() -> Health:
 
 @router.get("/readyz", responses={503: {"model": Readiness, "description": "Not ready."}})
 async def readyz(
-    registry: RegistryDep, store: FeatureStoreDep, settings: SettingsDep, response: Response
+    registry: RegistryDep,
+    store: FeatureStoreDep,
+    coverage: CoverageDep,
+    settings: SettingsDep,
+    response: Response,
 ) -> Readiness:
-    """Ready to score: a model is loaded, Redis answers and a feature set is loaded."""
+    """Ready to score: a model is loaded, Redis answers and a feature set is loaded. Low
+    coverage of the features by the model is reported, not refused: scoring with
+    out-of-vocabulary values beats not scoring."""
     redis_ok, features_loaded = await store.check()
     model = registry.current
     ready = model is not None and redis_ok and features_loaded
+    covered = await coverage.check(model, store) if ready else None
     if not ready:
         response.status_code = 503
         response.headers["Retry-After"] = str(settings.retry_after)
@@ -65,11 +88,15 @@ async def readyz(
         model_version=model.version if model else None,
         redis=redis_ok,
         features_loaded=features_loaded,
+        coverage_ok=covered.ok if covered else None,
+        coverage_reason=covered.reason if covered else None,
     )
 
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    """Prometheus text format: request latency per route, Redis errors, model version."""
+    """Prometheus text format: request latency per route, Redis errors, model version,
+    feature coverage."""
+    await request.app.state.metrics.refresh()
     body, content_type = request.app.state.metrics.render()
     return Response(body, media_type=content_type)

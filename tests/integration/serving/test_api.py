@@ -65,7 +65,14 @@ def reference(signatures, synthetic_movies: dict):  # noqa: ANN001, ANN201
 
 def test_ready_and_serving_version_one(api: TestClient, trained_model_dir: Path) -> None:
     ready = api.get("/readyz").json()
-    assert ready == {"ready": True, "model_version": 1, "redis": True, "features_loaded": True}
+    assert ready == {
+        "ready": True,
+        "model_version": 1,
+        "redis": True,
+        "features_loaded": True,
+        "coverage_ok": True,
+        "coverage_reason": None,
+    }
     info = api.get("/model").json()
     on_disk = json.loads((trained_model_dir / "1" / contract.METADATA_FILE).read_text())
     assert info["version"] == 1 and info["metadata"] == on_disk

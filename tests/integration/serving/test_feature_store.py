@@ -214,7 +214,7 @@ def test_a_feature_set_without_movies_reads_an_empty_table(
     assert read.user == user
     assert dict(read.movies) == {}
     assert read.meta == FeatureSetMeta() and dict(read.meta.labels) == {}
-    assert info == FeatureSetInfo(FeatureSetMeta(), ())
+    assert info == FeatureSetInfo(FeatureSetMeta(), (), namespace, frozenset())
 
 
 def test_unreadable_movies_are_left_out(redis_url: str, loaded: str, client: redis.Redis) -> None:

@@ -151,10 +151,24 @@ def test_the_meta_hash_records_what_was_loaded(
         "labels": '{"gender":{"gA":"Gender A"},"age":{}}',
         "popular": '["7","30","1"]',
         "sample_users": '["2","1"]',
+        "user_values": '{"gender":{"gA":50},"age":{"aA":50},"occupation":{"oA":50},'
+        '"zip":{"zA":50}}',
     }
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", loaded_at)
     stamp = datetime.strptime(loaded_at, "%Y-%m-%dT%H:%M:%S%z")
     assert before <= stamp <= datetime.now(UTC)
+
+
+def test_meta_counts_the_users_of_each_value_sorted_by_value(
+    redis_url: str, feature_prefix: str, client: redis.Redis
+) -> None:
+    users = _users(3, "A")
+    users["zip"] = np.array(["20500", "02138", "20500"])
+    loader.load_features(users, _movies(0, "A"), redis_url, feature_prefix)
+    namespace = client.get(feature_layout.pointer_key(feature_prefix))
+    assert client.hget(feature_layout.meta_key(namespace), "user_values") == (
+        '{"gender":{"gA":3},"age":{"aA":3},"occupation":{"oA":3},"zip":{"02138":1,"20500":2}}'
+    )
 
 
 def test_a_load_without_a_description_still_records_counts_and_time(

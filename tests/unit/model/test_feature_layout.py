@@ -128,6 +128,7 @@ META = fl.FeatureSetMeta(
     labels={"gender": {"F": "Female", "M": "Male"}, "age": {"1": "Under 18"}},
     popular=("2858", "260"),
     sample_users=("1", "2"),
+    user_values={"gender": {"F": 1709, "M": 4331}, "zip": {"02138": 2, "10001": 1}},
 )
 META_HASH = {
     "source": "ml-1m at /data/ml-1m",
@@ -137,12 +138,14 @@ META_HASH = {
     "labels": '{"gender":{"F":"Female","M":"Male"},"age":{"1":"Under 18"}}',
     "popular": '["2858","260"]',
     "sample_users": '["1","2"]',
+    "user_values": '{"gender":{"F":1709,"M":4331},"zip":{"02138":2,"10001":1}}',
 }
 
 
 def test_encode_meta_is_strings_and_compact_json() -> None:
     assert fl.META_FIELDS == (
         "source", "users", "movies", "loaded_at", "labels", "popular", "sample_users",
+        "user_values",
     )  # fmt: skip
     encoded = fl.encode_meta(META)
     assert encoded == META_HASH
@@ -157,6 +160,7 @@ def test_encode_meta_keeps_non_ascii_text_and_leaves_out_unknown_counts() -> Non
         "labels": '{"genres":{"Crime":"Policier é"}}',
         "popular": "[]",
         "sample_users": "[]",
+        "user_values": "{}",
     }
 
 
@@ -183,6 +187,7 @@ def test_a_namespace_without_meta_reads_as_the_defaults(raw: dict | None) -> Non
     assert meta == fl.FeatureSetMeta()
     assert (meta.source, meta.users, meta.movies, meta.loaded_at) == ("", None, None, "")
     assert (dict(meta.labels), meta.popular, meta.sample_users) == ({}, (), ())
+    assert dict(meta.user_values) == {}  # an older load: nothing to compare with a model
 
 
 @pytest.mark.parametrize(
@@ -196,6 +201,8 @@ def test_a_namespace_without_meta_reads_as_the_defaults(raw: dict | None) -> Non
         ("popular", '{"2858":1}', ()),
         ("popular", "[2858]", ()),
         ("sample_users", '["1",null]', ()),
+        ("user_values", "[]", {}),
+        ("user_values", "{", {}),
     ],
 )
 def test_decode_meta_unreadable_field_reads_as_its_default(
@@ -213,3 +220,11 @@ def test_decode_meta_drops_a_field_whose_labels_are_not_strings() -> None:
 
 def test_decode_meta_of_undecodable_bytes_is_the_defaults() -> None:
     assert fl.decode_meta({b"source": b"\xff"}) == fl.FeatureSetMeta()
+
+
+def test_decode_meta_drops_a_field_whose_value_counts_are_not_counts() -> None:
+    counts = '{"gender":{"F":3},"age":{"1":"3"},"zip":{"x":-1},"occupation":{"4":true},"y":1}'
+    meta = fl.decode_meta({**META_HASH, "user_values": counts})
+    assert meta.user_values == {"gender": {"F": 3}}
+    with pytest.raises(TypeError):
+        meta.user_values["gender"]["F"] = 4  # type: ignore[index]

@@ -61,6 +61,7 @@ class FakeModel:
     fields = FIELDS
     pairs = PAIRS
     known_movies = frozenset({"1193", "661"})
+    vocabularies = {"movie_id": known_movies, "gender": frozenset({"F"})}
     fail = False
 
     def __init__(self) -> None:
@@ -382,6 +383,8 @@ def test_ready_when_model_and_redis_are(client: TestClient, store: FakeStore) ->
         "model_version": 7,
         "redis": True,
         "features_loaded": True,
+        "coverage_ok": True,
+        "coverage_reason": None,
     }
     store.error = FeatureStoreUnavailable("down")
     assert client.get("/readyz").status_code == 503
