@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from model import logs
 from model.config import (
     DEFAULT_OOV_RATE,
     AFMConfig,
@@ -25,8 +26,7 @@ from model.config import (
 from model.errors import AfmError
 from model.feature_layout import DEFAULT_PREFIX
 
-# TensorFlow's C++ info lines (CPU features, XLA) drown the training progress; errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     help="Attentional Factorization Machines for click-through-rate scoring.",
@@ -51,8 +51,30 @@ RedisUrlOpt = Annotated[
 ]
 
 
+@app.callback()
+def main(
+    ctx: typer.Context,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Debug logs, and TensorFlow's C++ notices (CPU features, oneDNN) back on.",
+        ),
+    ] = False,
+    log_format: Annotated[
+        logs.LogFormat,
+        typer.Option(help="text for people; json: one object per line.", envvar="AFM_LOG_FORMAT"),
+    ] = "text",
+) -> None:
+    """Attentional Factorization Machines for click-through-rate scoring."""
+    # serve runs for days: its lines carry the time. Before any command imports TensorFlow.
+    timestamps = ctx.invoked_subcommand in ("serve", "up")
+    logs.configure(verbose=verbose, fmt=log_format, timestamps=timestamps)
+
+
 def _fail(exc: AfmError) -> typer.Exit:
-    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    log.error("%s", exc)
     return typer.Exit(code=1)
 
 
@@ -208,6 +230,7 @@ def train(
         patience=patience,
         seed=seed,
     )
+    logs.quiet_tensorflow_import()
     from model.protocols import prepare
     from model.train import train_and_export
 
@@ -273,10 +296,60 @@ def serve(
     # Workers are separate processes that build the app from the environment.
     os.environ["AFM_MODEL_DIR"] = str(model_dir)
     os.environ["AFM_REDIS_URL"] = redis_url
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if workers == 1:  # the app loads models in a thread, while uvicorn writes to stderr
+        logs.quiet_tensorflow_import()
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        # None: keep main()'s setup; worker processes apply it again from the dict.
+        log_config=None if workers == 1 else logs.active_dict_config(),
+        access_log=False,  # the app writes its own access line (service/access_log.py)
     )
-    uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+@app.command()
+def up(
+    model_dir: Annotated[
+        Path, typer.Option(help="Export root; trained into when empty.", envvar="AFM_MODEL_DIR")
+    ] = Path("models"),
+    dataset: Annotated[
+        Dataset,
+        typer.Option(help="What to train on and load (synthetic: offline).", envvar="AFM_DATASET"),
+    ] = "ml-1m",
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = DataConfig.cache_dir,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Redis to use. Default: an embedded one under the cache dir, stopped on exit.",
+            envvar="AFM_REDIS_URL",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(envvar="AFM_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="AFM_PORT")] = 8000,
+) -> None:
+    """Train a first version if --model-dir has none, load the features, serve. Ctrl-C stops
+    everything it started."""
+    from model.contract import latest_version
+    from model.local import redis_for
+
+    try:
+        with redis_for(redis_url, cache_dir) as url:
+            if latest_version(model_dir) is None:
+                train(model_dir=model_dir, dataset=dataset, data_dir=data_dir, cache_dir=cache_dir)
+            load_features(redis_url=url, dataset=dataset, data_dir=data_dir, cache_dir=cache_dir)
+            typer.echo(
+                f"serving http://{host}:{port}  (page: /ui, API docs: /docs; Ctrl-C stops)\n"
+                f"try: curl -s -X POST http://{host}:{port}/score -H 'content-type: "
+                'application/json\' -d \'{"user_id": 1, "movie_ids": [1, 2, 3]}\'',
+                err=True,
+            )
+            serve(model_dir=model_dir, redis_url=url, host=host, port=port)
+    except AfmError as exc:
+        raise _fail(exc) from None
 
 
 if __name__ == "__main__":

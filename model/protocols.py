@@ -17,18 +17,20 @@ All randomness comes from ``np.random.default_rng(config.seed)``; no per-row Pyt
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import typer
 
 from model.config import DataConfig
 from model.dataset import MOVIE_COLUMNS, USER_COLUMNS, LabeledRows, PreparedData, Ratings
 from model.errors import AfmError, MalformedInput
 from model.movielens import load_ratings
 from model.parsing import parse_categorical
+
+log = logging.getLogger(__name__)
 
 HELD_OUT_MIN_RATINGS = 3  # first item (never a positive) + valid + test
 RATING_POSITIVE, RATING_NEGATIVE = 4, 2  # >= 4 positive, <= 2 negative, 3 dropped
@@ -368,12 +370,12 @@ def _distinct_users(
 
 
 class _Stage:
-    """One progress line per finished stage on stderr, with its duration."""
+    """One log line per finished stage, with its duration."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
 
     def done(self, message: str) -> None:
         now = time.perf_counter()
-        typer.echo(f"[data] {message} ({now - self.start:.1f}s)", err=True)
+        log.info("[data] %s (%.1fs)", message, now - self.start)
         self.start = now

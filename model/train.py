@@ -12,7 +12,7 @@ seed and data produce the same weights (checked in tests/integration/test_train_
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -29,6 +29,9 @@ from model.contract import FIELD_SETS
 from model.dataset import PreparedData
 from model.errors import AfmError
 from model.export import export_version
+from model.logs import json_output, stderr_is_terminal
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 CURVE_FILE = "training_curve.png"
@@ -125,9 +128,57 @@ def epoch_dataset(
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
-def _say(message: str) -> None:
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
+class EpochProgress(keras.callbacks.Callback):
+    """A rich progress bar over one epoch: rows done, rows/s, running loss, ETA.
+
+    Keras calls ``on_train_batch_end`` once per ``steps_per_execution`` batches, with the
+    last batch's index, so the bar moves in steps of 16 batches; that costs one read of the
+    running loss per step and nothing else. The bar is transient: the epoch line replaces it.
+    """
+
+    def __init__(self, rows: int, batch_size: int, description: str) -> None:
+        super().__init__()
+        self.rows, self.batch_size, self.description = rows, batch_size, description
+        self._progress: Any = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rows  {task.fields[speed]}  loss {task.fields[loss]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(self.description, total=self.rows, speed="", loss="-")
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        done = min((batch + 1) * self.batch_size, self.rows)
+        rate = done / max(time.perf_counter() - self._start, 1e-9)
+        loss = f"{float(logs['loss']):.4f}" if logs and "loss" in logs else "-"
+        self._progress.update(self._task, completed=done, speed=f"{rate:,.0f}/s", loss=loss)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _show_progress_bar() -> bool:
+    """A bar only for a person watching: stderr is a terminal and the log is not JSON."""
+    return stderr_is_terminal() and not json_output()
 
 
 def _evaluate(
@@ -164,14 +215,19 @@ def fit(data: PreparedData, afm: AFMConfig, train: TrainConfig) -> FitResult:
     trainer = compiled_trainer(model, train)
     result = FitResult(model=model, fields=fields, vocabularies=vocabularies)
     best_auc, best_weights, waited = -np.inf, trainer.get_weights(), 0
-    _say(
+    bar = _show_progress_bar()
+    log.debug("model %s; training %s", afm, train)
+    log.info(
         f"training on {len(y_train):,} rows ({int(y_train.sum()):,} positive), "
         f"validating on {len(data.valid):,}; up to {train.epochs} epochs"
     )
     for epoch in range(1, train.epochs + 1):
         batches = epoch_dataset(x_train, y_train, train.batch_size, rng)
         start = time.perf_counter()
-        history = trainer.fit(batches, epochs=1, shuffle=False, verbose=0)
+        progress = [EpochProgress(len(y_train), train.batch_size, f"epoch {epoch}/{train.epochs}")]
+        history = trainer.fit(
+            batches, epochs=1, shuffle=False, verbose=0, callbacks=progress if bar else None
+        )
         seconds = time.perf_counter() - start
         valid = _evaluate(trainer, x_valid, data.valid.label)
         record = EpochRecord(
@@ -184,7 +240,7 @@ def fit(data: PreparedData, afm: AFMConfig, train: TrainConfig) -> FitResult:
             seconds=seconds,
         )
         result.history.append(record)
-        _say(
+        log.info(
             f"epoch {epoch}/{train.epochs}  loss {record.train_loss:.4f}  "
             f"val_auc {record.valid_auc:.4f}  val_logloss {record.valid_logloss:.4f}  "
             f"{record.examples_per_second:,.0f} examples/s  ({seconds:.1f}s)"
@@ -195,7 +251,7 @@ def fit(data: PreparedData, afm: AFMConfig, train: TrainConfig) -> FitResult:
         else:
             waited += 1
             if waited >= train.patience:
-                _say(f"early stop: no better val_auc for {waited} epochs")
+                log.info(f"early stop: no better val_auc for {waited} epochs")
                 break
     trainer.set_weights(best_weights)
 
@@ -215,11 +271,11 @@ def fit(data: PreparedData, afm: AFMConfig, train: TrainConfig) -> FitResult:
             "positives": int(data.test.label[held].sum()),
             **_evaluate(trainer, {k: v[held] for k, v in x_test.items()}, data.test.label[held]),
         }
-        _say(
+        log.info(
             f"test rows of the {len(data.held_out_movies):,} held-out movies: "
             f"AUC {result.metrics['test_held_out_movies']['auc']:.4f}"
         )
-    _say(
+    log.info(
         f"best epoch {result.best_epoch}: test AUC {test['auc']:.4f}  test logloss "
         f"{test['logloss']:.4f}  (valid AUC {valid['auc']:.4f})"
     )

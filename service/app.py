@@ -16,7 +16,9 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from service.access_log import AccessLogMiddleware
 from service.body_limit import BodySizeLimitMiddleware
+from service.coverage import CoverageMonitor
 from service.errors import install_error_handlers
 from service.feature_store import FeatureStore
 from service.metrics import Metrics, RequestMetricsMiddleware
@@ -55,14 +57,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: the size limit runs before routing; metrics time everything inside it.
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.access_log:  # outermost: a 413 from the size limit gets its line too
+        app.add_middleware(AccessLogMiddleware)
     return app
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    # A log line per request costs more than a Redis read; /metrics already counts requests.
-    logging.getLogger("uvicorn.access").disabled = not settings.access_log
     registry = ModelRegistry(settings.model_dir, _thread_configuring_loader(settings))
     store = FeatureStore.connect(
         settings.redis_url,
@@ -73,7 +75,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     scorer = Scorer(settings.scoring_threads)
     app.state.registry, app.state.feature_store, app.state.scorer = registry, store, scorer
-    app.state.metrics.watch(registry, store, scorer)
+    app.state.coverage = CoverageMonitor(settings.min_feature_coverage)
+    app.state.metrics.watch(registry, store, scorer, app.state.coverage)
     reload_task = asyncio.create_task(_keep_loading(registry, settings.reload_interval))
     log.info(
         "serving from %s, features from %s (prefix %r)",

@@ -54,8 +54,18 @@ class Settings(BaseSettings):
         "This model's ops are tiny: one thread measured fastest.",
     )
     tf_inter_op_threads: int = Field(1, ge=0, description="Ops TensorFlow runs in parallel.")
+    min_feature_coverage: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Below this share of loaded users (per user field) or movies whose value "
+        "the model was trained on, /model, /readyz and /metrics report low coverage and a "
+        "warning is logged; readiness is not affected.",
+    )
     access_log: bool = Field(
-        False, description="uvicorn's per-request log line (off: /metrics counts requests)."
+        True,
+        description="One log line per request (method, route, status, ms) on the "
+        "service.access logger; about 20 µs each (docs/service.md).",
     )
 
 

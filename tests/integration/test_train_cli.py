@@ -44,6 +44,47 @@ def test_attention_is_not_uniform(trained_model_dir: Path, synthetic_dir: Path) 
     assert attention.std(axis=0).max() > 1e-3
 
 
+TENSORFLOW_NOTICES = ("I0000", "oneDNN", "cpu_feature_guard", "absl::InitializeLog")
+
+
+def _train_tiny(synthetic_dir: Path, model_dir: Path, *global_flags: str) -> str:
+    result = run_cli(
+        *global_flags, "train", "--dataset", "synthetic", "--data-dir", str(synthetic_dir),
+        "--epochs", "1", "--embedding-dim", "4", "--attention-factor", "2",
+        "--batch-size", "2048", "--model-dir", str(model_dir),
+    )  # fmt: skip
+    return result.stderr
+
+
+def test_train_prints_its_progress_lines_and_no_tensorflow_notices(
+    synthetic_dir: Path, tmp_path: Path
+) -> None:
+    stderr = _train_tiny(synthetic_dir, tmp_path)
+    for notice in TENSORFLOW_NOTICES:
+        assert notice not in stderr, stderr
+    assert re.search(r"^\[data\] next-item protocol: ", stderr, re.MULTILINE), stderr
+    assert re.search(r"^epoch 1/1  loss \d\.\d{4}  val_auc 0\.\d{4}", stderr, re.MULTILINE)
+    assert re.search(r"test AUC 0\.\d{4}", stderr)
+    assert "\x1b[" not in stderr  # not a terminal: no progress bar, no colour
+
+
+def test_json_log_format_writes_one_object_per_line(synthetic_dir: Path, tmp_path: Path) -> None:
+    lines = _train_tiny(synthetic_dir, tmp_path, "--log-format", "json").splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
+    assert any(
+        e["logger"] == "model.train" and e["message"].startswith("epoch 1/1") for e in entries
+    )
+
+
+def test_verbose_shows_debug_lines_and_tensorflow_notices(
+    synthetic_dir: Path, tmp_path: Path
+) -> None:
+    stderr = _train_tiny(synthetic_dir, tmp_path, "-v")
+    assert re.search(r" model\.train: debug: model AFMConfig\(", stderr), stderr
+    assert any(notice in stderr for notice in TENSORFLOW_NOTICES), stderr
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [

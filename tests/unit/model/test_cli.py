@@ -1,5 +1,7 @@
+import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 from typer.testing import CliRunner
@@ -7,6 +9,22 @@ from typer.testing import CliRunner
 from model.cli import app
 
 runner = CliRunner(env={"COLUMNS": "300"})  # keep rich from wrapping error messages
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI callback configures the root logger (onto CliRunner's stream): undo it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.captureWarnings(False)
+
+
+def test_help_shows_the_global_logging_flags() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert "--verbose" in result.output and "--log-format" in result.output
 
 
 def test_help_lists_every_command_without_importing_tensorflow() -> None:

@@ -1,0 +1,52 @@
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from model.logs import JsonFormatter
+from service.access_log import AccessLogMiddleware
+from service.app import create_app
+from service.settings import Settings
+
+
+def _app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    app.add_middleware(AccessLogMiddleware)
+    return app
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "service.access"]
+
+
+def test_one_access_line_per_request_with_the_route_template(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="service.access"):
+        client = TestClient(_app())
+        client.get("/items/3?x=1")
+        client.get("/nowhere")
+    found, missing = _access_lines(caplog)
+    assert re.fullmatch(r"GET /items/\{item_id\} 200 \d+\.\dms", found.getMessage())
+    assert re.fullmatch(r"GET /nowhere 404 \d+\.\dms", missing.getMessage())
+    entry = json.loads(JsonFormatter().format(found))
+    assert entry["method"] == "GET" and entry["route"] == "/items/{item_id}"
+    assert entry["status"] == 200 and entry["duration_ms"] > 0
+
+
+def test_access_log_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
+    def has_access_log(**settings: object) -> bool:
+        app = create_app(Settings(model_dir=tmp_path, reload_interval=0, **settings))
+        return any(m.cls is AccessLogMiddleware for m in app.user_middleware)
+
+    assert has_access_log()
+    assert not has_access_log(access_log=False)
