@@ -34,7 +34,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DatasetOpt = Annotated[Dataset | None, typer.Option(envvar="AFM_DATASET")]
+DEFAULT_DATASET: Dataset = "ml-1m"  # as compose's DATASET; `synthetic` works offline
+DatasetOpt = Annotated[
+    Dataset | None,
+    typer.Option(help="ml-1m (downloaded once), ml-100k or synthetic.", envvar="AFM_DATASET"),
+]
 DataDirOpt = Annotated[
     Path | None,
     typer.Option(
@@ -188,11 +192,12 @@ def train(
     seed_files = (train_file, valid_file, test_file)
     if any(seed_files) and not all(seed_files):
         raise typer.BadParameter("give all three of --train-file, --valid-file, --test-file")
-    if all(seed_files) == (dataset is not None):
+    if all(seed_files) and dataset is not None:
         raise typer.BadParameter(
-            "give --dataset (ml-1m, ml-100k, synthetic) or the three seed row files, "
-            "exactly one of them"
+            "give --dataset (ml-1m, ml-100k, synthetic) or the three seed row files, not both"
         )
+    if not all(seed_files):
+        dataset = dataset or DEFAULT_DATASET
     if fields is None:
         fields = "seed" if all(seed_files) else "all"
     elif fields == "all" and all(seed_files):
@@ -245,7 +250,7 @@ def train(
 @app.command("load-features")
 def load_features(
     redis_url: RedisUrlOpt = DEFAULT_REDIS_URL,
-    dataset: DatasetOpt = "synthetic",
+    dataset: DatasetOpt = DEFAULT_DATASET,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = DataConfig.cache_dir,
     prefix: Annotated[
@@ -318,7 +323,7 @@ def up(
     dataset: Annotated[
         Dataset,
         typer.Option(help="What to train on and load (synthetic: offline).", envvar="AFM_DATASET"),
-    ] = "ml-1m",
+    ] = DEFAULT_DATASET,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = DataConfig.cache_dir,
     redis_url: Annotated[

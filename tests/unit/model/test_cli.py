@@ -2,6 +2,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -44,10 +45,9 @@ def test_help_lists_every_command_without_importing_tensorflow() -> None:
     [
         (
             ["--dataset", "ml-1m", "--train-file", "a", "--valid-file", "b", "--test-file", "c"],
-            "give --dataset (ml-1m, ml-100k, synthetic) or the three seed row files",
+            "give --dataset (ml-1m, ml-100k, synthetic) or the three seed row files, not both",
         ),
         (["--train-file", "a"], "all three of --train-file"),
-        ([], "give --dataset (ml-1m, ml-100k, synthetic) or the three seed row files"),
         (["--dataset", "ml-20m"], "'ml-20m' is not one of 'ml-1m', 'ml-100k', 'synthetic'"),
         (
             ["--dataset", "synthetic", "--protocol", "random"],
@@ -76,3 +76,15 @@ def test_load_features_and_serve_default_to_the_same_redis() -> None:
     from service.settings import Settings
 
     assert Settings.model_fields["redis_url"].default == cli.DEFAULT_REDIS_URL
+
+
+def test_every_command_defaults_to_the_same_dataset() -> None:
+    import inspect
+
+    from model import cli
+
+    for name in ("load_features", "up"):
+        assert inspect.signature(getattr(cli, name)).parameters["dataset"].default == "ml-1m"
+    assert cli.DEFAULT_DATASET == "ml-1m"
+    compose = (Path(__file__).resolve().parents[3] / "compose.yaml").read_text()
+    assert "AFM_DATASET: ${DATASET:-ml-1m}" in compose
