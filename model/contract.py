@@ -63,6 +63,12 @@ MULTI_VALUED: dict[str, str] = {"genres": "|"}
 USER_ID, MOVIE_ID = "user_id", "movie_id"
 
 
+def split_values(field: str, joined: str) -> list[str]:
+    """The values of a MULTI_VALUED field's raw string, empty parts dropped
+    ("Comedy|Drama" -> ["Comedy", "Drama"]; "" -> [])."""
+    return [value for value in joined.split(MULTI_VALUED[field]) if value]
+
+
 def pairs(fields: tuple[str, ...] | list[str]) -> tuple[tuple[str, str], ...]:
     """Field pairs in attention-column order: ``itertools.combinations`` of ``fields``."""
     return tuple(itertools.combinations(fields, 2))

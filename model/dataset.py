@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.contract import MOVIE_ID, MULTI_VALUED, USER_FIELDS
+from model.contract import MOVIE_ID, MULTI_VALUED, USER_FIELDS, split_values
 
 USER_COLUMNS: tuple[str, ...] = USER_FIELDS  # user_id, gender, age, occupation, zip
 MOVIE_COLUMNS: tuple[str, ...] = (MOVIE_ID, "title", "year", "genres")
@@ -89,14 +89,14 @@ class PreparedData:
             values, index = self.table(name)
             values = np.unique(values[seen[index]])
             if name in MULTI_VALUED:
-                values = np.unique([v for joined in values for v in _split(joined, name)])
+                values = np.unique([v for joined in values for v in split_values(name, joined)])
             vocab[name] = values.astype(str)
         return vocab
 
     def encode(
         self, rows: LabeledRows, vocabularies: Mapping[str, np.ndarray], fields: Sequence[str]
     ) -> dict[str, np.ndarray]:
-        """Model inputs for ``rows``: see ``model.afm.model_inputs`` for the names and shapes.
+        """Model inputs for ``rows``, as ``model.afm.build_afm``'s model takes them.
 
         Single-valued fields become one int32 column each (unseen values map to 0), stacked
         in ``fields`` order; each MULTI_VALUED field becomes an int32 (n, longest) matrix of
@@ -132,14 +132,12 @@ SINGLE_INPUT = "ids"
 """Model input holding every single-valued field's id, (batch, fields) in field-set order."""
 
 
-def _split(joined: str, name: str) -> list[str]:
-    return [v for v in joined.split(MULTI_VALUED[name]) if v]
-
-
 def _bag_codes(values: np.ndarray, vocabulary: np.ndarray, name: str) -> np.ndarray:
     """Per table row, the ids of its values padded with PAD: int32 (rows, longest)."""
     index = {v: i + 1 for i, v in enumerate(vocabulary.tolist())}
-    bags = [[index.get(v, 0) for v in _split(joined, name)] or [0] for joined in values.tolist()]
+    bags = [
+        [index.get(v, 0) for v in split_values(name, joined)] or [0] for joined in values.tolist()
+    ]
     codes = np.full((len(bags), max((len(b) for b in bags), default=1)), PAD, dtype=np.int32)
     for row, bag in enumerate(bags):
         codes[row, : len(bag)] = bag

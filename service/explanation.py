@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from model.contract import MOVIE_ID, MULTI_VALUED
+from model.contract import MOVIE_ID, MULTI_VALUED, split_values
 
 UNKNOWN_LABEL = "unknown"
 
@@ -43,7 +43,7 @@ def label(field: str, value: str, labels: Labels, movies: Mapping[str, Mapping[s
     if field == MOVIE_ID:
         return movies.get(value, {}).get("title") or value
     if field in MULTI_VALUED:
-        return ", ".join(v for v in value.split(MULTI_VALUED[field]) if v)
+        return ", ".join(split_values(field, value))
     return labels.get(field, {}).get(value, value)
 
 

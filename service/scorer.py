@@ -92,12 +92,11 @@ class LoadedModel:
         """Whether each value is in the training vocabulary of ``field_name`` (a multi-valued
         one: every one of its values is, and it has one)."""
         vocabulary = self.vocabularies[field_name]
-        separator = contract.MULTI_VALUED.get(field_name)
-        if separator is None:
+        if field_name not in contract.MULTI_VALUED:
             return [value in vocabulary for value in values]
         return [
             bool(parts) and all(part in vocabulary for part in parts)
-            for parts in ([p for p in value.split(separator) if p] for value in values)
+            for parts in (contract.split_values(field_name, value) for value in values)
         ]
 
     def score(self, columns: Columns) -> np.ndarray:

@@ -122,3 +122,9 @@ def test_vocabularies_are_read_per_field_as_strings(tmp_path: Path) -> None:
     (tmp_path / contract.VOCABULARIES_FILE).write_text(json.dumps(vocab))
     with pytest.raises(ValueError, match="zip"):
         contract.read_vocabularies(tmp_path, fields)
+
+
+def test_multi_valued_strings_split_on_their_separator_without_empty_parts() -> None:
+    assert contract.split_values("genres", "Comedy|Drama") == ["Comedy", "Drama"]
+    assert contract.split_values("genres", "A||B|") == ["A", "B"]
+    assert contract.split_values("genres", "") == []
