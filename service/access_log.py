@@ -9,9 +9,10 @@ records one, else the raw path. Turned off with ``AFM_ACCESS_LOG=false``.
 from __future__ import annotations
 
 import logging
-import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.metrics import call_observed
 
 log = logging.getLogger("service.access")
 
@@ -24,22 +25,11 @@ class AccessLogMiddleware:
         if scope["type"] != "http" or not log.isEnabledFor(logging.INFO):
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
-        status = 500  # if the app raises before it starts a response
         path = scope["path"]  # routing may rewrite it for mounts
 
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            ms = (time.perf_counter() - start) * 1000
-            route = scope.get("route")
-            route_path = getattr(route, "path", None) or path
+        def observe(status: int, seconds: float) -> None:
+            ms = seconds * 1000
+            route_path = getattr(scope.get("route"), "path", None) or path
             method = scope["method"]
             log.info(
                 "%s %s %d %.1fms",
@@ -56,3 +46,5 @@ class AccessLogMiddleware:
                     }
                 },
             )
+
+        await call_observed(self.app, scope, receive, send, observe)

@@ -9,7 +9,7 @@ under it), so label cardinality stays fixed. Gauges and counters owned by other 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -132,27 +132,43 @@ class RequestMetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
-        status = 500
         path, root_path = scope["path"], scope.get("root_path", "")  # routing rewrites them
 
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            elapsed = time.perf_counter() - start
+        def observe(status: int, seconds: float) -> None:
             route = scope.get("route")
             template = route.path if route is not None else _template(scope, path, root_path)
             key = (scope["method"], template, str(status))
             child = self._children.get(key)
             if child is None:
                 child = self._children[key] = self.histogram.labels(*key)
-            child.observe(elapsed)
+            child.observe(seconds)
+
+        await call_observed(self.app, scope, receive, send, observe)
+
+
+async def call_observed(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    observe: Callable[[int, float], None],
+) -> None:
+    """``app`` on one HTTP request, then ``observe(status, seconds)``, also when ``app``
+    raised (status 500 if no response had started). Shared by the metrics and access-log
+    middlewares."""
+    start = time.perf_counter()
+    status = 500
+
+    async def send_with_status(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    try:
+        await app(scope, receive, send_with_status)
+    finally:
+        observe(status, time.perf_counter() - start)
 
 
 def _template(scope: Scope, path: str, root_path: str) -> str:
