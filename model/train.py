@@ -184,7 +184,14 @@ def _show_progress_bar() -> bool:
 def _evaluate(
     model: keras.Model, inputs: Mapping[str, np.ndarray], labels: np.ndarray
 ) -> dict[str, float]:
-    probabilities = model.predict(dict(inputs), batch_size=PREDICT_BATCH, verbose=0)
+    return _metrics(labels, _predict(model, inputs))
+
+
+def _predict(model: keras.Model, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    return model.predict(dict(inputs), batch_size=PREDICT_BATCH, verbose=0)
+
+
+def _metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     return {"auc": roc_auc(labels, probabilities), "logloss": log_loss(labels, probabilities)}
 
 
@@ -256,8 +263,8 @@ def fit(data: PreparedData, afm: AFMConfig, train: TrainConfig) -> FitResult:
     trainer.set_weights(best_weights)
 
     valid = _evaluate(trainer, x_valid, data.valid.label)
-    x_test = data.encode(data.test, vocabularies, fields)
-    test = _evaluate(trainer, x_test, data.test.label)
+    test_probabilities = _predict(trainer, data.encode(data.test, vocabularies, fields))
+    test = _metrics(data.test.label, test_probabilities)
     result.metrics = {
         "valid": valid,
         "test": test,
@@ -269,7 +276,7 @@ def fit(data: PreparedData, afm: AFMConfig, train: TrainConfig) -> FitResult:
         result.metrics["test_held_out_movies"] = {
             "rows": int(held.sum()),
             "positives": int(data.test.label[held].sum()),
-            **_evaluate(trainer, {k: v[held] for k, v in x_test.items()}, data.test.label[held]),
+            **_metrics(data.test.label[held], test_probabilities[held]),
         }
         log.info(
             f"test rows of the {len(data.held_out_movies):,} held-out movies: "
