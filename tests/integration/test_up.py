@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,7 +47,10 @@ def test_up_trains_loads_serves_and_stops_everything(synthetic_dir: Path, tmp_pa
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
     assert f"serving http://127.0.0.1:{port}" in output
-    assert not list((tmp_path / "cache" / "redis").glob("*.sock*"))  # the embedded Redis stopped
-    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    # The embedded Redis it used (named in the load-features line) is stopped and gone.
+    socket = re.search(r"into unix://(\S+) under prefix", output).group(1)
+    assert (tmp_path / "cache" / "redis" / "afm.db.settings").is_file()  # its data dir
+    assert not Path(socket).exists(), socket
+    leftovers = subprocess.run(["pgrep", "-f", socket], capture_output=True, text=True)
     assert leftovers.stdout == "", leftovers.stdout
     assert (tmp_path / "models" / "1" / "metadata.json").is_file()
