@@ -26,6 +26,12 @@ Rules both halves rely on:
   logit: ``OUTPUT_BIAS`` [batch] (w0), ``OUTPUT_LINEAR`` [batch, len(fields)] (each field's
   linear term, in field order) and ``OUTPUT_LOGIT`` [batch], with
   logit = bias + sum(linear) + sum(contribution) and probability = sigmoid(logit).
+* ``SIGNATURE_RANK`` and ``SIGNATURE_RANK_EXPLAIN`` (optional: exports before they existed
+  lack them) take the same rows split by ``rank_sides``: each user field ``[users]``, one
+  row per user, each movie field ``[batch]``, one row per candidate, and
+  ``INPUT_USER_INDEX`` int32 ``[batch]``, the row of each candidate's user. They return what
+  ``SIGNATURE_SCORE`` and ``SIGNATURE_EXPLAIN`` return for the same rows (to float32
+  rounding), computing each user's side once instead of once per candidate.
 * ``format_version`` says which of these rules a version follows; a reader refuses a
   version newer than the FORMAT_VERSION it knows.
 * A version directory appears only by an atomic rename of a complete directory: a reader
@@ -74,8 +80,20 @@ def pairs(fields: tuple[str, ...] | list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(itertools.combinations(fields, 2))
 
 
+def rank_sides(fields: tuple[str, ...] | list[str]) -> tuple[list[str], list[str]]:
+    """(user fields, movie fields) of a field set, each in field order; a field set lists its
+    user fields first."""
+    users = [f for f in fields if f in USER_FIELDS]
+    if list(fields[: len(users)]) != users:
+        raise ValueError(f"user fields must come first. Received: {list(fields)}")
+    return users, list(fields[len(users) :])
+
+
 SIGNATURE_SCORE = "serving_default"
 SIGNATURE_EXPLAIN = "explain"
+SIGNATURE_RANK = "rank"
+SIGNATURE_RANK_EXPLAIN = "rank_explain"
+INPUT_USER_INDEX = "user_index"
 OUTPUT_PROBABILITY = "probability"
 OUTPUT_ATTENTION = "attention"
 OUTPUT_CONTRIBUTION = "contribution"

@@ -29,18 +29,23 @@ import tensorflow as tf
 
 from model.afm import split_fields
 from model.contract import (
+    INPUT_USER_INDEX,
     METADATA_FILE,
     MULTI_VALUED,
     OUTPUT_PROBABILITY,
     SIGNATURE_EXPLAIN,
+    SIGNATURE_RANK,
+    SIGNATURE_RANK_EXPLAIN,
     SIGNATURE_SCORE,
     VOCABULARIES_FILE,
     ModelMetadata,
     next_version,
     pairs,
+    rank_sides,
 )
 from model.dataset import PAD, SINGLE_INPUT
 from model.errors import AfmError
+from model.rank import rank_outputs
 
 TMP_PREFIX = ".tmp-"
 _RENAME_CONFLICTS = (errno.EEXIST, errno.ENOTEMPTY)
@@ -86,14 +91,19 @@ def _raw_signature(fields: Sequence[str]) -> list[tf.TensorSpec]:
     return [tf.TensorSpec(shape=[None], dtype=tf.string, name=field) for field in fields]
 
 
+def _rank_signature(fields: Sequence[str]) -> list[tf.TensorSpec]:
+    """The fields (user fields [users], movie fields [batch]), then the user index [batch]."""
+    return [*_raw_signature(fields), tf.TensorSpec([None], tf.int32, name=INPUT_USER_INDEX)]
+
+
 def build_archive(
     model: keras.Model, fields: Sequence[str], vocabularies: Mapping[str, np.ndarray]
 ) -> keras.export.ExportArchive:
-    """An ExportArchive with the contract's two endpoints over raw string inputs.
+    """An ExportArchive with the contract's endpoints over raw string inputs.
 
     ``model`` is the dict-output model of ``model.afm.build_afm`` for ``fields``. Each
     endpoint takes the fields as separate 1-D string tensors (batch size unknown), in field
-    order and by name.
+    order and by name; the rank endpoints also take the user index (``model/rank.py``).
     """
     fields = list(fields)
     lookups = build_lookups(fields, vocabularies)
@@ -113,12 +123,31 @@ def build_archive(
     def score(*raw: tf.Tensor) -> dict[str, tf.Tensor]:
         return {OUTPUT_PROBABILITY: explain(*raw)[OUTPUT_PROBABILITY]}
 
+    def encode(field: str, raw: tf.Tensor) -> tf.Tensor:
+        if field in MULTI_VALUED:
+            return bag_ids(lookups[field], raw, MULTI_VALUED[field])
+        return tf.cast(lookups[field](raw), tf.int32)
+
+    user_fields, _ = rank_sides(fields)
+
+    def rank_explain(*raw: tf.Tensor) -> dict[str, tf.Tensor]:
+        by_name = dict(zip(fields, raw[:-1], strict=True))
+        users = {f: by_name.pop(f) for f in user_fields}
+        return rank_outputs(model, fields, encode, users, by_name, raw[-1])
+
+    def rank(*raw: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {OUTPUT_PROBABILITY: rank_explain(*raw)[OUTPUT_PROBABILITY]}
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     for lookup in lookups.values():
         archive.track(lookup)
     archive.add_endpoint(SIGNATURE_SCORE, score, input_signature=_raw_signature(fields))
     archive.add_endpoint(SIGNATURE_EXPLAIN, explain, input_signature=_raw_signature(fields))
+    archive.add_endpoint(SIGNATURE_RANK, rank, input_signature=_rank_signature(fields))
+    archive.add_endpoint(
+        SIGNATURE_RANK_EXPLAIN, rank_explain, input_signature=_rank_signature(fields)
+    )
     return archive
 
 

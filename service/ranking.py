@@ -1,4 +1,4 @@
-"""Pure helpers between the routes and the model: batch columns and ranking."""
+"""Pure helpers between the routes and the model: a request's candidates and ranking."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from model.contract import MOVIE_ID, USER_FIELDS, USER_ID
+from model.contract import MOVIE_ID, USER_ID, rank_sides
+from service.scorer import Candidates
 
 UNKNOWN_VALUE = ""
 """Sent for every feature Redis does not know (a user or movie without features): in no
@@ -16,33 +17,29 @@ vocabulary, so the model's out-of-vocabulary value."""
 _NONE: Mapping[str, str] = {}
 
 
-def batch_columns(
+def candidates(
     fields: Sequence[str],
     user_id: int,
     user_features: Mapping[str, str] | None,
     movie_ids: Sequence[int],
     movie_features: Mapping[str, Mapping[str, str]],
-) -> dict[str, list[str]]:
-    """One row per candidate for the model's ``fields``: the user's raw features repeated,
-    the movie's id and features (``movie_features``, keyed by id string) varying."""
-    n = len(movie_ids)
-    ids = [str(m) for m in movie_ids]
+) -> Candidates:
+    """The rows of one request for the model's ``fields``: the user's raw features once,
+    each candidate's id and movie features (``movie_features``, keyed by id string)."""
+    user_fields, item_fields = rank_sides(fields)
     user = user_features or _NONE
-    columns = {}
-    rows = None  # each candidate's movie features, looked up once for all item fields
-    for name in fields:
-        if name == USER_ID:
-            columns[name] = [str(user_id)] * n
-        elif name == MOVIE_ID:
-            columns[name] = ids
-        elif name in USER_FIELDS:
-            columns[name] = [user.get(name, UNKNOWN_VALUE)] * n
-        else:
-            if rows is None:
-                get = movie_features.get
-                rows = [get(m, _NONE) for m in ids]
-            columns[name] = [row.get(name, UNKNOWN_VALUE) for row in rows]
-    return columns
+    users = {
+        name: [str(user_id) if name == USER_ID else user.get(name, UNKNOWN_VALUE)]
+        for name in user_fields
+    }
+    ids = [str(m) for m in movie_ids]
+    items = {MOVIE_ID: ids}
+    if len(item_fields) > 1:  # each candidate's movie features, looked up once for all fields
+        get = movie_features.get
+        rows = [get(m, _NONE) for m in ids]
+        for name in item_fields[1:]:
+            items[name] = [row.get(name, UNKNOWN_VALUE) for row in rows]
+    return Candidates(users, items, np.zeros(len(ids), dtype=np.int32))
 
 
 def ranked_indices(probability: np.ndarray, top_k: int | None) -> list[int]:

@@ -1,8 +1,8 @@
 """One loaded model version, and the scorer that runs TensorFlow off the event loop in batches.
 
-``LoadedModel`` wraps the two contract signatures of ``<model-dir>/<version>/``; its methods
-are synchronous, take the version's fields (``metadata.json``) as equal-length lists of raw
-strings, and return NumPy.
+``LoadedModel`` wraps the rank signatures of ``<model-dir>/<version>/`` (the contract's, see
+``model/contract.py``); its methods are synchronous, take ``Candidates`` (each user's fields
+once, each candidate's movie fields and its user's row) as raw strings, and return NumPy.
 ``Scorer`` runs them on a small dedicated pool, so at most ``threads`` TensorFlow calls run at
 once and the event loop keeps serving health checks and Redis reads meanwhile. Requests that
 arrive while every thread is busy are merged into one call when a thread frees up.
@@ -17,7 +17,7 @@ import logging
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,8 +42,44 @@ class Rows(Protocol):
 
 
 T = TypeVar("T", bound=Rows)
-Columns = Mapping[str, Sequence[str]]
-"""The version's fields -> raw string values, one per row."""
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One call's rows as the rank signatures take them (raw strings).
+
+    ``users``: each user field -> one value per user; ``items``: each movie field -> one
+    value per candidate; ``user_index``: int32, each candidate's row in ``users``. Calls
+    merged by the ``Scorer`` are concatenated, their user rows renumbered.
+    """
+
+    users: Mapping[str, Sequence[str]]
+    items: Mapping[str, Sequence[str]]
+    user_index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user_index)
+
+    def value(self, field_name: str, row: int) -> str:
+        """Candidate ``row``'s raw value of ``field_name``."""
+        if field_name in self.users:
+            return self.users[field_name][int(self.user_index[row])]
+        return self.items[field_name][row]
+
+    @classmethod
+    def concat(cls, parts: Sequence[Candidates]) -> Candidates:
+        offsets = np.cumsum([0, *(len(next(iter(p.users.values()))) for p in parts[:-1])])
+        return cls(
+            users={f: _chain(p.users[f] for p in parts) for f in parts[0].users},
+            items={f: _chain(p.items[f] for p in parts) for f in parts[0].items},
+            user_index=np.concatenate(
+                [p.user_index + offset for p, offset in zip(parts, offsets, strict=True)]
+            ).astype(np.int32),
+        )
+
+
+def _chain(lists: Iterable[Sequence[str]]) -> list[str]:
+    return list(itertools.chain.from_iterable(lists))
 
 
 @dataclass(frozen=True)
@@ -99,38 +135,68 @@ class LoadedModel:
             for parts in (contract.split_values(field_name, value) for value in values)
         ]
 
-    def score(self, columns: Columns) -> np.ndarray:
+    def score(self, candidates: Candidates) -> np.ndarray:
         """Click probabilities, float32 [batch]."""
-        outputs = self.score_fn(_tensors(columns, self.fields))
+        outputs = self.score_fn(*self._tensors(candidates))
         return outputs[contract.OUTPUT_PROBABILITY].numpy()
 
-    def explain(self, columns: Columns) -> Explanation:
-        outputs = self.explain_fn(_tensors(columns, self.fields))
+    def explain(self, candidates: Candidates) -> Explanation:
+        outputs = self.explain_fn(*self._tensors(candidates))
         return Explanation(**{name: outputs[key].numpy() for name, key in EXPLAIN_OUTPUTS.items()})
 
+    def _tensors(self, candidates: Candidates) -> tuple[Any, Any, Any]:
+        import tensorflow as tf
 
-def _tensors(columns: Columns, fields: tuple[str, ...]) -> Any:
-    import tensorflow as tf
+        users, items = contract.rank_sides(self.fields)
+        return (
+            tf.constant([candidates.users[name] for name in users], tf.string),
+            tf.constant([candidates.items[name] for name in items], tf.string),
+            tf.constant(candidates.user_index, tf.int32),
+        )
 
-    return tf.constant([columns[name] for name in fields], tf.string)
 
-
-def _stacked(
-    signature: Callable[..., Mapping[str, Any]], fields: tuple[str, ...]
+def _ranked(
+    signatures: Mapping[str, Callable[..., Mapping[str, Any]]],
+    name: str,
+    fallback: str,
+    fields: tuple[str, ...],
 ) -> Callable[..., Mapping[str, Any]]:
-    """``signature`` as a function of one (len(fields), batch) string tensor, traced once.
+    """Signature ``name`` as a function of (users (U, B), items (I, N), user_index (N,)),
+    traced once.
 
-    One tensor conversion and one argument instead of six, split again inside the graph, and
-    the signature's captured variables resolved once at tracing instead of on every call:
-    ~0.1 ms less per call at 1 to 1,000 rows (benchmarks/serve_latency.py, breakdown).
+    Two string tensors and the index instead of one argument per field, split again inside
+    the graph, and the signature's captured variables resolved once at tracing instead of on
+    every call: ~0.1 ms less per call at 1 to 1,000 rows (benchmarks/serve_latency.py). A
+    version exported before the rank signatures existed has only the contract's
+    ``fallback``: its users are then gathered per candidate and scored row by row.
     """
     import tensorflow as tf
 
-    def call(stacked: tf.Tensor) -> Mapping[str, tf.Tensor]:
-        return signature(**dict(zip(fields, tf.unstack(stacked), strict=True)))
+    users, items = contract.rank_sides(fields)
+    if name in signatures:
+        signature = signatures[name]
 
-    spec = tf.TensorSpec([len(fields), None], tf.string, name="fields")
-    return tf.function(call, input_signature=[spec]).get_concrete_function()
+        def call(user_rows: tf.Tensor, item_rows: tf.Tensor, index: tf.Tensor) -> Any:
+            named = zip(
+                (*users, *items), (*tf.unstack(user_rows), *tf.unstack(item_rows)), strict=True
+            )
+            return signature(**dict(named), **{contract.INPUT_USER_INDEX: index})
+    else:
+        signature = signatures[fallback]
+
+        def call(user_rows: tf.Tensor, item_rows: tf.Tensor, index: tf.Tensor) -> Any:
+            per_row = tf.gather(user_rows, index, axis=1)  # (U, N)
+            named = zip(
+                (*users, *items), (*tf.unstack(per_row), *tf.unstack(item_rows)), strict=True
+            )
+            return signature(**dict(named))
+
+    specs = [
+        tf.TensorSpec([len(users), None], tf.string, name="users"),
+        tf.TensorSpec([len(items), None], tf.string, name="items"),
+        tf.TensorSpec([None], tf.int32, name=contract.INPUT_USER_INDEX),
+    ]
+    return tf.function(call, input_signature=specs).get_concrete_function()
 
 
 def load_model(version_dir: Path) -> LoadedModel:
@@ -161,8 +227,12 @@ def load_model(version_dir: Path) -> LoadedModel:
         metadata=metadata,
         fields=fields,
         pairs=contract.pairs(fields),
-        score_fn=_stacked(loaded.signatures[contract.SIGNATURE_SCORE], fields),
-        explain_fn=_stacked(loaded.signatures[contract.SIGNATURE_EXPLAIN], fields),
+        score_fn=_ranked(
+            loaded.signatures, contract.SIGNATURE_RANK, contract.SIGNATURE_SCORE, fields
+        ),
+        explain_fn=_ranked(
+            loaded.signatures, contract.SIGNATURE_RANK_EXPLAIN, contract.SIGNATURE_EXPLAIN, fields
+        ),
         vocabularies={
             name: frozenset(values)
             for name, values in contract.read_vocabularies(version_dir, fields).items()
@@ -175,10 +245,15 @@ def load_model(version_dir: Path) -> LoadedModel:
 
 def _warm(model: LoadedModel) -> None:
     """Run both signatures once (first calls build kernels) and check the outputs' invariants."""
+    users, items = contract.rank_sides(model.fields)
     for batch in (1, 64):
-        columns = {name: [""] * batch for name in model.fields}
-        probability = model.score(columns)
-        explained = model.explain(columns)
+        candidates = Candidates(
+            users={name: ["", "x"] for name in users},
+            items={name: [""] * batch for name in items},
+            user_index=np.arange(batch, dtype=np.int32) % 2,
+        )
+        probability = model.score(candidates)
+        explained = model.explain(candidates)
         if probability.shape != (batch,) or not np.all((probability >= 0) & (probability <= 1)):
             raise ValueError(
                 f"{contract.SIGNATURE_SCORE} returned bad probabilities {probability[:3]}"
@@ -192,8 +267,8 @@ def _warm(model: LoadedModel) -> None:
 
 @dataclass
 class _Job:
-    fn: Callable[[Columns], Any]
-    columns: Columns
+    fn: Callable[[Candidates], Any]
+    candidates: Candidates
     rows: int
     done: asyncio.Future
 
@@ -217,10 +292,9 @@ class Scorer:
         self.calls_total = 0  # TensorFlow calls; read by the metrics collector
         self.requests_total = 0  # calls of run() they served
 
-    async def run(self, fn: Callable[[Columns], T], columns: Columns) -> T:
-        """``fn(columns)``, computed on the pool, possibly within a larger batch."""
-        rows = len(next(iter(columns.values())))
-        job = _Job(fn, columns, rows, asyncio.get_running_loop().create_future())
+    async def run(self, fn: Callable[[Candidates], T], candidates: Candidates) -> T:
+        """``fn(candidates)``, computed on the pool, possibly within a larger batch."""
+        job = _Job(fn, candidates, len(candidates), asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._dispatch()
         return await job.done
@@ -281,14 +355,10 @@ class Scorer:
 
 
 def _call_merged(batch: list[_Job]) -> Any:
-    """One call of the batch's function on the jobs' columns, concatenated in order."""
+    """One call of the batch's function on the jobs' candidates, concatenated in order."""
     if len(batch) == 1:
-        return batch[0].fn(batch[0].columns)
-    merged = {
-        name: list(itertools.chain.from_iterable(job.columns[name] for job in batch))
-        for name in batch[0].columns
-    }
-    return batch[0].fn(merged)
+        return batch[0].fn(batch[0].candidates)
+    return batch[0].fn(Candidates.concat([job.candidates for job in batch]))
 
 
 def configure_tensorflow(intra_op: int, inter_op: int) -> None:

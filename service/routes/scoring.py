@@ -21,9 +21,9 @@ from service import explanation
 from service.deps import ScoringDep
 from service.errors import InvalidRequest
 from service.feature_store import FeatureRead
-from service.ranking import batch_columns, score_entries
+from service.ranking import candidates, score_entries
 from service.schemas import ExplainResponse, Problem, ScoreRequest, ScoreResponse
-from service.scorer import Columns, Explanation, LoadedModel
+from service.scorer import Candidates, Explanation, LoadedModel
 
 router = APIRouter(tags=["scoring"])
 
@@ -75,21 +75,21 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
     if count > limit:
         raise InvalidRequest(f"movie_ids has {count} entries; at most {limit} are allowed")
     features = await store.read(request.user_id)
-    columns = batch_columns(
+    rows = candidates(
         model.fields, request.user_id, features.user, request.movie_ids, features.movies
     )
-    known = model.known(MOVIE_ID, columns[MOVIE_ID])
+    known = model.known(MOVIE_ID, rows.items[MOVIE_ID])
     if request.explain:
-        explained = await scorer.run(model.explain, columns)
+        explained = await scorer.run(model.explain, rows)
         scores = score_entries(
             request.movie_ids,
             explained.probability,
             known,
             request.top_k,
-            lambda row: _explanation(model, columns, row, explained, features),
+            lambda row: _explanation(model, rows, row, explained, features),
         )
     else:
-        probability = await scorer.run(model.score, columns)
+        probability = await scorer.run(model.score, rows)
         scores = score_entries(request.movie_ids, probability, known, request.top_k)
     return _json(
         {
@@ -102,10 +102,10 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
 
 
 def _explanation(
-    model: LoadedModel, columns: Columns, row: int, explained: Explanation, read: FeatureRead
+    model: LoadedModel, rows: Candidates, row: int, explained: Explanation, read: FeatureRead
 ) -> dict[str, Any]:
     """Row ``row``'s features with labels and its logit's parts."""
-    values = [columns[field][row] for field in model.fields]
+    values = [rows.value(field, row) for field in model.fields]
     described = explanation.features(model.fields, values, model, read.meta.labels, read.movies)
     return explanation.breakdown(model.fields, model.pairs, explained[row], described)
 
@@ -121,15 +121,15 @@ async def explain(
     pair's `contribution` = `logit`, pairs by attention weight (they sum to 1), heaviest first."""
     model, store, scorer = scoring.model, scoring.store, scoring.scorer
     features = await store.read(user_id)
-    columns = batch_columns(model.fields, user_id, features.user, [movie_id], features.movies)
-    explained = await scorer.run(model.explain, columns)
+    rows = candidates(model.fields, user_id, features.user, [movie_id], features.movies)
+    explained = await scorer.run(model.explain, rows)
     return _json(
         {
             "user_id": user_id,
             "movie_id": movie_id,
             "model_version": model.version,
             "user_known": features.user is not None,
-            "movie_known": model.known(MOVIE_ID, columns[MOVIE_ID])[0],
-            **_explanation(model, columns, 0, explained, features),
+            "movie_known": model.known(MOVIE_ID, rows.items[MOVIE_ID])[0],
+            **_explanation(model, rows, 0, explained, features),
         }
     )

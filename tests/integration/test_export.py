@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from model import export as export_module
+from model.afm import build_afm
 from model.config import AFMConfig, DataConfig, TrainConfig
 from model.contract import (
     ALL_FIELDS,
@@ -24,10 +25,13 @@ from model.contract import (
     OUTPUT_LOGIT,
     OUTPUT_PROBABILITY,
     SIGNATURE_EXPLAIN,
+    SIGNATURE_RANK,
+    SIGNATURE_RANK_EXPLAIN,
     SIGNATURE_SCORE,
     VOCABULARIES_FILE,
     list_versions,
     pairs,
+    rank_sides,
     read_metadata,
 )
 from model.dataset import PAD, LabeledRows, PreparedData
@@ -149,6 +153,52 @@ def test_both_signatures_equal_the_in_memory_model(loaded, fitted: FitResult, da
     for name, value in expected.items():
         np.testing.assert_allclose(explain[name], value, atol=1e-6, err_msg=name)
     np.testing.assert_allclose(explain[OUTPUT_ATTENTION].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def rank_call(signature, raw: dict[str, np.ndarray], fields) -> dict[str, np.ndarray]:
+    """``raw``'s rows through a rank signature: each distinct user once, candidates by index."""
+    user_fields, item_fields = rank_sides(fields)
+    rows = list(zip(*(raw[f] for f in user_fields), strict=True))
+    users = list(dict.fromkeys(rows))
+    inputs = {f: tf.constant([u[i] for u in users]) for i, f in enumerate(user_fields)}
+    inputs |= {f: tf.constant(raw[f]) for f in item_fields}
+    inputs["user_index"] = tf.constant([users.index(r) for r in rows], tf.int32)
+    assert 1 < len(users) < len(rows)  # several users, several candidates for some
+    return {name: value.numpy() for name, value in signature(**inputs).items()}
+
+
+def test_rank_signatures_equal_the_contract_signatures(loaded, fitted: FitResult, data) -> None:
+    fields = fitted.fields
+    raw = raw_batch(data, fields, 60)
+    explain = call(loaded.signatures[SIGNATURE_EXPLAIN], raw)
+    ranked = rank_call(loaded.signatures[SIGNATURE_RANK_EXPLAIN], raw, fields)
+    assert set(ranked) == set(explain)
+    for name, value in explain.items():
+        np.testing.assert_allclose(ranked[name], value, atol=1e-5, err_msg=name)
+    assert np.abs(explain[OUTPUT_ATTENTION] - 1 / len(pairs(fields))).max() > 1e-3  # trained h
+    score = rank_call(loaded.signatures[SIGNATURE_RANK], raw, fields)
+    assert set(score) == {OUTPUT_PROBABILITY}
+    np.testing.assert_allclose(score[OUTPUT_PROBABILITY], explain[OUTPUT_PROBABILITY], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "variant", [{"use_attention": False}, {"pair_bias": False, "fm_init": False}]
+)
+def test_rank_signature_of_other_architectures(data, variant: dict, tmp_path: Path) -> None:
+    """The FM ablation and an AFM without pair offsets or FM start, weights drawn at random."""
+    config = replace(AFM, **variant)
+    fields = FIELD_SETS[config.fields]
+    vocabularies = data.vocabularies(fields)
+    model = build_afm(fields, {f: len(v) + 1 for f, v in vocabularies.items()}, config)
+    rng = np.random.default_rng(3)
+    model.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in model.get_weights()])
+    export_module.build_archive(model, fields, vocabularies).write_out(str(tmp_path), verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path))
+    raw = raw_batch(data, fields, 30)
+    explain = call(loaded.signatures[SIGNATURE_EXPLAIN], raw)
+    ranked = rank_call(loaded.signatures[SIGNATURE_RANK_EXPLAIN], raw, fields)
+    for name, value in explain.items():
+        np.testing.assert_allclose(ranked[name], value, atol=1e-5, err_msg=name)
 
 
 def test_ids_in_training_equal_ids_in_serving(fitted: FitResult, data) -> None:

@@ -1,4 +1,4 @@
-"""Pure helpers: batch columns, ranking, readable pairs; settings from the environment."""
+"""Pure helpers: a request's candidates, ranking, readable pairs; settings from the environment."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from model import contract
-from service.ranking import UNKNOWN_VALUE, batch_columns, ranked_indices, score_entries
+from service.ranking import UNKNOWN_VALUE, candidates, ranked_indices, score_entries
 from service.settings import Settings
 
 PAIRS = contract.pairs(contract.SEED_FIELDS)
@@ -19,27 +19,34 @@ MOVIES = {
 }
 
 
-def test_batch_columns_repeat_the_user_and_vary_the_movie() -> None:
+def test_candidates_hold_the_user_once_and_each_movie() -> None:
     features = {"gender": "M", "age": "35", "occupation": "7", "zip": "02139"}
-    columns = batch_columns(contract.ALL_FIELDS, 12, features, [3, 1, 3], MOVIES)
-    assert list(columns) == list(contract.ALL_FIELDS)
-    assert columns["user_id"] == ["12", "12", "12"]
-    assert columns["movie_id"] == ["3", "1", "3"]
-    assert columns["zip"] == ["02139"] * 3
-    assert columns["genres"] == ["Comedy|Romance", "Animation|Children's|Comedy", "Comedy|Romance"]
-    assert columns["year"] == ["1995"] * 3
+    rows = candidates(contract.ALL_FIELDS, 12, features, [3, 1, 3], MOVIES)
+    assert rows.users == {"user_id": ["12"], **{f: [v] for f, v in features.items()}}
+    assert list(rows.items) == ["movie_id", "year", "genres"]
+    assert rows.items["movie_id"] == ["3", "1", "3"]
+    assert rows.items["genres"] == [
+        "Comedy|Romance",
+        "Animation|Children's|Comedy",
+        "Comedy|Romance",
+    ]
+    assert rows.items["year"] == ["1995"] * 3
+    assert rows.user_index.tolist() == [0, 0, 0]
+    assert [rows.value(f, 1) for f in contract.ALL_FIELDS] == [
+        "12", "M", "35", "7", "02139", "1", "1995", "Animation|Children's|Comedy"
+    ]  # fmt: skip
 
 
-def test_batch_columns_hold_exactly_the_model_fields() -> None:
-    columns = batch_columns(contract.SEED_FIELDS, 12, None, [3], MOVIES)
-    assert list(columns) == list(contract.SEED_FIELDS)
+def test_candidates_hold_exactly_the_model_fields() -> None:
+    rows = candidates(contract.SEED_FIELDS, 12, None, [3], MOVIES)
+    assert [*rows.users, *rows.items] == list(contract.SEED_FIELDS)
 
 
 def test_unknown_user_and_movie_get_values_outside_every_vocabulary() -> None:
-    columns = batch_columns(contract.ALL_FIELDS, 12, None, [3, 99], MOVIES)
-    assert columns["user_id"] == ["12", "12"]
-    assert all(columns[f] == [UNKNOWN_VALUE] * 2 for f in ("gender", "age", "occupation", "zip"))
-    assert columns["genres"] == ["Comedy|Romance", UNKNOWN_VALUE]
+    rows = candidates(contract.ALL_FIELDS, 12, None, [3, 99], MOVIES)
+    assert rows.users["user_id"] == ["12"]
+    assert all(rows.users[f] == [UNKNOWN_VALUE] for f in ("gender", "age", "occupation", "zip"))
+    assert rows.items["genres"] == ["Comedy|Romance", UNKNOWN_VALUE]
 
 
 def test_ranked_indices_keep_request_order_without_top_k() -> None:

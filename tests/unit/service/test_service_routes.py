@@ -19,7 +19,7 @@ from service.app import create_app
 from service.errors import FeaturesNotLoaded, FeatureStoreUnavailable
 from service.feature_store import FeatureRead, FeatureSetInfo
 from service.schemas import ExplainResponse, FeatureSet, ScoreResponse
-from service.scorer import Explanation, Scorer
+from service.scorer import Candidates, Explanation, Scorer
 from service.settings import Settings
 from tests.integration.serving.helpers import schema_checked
 
@@ -66,6 +66,7 @@ class FakeModel:
 
     def __init__(self) -> None:
         self.seen: list[dict[str, list[str]]] = []
+        self.sent: list[Candidates] = []
 
     def known(self, field: str, values: list[str]) -> list[bool]:
         """Movies: known_movies; any other field: every non-empty value."""
@@ -73,16 +74,19 @@ class FakeModel:
             return [v in self.known_movies for v in values]
         return [v != "" for v in values]
 
-    def score(self, columns: dict[str, list[str]]) -> np.ndarray:
+    def score(self, candidates: Candidates) -> np.ndarray:
+        """Records each row's value of every field (``seen``) and the candidates as sent."""
         if self.fail:
             raise RuntimeError("tensor exploded")
-        self.seen.append(columns)
-        return np.array([int(m) / 10_000 for m in columns["movie_id"]], dtype=np.float32)
+        self.sent.append(candidates)
+        rows = range(len(candidates))
+        self.seen.append({f: [candidates.value(f, row) for row in rows] for f in FIELDS})
+        return np.array([int(m) / 10_000 for m in candidates.items["movie_id"]], dtype=np.float32)
 
-    def explain(self, columns: dict[str, list[str]]) -> Explanation:
+    def explain(self, candidates: Candidates) -> Explanation:
         """Pair weights a fixed ramp, contributions twice the weights, linear terms 0.1 each;
         the bias makes bias + linear + contributions the logit of the probability."""
-        probability = self.score(columns)
+        probability = self.score(candidates)
         n = len(probability)
         ramp = np.arange(1, N_PAIRS + 1, dtype=np.float32)
         attention = np.tile(ramp / ramp.sum(), (n, 1))
@@ -120,8 +124,8 @@ class FakeRegistry:
 
 
 class DirectScorer:
-    async def run(self, fn, columns):  # noqa: ANN001, ANN201
-        return fn(columns)
+    async def run(self, fn, candidates):  # noqa: ANN001, ANN201
+        return fn(candidates)
 
 
 @pytest.fixture
@@ -188,9 +192,10 @@ def test_scores_come_back_in_request_order(client: TestClient, model: FakeModel)
     assert [s["probability"] for s in body["scores"]] == pytest.approx([0.0661, 0.1193, 0.0042])
     assert [s["movie_known"] for s in body["scores"]] == [True, True, False]
     assert "pairs" not in body["scores"][0]
-    # The model got raw strings: the user's Redis features repeated, one row per movie.
+    # The model got raw strings: the user's Redis features once, one row per movie.
     assert model.seen[0]["zip"] == ["48067"] * 3
     assert model.seen[0]["movie_id"] == ["661", "1193", "42"]
+    assert model.sent[0].users["zip"] == ["48067"]
 
 
 def test_candidates_carry_their_item_features_from_the_store(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.errors import ScoringFailed
-from service.scorer import Scorer
+from service.scorer import Candidates, Scorer
 
 
 class Gate:
@@ -19,19 +19,23 @@ class Gate:
         self.release = threading.Event()
         self.entered = threading.Event()
         self.calls: list[list[str]] = []
+        self.users: list[list[str]] = []  # each row's user, as the merged call sees it
         self.fail = fail
 
-    def __call__(self, columns: dict[str, list[str]]) -> np.ndarray:
+    def __call__(self, candidates: Candidates) -> np.ndarray:
         self.entered.set()
         assert self.release.wait(10), "test never released the gate"
-        self.calls.append(list(columns["movie_id"]))
+        self.calls.append(list(candidates.items["movie_id"]))
+        self.users.append([candidates.value("user_id", row) for row in range(len(candidates))])
         if self.fail:
             raise RuntimeError("tensor exploded")
-        return np.array([float(m) for m in columns["movie_id"]])
+        return np.array([float(m) for m in candidates.items["movie_id"]])
 
 
-def _columns(*movies: int) -> dict[str, list[str]]:
-    return {"user_id": ["1"] * len(movies), "movie_id": [str(m) for m in movies]}
+def _columns(*movies: int, user: int = 1) -> Candidates:
+    """One request's candidates: user ``user``, then ``movies``."""
+    index = np.zeros(len(movies), dtype=np.int32)
+    return Candidates({"user_id": [str(user)]}, {"movie_id": [str(m) for m in movies]}, index)
 
 
 async def _occupy(scorer: Scorer, gate: Gate) -> asyncio.Task:
@@ -59,7 +63,9 @@ def test_calls_queued_behind_a_busy_thread_are_merged_and_split_back() -> None:
     async def main() -> tuple[list[list[float]], Scorer, Gate]:
         scorer, gate = Scorer(threads=1), Gate()
         first = await _occupy(scorer, gate)
-        queued = [asyncio.create_task(scorer.run(gate, _columns(i, i + 1))) for i in (10, 20, 30)]
+        queued = [
+            asyncio.create_task(scorer.run(gate, _columns(i, i + 1, user=i))) for i in (10, 20, 30)
+        ]
         await asyncio.sleep(0.05)  # all three are queued now
         gate.release.set()
         results = await asyncio.gather(first, *queued)
@@ -69,6 +75,7 @@ def test_calls_queued_behind_a_busy_thread_are_merged_and_split_back() -> None:
     results, scorer, gate = asyncio.run(main())
     assert results == [[0.0], [10.0, 11.0], [20.0, 21.0], [30.0, 31.0]]
     assert gate.calls == [["0"], ["10", "11", "20", "21", "30", "31"]]
+    assert gate.users[1] == ["10", "10", "20", "20", "30", "30"]  # user rows renumbered
     assert (scorer.calls_total, scorer.requests_total) == (2, 4)
 
 

@@ -1,0 +1,84 @@
+"""The service's scoring path (rank signatures, merged requests) equals the contract
+signatures on real six- and eight-field exports, and versions without rank signatures serve."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model import contract
+from model.movielens import FeatureSet
+from service.ranking import candidates
+from service.scorer import EXPLAIN_OUTPUTS, Candidates, LoadedModel, load_model
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", params=["all", "seed"])
+def version_dir(request: pytest.FixtureRequest) -> Path:
+    root = "trained_model_dir" if request.param == "all" else "seed_fields_model_dir"
+    return request.getfixturevalue(root) / "1"
+
+
+def requests(features: FeatureSet) -> Candidates:
+    """Two requests merged as the scorer merges them: a known user with known movies and
+    an unknown one, and a user without features with an unknown movie id."""
+    users, movies = features.users, features.movies
+    table = {
+        str(m): {"year": str(y), "genres": str(g)}
+        for m, y, g in zip(movies["movie_id"], movies["year"], movies["genres"], strict=True)
+    }
+    first_user = {f: str(users[f][3]) for f in contract.USER_FIELDS if f != contract.USER_ID}
+    movie_ids = [int(m) for m in movies["movie_id"][:25]]
+    fields = contract.ALL_FIELDS
+    return Candidates.concat(
+        [
+            candidates(fields, int(users["user_id"][3]), first_user, [*movie_ids, 10**9], table),
+            candidates(fields, 10**9, None, movie_ids[::-1], table),
+        ]
+    )
+
+
+def contract_explain(version_dir: Path, rows: Candidates, fields: tuple[str, ...]) -> dict:
+    """The explain signature, called as any TF Serving client would: one row per candidate."""
+    signature = tf.saved_model.load(str(version_dir)).signatures[contract.SIGNATURE_EXPLAIN]
+    raw = {f: tf.constant([rows.value(f, r) for r in range(len(rows))]) for f in fields}
+    return {name: value.numpy() for name, value in signature(**raw).items()}
+
+
+def assert_same(model: LoadedModel, version_dir: Path, features: FeatureSet) -> None:
+    rows = requests(features)
+    expected = contract_explain(version_dir, rows, model.fields)
+    explained = model.explain(rows)
+    for name, output in EXPLAIN_OUTPUTS.items():
+        np.testing.assert_allclose(getattr(explained, name), expected[output], atol=1e-5)
+    np.testing.assert_allclose(model.score(rows), expected["probability"], atol=1e-5)
+    assert np.ptp(expected["probability"]) > 1e-3  # the rows really differ
+
+
+def test_the_service_path_equals_the_contract_signatures(
+    version_dir: Path, synthetic_feature_set: FeatureSet
+) -> None:
+    model = load_model(version_dir)
+    assert contract.SIGNATURE_RANK in model.saved_model.signatures
+    assert_same(model, version_dir, synthetic_feature_set)
+
+
+def test_a_version_without_rank_signatures_is_served_from_the_contract_ones(
+    version_dir: Path, synthetic_feature_set: FeatureSet, tmp_path: Path
+) -> None:
+    """As exported before the rank signatures existed: only the two contract signatures."""
+    loaded = tf.saved_model.load(str(version_dir))
+    older = tmp_path / "1"
+    kept = (contract.SIGNATURE_SCORE, contract.SIGNATURE_EXPLAIN)
+    tf.saved_model.save(loaded, str(older), signatures={s: loaded.signatures[s] for s in kept})
+    for name in (contract.METADATA_FILE, contract.VOCABULARIES_FILE):
+        shutil.copy(version_dir / name, older / name)
+
+    model = load_model(older)
+    assert set(model.saved_model.signatures) == set(kept)
+    assert_same(model, older, synthetic_feature_set)
