@@ -414,7 +414,7 @@ def _breakdown(
     import uvloop
 
     from service.feature_store import FeatureStore
-    from service.ranking import batch_columns
+    from service.ranking import candidates
     from service.scorer import Scorer, configure_tensorflow, load_model
 
     configure_tensorflow(1, 1)
@@ -448,7 +448,7 @@ def _breakdown(
         await plain.aclose()
         return _median_us(plain_times[100:]), _median_us(store_times[100:]), read
 
-    async def pooled_us(model, columns: dict) -> float:  # noqa: ANN001
+    async def pooled_us(model, rows) -> float:  # noqa: ANN001
         """Median of the TensorFlow call handed to the scoring thread and awaited, as the
         route does it. Not interleaved with direct calls: TensorFlow is slower when the
         calling thread keeps changing, which never happens in the service."""
@@ -456,7 +456,7 @@ def _breakdown(
         times = []
         for _ in range(350):
             start = time.perf_counter()
-            await scorer.run(model.score, columns)
+            await scorer.run(model.score, rows)
             times.append(time.perf_counter() - start)
         scorer.shutdown()
         return _median_us(times[50:])
@@ -472,8 +472,8 @@ def _breakdown(
         for n in args.candidates:
             parse, build, tf_time, out = _breakdown_row(model, n, users[0], movies, read, median_us)
             ids = [int(m) for m in movies[:n]]
-            columns = batch_columns(model.fields, int(users[0]), read.user, ids, read.movies)
-            pooled = uvloop.run(pooled_us(model, columns))
+            rows = candidates(model.fields, int(users[0]), read.user, ids, read.movies)
+            pooled = uvloop.run(pooled_us(model, rows))
             print(f"| {name} ({len(model.fields)}) | {n} | {parse:.0f} | {store_us:.0f} "
                   f"| {build:.0f} | {tf_time:.0f} | {out:.0f} | {pooled:.0f} |")  # fmt: skip
 
@@ -487,30 +487,28 @@ def _breakdown_row(model, n: int, user: str, movies: list[str], read, median_us)
     them, with the user's features and the movie table from a real ``FeatureStore.read``."""
     import orjson
 
-    from service.ranking import batch_columns, score_entries
+    from service.ranking import candidates, score_entries
     from service.schemas import ScoreRequest
 
     body = orjson.dumps({"user_id": int(user), "movie_ids": [int(m) for m in movies[:n]]})
     request = ScoreRequest.model_validate_json(body)
 
-    def columns_of() -> dict[str, list[str]]:
-        return batch_columns(
-            model.fields, request.user_id, read.user, request.movie_ids, read.movies
-        )
+    def rows_of():  # noqa: ANN202
+        return candidates(model.fields, request.user_id, read.user, request.movie_ids, read.movies)
 
-    columns = columns_of()
-    probability = model.score(columns)
+    rows = rows_of()
+    probability = model.score(rows)
 
     def respond() -> bytes:
-        known = model.known(contract.MOVIE_ID, columns[contract.MOVIE_ID])
+        known = model.known(contract.MOVIE_ID, rows.movie_ids)
         scores = score_entries(request.movie_ids, probability, known, None)
         reply = {"user_id": 1, "model_version": 1, "user_known": True, "scores": scores}
         return orjson.dumps(reply)
 
     return (
         median_us(lambda: ScoreRequest.model_validate_json(body)),
-        median_us(columns_of),
-        median_us(lambda: model.score(columns), repeat=200),
+        median_us(rows_of),
+        median_us(lambda: model.score(rows), repeat=200),
         median_us(respond),
     )
 

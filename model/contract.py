@@ -26,12 +26,15 @@ Rules both halves rely on:
   logit: ``OUTPUT_BIAS`` [batch] (w0), ``OUTPUT_LINEAR`` [batch, len(fields)] (each field's
   linear term, in field order) and ``OUTPUT_LOGIT`` [batch], with
   logit = bias + sum(linear) + sum(contribution) and probability = sigmoid(logit).
-* ``SIGNATURE_RANK`` and ``SIGNATURE_RANK_EXPLAIN`` (optional: exports before they existed
-  lack them) take the same rows split by ``rank_sides``: each user field ``[users]``, one
-  row per user, each movie field ``[batch]``, one row per candidate, and
-  ``INPUT_USER_INDEX`` int32 ``[batch]``, the row of each candidate's user. They return what
-  ``SIGNATURE_SCORE`` and ``SIGNATURE_EXPLAIN`` return for the same rows (to float32
-  rounding), computing each user's side once instead of once per candidate.
+* The ranking signatures (optional: exports before they existed lack them) compute the
+  same outputs from each side once. ``SIGNATURE_ITEMS`` takes the movie fields of
+  ``rank_sides`` as ``[movies]`` raw strings and returns ``OUTPUT_ITEMS`` [movies, width]
+  float32, an opaque table to keep while the movies' features and the version stay the
+  same. ``SIGNATURE_RANK`` and ``SIGNATURE_RANK_EXPLAIN`` take each user field ``[users]``,
+  ``INPUT_USER_INDEX`` int32 ``[batch]`` (each candidate's user row), ``INPUT_ITEMS``
+  (that table) and ``INPUT_ITEM_INDEX`` int32 ``[batch]`` (each candidate's movie row), and
+  return what ``SIGNATURE_SCORE`` and ``SIGNATURE_EXPLAIN`` return for the same rows (to
+  float32 rounding).
 * ``format_version`` says which of these rules a version follows; a reader refuses a
   version newer than the FORMAT_VERSION it knows.
 * A version directory appears only by an atomic rename of a complete directory: a reader
@@ -91,9 +94,12 @@ def rank_sides(fields: tuple[str, ...] | list[str]) -> tuple[list[str], list[str
 
 SIGNATURE_SCORE = "serving_default"
 SIGNATURE_EXPLAIN = "explain"
+SIGNATURE_ITEMS = "items"
 SIGNATURE_RANK = "rank"
 SIGNATURE_RANK_EXPLAIN = "rank_explain"
+OUTPUT_ITEMS = INPUT_ITEMS = "items"
 INPUT_USER_INDEX = "user_index"
+INPUT_ITEM_INDEX = "item_index"
 OUTPUT_PROBABILITY = "probability"
 OUTPUT_ATTENTION = "attention"
 OUTPUT_CONTRIBUTION = "contribution"

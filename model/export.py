@@ -29,11 +29,15 @@ import tensorflow as tf
 
 from model.afm import split_fields
 from model.contract import (
+    INPUT_ITEM_INDEX,
+    INPUT_ITEMS,
     INPUT_USER_INDEX,
     METADATA_FILE,
     MULTI_VALUED,
+    OUTPUT_ITEMS,
     OUTPUT_PROBABILITY,
     SIGNATURE_EXPLAIN,
+    SIGNATURE_ITEMS,
     SIGNATURE_RANK,
     SIGNATURE_RANK_EXPLAIN,
     SIGNATURE_SCORE,
@@ -45,7 +49,7 @@ from model.contract import (
 )
 from model.dataset import PAD, SINGLE_INPUT
 from model.errors import AfmError
-from model.rank import rank_outputs
+from model.rank import item_table, rank_outputs
 
 TMP_PREFIX = ".tmp-"
 _RENAME_CONFLICTS = (errno.EEXIST, errno.ENOTEMPTY)
@@ -92,8 +96,14 @@ def _raw_signature(fields: Sequence[str]) -> list[tf.TensorSpec]:
 
 
 def _rank_signature(fields: Sequence[str]) -> list[tf.TensorSpec]:
-    """The fields (user fields [users], movie fields [batch]), then the user index [batch]."""
-    return [*_raw_signature(fields), tf.TensorSpec([None], tf.int32, name=INPUT_USER_INDEX)]
+    """The user fields [users], the user index [batch], the item table, the item index."""
+    user_fields, _ = rank_sides(fields)
+    return [
+        *_raw_signature(user_fields),
+        tf.TensorSpec([None], tf.int32, name=INPUT_USER_INDEX),
+        tf.TensorSpec([None, None], tf.float32, name=INPUT_ITEMS),
+        tf.TensorSpec([None], tf.int32, name=INPUT_ITEM_INDEX),
+    ]
 
 
 def build_archive(
@@ -128,15 +138,19 @@ def build_archive(
             return bag_ids(lookups[field], raw, MULTI_VALUED[field])
         return tf.cast(lookups[field](raw), tf.int32)
 
-    user_fields, _ = rank_sides(fields)
+    user_fields, item_fields = rank_sides(fields)
 
-    def rank_explain(*raw: tf.Tensor) -> dict[str, tf.Tensor]:
-        by_name = dict(zip(fields, raw[:-1], strict=True))
-        users = {f: by_name.pop(f) for f in user_fields}
-        return rank_outputs(model, fields, encode, users, by_name, raw[-1])
+    def items(*raw: tf.Tensor) -> dict[str, tf.Tensor]:
+        by_name = dict(zip(item_fields, raw, strict=True))
+        return {OUTPUT_ITEMS: item_table(model, fields, encode, by_name)}
 
-    def rank(*raw: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {OUTPUT_PROBABILITY: rank_explain(*raw)[OUTPUT_PROBABILITY]}
+    def rank_explain(*inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        *raw, user_index, table, item_index = inputs
+        users = dict(zip(user_fields, raw, strict=True))
+        return rank_outputs(model, fields, encode, users, user_index, table, item_index)
+
+    def rank(*inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {OUTPUT_PROBABILITY: rank_explain(*inputs)[OUTPUT_PROBABILITY]}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -144,6 +158,7 @@ def build_archive(
         archive.track(lookup)
     archive.add_endpoint(SIGNATURE_SCORE, score, input_signature=_raw_signature(fields))
     archive.add_endpoint(SIGNATURE_EXPLAIN, explain, input_signature=_raw_signature(fields))
+    archive.add_endpoint(SIGNATURE_ITEMS, items, input_signature=_raw_signature(item_fields))
     archive.add_endpoint(SIGNATURE_RANK, rank, input_signature=_rank_signature(fields))
     archive.add_endpoint(
         SIGNATURE_RANK_EXPLAIN, rank_explain, input_signature=_rank_signature(fields)

@@ -1,24 +1,26 @@
-"""The rank signatures' computation: the user's side once per user, the rest per candidate.
+"""The rank signatures' computation: each movie's side once per feature set, each user's once
+per request, and only the user x movie pairs per candidate.
 
-In one ranking request every candidate shares the user. Of the AFM's terms
+Of the AFM's terms
 
     logit = w0 + sum_f w_f + s * sum_ij a_ij p^T (v_i ⊙ v_j)
     a_ij  = softmax over the pairs of h^T ReLU(W (v_i ⊙ v_j) + b) + c_ij
 
-(s = P with ``fm_init``, see ``AttentionPooling``) the user fields' linear terms and, for each
-pair of two user fields, the product v_i ⊙ v_j, its attention score and its projection
-p^T (v_i ⊙ v_j) are the same for every candidate: 10 of the 15 pairs with the seed fields, 10
-of 28 with all eight. They are computed once per user row and gathered per candidate
-(``user_index``); only pairs that involve a movie field are computed per candidate. The
-softmax still runs over all P pairs of each candidate, so every output equals the explain
-signature's for the same rows (float32 rounding apart; tested to 1e-5).
+(s = P with ``fm_init``, see ``AttentionPooling``) many depend on one side only. The movie
+fields' vectors and linear terms and, for each pair of two movie fields, its attention
+score a'_ij - c_ij and projection p^T (v_i ⊙ v_j) depend only on the movie: ``item_table``
+computes them for a whole catalogue, which a server keeps while its feature set and model
+version stay the same. The user fields' are the same for every candidate of a request:
+``rank_outputs`` computes them once per user row and gathers them per candidate
+(``user_index``), gathers each candidate's movie row (``item_index``), and computes only
+the pairs of a user field and a movie field per candidate (5 of 15 pairs with the seed
+fields, 15 of 28 with all eight), with no string lookups for the movies. The softmax still
+runs over all P pairs of each candidate, so every output equals the explain signature's for
+the same rows (float32 rounding apart; tested to 1e-5).
 
 Each candidate's interaction term is taken as s * sum_ij a_ij (p^T (v_i ⊙ v_j)), the sum of
 its pairs' contributions, rather than p^T of the pooled vector: the same number, and one
 matmul gives both the attention network's hidden layer and the projection.
-
-The user's lookups (five strings instead of five per candidate) and the user pairs' attention
-network drop out of the per-candidate work: measured in ``benchmarks/serve_latency.py``.
 """
 
 from __future__ import annotations
@@ -47,13 +49,42 @@ Encode = Callable[[str, tf.Tensor], tf.Tensor]
 a multi-valued one (the export's StringLookups)."""
 
 
+def item_table(
+    model: keras.Model, fields: Sequence[str], encode: Encode, items: Mapping[str, tf.Tensor]
+) -> tf.Tensor:
+    """(M, width) float32: each movie's side of the model, one row per movie.
+
+    A row holds the movie fields' vectors v_i (I * k), their linear terms w_i (I) and, for
+    each pair of two movie fields, its attention score without c and its projection
+    p^T (v_i ⊙ v_j) (2 * I(I-1)/2). ``rank_outputs`` reads rows by index; the layout is
+    this module's own.
+
+    Args:
+        model: the trained dict-output AFM of ``model.afm.build_afm`` for ``fields``.
+        fields: the model's field set.
+        encode: raw strings to the ids the model was trained on.
+        items: each movie field -> ``(M,)`` raw strings.
+    """
+    _, item_fields = rank_sides(fields)
+    ids = _encoded(encode, item_fields, items)
+    vectors = _embed(model, fields, "embedding", item_fields, ids)  # (M, I, k)
+    linear = _embed(model, fields, "linear", item_fields, ids)[:, :, 0]  # (M, I)
+    parts = [tf.reshape(vectors, (tf.shape(vectors)[0], -1)), linear]
+    item_pairs = pairs(tuple(item_fields))
+    if item_pairs:
+        index = {f: i for i, f in enumerate(item_fields)}
+        parts += _pair_scores(model, _products(vectors, item_pairs, index))
+    return tf.concat(parts, axis=1)
+
+
 def rank_outputs(
     model: keras.Model,
     fields: Sequence[str],
     encode: Encode,
     users: Mapping[str, tf.Tensor],
-    items: Mapping[str, tf.Tensor],
     user_index: tf.Tensor,
+    items: tf.Tensor,
+    item_index: tf.Tensor,
 ) -> dict[str, tf.Tensor]:
     """The explain signature's six outputs for N candidates of B users.
 
@@ -62,51 +93,44 @@ def rank_outputs(
         fields: the model's field set.
         encode: raw strings to the ids the model was trained on.
         users: each user field -> ``(B,)`` raw strings, one row per user.
-        items: each movie field -> ``(N,)`` raw strings, one row per candidate.
         user_index: ``(N,)`` int32, the row in ``users`` of each candidate's user.
+        items: ``(M, width)``, ``item_table`` of the movies.
+        item_index: ``(N,)`` int32, the row in ``items`` of each candidate's movie.
 
     Returns:
         ``probability`` (N,), ``attention`` and ``contribution`` (N, P) in ``pairs(fields)``
         order, ``bias`` (N,), ``linear`` (N, F) in field order and ``logit`` (N,).
     """
     user_fields, item_fields = rank_sides(fields)
-    single, _ = split_fields(fields)
     k = model.get_layer("embedding").output_dim
+    ids = _encoded(encode, user_fields, users)
+    user_vectors = _embed(model, fields, "embedding", user_fields, ids)  # (B, U, k)
+    user_linear = _embed(model, fields, "linear", user_fields, ids)[:, :, 0]  # (B, U)
 
-    def encoded(side: Sequence[str], raw: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        """The side's ids, looked up once for both tables: its single-valued fields stacked
-        (n, S') under "", each multi-valued field (n, L) under its name."""
-        ids = {f: encode(f, raw[f]) for f in side if f in MULTI_VALUED}
-        return {"": tf.stack([encode(f, raw[f]) for f in side if f not in MULTI_VALUED], 1), **ids}
+    # The candidates' rows of the item table, split back into its parts.
+    u, i = len(user_fields), len(item_fields)
+    rows = tf.gather(items, item_index)  # (N, width)
+    item_vectors = tf.reshape(rows[:, : i * k], (-1, i, k))  # (N, I, k)
+    item_linear = rows[:, i * k : i * k + i]  # (N, I)
+    item_pairs = pairs(tuple(item_fields))
+    item_scores = rows[:, i * k + i : i * k + i + len(item_pairs)]
+    item_terms = rows[:, i * k + i + len(item_pairs) :]
 
-    def embed(name: str, side: Sequence[str], ids: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        """(n, len(side), dim) from table ``name``: one gather, then each bag's mean."""
-        table = model.get_layer(name)
-        offsets = [table.offsets[single.index(f)] for f in side if f not in MULTI_VALUED]
-        parts = [tf.gather(table.embeddings, ids[""] + tf.constant(offsets, tf.int32))]
-        parts += [model.get_layer(f"{name}_{f}")(ids[f]) for f in side if f in MULTI_VALUED]
-        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
-
-    user_ids, item_ids = encoded(user_fields, users), encoded(item_fields, items)
-    user_vectors = embed("embedding", user_fields, user_ids)  # (B, U, k)
-    item_vectors = embed("embedding", item_fields, item_ids)  # (N, I, k)
-    user_linear = embed("linear", user_fields, user_ids)[:, :, 0]  # (B, U)
-    item_linear = embed("linear", item_fields, item_ids)[:, :, 0]  # (N, I)
-
-    # Pair columns: the user pairs first, then the candidate pairs; ``order`` maps them back.
+    # Pair columns: user pairs, user x movie pairs (user field major), movie pairs.
+    user_pairs = pairs(tuple(user_fields))
+    cross_pairs = [(a, b) for a in user_fields for b in item_fields]
     all_pairs = pairs(tuple(fields))
-    index = {f: i for i, f in enumerate(fields)}
-    user_pairs = [p for p in all_pairs if p[1] in user_fields]
-    candidate_pairs = [p for p in all_pairs if p[1] not in user_fields]
-    order = [all_pairs.index(p) for p in (*user_pairs, *candidate_pairs)]
+    order = [all_pairs.index(p) for p in (*user_pairs, *cross_pairs, *item_pairs)]
 
-    # (N, F, k): each candidate's user vectors beside its movie's
-    vectors = tf.concat([tf.gather(user_vectors, user_index), item_vectors], axis=1)
-    user_scores, user_terms = _pair_scores(model, _products(user_vectors, user_pairs, index), k)
-    item_scores, item_terms = _pair_scores(model, _products(vectors, candidate_pairs, index), k)
-    # (N, P) in ``order``: a' and p^T (v_i ⊙ v_j)
-    scores = tf.concat([tf.gather(user_scores, user_index), item_scores], axis=1)
-    terms = tf.concat([tf.gather(user_terms, user_index), item_terms], axis=1)
+    user_index_of = {f: n for n, f in enumerate(user_fields)}
+    user_scores, user_terms = _pair_scores(
+        model, _products(user_vectors, user_pairs, user_index_of)
+    )  # (B, U(U-1)/2) each
+    cross = tf.gather(user_vectors, user_index)[:, :, None, :] * item_vectors[:, None, :, :]
+    cross_scores, cross_terms = _pair_scores(model, tf.reshape(cross, (-1, u * i, k)))
+    # (N, P) in ``order``: a' without c, and p^T (v_i ⊙ v_j)
+    scores = tf.concat([tf.gather(user_scores, user_index), cross_scores, item_scores], axis=1)
+    terms = tf.concat([tf.gather(user_terms, user_index), cross_terms, item_terms], axis=1)
 
     attention_layer = model.get_layer("attention")
     if attention_layer.use_attention:
@@ -131,6 +155,29 @@ def rank_outputs(
     }
 
 
+def _encoded(encode: Encode, side: Sequence[str], raw: Mapping[str, tf.Tensor]) -> dict:
+    """The side's ids, looked up once for both tables: its single-valued fields stacked
+    (n, S') under "", each multi-valued field (n, L) under its name."""
+    ids = {f: encode(f, raw[f]) for f in side if f in MULTI_VALUED}
+    return {"": tf.stack([encode(f, raw[f]) for f in side if f not in MULTI_VALUED], 1), **ids}
+
+
+def _embed(
+    model: keras.Model,
+    fields: Sequence[str],
+    name: str,
+    side: Sequence[str],
+    ids: Mapping[str, tf.Tensor],
+) -> tf.Tensor:
+    """(n, len(side), dim) from table ``name``: one gather, then each bag's mean."""
+    single, _ = split_fields(fields)
+    table = model.get_layer(name)
+    offsets = [table.offsets[single.index(f)] for f in side if f not in MULTI_VALUED]
+    parts = [tf.gather(table.embeddings, ids[""] + tf.constant(offsets, tf.int32))]
+    parts += [model.get_layer(f"{name}_{f}")(ids[f]) for f in side if f in MULTI_VALUED]
+    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+
+
 def _products(
     vectors: tf.Tensor, field_pairs: Sequence[tuple[str, str]], index: Mapping[str, int]
 ) -> tf.Tensor:
@@ -140,20 +187,20 @@ def _products(
     return left * right
 
 
-def _pair_scores(model: keras.Model, products: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+def _pair_scores(model: keras.Model, products: tf.Tensor) -> list[tf.Tensor]:
     """((n, p) attention scores h^T ReLU(W x + b) without c, (n, p) projections p^T x).
 
     One matmul of the (n * p, k) rows with [W | p] gives both; without attention the scores
     are zeros (unused)."""
-    count = products.shape[1]
+    count, k = products.shape[1], products.shape[2]
     flat = tf.reshape(products, (-1, k))
     attention_layer = model.get_layer("attention")
     projection = model.get_layer("projection").kernel  # (k, 1)
     if not attention_layer.use_attention:
         terms = tf.reshape(tf.matmul(flat, projection), (-1, count))
-        return tf.zeros_like(terms), terms
+        return [tf.zeros_like(terms), terms]
     t = attention_layer.attention_factor
     both = tf.matmul(flat, tf.concat([attention_layer.attention_kernel, projection], axis=1))
     hidden = tf.nn.relu(both[:, :t] + attention_layer.attention_bias)
     scores = tf.reshape(tf.matmul(hidden, attention_layer.attention_projection), (-1, count))
-    return scores, tf.reshape(both[:, t], (-1, count))
+    return [scores, tf.reshape(both[:, t], (-1, count))]

@@ -7,14 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from model.contract import MOVIE_ID, USER_ID, rank_sides
-from service.scorer import Candidates
-
-UNKNOWN_VALUE = ""
-"""Sent for every feature Redis does not know (a user or movie without features): in no
-vocabulary, so the model's out-of-vocabulary value."""
-
-_NONE: Mapping[str, str] = {}
+from model.contract import USER_ID, rank_sides
+from service.scorer import UNKNOWN_VALUE, Candidates
 
 
 def candidates(
@@ -25,21 +19,16 @@ def candidates(
     movie_features: Mapping[str, Mapping[str, str]],
 ) -> Candidates:
     """The rows of one request for the model's ``fields``: the user's raw features once,
-    each candidate's id and movie features (``movie_features``, keyed by id string)."""
-    user_fields, item_fields = rank_sides(fields)
-    user = user_features or _NONE
+    each candidate's movie id, and the movie table (``movie_features``, keyed by id string)
+    that holds their other movie fields."""
+    user_fields, _ = rank_sides(fields)
+    user = user_features or {}
     users = {
         name: [str(user_id) if name == USER_ID else user.get(name, UNKNOWN_VALUE)]
         for name in user_fields
     }
     ids = [str(m) for m in movie_ids]
-    items = {MOVIE_ID: ids}
-    if len(item_fields) > 1:  # each candidate's movie features, looked up once for all fields
-        get = movie_features.get
-        rows = [get(m, _NONE) for m in ids]
-        for name in item_fields[1:]:
-            items[name] = [row.get(name, UNKNOWN_VALUE) for row in rows]
-    return Candidates(users, items, np.zeros(len(ids), dtype=np.int32))
+    return Candidates(users, np.zeros(len(ids), dtype=np.int32), ids, movie_features)
 
 
 def ranked_indices(probability: np.ndarray, top_k: int | None) -> list[int]:

@@ -1,8 +1,10 @@
 """One loaded model version, and the scorer that runs TensorFlow off the event loop in batches.
 
-``LoadedModel`` wraps the rank signatures of ``<model-dir>/<version>/`` (the contract's, see
-``model/contract.py``); its methods are synchronous, take ``Candidates`` (each user's fields
-once, each candidate's movie fields and its user's row) as raw strings, and return NumPy.
+``LoadedModel`` wraps the ranking signatures of ``<model-dir>/<version>/`` (see
+``model/contract.py`` and ``model/rank.py``): it keeps the items signature's table of the
+feature set's movies (built on the first call that meets a new movie table), and scores
+``Candidates`` (each user's raw fields once, each candidate's movie id) with it. Its methods
+are synchronous and return NumPy.
 ``Scorer`` runs them on a small dedicated pool, so at most ``threads`` TensorFlow calls run at
 once and the event loop keeps serving health checks and Redis reads meanwhile. Requests that
 arrive while every thread is busy are merged into one call when a thread frees up.
@@ -16,6 +18,7 @@ import itertools
 import logging
 import math
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,37 +47,57 @@ class Rows(Protocol):
 T = TypeVar("T", bound=Rows)
 
 
+UNKNOWN_VALUE = ""
+"""Sent for every feature Redis does not know (a user or movie without features): in no
+vocabulary, so the model's out-of-vocabulary value."""
+
+_NONE: Mapping[str, str] = {}
+
+
 @dataclass(frozen=True)
 class Candidates:
-    """One call's rows as the rank signatures take them (raw strings).
+    """One call's rows: each user once, each candidate's movie by id.
 
-    ``users``: each user field -> one value per user; ``items``: each movie field -> one
-    value per candidate; ``user_index``: int32, each candidate's row in ``users``. Calls
-    merged by the ``Scorer`` are concatenated, their user rows renumbered.
+    ``users``: each user field -> one raw value per user; ``user_index``: int32, each
+    candidate's row in ``users``; ``movie_ids``: each candidate's movie id; ``movies``: the
+    feature set's movie table (id -> raw movie fields), where the other movie fields come
+    from. The ``Scorer`` merges calls on the same movie table, renumbering their user rows.
     """
 
     users: Mapping[str, Sequence[str]]
-    items: Mapping[str, Sequence[str]]
     user_index: np.ndarray
+    movie_ids: Sequence[str]
+    movies: Mapping[str, Mapping[str, str]]
 
     def __len__(self) -> int:
-        return len(self.user_index)
+        return len(self.movie_ids)
 
     def value(self, field_name: str, row: int) -> str:
         """Candidate ``row``'s raw value of ``field_name``."""
         if field_name in self.users:
             return self.users[field_name][int(self.user_index[row])]
-        return self.items[field_name][row]
+        movie_id = self.movie_ids[row]
+        if field_name == contract.MOVIE_ID:
+            return movie_id
+        return self.movies.get(movie_id, _NONE).get(field_name, UNKNOWN_VALUE)
+
+    def columns(self, fields: Sequence[str]) -> dict[str, list[str]]:
+        """Each field's raw value per candidate: the rows as the contract signatures take them."""
+        return {name: [self.value(name, row) for row in range(len(self))] for name in fields}
+
+    def mergeable(self, other: Candidates) -> bool:
+        return other.movies is self.movies
 
     @classmethod
     def concat(cls, parts: Sequence[Candidates]) -> Candidates:
         offsets = np.cumsum([0, *(len(next(iter(p.users.values()))) for p in parts[:-1])])
         return cls(
             users={f: _chain(p.users[f] for p in parts) for f in parts[0].users},
-            items={f: _chain(p.items[f] for p in parts) for f in parts[0].items},
             user_index=np.concatenate(
                 [p.user_index + offset for p, offset in zip(parts, offsets, strict=True)]
             ).astype(np.int32),
+            movie_ids=_chain(p.movie_ids for p in parts),
+            movies=parts[0].movies,
         )
 
 
@@ -109,8 +132,27 @@ EXPLAIN_OUTPUTS: dict[str, str] = {
 
 
 @dataclass(frozen=True)
+class ItemTable:
+    """The items signature's output for one movie table: row ``rows[id]`` is that movie's,
+    the last row an unknown movie's (every movie field out of vocabulary)."""
+
+    movies: Mapping[str, Mapping[str, str]]  # what it was built from (identity: cache key)
+    rows: Mapping[str, int]
+    tensor: Any  # tf.Tensor (movies + 1, width)
+
+    def index(self, movie_ids: Sequence[str]) -> np.ndarray:
+        get, unknown = self.rows.get, len(self.rows)
+        return np.fromiter((get(m, unknown) for m in movie_ids), np.int32, len(movie_ids))
+
+
+@dataclass(frozen=True)
 class LoadedModel:
-    """A version's signatures, metadata and training vocabularies (for the *_known flags)."""
+    """A version's signatures, metadata and training vocabularies (for the *_known flags).
+
+    ``score_fn`` and ``explain_fn`` are the rank signatures (``_ranked``) with ``items_fn``
+    the items signature; for a version exported before those existed, ``items_fn`` is None
+    and they are the contract's score and explain signatures (``_stacked``).
+    """
 
     version: int
     path: Path
@@ -120,9 +162,15 @@ class LoadedModel:
     score_fn: Callable[..., Mapping[str, Any]] = field(repr=False)
     explain_fn: Callable[..., Mapping[str, Any]] = field(repr=False)
     vocabularies: Mapping[str, frozenset[str]] = field(repr=False)
+    items_fn: Callable[..., Any] | None = field(repr=False, default=None)
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     # The restored object: signatures hold only weak references to its variables.
     saved_model: Any = field(repr=False, default=None)
+    # The item tables of the last two movie tables seen (a feature set switch keeps serving).
+    _item_tables: deque[ItemTable] = field(
+        repr=False, compare=False, default_factory=lambda: deque(maxlen=2)
+    )
+    _item_lock: threading.Lock = field(repr=False, compare=False, default_factory=threading.Lock)
 
     def known(self, field_name: str, values: Sequence[str]) -> list[bool]:
         """Whether each value is in the training vocabulary of ``field_name`` (a multi-valued
@@ -137,66 +185,112 @@ class LoadedModel:
 
     def score(self, candidates: Candidates) -> np.ndarray:
         """Click probabilities, float32 [batch]."""
-        outputs = self.score_fn(*self._tensors(candidates))
-        return outputs[contract.OUTPUT_PROBABILITY].numpy()
+        return self._call(self.score_fn, candidates)[contract.OUTPUT_PROBABILITY].numpy()
 
     def explain(self, candidates: Candidates) -> Explanation:
-        outputs = self.explain_fn(*self._tensors(candidates))
+        outputs = self._call(self.explain_fn, candidates)
         return Explanation(**{name: outputs[key].numpy() for name, key in EXPLAIN_OUTPUTS.items()})
 
-    def _tensors(self, candidates: Candidates) -> tuple[Any, Any, Any]:
+    def item_table(self, movies: Mapping[str, Mapping[str, str]]) -> ItemTable:
+        """The item table of ``movies`` and of every movie id the model knows; built once per
+        movie table (~4k movies: a few ms)."""
+        with self._item_lock:
+            for table in self._item_tables:
+                if table.movies is movies:
+                    return table
+            ids = list(movies) + sorted(self.vocabularies[contract.MOVIE_ID] - movies.keys())
+            rows = Candidates({}, np.zeros(0, np.int32), [*ids, UNKNOWN_VALUE], movies)
+            _, item_fields = contract.rank_sides(self.fields)
+            tensor = self.items_fn(_strings(rows.columns(item_fields).values()))
+            table = ItemTable(movies, {movie: row for row, movie in enumerate(ids)}, tensor)
+            self._item_tables.append(table)
+            return table
+
+    def _call(self, fn: Callable[..., Mapping[str, Any]], candidates: Candidates) -> Any:
         import tensorflow as tf
 
-        users, items = contract.rank_sides(self.fields)
-        return (
-            tf.constant([candidates.users[name] for name in users], tf.string),
-            tf.constant([candidates.items[name] for name in items], tf.string),
+        if self.items_fn is None:
+            return fn(_strings(candidates.columns(self.fields).values()))
+        user_fields, _ = contract.rank_sides(self.fields)
+        table = self.item_table(candidates.movies)
+        return fn(
+            _strings(candidates.users[name] for name in user_fields),
             tf.constant(candidates.user_index, tf.int32),
+            table.tensor,
+            tf.constant(table.index(candidates.movie_ids), tf.int32),
         )
 
 
-def _ranked(
-    signatures: Mapping[str, Callable[..., Mapping[str, Any]]],
-    name: str,
-    fallback: str,
-    fields: tuple[str, ...],
-) -> Callable[..., Mapping[str, Any]]:
-    """Signature ``name`` as a function of (users (U, B), items (I, N), user_index (N,)),
-    traced once.
+def _strings(rows: Iterable[Sequence[str]]) -> Any:
+    import tensorflow as tf
 
-    Two string tensors and the index instead of one argument per field, split again inside
-    the graph, and the signature's captured variables resolved once at tracing instead of on
-    every call: ~0.1 ms less per call at 1 to 1,000 rows (benchmarks/serve_latency.py). A
-    version exported before the rank signatures existed has only the contract's
-    ``fallback``: its users are then gathered per candidate and scored row by row.
+    return tf.constant(list(rows), tf.string)
+
+
+def _stacked(signature: Callable[..., Mapping[str, Any]], fields: Sequence[str]) -> Any:
+    """``signature`` as a function of one (len(fields), n) string tensor, traced once.
+
+    One tensor conversion and one argument instead of one per field, split again inside the
+    graph, and the signature's captured variables resolved once at tracing instead of on
+    every call: ~0.1 ms less per call at 1 to 1,000 rows (benchmarks/serve_latency.py).
     """
     import tensorflow as tf
 
-    users, items = contract.rank_sides(fields)
-    if name in signatures:
-        signature = signatures[name]
+    def call(stacked: tf.Tensor) -> Mapping[str, tf.Tensor]:
+        return signature(**dict(zip(fields, tf.unstack(stacked), strict=True)))
 
-        def call(user_rows: tf.Tensor, item_rows: tf.Tensor, index: tf.Tensor) -> Any:
-            named = zip(
-                (*users, *items), (*tf.unstack(user_rows), *tf.unstack(item_rows)), strict=True
-            )
-            return signature(**dict(named), **{contract.INPUT_USER_INDEX: index})
-    else:
-        signature = signatures[fallback]
+    spec = tf.TensorSpec([len(fields), None], tf.string, name="fields")
+    return tf.function(call, input_signature=[spec]).get_concrete_function()
 
-        def call(user_rows: tf.Tensor, item_rows: tf.Tensor, index: tf.Tensor) -> Any:
-            per_row = tf.gather(user_rows, index, axis=1)  # (U, N)
-            named = zip(
-                (*users, *items), (*tf.unstack(per_row), *tf.unstack(item_rows)), strict=True
-            )
-            return signature(**dict(named))
+
+def _ranked(signature: Callable[..., Mapping[str, Any]], fields: Sequence[str]) -> Any:
+    """A rank signature as a function of (users (U, B) strings, user_index, items,
+    item_index), traced once, as ``_stacked``."""
+    import tensorflow as tf
+
+    user_fields, _ = contract.rank_sides(fields)
+
+    def call(users: tf.Tensor, user_index: tf.Tensor, items: tf.Tensor, item_index: tf.Tensor):
+        return signature(
+            **dict(zip(user_fields, tf.unstack(users), strict=True)),
+            **{
+                contract.INPUT_USER_INDEX: user_index,
+                contract.INPUT_ITEMS: items,
+                contract.INPUT_ITEM_INDEX: item_index,
+            },
+        )
 
     specs = [
-        tf.TensorSpec([len(users), None], tf.string, name="users"),
-        tf.TensorSpec([len(items), None], tf.string, name="items"),
-        tf.TensorSpec([None], tf.int32, name=contract.INPUT_USER_INDEX),
+        tf.TensorSpec([len(user_fields), None], tf.string),
+        tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([None, None], tf.float32),
+        tf.TensorSpec([None], tf.int32),
     ]
     return tf.function(call, input_signature=specs).get_concrete_function()
+
+
+def _items(signature: Callable[..., Mapping[str, Any]], fields: Sequence[str]) -> Any:
+    """The items signature as a function of one (I, movies) string tensor -> the table."""
+    _, item_fields = contract.rank_sides(fields)
+    stacked = _stacked(signature, item_fields)
+    return lambda rows: stacked(rows)[contract.OUTPUT_ITEMS]
+
+
+def _scoring_functions(signatures: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """LoadedModel's score_fn, explain_fn and items_fn: the ranking signatures when the
+    version has them, else the contract's two."""
+    ranking = (contract.SIGNATURE_ITEMS, contract.SIGNATURE_RANK, contract.SIGNATURE_RANK_EXPLAIN)
+    if not set(ranking) <= set(signatures):
+        return {
+            "score_fn": _stacked(signatures[contract.SIGNATURE_SCORE], fields),
+            "explain_fn": _stacked(signatures[contract.SIGNATURE_EXPLAIN], fields),
+            "items_fn": None,
+        }
+    return {
+        "score_fn": _ranked(signatures[contract.SIGNATURE_RANK], fields),
+        "explain_fn": _ranked(signatures[contract.SIGNATURE_RANK_EXPLAIN], fields),
+        "items_fn": _items(signatures[contract.SIGNATURE_ITEMS], fields),
+    }
 
 
 def load_model(version_dir: Path) -> LoadedModel:
@@ -227,12 +321,7 @@ def load_model(version_dir: Path) -> LoadedModel:
         metadata=metadata,
         fields=fields,
         pairs=contract.pairs(fields),
-        score_fn=_ranked(
-            loaded.signatures, contract.SIGNATURE_RANK, contract.SIGNATURE_SCORE, fields
-        ),
-        explain_fn=_ranked(
-            loaded.signatures, contract.SIGNATURE_RANK_EXPLAIN, contract.SIGNATURE_EXPLAIN, fields
-        ),
+        **_scoring_functions(loaded.signatures, fields),
         vocabularies={
             name: frozenset(values)
             for name, values in contract.read_vocabularies(version_dir, fields).items()
@@ -245,12 +334,13 @@ def load_model(version_dir: Path) -> LoadedModel:
 
 def _warm(model: LoadedModel) -> None:
     """Run both signatures once (first calls build kernels) and check the outputs' invariants."""
-    users, items = contract.rank_sides(model.fields)
+    users, _ = contract.rank_sides(model.fields)
     for batch in (1, 64):
         candidates = Candidates(
             users={name: ["", "x"] for name in users},
-            items={name: [""] * batch for name in items},
             user_index=np.arange(batch, dtype=np.int32) % 2,
+            movie_ids=[UNKNOWN_VALUE] * batch,
+            movies={},
         )
         probability = model.score(candidates)
         explained = model.explain(candidates)
@@ -315,14 +405,19 @@ class Scorer:
                 running.add_done_callback(partial(self._finish, batch))
 
     def _take_batch(self) -> list[_Job]:
-        """The oldest live job and every queued job of the same function that fits with it."""
+        """The oldest live job and every queued job of the same function and movie table that
+        fits with it."""
         batch: list[_Job] = []
         rows = 0
         kept: deque[_Job] = deque()
         for job in self._queue:
             if job.done.done():  # the client went away while it waited
                 continue
-            if not batch or (job.fn == batch[0].fn and rows + job.rows <= self._max_batch_rows):
+            if not batch or (
+                job.fn == batch[0].fn
+                and job.candidates.mergeable(batch[0].candidates)
+                and rows + job.rows <= self._max_batch_rows
+            ):
                 batch.append(job)
                 rows += job.rows
             else:

@@ -78,7 +78,7 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
     rows = candidates(
         model.fields, request.user_id, features.user, request.movie_ids, features.movies
     )
-    known = model.known(MOVIE_ID, rows.items[MOVIE_ID])
+    known = model.known(MOVIE_ID, rows.movie_ids)
     if request.explain:
         explained = await scorer.run(model.explain, rows)
         scores = score_entries(
@@ -129,7 +129,7 @@ async def explain(
             "movie_id": movie_id,
             "model_version": model.version,
             "user_known": features.user is not None,
-            "movie_known": model.known(MOVIE_ID, rows.items[MOVIE_ID])[0],
+            "movie_known": model.known(MOVIE_ID, rows.movie_ids)[0],
             **_explanation(model, rows, 0, explained, features),
         }
     )

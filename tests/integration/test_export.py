@@ -23,8 +23,10 @@ from model.contract import (
     OUTPUT_CONTRIBUTION,
     OUTPUT_LINEAR,
     OUTPUT_LOGIT,
+    OUTPUT_ITEMS,
     OUTPUT_PROBABILITY,
     SIGNATURE_EXPLAIN,
+    SIGNATURE_ITEMS,
     SIGNATURE_RANK,
     SIGNATURE_RANK_EXPLAIN,
     SIGNATURE_SCORE,
@@ -155,28 +157,41 @@ def test_both_signatures_equal_the_in_memory_model(loaded, fitted: FitResult, da
     np.testing.assert_allclose(explain[OUTPUT_ATTENTION].sum(axis=1), 1.0, rtol=1e-5)
 
 
-def rank_call(signature, raw: dict[str, np.ndarray], fields) -> dict[str, np.ndarray]:
-    """``raw``'s rows through a rank signature: each distinct user once, candidates by index."""
+def rank_call(loaded, name: str, raw: dict[str, np.ndarray], fields) -> dict[str, np.ndarray]:
+    """``raw``'s rows through rank signature ``name``: each distinct user once, each distinct
+    movie once in the items signature's table, candidates by index."""
     user_fields, item_fields = rank_sides(fields)
-    rows = list(zip(*(raw[f] for f in user_fields), strict=True))
-    users = list(dict.fromkeys(rows))
+
+    def distinct(side: list[str]) -> tuple[list[tuple], list[int]]:
+        rows = list(zip(*(raw[f] for f in side), strict=True))
+        unique = list(dict.fromkeys(rows))
+        assert 1 < len(unique) < len(rows)  # several, some candidates sharing one
+        return unique, [unique.index(r) for r in rows]
+
+    users, user_index = distinct(user_fields)
+    movies, item_index = distinct(item_fields)
+    items = loaded.signatures[SIGNATURE_ITEMS](
+        **{f: tf.constant([m[i] for m in movies]) for i, f in enumerate(item_fields)}
+    )[OUTPUT_ITEMS]
     inputs = {f: tf.constant([u[i] for u in users]) for i, f in enumerate(user_fields)}
-    inputs |= {f: tf.constant(raw[f]) for f in item_fields}
-    inputs["user_index"] = tf.constant([users.index(r) for r in rows], tf.int32)
-    assert 1 < len(users) < len(rows)  # several users, several candidates for some
-    return {name: value.numpy() for name, value in signature(**inputs).items()}
+    inputs |= {
+        "user_index": tf.constant(user_index, tf.int32),
+        "items": items,
+        "item_index": tf.constant(item_index, tf.int32),
+    }
+    return {name: value.numpy() for name, value in loaded.signatures[name](**inputs).items()}
 
 
 def test_rank_signatures_equal_the_contract_signatures(loaded, fitted: FitResult, data) -> None:
     fields = fitted.fields
     raw = raw_batch(data, fields, 60)
     explain = call(loaded.signatures[SIGNATURE_EXPLAIN], raw)
-    ranked = rank_call(loaded.signatures[SIGNATURE_RANK_EXPLAIN], raw, fields)
+    ranked = rank_call(loaded, SIGNATURE_RANK_EXPLAIN, raw, fields)
     assert set(ranked) == set(explain)
     for name, value in explain.items():
         np.testing.assert_allclose(ranked[name], value, atol=1e-5, err_msg=name)
     assert np.abs(explain[OUTPUT_ATTENTION] - 1 / len(pairs(fields))).max() > 1e-3  # trained h
-    score = rank_call(loaded.signatures[SIGNATURE_RANK], raw, fields)
+    score = rank_call(loaded, SIGNATURE_RANK, raw, fields)
     assert set(score) == {OUTPUT_PROBABILITY}
     np.testing.assert_allclose(score[OUTPUT_PROBABILITY], explain[OUTPUT_PROBABILITY], atol=1e-5)
 
@@ -196,7 +211,7 @@ def test_rank_signature_of_other_architectures(data, variant: dict, tmp_path: Pa
     loaded = tf.saved_model.load(str(tmp_path))
     raw = raw_batch(data, fields, 30)
     explain = call(loaded.signatures[SIGNATURE_EXPLAIN], raw)
-    ranked = rank_call(loaded.signatures[SIGNATURE_RANK_EXPLAIN], raw, fields)
+    ranked = rank_call(loaded, SIGNATURE_RANK_EXPLAIN, raw, fields)
     for name, value in explain.items():
         np.testing.assert_allclose(ranked[name], value, atol=1e-5, err_msg=name)
 

@@ -26,12 +26,14 @@ def version_dir(request: pytest.FixtureRequest) -> Path:
 
 def requests(features: FeatureSet) -> Candidates:
     """Two requests merged as the scorer merges them: a known user with known movies and
-    an unknown one, and a user without features with an unknown movie id."""
+    an unknown one, and a user without features; the first movie is missing from the movie
+    table (the model knows its id, not its genres and year)."""
     users, movies = features.users, features.movies
     table = {
         str(m): {"year": str(y), "genres": str(g)}
         for m, y, g in zip(movies["movie_id"], movies["year"], movies["genres"], strict=True)
     }
+    del table[str(movies["movie_id"][0])]
     first_user = {f: str(users[f][3]) for f in contract.USER_FIELDS if f != contract.USER_ID}
     movie_ids = [int(m) for m in movies["movie_id"][:25]]
     fields = contract.ALL_FIELDS
@@ -64,8 +66,23 @@ def test_the_service_path_equals_the_contract_signatures(
     version_dir: Path, synthetic_feature_set: FeatureSet
 ) -> None:
     model = load_model(version_dir)
-    assert contract.SIGNATURE_RANK in model.saved_model.signatures
+    assert model.items_fn is not None
     assert_same(model, version_dir, synthetic_feature_set)
+
+
+def test_an_item_table_is_built_once_per_movie_table(
+    version_dir: Path, synthetic_feature_set: FeatureSet
+) -> None:
+    model = load_model(version_dir)
+    rows = requests(synthetic_feature_set)
+    table = model.item_table(rows.movies)
+    assert model.item_table(rows.movies) is table
+    # every movie of the table and every movie id the model knows has a row; then the unknown
+    assert set(table.rows) == set(rows.movies) | model.vocabularies[contract.MOVIE_ID]
+    assert table.tensor.shape[0] == len(table.rows) + 1
+    assert table.index(["no-such-movie"]).tolist() == [len(table.rows)]
+    other = model.item_table(dict(rows.movies))  # another feature set: its own table
+    assert other is not table
 
 
 def test_a_version_without_rank_signatures_is_served_from_the_contract_ones(
@@ -80,5 +97,5 @@ def test_a_version_without_rank_signatures_is_served_from_the_contract_ones(
         shutil.copy(version_dir / name, older / name)
 
     model = load_model(older)
-    assert set(model.saved_model.signatures) == set(kept)
+    assert set(model.saved_model.signatures) == set(kept) and model.items_fn is None
     assert_same(model, older, synthetic_feature_set)

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from model import contract
 from service.ranking import UNKNOWN_VALUE, candidates, ranked_indices, score_entries
+from service.scorer import Candidates
 from service.settings import Settings
 
 PAIRS = contract.pairs(contract.SEED_FIELDS)
@@ -23,30 +24,38 @@ def test_candidates_hold_the_user_once_and_each_movie() -> None:
     features = {"gender": "M", "age": "35", "occupation": "7", "zip": "02139"}
     rows = candidates(contract.ALL_FIELDS, 12, features, [3, 1, 3], MOVIES)
     assert rows.users == {"user_id": ["12"], **{f: [v] for f, v in features.items()}}
-    assert list(rows.items) == ["movie_id", "year", "genres"]
-    assert rows.items["movie_id"] == ["3", "1", "3"]
-    assert rows.items["genres"] == [
-        "Comedy|Romance",
-        "Animation|Children's|Comedy",
-        "Comedy|Romance",
-    ]
-    assert rows.items["year"] == ["1995"] * 3
+    assert rows.movie_ids == ["3", "1", "3"] and rows.movies is MOVIES
     assert rows.user_index.tolist() == [0, 0, 0]
-    assert [rows.value(f, 1) for f in contract.ALL_FIELDS] == [
-        "12", "M", "35", "7", "02139", "1", "1995", "Animation|Children's|Comedy"
-    ]  # fmt: skip
+    columns = rows.columns(contract.ALL_FIELDS)
+    assert columns["zip"] == ["02139"] * 3
+    assert columns["genres"] == ["Comedy|Romance", "Animation|Children's|Comedy", "Comedy|Romance"]
+    assert columns["year"] == ["1995"] * 3
 
 
 def test_candidates_hold_exactly_the_model_fields() -> None:
     rows = candidates(contract.SEED_FIELDS, 12, None, [3], MOVIES)
-    assert [*rows.users, *rows.items] == list(contract.SEED_FIELDS)
+    assert list(rows.users) == list(contract.USER_FIELDS)
+    assert list(rows.columns(contract.SEED_FIELDS)) == list(contract.SEED_FIELDS)
 
 
 def test_unknown_user_and_movie_get_values_outside_every_vocabulary() -> None:
     rows = candidates(contract.ALL_FIELDS, 12, None, [3, 99], MOVIES)
     assert rows.users["user_id"] == ["12"]
     assert all(rows.users[f] == [UNKNOWN_VALUE] for f in ("gender", "age", "occupation", "zip"))
-    assert rows.items["genres"] == ["Comedy|Romance", UNKNOWN_VALUE]
+    assert rows.columns(["genres"])["genres"] == ["Comedy|Romance", UNKNOWN_VALUE]
+
+
+def test_merged_candidates_renumber_their_users() -> None:
+    first = candidates(contract.SEED_FIELDS, 1, {"zip": "1"}, [3, 1], MOVIES)
+    second = candidates(contract.SEED_FIELDS, 2, {"zip": "2"}, [1], MOVIES)
+    merged = Candidates.concat([first, second])
+    assert merged.users["zip"] == ["1", "2"] and merged.user_index.tolist() == [0, 0, 1]
+    assert merged.columns(["user_id", "movie_id"]) == {
+        "user_id": ["1", "1", "2"],
+        "movie_id": ["3", "1", "1"],
+    }
+    assert first.mergeable(second)
+    assert not first.mergeable(candidates(contract.SEED_FIELDS, 1, None, [3], dict(MOVIES)))
 
 
 def test_ranked_indices_keep_request_order_without_top_k() -> None:

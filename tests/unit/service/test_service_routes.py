@@ -81,7 +81,7 @@ class FakeModel:
         self.sent.append(candidates)
         rows = range(len(candidates))
         self.seen.append({f: [candidates.value(f, row) for row in rows] for f in FIELDS})
-        return np.array([int(m) / 10_000 for m in candidates.items["movie_id"]], dtype=np.float32)
+        return np.array([int(m) / 10_000 for m in candidates.movie_ids], dtype=np.float32)
 
     def explain(self, candidates: Candidates) -> Explanation:
         """Pair weights a fixed ramp, contributions twice the weights, linear terms 0.1 each;
