@@ -32,11 +32,18 @@ def candidates(
 
 
 def ranked_indices(probability: np.ndarray, top_k: int | None) -> list[int]:
-    """Row order to return: request order, or the top_k rows by probability (stable ties)."""
+    """Row order to return: request order, or the top_k rows by probability, ties in request
+    order. Only the top_k are sorted: a partition finds them first (O(n))."""
+    n = len(probability)
     if top_k is None:
-        return list(range(len(probability)))
-    order = np.argsort(-probability, kind="stable")
-    return order[:top_k].tolist()
+        return list(range(n))
+    if top_k >= n:
+        return np.argsort(-probability, kind="stable").tolist()
+    kth = np.partition(probability, n - top_k)[n - top_k]  # the top_k-th largest value
+    above = np.flatnonzero(probability > kth)
+    ties = np.flatnonzero(probability == kth)[: top_k - len(above)]  # the first ones
+    chosen = np.concatenate([above, ties])
+    return chosen[np.argsort(-probability[chosen], kind="stable")].tolist()
 
 
 def score_entries(

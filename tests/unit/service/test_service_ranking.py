@@ -66,6 +66,15 @@ def test_ranked_indices_take_the_top_k_with_stable_ties() -> None:
     assert ranked_indices(np.array([0.5, 0.9, 0.5, 0.1]), 3) == [1, 0, 2]
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_ranked_indices_equal_a_full_stable_sort(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    probability = rng.integers(0, 12, size=300).astype(np.float32) / 12  # many ties
+    full = np.argsort(-probability, kind="stable").tolist()
+    for top_k in (1, 5, 37, 299, 300, 1000):
+        assert ranked_indices(probability, top_k) == full[:top_k]
+
+
 def test_score_entries_follow_top_k_and_carry_explanations() -> None:
     probability = np.array([0.2, 0.9, 0.5], dtype=np.float32)
     entries = score_entries([7, 8, 9], probability, [True, False, True], 2, lambda i: {"row": i})
