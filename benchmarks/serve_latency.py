@@ -2,7 +2,7 @@
 
 For 1, 100 and 1000 candidates at concurrency 1 and 8: p50/p99 latency and requests/s, each
 the median of ``--rounds`` runs that alternate between the servers measured; then an
-in-process breakdown of one request's parts (parsing, the store's read, building columns,
+in-process breakdown of one request's parts (parsing, the store's read, building candidates,
 TensorFlow, ranking and JSON) for each model.
 
 Servers, all on the same feature set in Redis (users and movies, ``load_features``):
@@ -11,7 +11,7 @@ Servers, all on the same feature set in Redis (users and movies, ``load_features
   (``seed``: the six seed fields; ``all``: eight, with the movie's year and genres taken
   from the service's in-process movie table);
 * ``<name>-<set>``: each ``--variant``, another service with other settings, per field set;
-* ``bare`` (``--bare``): the issue's yardstick, FastAPI + one HGETALL + the SavedModel
+* ``bare`` (``--bare``): the yardstick, FastAPI + one HGETALL + the SavedModel
   signature on the event loop. It keeps the six seed fields it has always used (user hash,
   user_id, movie_id; no movie features), so it always serves the seed model, trained or
   reused even when ``--fields`` lacks ``seed``.
@@ -209,7 +209,7 @@ def _load_bare_users(redis_url: str, users: dict[str, list[str]]) -> None:
 
 
 def _serve_bare(port: str, version_dir: str, redis_url: str) -> None:
-    """The issue's yardstick: no validation bounds, no pointer, TF on the event loop, and
+    """The yardstick: no validation bounds, no pointer, TF on the event loop, and
     the six seed fields (no movie features), as it was written."""
     import redis.asyncio as aioredis
     import tensorflow as tf
@@ -466,7 +466,7 @@ def _breakdown(
     print(f"\nRedis, median µs: plain HGETALL {plain_us:.0f}, store read (EVALSHA) {store_us:.0f}"
           f"; load average {_load_average()}")  # fmt: skip
     print("\nWhere the time goes (median µs per request, in-process, one thread):")
-    print("| fields | candidates | parse+validate | store read | build columns |", end="")
+    print("| fields | candidates | parse+validate | store read | build candidates |", end="")
     print(" TensorFlow | rank+serialize | TF via pool |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, model in models.items():
         for n in args.candidates:
@@ -483,7 +483,7 @@ def _median_us(times: list[float]) -> float:
 
 
 def _breakdown_row(model, n: int, user: str, movies: list[str], read, median_us) -> tuple:  # noqa: ANN001
-    """(parse+validate, build columns, TensorFlow, rank+serialize) medians, as the route does
+    """(parse+validate, build candidates, TensorFlow, rank+serialize) medians, as the route does
     them, with the user's features and the movie table from a real ``FeatureStore.read``."""
     import orjson
 
