@@ -1,4 +1,4 @@
-"""The ``afm-ctr`` command line: train, synth, load-features, serve.
+"""The ``afm-ctr`` command line: train, prepare, synth, load-features, serve, rollout.
 
 Commands are thin: they build configs and call one function each. Heavy imports (TensorFlow,
 the service) happen inside the commands, so ``afm-ctr --help`` stays instant.
@@ -52,6 +52,40 @@ CacheDirOpt = Annotated[
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # the service's default too (service/settings.py)
 RedisUrlOpt = Annotated[
     str, typer.Option(help="Redis holding the user features.", envvar="AFM_REDIS_URL")
+]
+ProtocolOpt = Annotated[Protocol, typer.Option(envvar="AFM_PROTOCOL")]
+NegativesOpt = Annotated[int, typer.Option(min=1, help="Negatives per positive (next-item).")]
+TrainFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Seed rows: user_id gender age occupation zip movie_id label, tab-separated."
+    ),
+]
+ValidFileOpt = Annotated[Path | None, typer.Option(help="Seed rows for validation.")]
+TestFileOpt = Annotated[Path | None, typer.Option(help="Seed rows for the test.")]
+FieldsOpt = Annotated[
+    FieldSet | None,
+    typer.Option(
+        help="seed: user_id gender age occupation zip movie_id; all: also the movie's year "
+        "and genres. Default: all for a dataset, seed for seed row files."
+    ),
+]
+HoldoutMoviesOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=0.99,
+        help="Keep this share of movies out of training; the test reports their AUC.",
+    ),
+]
+SeedOpt = Annotated[int, typer.Option(help="Seeds sampling, splits and initialisation.")]
+RedisClusterOpt = Annotated[
+    bool,
+    typer.Option(
+        "--redis-cluster",
+        help="--redis-url names any node of a Redis Cluster (docs/service.md#redis-cluster).",
+        envvar="AFM_REDIS_CLUSTER",
+    ),
 ]
 
 
@@ -109,18 +143,20 @@ def train(
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = DataConfig.cache_dir,
-    protocol: Annotated[Protocol, typer.Option(envvar="AFM_PROTOCOL")] = DataConfig.protocol,
-    negatives: Annotated[
-        int, typer.Option(min=1, help="Negatives per positive (next-item).")
-    ] = DataConfig.negatives,
-    train_file: Annotated[
+    protocol: ProtocolOpt = DataConfig.protocol,
+    negatives: NegativesOpt = DataConfig.negatives,
+    train_file: TrainFileOpt = None,
+    valid_file: ValidFileOpt = None,
+    test_file: TestFileOpt = None,
+    prepared: Annotated[
         Path | None,
         typer.Option(
-            help="Seed rows: user_id gender age occupation zip movie_id label, tab-separated."
+            help="A directory from `afm-ctr prepare`: stream its rows instead of reading a "
+            "dataset. With TF_CONFIG naming a cluster, train on every worker "
+            "(docs/training.md#multi-worker-training).",
+            envvar="AFM_PREPARED",
         ),
     ] = None,
-    valid_file: Annotated[Path | None, typer.Option(help="Seed rows for validation.")] = None,
-    test_file: Annotated[Path | None, typer.Option(help="Seed rows for the test.")] = None,
     epochs: Annotated[int, typer.Option(min=1)] = TrainConfig.epochs,
     batch_size: Annotated[int, typer.Option(min=1)] = TrainConfig.batch_size,
     learning_rate: Annotated[float, typer.Option(min=0.0)] = TrainConfig.learning_rate,
@@ -159,13 +195,7 @@ def train(
     l2_pair_bias: Annotated[
         float, typer.Option(min=0.0, help="L2 on the per-pair attention offsets c.")
     ] = AFMConfig.l2_pair_bias,
-    fields: Annotated[
-        FieldSet | None,
-        typer.Option(
-            help="seed: user_id gender age occupation zip movie_id; all: also the movie's year "
-            "and genres. Default: all for a dataset, seed for seed row files."
-        ),
-    ] = None,
+    fields: FieldsOpt = None,
     oov_rate: Annotated[
         float | None,
         typer.Option(
@@ -176,46 +206,36 @@ def train(
             "0 with seed.",
         ),
     ] = None,
-    holdout_movies: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            max=0.99,
-            help="Keep this share of movies out of training; the test reports their AUC.",
-        ),
-    ] = DataConfig.holdout_movies,
-    seed: Annotated[
-        int, typer.Option(help="Seeds sampling, splits and initialisation.")
-    ] = TrainConfig.seed,
+    holdout_movies: HoldoutMoviesOpt = DataConfig.holdout_movies,
+    seed: SeedOpt = TrainConfig.seed,
 ) -> None:
     """Train an AFM and export it as a new version under --model-dir."""
-    seed_files = (train_file, valid_file, test_file)
-    if any(seed_files) and not all(seed_files):
-        raise typer.BadParameter("give all three of --train-file, --valid-file, --test-file")
-    if all(seed_files) and dataset is not None:
-        raise typer.BadParameter(
-            "give --dataset (ml-1m, ml-100k, synthetic) or the three seed row files, not both"
-        )
-    if not all(seed_files):
-        dataset = dataset or DEFAULT_DATASET
-    if fields is None:
-        fields = "seed" if all(seed_files) else "all"
-    elif fields == "all" and all(seed_files):
-        raise typer.BadParameter(
-            "seed row files carry no year or genres; use --fields seed (the default for them)"
-        )
-    data_config = DataConfig(
-        dataset=dataset,
-        data_dir=data_dir,
-        cache_dir=cache_dir,
-        protocol=protocol,
-        negatives=negatives,
-        seed=seed,
-        train_file=train_file,
-        valid_file=valid_file,
-        test_file=test_file,
-        holdout_movies=holdout_movies,
-    )
+    manifest = None
+    if prepared is not None:
+        given = [flag for flag, value in (("--dataset", dataset), ("--data-dir", data_dir),
+                 ("--train-file", train_file), ("--valid-file", valid_file),
+                 ("--test-file", test_file)) if value is not None]  # fmt: skip
+        if given:
+            raise typer.BadParameter(f"--prepared holds the rows already; drop {given[0]}")
+        logs.quiet_tensorflow_import()  # model.shards imports Keras
+        from model.shards import Manifest
+
+        try:
+            manifest = Manifest.load(prepared)
+        except AfmError as exc:
+            raise _fail(exc) from None
+        if fields is not None and fields != manifest.field_set:
+            raise typer.BadParameter(
+                f"{prepared} holds rows for --fields {manifest.field_set}; prepare it again "
+                f"with --fields {fields}"
+            )
+        fields = manifest.field_set
+        data_config = None
+    else:
+        data_config, fields = _data_config(
+            dataset, data_dir, cache_dir, protocol, negatives, (train_file, valid_file, test_file),
+            fields, holdout_movies, seed,
+        )  # fmt: skip
     afm_config = AFMConfig(
         fields=fields,
         oov_rate=DEFAULT_OOV_RATE[fields] if oov_rate is None else oov_rate,
@@ -236,15 +256,107 @@ def train(
         seed=seed,
     )
     logs.quiet_tensorflow_import()
+    from model.distributed import cluster_from_env
     from model.protocols import prepare
-    from model.train import train_and_export
+    from model.train import train_and_export, train_prepared_and_export
 
     try:
-        data = prepare(data_config)
-        version_dir = train_and_export(data, afm_config, train_config, model_dir, data_config)
+        if manifest is None:
+            data = prepare(data_config)
+            version_dir = train_and_export(data, afm_config, train_config, model_dir, data_config)
+        else:
+            cluster = cluster_from_env()
+            version_dir = train_prepared_and_export(
+                manifest, afm_config, train_config, model_dir, cluster
+            )
+            if version_dir is None:
+                typer.echo(f"worker {cluster.index} of {cluster.workers} done; the chief exports")
+                return
     except AfmError as exc:
         raise _fail(exc) from None
     typer.echo(f"exported {version_dir}")
+
+
+def _data_config(
+    dataset: Dataset | None,
+    data_dir: Path | None,
+    cache_dir: Path,
+    protocol: Protocol,
+    negatives: int,
+    seed_files: tuple[Path | None, Path | None, Path | None],
+    fields: FieldSet | None,
+    holdout_movies: float,
+    seed: int,
+) -> tuple[DataConfig, FieldSet]:
+    """The DataConfig and field set the data flags ask for (train and prepare share them)."""
+    if any(seed_files) and not all(seed_files):
+        raise typer.BadParameter("give all three of --train-file, --valid-file, --test-file")
+    if all(seed_files) and dataset is not None:
+        raise typer.BadParameter(
+            "give --dataset (ml-1m, ml-100k, synthetic) or the three seed row files, not both"
+        )
+    if not all(seed_files):
+        dataset = dataset or DEFAULT_DATASET
+    if fields is None:
+        fields = "seed" if all(seed_files) else "all"
+    elif fields == "all" and all(seed_files):
+        raise typer.BadParameter(
+            "seed row files carry no year or genres; use --fields seed (the default for them)"
+        )
+    train_file, valid_file, test_file = seed_files
+    config = DataConfig(
+        dataset=dataset,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        protocol=protocol,
+        negatives=negatives,
+        seed=seed,
+        train_file=train_file,
+        valid_file=valid_file,
+        test_file=test_file,
+        holdout_movies=holdout_movies,
+    )
+    return config, fields
+
+
+@app.command()
+def prepare(
+    out: Annotated[Path, typer.Option(help="New directory for the shards and manifest.json.")],
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = DataConfig.cache_dir,
+    protocol: ProtocolOpt = DataConfig.protocol,
+    negatives: NegativesOpt = DataConfig.negatives,
+    train_file: TrainFileOpt = None,
+    valid_file: ValidFileOpt = None,
+    test_file: TestFileOpt = None,
+    fields: FieldsOpt = None,
+    holdout_movies: HoldoutMoviesOpt = DataConfig.holdout_movies,
+    seed: SeedOpt = DataConfig.seed,
+    shards: Annotated[
+        int, typer.Option(min=1, help="Training shard files: at least the number of workers.")
+    ] = 8,
+) -> None:
+    """Write the training, validation and test rows as TFRecord shards with a manifest, for
+    `afm-ctr train --prepared DIR` (streamed, or on several workers)."""
+    data_config, fields = _data_config(
+        dataset, data_dir, cache_dir, protocol, negatives, (train_file, valid_file, test_file),
+        fields, holdout_movies, seed,
+    )  # fmt: skip
+    logs.quiet_tensorflow_import()
+    from dataclasses import asdict
+
+    from model.protocols import prepare as prepare_rows
+    from model.shards import write_prepared
+
+    try:
+        data = prepare_rows(data_config)
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(data_config).items()}
+        manifest = write_prepared(data, fields, out, shards=shards, seed=seed, data_config=config)
+    except AfmError as exc:
+        raise _fail(exc) from None
+    parts = ", ".join(f"{k} {v['rows']:,}" for k, v in manifest.summary().items())
+    typer.echo(f"wrote {parts} rows ({fields} fields, {shards} training shards) to {out}")
 
 
 @app.command("load-features")
@@ -256,6 +368,7 @@ def load_features(
     prefix: Annotated[
         str, typer.Option(help="Key prefix of the feature set.", envvar="AFM_REDIS_PREFIX")
     ] = DEFAULT_PREFIX,
+    redis_cluster: RedisClusterOpt = False,
 ) -> None:
     """Write every user's and movie's features and what the load is (source, value labels,
     most rated movies, sample users) to Redis as a new namespace, then switch to it
@@ -275,6 +388,7 @@ def load_features(
             labels=loaded.labels,
             popular=loaded.popular,
             sample_users=loaded.sample_users,
+            cluster=redis_cluster,
         )
     except AfmError as exc:
         raise _fail(exc) from None
@@ -294,6 +408,7 @@ def serve(
     host: Annotated[str, typer.Option(envvar="AFM_HOST")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="AFM_PORT")] = 8000,
     workers: Annotated[int, typer.Option(min=1, envvar="AFM_WORKERS")] = 1,
+    redis_cluster: RedisClusterOpt = False,
 ) -> None:
     """Run the scoring API (uvicorn). Every flag is also an AFM_* environment variable."""
     import uvicorn
@@ -301,6 +416,7 @@ def serve(
     # Workers are separate processes that build the app from the environment.
     os.environ["AFM_MODEL_DIR"] = str(model_dir)
     os.environ["AFM_REDIS_URL"] = redis_url
+    os.environ["AFM_REDIS_CLUSTER"] = "1" if redis_cluster else "0"
     if workers == 1:  # the app loads models in a thread, while uvicorn writes to stderr
         logs.quiet_tensorflow_import()
     uvicorn.run(
@@ -313,6 +429,88 @@ def serve(
         log_config=None if workers == 1 else logs.active_dict_config(),
         access_log=False,  # the app writes its own access line (service/access_log.py)
     )
+
+
+@app.command()
+def rollout(
+    model_dir: Annotated[
+        Path, typer.Option(help="Export root the services read.", envvar="AFM_MODEL_DIR")
+    ],
+    canary: Annotated[
+        int | None, typer.Option(min=0, help="Send --percent of users to this version.")
+    ] = None,
+    percent: Annotated[
+        float | None,
+        typer.Option(min=0, max=100, help="The canary's share of users, in 0.01 steps."),
+    ] = None,
+    promote: Annotated[
+        bool, typer.Option("--promote", help="The canary becomes stable for everyone.")
+    ] = False,
+    rollback: Annotated[
+        bool,
+        typer.Option(
+            "--rollback",
+            help="Drop the canary, or without one go back to the previous stable version; "
+            "with VERSION: make that version stable.",
+        ),
+    ] = False,
+    version: Annotated[
+        int | None, typer.Argument(min=0, help="With --rollback: the version to make stable.")
+    ] = None,
+    status: Annotated[
+        bool, typer.Option("--status", help="Show the policy (the default action).")
+    ] = False,
+) -> None:
+    """Control which versions serve whom: a canary for a share of users, promotion, rollback.
+
+    Writes rollout.json beside the versions (atomically); every service reading the
+    directory follows it within its reload interval. Without the file, the newest version
+    serves everyone.
+    """
+    from model import contract
+    from model import rollout as policies
+
+    chosen = {"--canary": canary is not None, "--promote": promote, "--rollback": rollback}
+    actions = [name for name, on in {**chosen, "--status": status}.items() if on]
+    if len(actions) > 1:
+        raise typer.BadParameter(f"give one action, not {' and '.join(actions)}")
+    if (canary is None) != (percent is None):
+        raise typer.BadParameter("--canary VERSION and --percent P go together")
+    if version is not None and not rollback:
+        raise typer.BadParameter("a VERSION argument goes with --rollback")
+    try:
+        policy = policies.read_policy(model_dir)
+        if not actions or status:
+            typer.echo(policies.describe(policy, model_dir))
+            return
+        versions = contract.list_versions(model_dir)
+        if canary is not None:
+            assert percent is not None
+            policy = policies.start_canary(policy, versions, canary, percent)
+        elif promote:
+            policy = policies.promote(policy)
+        else:
+            policy = policies.rollback(policy, versions, version)
+        _check_servable(model_dir, policy.stable, policy.canary)
+        path = policies.write_policy(model_dir, policy)
+    except AfmError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"wrote {path}: {policies.describe(policy, model_dir)}")
+
+
+def _check_servable(model_dir: Path, *versions: int | None) -> None:
+    """Refuse to route traffic to a version whose metadata a service would refuse."""
+    from model import contract
+    from model.rollout import PolicyError
+
+    for version in versions:
+        if version is None:
+            continue
+        try:
+            contract.read_metadata(model_dir / str(version))
+        except (OSError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PolicyError(f"version {version} cannot be served: {reason}") from None
 
 
 @app.command()
@@ -335,24 +533,39 @@ def up(
     ] = None,
     host: Annotated[str, typer.Option(envvar="AFM_HOST")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="AFM_PORT")] = 8000,
+    redis_cluster: RedisClusterOpt = False,
 ) -> None:
     """Train a first version if --model-dir has none, load the features, serve. Ctrl-C stops
     everything it started."""
     from model.contract import latest_version
     from model.local import redis_for
 
+    if redis_cluster and redis_url is None:
+        raise _fail(AfmError("--redis-cluster needs --redis-url naming a node of the cluster"))
     try:
         with redis_for(redis_url, cache_dir) as url:
             if latest_version(model_dir) is None:
                 train(model_dir=model_dir, dataset=dataset, data_dir=data_dir, cache_dir=cache_dir)
-            load_features(redis_url=url, dataset=dataset, data_dir=data_dir, cache_dir=cache_dir)
+            load_features(
+                redis_url=url,
+                dataset=dataset,
+                data_dir=data_dir,
+                cache_dir=cache_dir,
+                redis_cluster=redis_cluster,
+            )
             typer.echo(
                 f"serving http://{host}:{port}  (page: /ui, API docs: /docs; Ctrl-C stops)\n"
                 f"try: curl -s -X POST http://{host}:{port}/score -H 'content-type: "
                 'application/json\' -d \'{"user_id": 1, "movie_ids": [1, 2, 3]}\'',
                 err=True,
             )
-            serve(model_dir=model_dir, redis_url=url, host=host, port=port)
+            serve(
+                model_dir=model_dir,
+                redis_url=url,
+                host=host,
+                port=port,
+                redis_cluster=redis_cluster,
+            )
     except AfmError as exc:
         raise _fail(exc) from None
 

@@ -30,6 +30,29 @@ mix, and never a namespace that is half written or already deleted. A reader tha
 the movie table and meta (the service does) keeps them per namespace and pairs a user only
 with the table of the namespace the user came from.
 
+On a Redis Cluster the keys are the same, spelled the same; no key carries a hash tag, so
+each hashes whole to its slot (CRC16 mod 16384) and a load's user hashes spread evenly over
+every master: ``afm:ns:123-ab:user:1`` is slot 8470, ``...:user:2`` slot 4469, ``...:user:3``
+slot 340, ``afm:current`` slot 584. A script may touch one slot only, so a cluster reader does
+not use the scripts above; what the Lua call gave, one namespace per read and no read of a
+deleted one, comes from these rules instead:
+
+* The loader writes the whole namespace, waits until each master's replica holds it (WAIT),
+  then SETs the pointer (and waits for that too), so a failover never exposes half a load.
+* A reader resolves the pointer with a plain GET and keeps the answer: it re-reads it in the
+  background once its copy is CLUSTER_REFRESH_SECONDS old and never starts a read with a
+  copy more than CLUSTER_MAX_AGE_SECONDS old (counted from when the GET was sent). Every key
+  of one request comes from that one namespace: the user's hash, and the movies and meta
+  hashes of the same namespace (fetched once per namespace, pipelined).
+* The loader does not delete the namespace it replaced: it sets a TTL of
+  CLUSTER_RETIRE_SECONDS on each of its keys, far beyond the longest any reader may still
+  use it (the max age plus a request's reads, each bounded by the service's timeout).
+* A failed load deletes what it wrote before the pointer moved, as on one Redis.
+* Every cluster load writes a meta hash: a reader that finds none when it fetches its
+  namespace's tables knows the namespace is gone and reads the pointer again.
+* The prefix may not contain ``{`` or ``}`` (check_cluster_prefix): a hash tag in it would
+  put every key, so every user, in one slot on one master.
+
 A namespace written by an older loader may lack ``movies`` (reads as an empty table) or
 ``meta`` (reads as ``FeatureSetMeta()``: no source, counts or time, no labels, no samples),
 and a meta hash may lack ``user_values`` (reads as empty: nothing to compare).
@@ -70,6 +93,19 @@ return {ns, redis.call('HGETALL', ns .. 'movies'), redis.call('HGETALL', ns .. '
 """KEYS[1] = pointer_key(prefix). Returns nil when nothing is loaded, else ``{namespace, flat
 movie_id/JSON list of the movies hash, flat field/value list of the meta hash}`` (an empty
 list for a hash the load did not write)."""
+
+CLUSTER_REFRESH_SECONDS = 1.0
+"""A cluster reader re-reads the pointer, in the background, once its copy is this old: a
+new load reaches it within about this long."""
+
+CLUSTER_MAX_AGE_SECONDS = 10.0
+"""A cluster reader never starts a read with a namespace from a pointer GET sent longer
+ago than this; it waits for a fresh GET instead (and fails the read if that fails)."""
+
+CLUSTER_RETIRE_SECONDS = 300
+"""TTL the cluster loader puts on every key of the namespace it replaced. It must exceed
+CLUSTER_MAX_AGE_SECONDS plus the longest a request may keep reading (a few calls of at most
+the service's 30 s timeout ceiling), so no reader can still be using a retired key."""
 
 META_FIELDS: tuple[str, ...] = (
     "source", "users", "movies", "loaded_at", "labels", "popular", "sample_users", "user_values",
@@ -120,6 +156,17 @@ def movies_key(namespace: str) -> str:
 
 def meta_key(namespace: str) -> str:
     return f"{namespace}meta"
+
+
+def check_cluster_prefix(prefix: str) -> str:
+    """``prefix`` if it is fit for a Redis Cluster; raises ValueError if it holds ``{`` or
+    ``}``, since a hash tag would put every key of every load in one slot."""
+    if "{" in prefix or "}" in prefix:
+        raise ValueError(
+            f"prefix {prefix!r} holds a brace: on a Redis Cluster a hash tag would put "
+            "every key in one slot, on one master"
+        )
+    return prefix
 
 
 def encode_user(features: Mapping[str, str]) -> dict[str, str]:

@@ -5,6 +5,12 @@ The order gives readers (``READ_USER_SCRIPT``, ``READ_MOVIES_SCRIPT``) a clean c
 new namespace, users, movies and meta alike, is complete before one SET makes it current, so
 they switch together; the previous namespace is deleted only after nobody can resolve to it
 any more. A failed load deletes what it wrote and leaves the pointer alone.
+
+On a Redis Cluster (``cluster=True``) readers cannot resolve the pointer and read in one
+script, so the loader keeps the cluster rules of ``model.feature_layout``: it waits until
+every master's replicas hold the new namespace, and then the pointer, before it counts as
+loaded, and retires the previous namespace with a TTL (``retire_after``) instead of deleting
+it, since a reader may still be using the namespace it resolved a moment ago.
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
 
 import numpy as np
 import redis
+from redis.cluster import RedisCluster
 
 from model import feature_layout
 from model.dataset import MOVIE_COLUMNS, USER_COLUMNS
@@ -26,7 +33,12 @@ from model.errors import AfmError, MalformedInput
 
 log = logging.getLogger(__name__)
 
+# redis-py's cluster client raises RedisClusterException, not a RedisError, e.g. when no
+# node answers or a slot has no master.
+_FAILURES = (redis.RedisError, redis.exceptions.RedisClusterException)
+
 CHUNK = 2000  # hashes (or movie fields) per pipeline round trip: ~100 KB of commands
+REPLICATION_TIMEOUT_MS = 10_000  # how long a master's replicas may take to catch up
 
 
 def load_features(
@@ -39,6 +51,8 @@ def load_features(
     labels: Mapping[str, Mapping[str, str]] | None = None,
     popular: Sequence[str] = (),
     sample_users: Sequence[str] = (),
+    cluster: bool = False,
+    retire_after: int = feature_layout.CLUSTER_RETIRE_SECONDS,
 ) -> tuple[int, int]:
     """Load one hash per user, one movies hash and one meta hash under a new namespace of
     ``prefix``.
@@ -48,10 +62,13 @@ def load_features(
     (``feature_layout.FeatureSetMeta``) records ``source``, ``labels`` (field -> raw value ->
     label), ``popular`` movie ids, ``sample_users`` ids, both counts, the users per value of
     each user feature (``user_values``) and the load time (UTC).
+    ``cluster``: ``redis_url`` names any node of a Redis Cluster; the previous namespace's
+    keys then expire ``retire_after`` seconds after the switch instead of going at once.
     Returns (user count, movie count). Raises MalformedInput for inconsistent columns,
     duplicate ids, labels that are not strings, or popular or sample ids that are not
-    strings of the tables, before touching Redis; AfmError when Redis fails (after removing
-    the half-written namespace; the pointer is untouched).
+    strings of the tables, before touching Redis; AfmError when Redis fails or, on a
+    cluster, a replica does not catch up (after removing the half-written namespace; the
+    pointer is untouched), or for a cluster prefix holding a brace.
     """
     user_columns = _columns(users, USER_COLUMNS, "user")
     movie_columns = _columns(movies, MOVIE_COLUMNS, "movie")
@@ -65,10 +82,12 @@ def load_features(
         sample_users=_ids(sample_users, user_columns["user_id"], "sample user"),
         user_values=_value_counts(user_columns),
     )
-    try:
-        client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30)
-    except ValueError as exc:
-        raise AfmError(f"invalid Redis URL {redis_url!r}: {exc}") from None
+    if cluster:
+        try:
+            feature_layout.check_cluster_prefix(prefix)
+        except ValueError as exc:
+            raise AfmError(str(exc)) from None
+    client = _connect(redis_url, cluster)
 
     namespace = feature_layout.namespace(prefix, _new_generation())
     try:
@@ -76,19 +95,38 @@ def load_features(
             _write_users(client, namespace, user_columns)
             _write_movies(client, namespace, movie_columns)
             _write_meta(client, namespace, meta)
+            if cluster:
+                _wait_for_replicas(client)
             previous = client.set(feature_layout.pointer_key(prefix), namespace, get=True)
-        except redis.RedisError as exc:
+        except _FAILURES as exc:
             _delete_namespace_quietly(client, namespace)
             raise AfmError(f"loading features into {redis_url} failed: {_one_line(exc)}") from None
         if previous is not None and previous.decode() != namespace:
             try:
-                _delete_namespace(client, previous.decode())
-            except redis.RedisError as exc:
+                if cluster:
+                    # A switch a failover could undo must not retire what it would restore.
+                    _wait_for_replicas(client)
+                    _retire_namespace(client, previous.decode(), retire_after)
+                else:
+                    _delete_namespace(client, previous.decode())
+            except _FAILURES as exc:
                 # The new feature set is live; only the old keys leak. Say so, don't fail.
-                log.warning("could not delete previous namespace %s: %s", previous, _one_line(exc))
+                log.warning("could not remove previous namespace %s: %s", previous, _one_line(exc))
     finally:
         client.close()
     return len(user_columns["user_id"]), len(movie_columns["movie_id"])
+
+
+def _connect(redis_url: str, cluster: bool) -> redis.Redis | RedisCluster:
+    """A client for one Redis, or for the cluster ``redis_url``'s node belongs to."""
+    try:
+        if not cluster:
+            return redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30)
+        return RedisCluster.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30)
+    except ValueError as exc:
+        raise AfmError(f"invalid Redis URL {redis_url!r}: {exc}") from None
+    except _FAILURES as exc:  # the cluster client asks for the slot map at once
+        raise AfmError(f"no Redis Cluster at {redis_url}: {_one_line(exc)}") from None
 
 
 def _new_generation() -> str:
@@ -159,7 +197,9 @@ def _value_counts(columns: dict[str, list[str]]) -> Mapping[str, Mapping[str, in
     )
 
 
-def _write_users(client: redis.Redis, namespace: str, columns: dict[str, list[str]]) -> None:
+def _write_users(
+    client: redis.Redis | RedisCluster, namespace: str, columns: dict[str, list[str]]
+) -> None:
     pipe = client.pipeline(transaction=False)
     rows = zip(*(columns[f] for f in feature_layout.USER_FIELDS), strict=True)
     for i, (user_id, values) in enumerate(zip(columns["user_id"], rows, strict=True), start=1):
@@ -173,7 +213,9 @@ def _write_users(client: redis.Redis, namespace: str, columns: dict[str, list[st
     pipe.execute()
 
 
-def _write_movies(client: redis.Redis, namespace: str, columns: dict[str, list[str]]) -> None:
+def _write_movies(
+    client: redis.Redis | RedisCluster, namespace: str, columns: dict[str, list[str]]
+) -> None:
     """One hash, field = movie_id, value = encode_movie(row): HSETs of CHUNK fields, pipelined."""
     key, ids = feature_layout.movies_key(namespace), columns["movie_id"]
     pipe = client.pipeline(transaction=False)
@@ -191,16 +233,52 @@ def _write_movies(client: redis.Redis, namespace: str, columns: dict[str, list[s
     pipe.execute()
 
 
-def _write_meta(client: redis.Redis, namespace: str, meta: feature_layout.FeatureSetMeta) -> None:
+def _write_meta(
+    client: redis.Redis | RedisCluster, namespace: str, meta: feature_layout.FeatureSetMeta
+) -> None:
     client.hset(feature_layout.meta_key(namespace), mapping=feature_layout.encode_meta(meta))
 
 
-def _delete_namespace(client: redis.Redis, namespace: str) -> None:
-    """UNLINK every key of ``namespace`` (non-blocking on the server), pipelined per SCAN page."""
+def _wait_for_replicas(client: RedisCluster) -> None:
+    """Return once every master's replicas hold all this client has written to it.
+
+    WAIT counts the writes of its own connection: this loader is single-threaded, so each
+    node's pool holds the one connection that wrote. A master without replicas is skipped.
+    Raises redis.RedisError naming a master whose replica did not catch up in time.
+    """
+    for node in client.get_primaries():
+        info = client.info("replication", target_nodes=node)
+        expected = int(info.get("connected_slaves", 0))
+        if expected == 0:
+            continue
+        acked = client.execute_command("WAIT", expected, REPLICATION_TIMEOUT_MS, target_nodes=node)
+        if acked < expected:
+            raise redis.RedisError(
+                f"{acked} of {expected} replica(s) of {node.name} acknowledged the load "
+                f"within {REPLICATION_TIMEOUT_MS} ms"
+            )
+
+
+def _delete_namespace(client: redis.Redis | RedisCluster, namespace: str) -> None:
+    """UNLINK every key of ``namespace`` (non-blocking on the server), pipelined per SCAN page
+    (on a cluster, SCAN walks every master)."""
+    _for_each_key(client, namespace, lambda pipe, key: pipe.unlink(key))
+
+
+def _retire_namespace(client: RedisCluster, namespace: str, seconds: int) -> None:
+    """Give every key of ``namespace`` a TTL of ``seconds``; Redis removes them then."""
+    _for_each_key(client, namespace, lambda pipe, key: pipe.expire(key, seconds))
+
+
+def _for_each_key(
+    client: redis.Redis | RedisCluster,
+    namespace: str,
+    command: Callable[[redis.client.Pipeline, bytes], object],
+) -> None:
     pipe = client.pipeline(transaction=False)
     pending = 0
     for key in client.scan_iter(match=_glob_escape(namespace) + "*", count=CHUNK):
-        pipe.unlink(key)
+        command(pipe, key)
         pending += 1
         if pending == CHUNK:
             pipe.execute()
@@ -208,10 +286,10 @@ def _delete_namespace(client: redis.Redis, namespace: str) -> None:
     pipe.execute()
 
 
-def _delete_namespace_quietly(client: redis.Redis, namespace: str) -> None:
+def _delete_namespace_quietly(client: redis.Redis | RedisCluster, namespace: str) -> None:
     try:
         _delete_namespace(client, namespace)
-    except redis.RedisError as exc:
+    except _FAILURES as exc:
         log.warning("could not remove half-written namespace %s: %s", namespace, _one_line(exc))
 
 

@@ -1,7 +1,10 @@
 """Fit an AFM with early stopping on validation AUC, then export it with its metrics and curve.
 
-Training runs on integer ids (``PreparedData.encode``) from in-memory int32 arrays; the export
-wraps the same vocabularies as lookup layers, so serving takes raw strings.
+Training runs on integer ids (``PreparedData.encode``) from in-memory int32 arrays (``fit``),
+or streamed from a prepared directory's shards (``fit_prepared``, ``model/shards.py``), there
+optionally on several workers (``model/distributed.py``); both share the model, compilation,
+epoch loop, metrics and export. The export wraps the same vocabularies as lookup layers, so
+serving takes raw strings.
 
 Reproducibility: ``keras.utils.set_random_seed`` seeds Python, NumPy and TensorFlow, every
 initializer and the dropout layer carry explicit seeds, and each epoch's shuffle is a
@@ -14,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +30,17 @@ from model.afm import build_afm, probability_model
 from model.config import AFMConfig, DataConfig, TrainConfig
 from model.contract import FIELD_SETS
 from model.dataset import PreparedData
+from model.distributed import Cluster, StepRunner, all_mean, make_strategy
 from model.errors import AfmError
 from model.export import export_version
 from model.logs import json_output, stderr_is_terminal
+from model.shards import (
+    Manifest,
+    evaluation_batches,
+    training_batches,
+    worker_files,
+    worker_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +99,18 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -
 
 
 def _check_splits(data: PreparedData) -> None:
-    if len(data.train) == 0:
+    _check_summary(data.summary())
+
+
+def _check_summary(summary: Mapping[str, Mapping[str, int]]) -> None:
+    """Refuse splits training cannot use: no training rows, or one label in a split."""
+    if summary["train"]["rows"] == 0:
         raise AfmError("no training rows: the data or the protocol left the training split empty")
-    for name, rows in (("train", data.train), ("validation", data.valid), ("test", data.test)):
-        positives = int(rows.label.sum())
-        if positives == 0 or positives == len(rows):
+    for name, part in (("train", "train"), ("validation", "valid"), ("test", "test")):
+        rows, positives = summary[part]["rows"], summary[part]["positives"]
+        if positives == 0 or positives == rows:
             raise AfmError(
-                f"the {name} split ({len(rows)} rows) needs both positive and negative labels "
+                f"the {name} split ({rows} rows) needs both positive and negative labels "
                 "to compute AUC"
             )
 
@@ -221,36 +237,94 @@ def fit(data: PreparedData, afm: AFMConfig, train: TrainConfig) -> FitResult:
     model = build_afm(fields, {f: len(vocabularies[f]) + 1 for f in fields}, afm, seed=train.seed)
     trainer = compiled_trainer(model, train)
     result = FitResult(model=model, fields=fields, vocabularies=vocabularies)
-    best_auc, best_weights, waited = -np.inf, trainer.get_weights(), 0
     bar = _show_progress_bar()
     log.debug("model %s; training %s", afm, train)
     log.info(
         f"training on {len(y_train):,} rows ({int(y_train.sum()):,} positive), "
         f"validating on {len(data.valid):,}; up to {train.epochs} epochs"
     )
-    for epoch in range(1, train.epochs + 1):
+
+    def run_epoch(epoch: int) -> EpochRun:
         batches = epoch_dataset(x_train, y_train, train.batch_size, rng)
-        start = time.perf_counter()
-        progress = [EpochProgress(len(y_train), train.batch_size, f"epoch {epoch}/{train.epochs}")]
-        history = trainer.fit(
-            batches, epochs=1, shuffle=False, verbose=0, callbacks=progress if bar else None
-        )
-        seconds = time.perf_counter() - start
-        valid = _evaluate(trainer, x_valid, data.valid.label)
+        return _fit_epoch(trainer, batches, len(y_train), train, epoch, bar)
+
+    _train_epochs(
+        trainer, train, run_epoch, lambda: _evaluate(trainer, x_valid, data.valid.label), result
+    )
+    valid = _evaluate(trainer, x_valid, data.valid.label)
+    test_probabilities = _predict(trainer, data.encode(data.test, vocabularies, fields))
+    held, held_movies = None, 0
+    if data.held_out_movies is not None:
+        held = np.isin(data.test.movie_idx, data.held_out_movies)
+        held_movies = len(data.held_out_movies)
+    result.metrics = _final_metrics(
+        result, valid, data.test.label, test_probabilities, held, held_movies
+    )
+    return result
+
+
+@dataclass(frozen=True)
+class EpochRun:
+    """What one epoch of training reports: Keras's running loss and AUC, rows, seconds."""
+
+    loss: float
+    auc: float
+    rows: int
+    seconds: float
+
+
+def _fit_epoch(
+    trainer: keras.Model,
+    batches: tf.data.Dataset,
+    rows: int,
+    train: TrainConfig,
+    epoch: int,
+    bar: bool,
+) -> EpochRun:
+    """One epoch of ``trainer.fit`` over ``batches`` (``rows`` rows), timed."""
+    start = time.perf_counter()
+    progress = [EpochProgress(rows, train.batch_size, f"epoch {epoch}/{train.epochs}")]
+    history = trainer.fit(
+        batches, epochs=1, shuffle=False, verbose=0, callbacks=progress if bar else None
+    )
+    return EpochRun(
+        loss=float(history.history["loss"][-1]),
+        auc=float(history.history["auc"][-1]),
+        rows=rows,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _train_epochs(
+    trainer: keras.Model,
+    train: TrainConfig,
+    run_epoch: Callable[[int], EpochRun],
+    validate: Callable[[], dict[str, float]],
+    result: FitResult,
+) -> None:
+    """The epoch loop: train, validate, log, stop early; the best weights end in ``trainer``.
+
+    ``run_epoch(epoch)`` trains one epoch; ``validate()`` returns the validation AUC and
+    logloss of the current weights. Fills ``result.history`` and ``result.best_epoch``.
+    """
+    best_auc, best_weights, waited = -np.inf, trainer.get_weights(), 0
+    for epoch in range(1, train.epochs + 1):
+        run = run_epoch(epoch)
+        valid = validate()
         record = EpochRecord(
             epoch=epoch,
-            train_loss=float(history.history["loss"][-1]),
-            train_auc=float(history.history["auc"][-1]),
+            train_loss=run.loss,
+            train_auc=run.auc,
             valid_auc=valid["auc"],
             valid_logloss=valid["logloss"],
-            examples_per_second=len(y_train) / seconds,
-            seconds=seconds,
+            examples_per_second=run.rows / run.seconds,
+            seconds=run.seconds,
         )
         result.history.append(record)
         log.info(
             f"epoch {epoch}/{train.epochs}  loss {record.train_loss:.4f}  "
             f"val_auc {record.valid_auc:.4f}  val_logloss {record.valid_logloss:.4f}  "
-            f"{record.examples_per_second:,.0f} examples/s  ({seconds:.1f}s)"
+            f"{record.examples_per_second:,.0f} examples/s  ({run.seconds:.1f}s)"
         )
         if record.valid_auc > best_auc:
             best_auc, best_weights, waited = record.valid_auc, trainer.get_weights(), 0
@@ -262,31 +336,39 @@ def fit(data: PreparedData, afm: AFMConfig, train: TrainConfig) -> FitResult:
                 break
     trainer.set_weights(best_weights)
 
-    valid = _evaluate(trainer, x_valid, data.valid.label)
-    test_probabilities = _predict(trainer, data.encode(data.test, vocabularies, fields))
-    test = _metrics(data.test.label, test_probabilities)
-    result.metrics = {
+
+def _final_metrics(
+    result: FitResult,
+    valid: dict[str, float],
+    test_labels: np.ndarray,
+    test_probabilities: np.ndarray,
+    held: np.ndarray | None,
+    held_movies: int,
+) -> dict[str, Any]:
+    """metrics.json's summary: valid and test metrics, epochs, and the held-out movies' slice
+    (``held``: which test rows are theirs) when movies were kept out of training."""
+    test = _metrics(test_labels, test_probabilities)
+    metrics: dict[str, Any] = {
         "valid": valid,
         "test": test,
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
     }
-    if data.held_out_movies is not None:
-        held = np.isin(data.test.movie_idx, data.held_out_movies)
-        result.metrics["test_held_out_movies"] = {
+    if held is not None:
+        metrics["test_held_out_movies"] = {
             "rows": int(held.sum()),
-            "positives": int(data.test.label[held].sum()),
-            **_metrics(data.test.label[held], test_probabilities[held]),
+            "positives": int(test_labels[held].sum()),
+            **_metrics(test_labels[held], test_probabilities[held]),
         }
         log.info(
-            f"test rows of the {len(data.held_out_movies):,} held-out movies: "
-            f"AUC {result.metrics['test_held_out_movies']['auc']:.4f}"
+            f"test rows of the {held_movies:,} held-out movies: "
+            f"AUC {metrics['test_held_out_movies']['auc']:.4f}"
         )
     log.info(
         f"best epoch {result.best_epoch}: test AUC {test['auc']:.4f}  test logloss "
         f"{test['logloss']:.4f}  (valid AUC {valid['auc']:.4f})"
     )
-    return result
+    return metrics
 
 
 def write_curve(history: list[EpochRecord], best_epoch: int, path: Path) -> None:
@@ -349,6 +431,27 @@ def export_trained(
     data_config: DataConfig,
 ) -> Path:
     """Export a ``fit`` result with its metadata, metrics file and curve as one new version."""
+    return _export(
+        result,
+        afm,
+        train,
+        model_dir,
+        data_hyperparameters=_jsonable(data_config),
+        protocol=data.protocol,
+        data_record=_data_record(data, result.vocabularies),
+    )
+
+
+def _export(
+    result: FitResult,
+    afm: AFMConfig,
+    train: TrainConfig,
+    model_dir: Path,
+    *,
+    data_hyperparameters: dict[str, Any],
+    protocol: str,
+    data_record: dict[str, Any],
+) -> Path:
     metrics_report = {**result.metrics, "history": [asdict(r) for r in result.history]}
 
     def write_extras(directory: Path) -> None:
@@ -359,10 +462,10 @@ def export_trained(
         "hyperparameters": {
             "model": asdict(afm),
             "training": asdict(train),
-            "data": _jsonable(data_config),
+            "data": data_hyperparameters,
         },
-        "protocol": data.protocol,
-        "data": _data_record(data, result.vocabularies),
+        "protocol": protocol,
+        "data": data_record,
         "metrics": result.metrics,
     }
     return export_version(
@@ -372,4 +475,187 @@ def export_trained(
         model_dir,
         metadata,
         write_extras=write_extras,
+    )
+
+
+# ---------------------------------------------------------------- prepared rows (model/shards.py)
+
+
+def fit_prepared(
+    manifest: Manifest,
+    afm: AFMConfig,
+    train: TrainConfig,
+    cluster: Cluster | None = None,
+    strategy: Any = None,
+) -> FitResult | None:
+    """``fit`` over a prepared directory, its training rows streamed from the shards.
+
+    The model, its compilation, the epoch loop, early stopping and the metrics are
+    ``fit``'s. With ``cluster`` (from TF_CONFIG) training runs on every worker under
+    MultiWorkerMirroredStrategy: each worker streams its own shards, all run the same
+    number of full steps of ``train.batch_size`` rows in all, and each scores the
+    validation rows with a plain copy of the weights; the validation metrics are averaged
+    over the workers (equal copies give equal values), so all stop at the same epoch. Only
+    the chief scores the test rows and gets a result; the others get None. ``strategy``
+    (``distributed.make_strategy()``) goes with ``cluster``.
+    """
+    if (cluster is None) != (strategy is None):
+        raise ValueError("a cluster needs its strategy, and a strategy its cluster")
+    if afm.fields != manifest.field_set:
+        raise AfmError(
+            f"{manifest.directory} holds rows for --fields {manifest.field_set}, "
+            f"not {afm.fields}; prepare it again with --fields {afm.fields}"
+        )
+    _check_summary(manifest.summary())
+    keras.utils.set_random_seed(train.seed)
+    fields, vocabularies = manifest.fields, manifest.vocabularies
+    sizes = {f: len(vocabularies[f]) + 1 for f in fields}
+    model = build_afm(fields, sizes, afm, seed=train.seed)  # the one exported
+    log.debug("model %s; training %s", afm, train)
+    if cluster is None:
+        trainer = evaluator = compiled_trainer(model, train)
+        run_epoch = _streamed_epochs(trainer, manifest, train, _show_progress_bar())
+
+        def validate() -> dict[str, float]:
+            return _metrics(*_predict_prepared(evaluator, manifest, "valid")[:2])
+
+    else:
+        with strategy.scope():
+            trainer = compiled_trainer(build_afm(fields, sizes, afm, seed=train.seed), train)
+        evaluator = probability_model(model)  # plain variables: predicts with no collective
+        run_epoch = _multi_worker_epochs(strategy, trainer, manifest, train, cluster)
+
+        def validate() -> dict[str, float]:
+            evaluator.set_weights(trainer.get_weights())
+            valid = _metrics(*_predict_prepared(evaluator, manifest, "valid")[:2])
+            auc, logloss = all_mean(strategy, [valid["auc"], valid["logloss"]])
+            return {"auc": auc, "logloss": logloss}
+
+    summary = manifest.summary()
+    log.info(
+        f"streaming {summary['train']['rows']:,} training rows "
+        f"({summary['train']['positives']:,} positive) from {manifest.directory}"
+        + (f" on {cluster.workers} workers" if cluster else "")
+        + f", validating on {summary['valid']['rows']:,}; up to {train.epochs} epochs"
+    )
+    result = FitResult(model=model, fields=fields, vocabularies=vocabularies)
+    _train_epochs(trainer, train, run_epoch, validate, result)
+    if cluster is not None and not cluster.chief:
+        return None
+    evaluator.set_weights(trainer.get_weights())
+    valid = _metrics(*_predict_prepared(evaluator, manifest, "valid")[:2])
+    labels, probabilities, held = _predict_prepared(evaluator, manifest, "test")
+    result.metrics = _final_metrics(
+        result, valid, labels, probabilities, held, manifest.held_out_movies or 0
+    )
+    return result
+
+
+def _streamed_epochs(
+    trainer: keras.Model, manifest: Manifest, train: TrainConfig, bar: bool
+) -> Callable[[int], EpochRun]:
+    rows, files = manifest.rows("train"), manifest.files("train")
+
+    def run_epoch(epoch: int) -> EpochRun:
+        batches = training_batches(manifest, files, train.batch_size, seed=train.seed, epoch=epoch)
+        return _fit_epoch(trainer, batches, rows, train, epoch, bar)
+
+    return run_epoch
+
+
+def _multi_worker_epochs(
+    strategy: Any, trainer: keras.Model, manifest: Manifest, train: TrainConfig, cluster: Cluster
+) -> Callable[[int], EpochRun]:
+    """Epochs of equal length on every worker: as many full steps as the worker with the
+    fewest rows can feed (the rest of each worker's rows, less than a step, sits out)."""
+    workers = cluster.workers
+    if train.batch_size % workers:
+        raise AfmError(
+            f"--batch-size {train.batch_size} must be a multiple of the {workers} workers"
+        )
+    per_worker = train.batch_size // workers
+    steps = min(worker_rows(manifest, w, workers) for w in range(workers)) // per_worker
+    if steps == 0:
+        raise AfmError(f"each of the {workers} workers needs at least {per_worker} training rows")
+    runner = StepRunner(strategy, trainer, train.batch_size)
+
+    def run_epoch(epoch: int) -> EpochRun:
+        def dataset_fn(context: Any) -> tf.data.Dataset:
+            files = worker_files(manifest, context.input_pipeline_id, context.num_input_pipelines)
+            batch = context.get_per_replica_batch_size(train.batch_size)
+            return training_batches(
+                manifest, files, batch, seed=train.seed, epoch=epoch, steps=steps
+            )
+
+        dataset = strategy.distribute_datasets_from_function(dataset_fn)
+        start = time.perf_counter()
+        loss, auc = runner.epoch(dataset, steps)
+        seconds = time.perf_counter() - start
+        return EpochRun(loss=loss, auc=auc, rows=steps * train.batch_size, seconds=seconds)
+
+    return run_epoch
+
+
+def _predict_prepared(
+    model: keras.Model, manifest: Manifest, split: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Labels and probabilities of ``split``'s rows in file order, and for the test split of a
+    set with held-out movies, which rows are theirs (else None)."""
+    labels, probabilities, held = [], [], []
+    for batch in evaluation_batches(manifest, split, PREDICT_BATCH):
+        probabilities.append(np.asarray(model.predict_on_batch(batch[0])).reshape(-1))
+        labels.append(batch[1].numpy())
+        if len(batch) == 3:
+            held.append(batch[2].numpy().astype(bool))
+    return (
+        np.concatenate(labels),
+        np.concatenate(probabilities),
+        np.concatenate(held) if held else None,
+    )
+
+
+def train_prepared_and_export(
+    manifest: Manifest,
+    afm: AFMConfig,
+    train: TrainConfig,
+    model_dir: Path,
+    cluster: Cluster | None = None,
+) -> Path | None:
+    """``fit_prepared``, then (single process, or the chief) export a new version as
+    ``train_and_export`` does; None on the other workers of a cluster."""
+    strategy = make_strategy() if cluster is not None else None  # before any other op
+    result = fit_prepared(manifest, afm, train, cluster, strategy)
+    workers = cluster.workers if cluster is not None else 1
+    version = None
+    if result is not None:
+        version = _export_prepared(result, manifest, afm, train, model_dir, workers)
+    if strategy is not None:
+        all_mean(strategy, [0.0])  # leave together: a worker gone early looks crashed to the rest
+    return version
+
+
+def _export_prepared(
+    result: FitResult,
+    manifest: Manifest,
+    afm: AFMConfig,
+    train: TrainConfig,
+    model_dir: Path,
+    workers: int,
+) -> Path:
+    record = {
+        **manifest.extra,
+        **manifest.summary(),
+        "source": manifest.source,
+        "vocabulary_sizes": {f: len(v) for f, v in result.vocabularies.items()},
+        "prepared": str(manifest.directory),
+        "workers": workers,
+    }
+    return _export(
+        result,
+        afm,
+        train,
+        model_dir,
+        data_hyperparameters=manifest.data_config,
+        protocol=manifest.protocol,
+        data_record=record,
     )

@@ -72,6 +72,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.redis_timeout,
         max_connections=settings.redis_max_connections,
         retry_after=settings.retry_after,
+        cluster=settings.redis_cluster,
     )
     scorer = Scorer(settings.scoring_threads)
     app.state.registry, app.state.feature_store, app.state.scorer = registry, store, scorer
@@ -79,9 +80,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.metrics.watch(registry, store, scorer, app.state.coverage)
     reload_task = asyncio.create_task(_keep_loading(registry, settings.reload_interval))
     log.info(
-        "serving from %s, features from %s (prefix %r)",
+        "serving from %s, features from %s%s (prefix %r)",
         settings.model_dir,
         _redacted(settings.redis_url),
+        " (Redis Cluster)" if settings.redis_cluster else "",
         settings.redis_prefix,
     )
     try:

@@ -4,20 +4,26 @@ All are ``async def``: a plain ``def`` dependency would cost a thread-pool hop p
 The scoring routes take one ``ScoringDep`` (model, store, scorer, settings together): each
 dependency costs a pass of FastAPI's solver per request. Tests replace ``get_scoring`` or the
 single-object dependencies via ``app.dependency_overrides``.
+
+Which version scores a request depends on its body (``user_id``, ``model_version``), which a
+dependency does not see: ``Scoring`` carries the serving versions read once, and the route
+calls ``Scoring.pick`` once it has the body.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
+import numpy as np
 from fastapi import Depends, Request
 from starlette.datastructures import State
 
 from service.coverage import CoverageMonitor
 from service.errors import ModelNotReady
 from service.feature_store import FeatureStore
-from service.model_registry import ModelRegistry
+from service.metrics import SCORED_BY, Scored
+from service.model_registry import ModelRegistry, Serving
 from service.scorer import LoadedModel, Scorer
 from service.settings import Settings
 
@@ -38,12 +44,14 @@ async def get_model(request: Request) -> LoadedModel:
 def _current_model(state: State) -> LoadedModel:
     model = state.registry.current
     if model is None:
-        settings: Settings = state.settings
-        raise ModelNotReady(
-            f"no model version loaded yet from {settings.model_dir}",
-            retry_after=settings.retry_after,
-        )
+        raise _not_ready(state.settings)
     return model
+
+
+def _not_ready(settings: Settings) -> ModelNotReady:
+    return ModelNotReady(
+        f"no model version loaded yet from {settings.model_dir}", retry_after=settings.retry_after
+    )
 
 
 async def get_feature_store(request: Request) -> FeatureStore:
@@ -60,17 +68,45 @@ async def get_scorer(request: Request) -> Scorer:
 
 @dataclass(frozen=True)
 class Scoring:
-    """What a scoring request needs, resolved as one dependency (each costs a solver pass)."""
+    """What a scoring request needs, resolved as one dependency (each costs a solver pass).
+
+    ``model`` is the stable version; ``pick`` gives the one that scores a given user (by
+    pin, or by the rollout policy's canary share) and notes it for the per-version metrics.
+    """
 
     model: LoadedModel
     store: FeatureStore
     scorer: Scorer
     settings: Settings
+    serving: Serving | None = None  # None: ``model`` alone serves
+    scope: dict[str, Any] | None = field(default=None, repr=False)  # the request's
+
+    def pick(self, user_id: int, pinned: int | None = None) -> LoadedModel:
+        """The version scoring ``user_id`` (``pinned``: that one, or VersionNotLoaded)."""
+        model, arm = (self.serving or Serving(self.model)).pick(user_id, pinned)
+        if self.scope is not None:
+            self.scope[SCORED_BY] = Scored(model.version, arm)
+        return model
+
+    def scored(self, probability: np.ndarray) -> None:
+        """Record the probabilities the picked version computed (for their histogram)."""
+        if self.scope is not None and SCORED_BY in self.scope:
+            self.scope[SCORED_BY].probability = probability
 
 
 async def get_scoring(request: Request) -> Scoring:
     state = request.app.state
-    return Scoring(_current_model(state), state.feature_store, state.scorer, state.settings)
+    serving: Serving = state.registry.serving  # read once: a swap mid-request changes nothing
+    if serving.stable is None:
+        raise _not_ready(state.settings)
+    return Scoring(
+        serving.stable,
+        state.feature_store,
+        state.scorer,
+        state.settings,
+        serving,
+        request.scope,
+    )
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -43,12 +43,28 @@ class ModelNotReady(ServiceError):
     slug = "model-not-ready"
 
 
+class VersionNotLoaded(ServiceError):
+    """A request pinned a model version this replica does not have loaded."""
+
+    status = 404
+    title = "Model version not loaded"
+    slug = "version-not-loaded"
+
+
 class FeatureStoreUnavailable(ServiceError):
     """Redis refused, failed or answered too slowly."""
 
     status = 503
     title = "Feature store unavailable"
     slug = "feature-store-unavailable"
+
+
+class FeatureNodeUnavailable(FeatureStoreUnavailable):
+    """A Redis Cluster node holding the request's keys is down, failing over, or its slots
+    are moving; requests whose keys live on other nodes are still served."""
+
+    title = "Feature store node unavailable"
+    slug = "feature-node-unavailable"
 
 
 class FeaturesNotLoaded(ServiceError):

@@ -14,8 +14,18 @@ from. If the fetched table is already from a newer load (a switch landed between
 reads), the user is read again, up to ``READ_ATTEMPTS`` times. ``feature_set`` does the same
 with a GET of the pointer in place of the user read.
 
+On a Redis Cluster (``connect(..., cluster=True)``) no script runs: a script may touch one
+hash slot only, and a load's keys are spread over every master. The store reads the user's
+hash (HGETALL) under the namespace its ``PointerCache`` holds, and the movies and meta hashes
+of that namespace in one pipelined call (one round trip per node, in parallel); a request
+still costs one round trip. The pointer is re-read in the background about once a second,
+and the loader keeps a replaced namespace for minutes (``model.feature_layout``, "On a Redis
+Cluster"), so a request still reads one load only and never a removed one.
+
 Every Redis failure, and any call slower than ``timeout`` seconds, becomes
-``FeatureStoreUnavailable``; callers never see a redis-py exception.
+``FeatureStoreUnavailable`` (on a cluster its subclass ``FeatureNodeUnavailable``: the node
+holding the request's keys is down or its slots are moving, other users are still served);
+callers never see a redis-py exception.
 """
 
 from __future__ import annotations
@@ -28,13 +38,20 @@ from types import MappingProxyType
 from typing import TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from model import feature_layout
 from model.feature_layout import FeatureSetMeta
-from service.errors import FeaturesNotLoaded, FeatureStoreUnavailable, first_line
+from service.errors import (
+    FeatureNodeUnavailable,
+    FeaturesNotLoaded,
+    FeatureStoreUnavailable,
+    first_line,
+)
+from service.pointer_cache import PointerCache
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +106,25 @@ class FeatureStore:
     """Reads user and movie features; owns its connection pool (close with ``aclose``)."""
 
     def __init__(
-        self, client: aioredis.Redis, prefix: str, timeout: float, retry_after: int = 1
+        self,
+        client: aioredis.Redis | RedisCluster,
+        prefix: str,
+        timeout: float,
+        retry_after: int = 1,
     ) -> None:
         self._client = client
         self._prefix = prefix
         self._pointer = feature_layout.pointer_key(prefix)
         self._timeout = timeout
         self._retry_after = retry_after
-        self._read_user = client.register_script(feature_layout.READ_USER_SCRIPT)
-        self._read_movies = client.register_script(feature_layout.READ_MOVIES_SCRIPT)
+        self._cluster: PointerCache | None = None  # set on a cluster: no scripts there
+        self._unavailable: type[FeatureStoreUnavailable] = FeatureStoreUnavailable
+        if isinstance(client, RedisCluster):
+            self._cluster = PointerCache(client, self._pointer, timeout)
+            self._unavailable = FeatureNodeUnavailable
+        else:
+            self._read_user = client.register_script(feature_layout.READ_USER_SCRIPT)
+            self._read_movies = client.register_script(feature_layout.READ_MOVIES_SCRIPT)
         self._table: _MovieTable | None = None  # the last fetched movie table
         self._fetching: asyncio.Task[_MovieTable] | None = None  # the fetch requests share
         self.errors_total = 0  # read by the metrics collector
@@ -111,8 +138,29 @@ class FeatureStore:
         *,
         max_connections: int = 32,
         retry_after: int = 1,
+        cluster: bool = False,
     ) -> FeatureStore:
-        """A store for ``url``; connects lazily, so Redis may be down at startup."""
+        """A store for ``url``; connects lazily, so Redis may be down at startup.
+
+        ``cluster``: ``url`` names any node of a Redis Cluster, whose slot map the client
+        reads on first use. ``max_connections`` is then per node, and a burst beyond it
+        fails at once (redis-py's cluster pool does not queue) instead of waiting.
+        Raises ValueError for a cluster ``prefix`` holding a brace.
+        """
+        # One immediate retry replaces a pooled connection that died with a restarted
+        # Redis (on a cluster: re-reads the slot map after a failover); more would stretch
+        # the bounded wait the client was promised.
+        retry = Retry(NoBackoff(), 1)
+        if cluster:
+            feature_layout.check_cluster_prefix(prefix)
+            client = RedisCluster.from_url(
+                url,
+                max_connections=max_connections,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=retry,
+            )
+            return cls(client, prefix, timeout, retry_after)
         # A blocking pool queues a burst beyond max_connections (up to the timeout) instead
         # of failing it at once.
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -121,9 +169,7 @@ class FeatureStore:
             timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            # One immediate retry replaces a pooled connection that died with a restarted
-            # Redis; more would stretch the bounded wait the client was promised.
-            retry=Retry(NoBackoff(), 1),
+            retry=retry,
         )
         client = aioredis.Redis(connection_pool=pool)
         return cls(client, prefix, timeout, retry_after)
@@ -168,7 +214,11 @@ class FeatureStore:
     async def aclose(self) -> None:
         if self._fetching is not None:
             self._fetching.cancel()
-        await self._client.aclose(close_connection_pool=True)
+        if self._cluster is not None:
+            self._cluster.cancel()
+            await self._client.aclose()
+        else:
+            await self._client.aclose(close_connection_pool=True)
 
     async def _with_table(
         self, read: Callable[[], Awaitable[tuple[bytes, _T]]]
@@ -194,12 +244,21 @@ class FeatureStore:
         )
 
     async def _namespace(self) -> tuple[bytes, None]:
-        namespace = await self._call(self._client.get(self._pointer))
+        if self._cluster is not None:
+            namespace = await self._call(self._cluster.namespace())
+        else:
+            namespace = await self._call(self._client.get(self._pointer))
         if namespace is None:
             raise self._not_loaded()
         return namespace, None
 
     async def _user(self, user_id: int | str) -> tuple[bytes, dict[str, str] | None]:
+        if self._cluster is not None:
+            namespace, _ = await self._namespace()
+            key = feature_layout.user_key(namespace.decode(), user_id)
+            return namespace, feature_layout.decode_user(
+                await self._call(self._client.hgetall(key))
+            )
         reply = await self._call(self._read_user(keys=[self._pointer], args=[str(user_id)]))
         if reply is None:
             raise self._not_loaded()
@@ -218,22 +277,28 @@ class FeatureStore:
         """Fetch and decode the current namespace's movies and meta hashes; raw redis-py
         errors escape to every waiter's ``_call``, which translates and counts them per
         request."""
-        reply = await self._read_movies(keys=[self._pointer])
-        if reply is None:
-            raise self._not_loaded()
-        namespace, raw, raw_meta = reply
+        if self._cluster is not None:
+            namespace, raw, raw_meta = await self._read_cluster_tables(self._cluster)
+        else:
+            reply = await self._read_movies(keys=[self._pointer])
+            if reply is None:
+                raise self._not_loaded()
+            namespace, flat, flat_meta = reply
+            # HGETALL through Lua arrives as a flat [field, value, ...] list.
+            raw = dict(zip(flat[::2], flat[1::2], strict=True))
+            raw_meta = dict(zip(flat_meta[::2], flat_meta[1::2], strict=True))
         movies: dict[str, Mapping[str, str]] = {}
-        for movie_id, value in zip(raw[::2], raw[1::2], strict=True):
+        for movie_id, value in raw.items():
             features = feature_layout.decode_movie(value)
             if features is not None:
                 movies[movie_id.decode()] = MappingProxyType(features)
-        if len(movies) * 2 != len(raw):
+        if len(movies) != len(raw):
             log.warning(
                 "skipped %d unreadable movie(s) in %s",
-                len(raw) // 2 - len(movies),
+                len(raw) - len(movies),
                 feature_layout.movies_key(namespace.decode()),
             )
-        meta = feature_layout.decode_meta(dict(zip(raw_meta[::2], raw_meta[1::2], strict=True)))
+        meta = feature_layout.decode_meta(raw_meta)
         popular = tuple((m, movies[m]) for m in meta.popular if m in movies)
         table = _MovieTable(
             namespace,
@@ -249,6 +314,30 @@ class FeatureStore:
             meta.loaded_at or "at an unknown time",
         )
         return table
+
+    async def _read_cluster_tables(
+        self, pointer: PointerCache
+    ) -> tuple[bytes, dict[bytes, bytes], dict[bytes, bytes]]:
+        """(namespace, movies hash, meta hash) of the cached namespace, in one pipelined call.
+
+        Every cluster load writes a meta hash, so an empty one means the namespace is gone
+        (a copy of the pointer outlived it): forget the copy and fail this read.
+        """
+        namespace = await pointer.namespace()
+        if namespace is None:
+            raise self._not_loaded()
+        text = namespace.decode()
+        pipe = self._client.pipeline()
+        pipe.hgetall(feature_layout.movies_key(text))
+        pipe.hgetall(feature_layout.meta_key(text))
+        raw, raw_meta = await pipe.execute()
+        if not raw_meta:
+            pointer.forget()
+            raise self._unavailable(
+                f"feature set {text} is no longer in Redis; reading the current one",
+                retry_after=self._retry_after,
+            )
+        return namespace, raw, raw_meta
 
     def _fetched(self, task: asyncio.Task[_MovieTable]) -> None:
         self._fetching = None
@@ -267,12 +356,19 @@ class FeatureStore:
                 return await awaitable
         except TimeoutError as exc:
             self.errors_total += 1
-            raise FeatureStoreUnavailable(
-                f"Redis did not answer within {self._timeout:g}s", retry_after=self._retry_after
+            raise self._unavailable(
+                f"{self._what} did not answer within {self._timeout:g}s",
+                retry_after=self._retry_after,
             ) from exc
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:
+            # The cluster client raises RedisClusterException (not a RedisError) for a slot
+            # without a master or when no node answers.
             self.errors_total += 1
             message = first_line(exc) or type(exc).__name__
-            raise FeatureStoreUnavailable(
-                f"Redis unavailable: {message}", retry_after=self._retry_after
+            raise self._unavailable(
+                f"{self._what} unavailable: {message}", retry_after=self._retry_after
             ) from exc
+
+    @property
+    def _what(self) -> str:
+        return "Redis" if self._cluster is None else "Redis Cluster node"

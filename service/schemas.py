@@ -30,6 +30,11 @@ class ScoreRequest(BaseModel):
         None, description="Return only the k most probable, best first."
     )
     explain: StrictBool = Field(False, description="Add each score's per-pair attention.")
+    model_version: Id | None = Field(
+        None,
+        description="Score with this loaded version (see /model); 404 if it is not loaded. "
+        "Default: the rollout policy's choice for this user.",
+    )
 
 
 class FeatureValue(BaseModel):
@@ -170,11 +175,39 @@ class CoverageReport(BaseModel):
     ok: bool = Field(description="Every share is at least the threshold.")
 
 
-class ModelInfo(BaseModel):
+class LoadedVersion(BaseModel):
     version: int
+    role: str = Field(
+        description="stable: scores everyone not on the canary; canary: scores `percent` of "
+        "users; previous: the stable before, kept for an instant rollback."
+    )
+    percent: float = Field(description="Share of users (percent) this version scores.")
+    loaded_at: str
+
+
+class Rollout(BaseModel):
+    policy: dict[str, Any] | None = Field(
+        description="The rollout policy in force (rollout.json); null: none, the newest "
+        "loadable version serves everyone."
+    )
+    error: str | None = Field(
+        None, description="Why the policy file on disk is ignored (the last good one is kept)."
+    )
+
+
+class ModelInfo(BaseModel):
+    version: int = Field(description="The stable version.")
+    replica: str = Field(
+        description="Hostname of the replica that answered (the container or pod name), "
+        "to tell replicas behind a load balancer apart."
+    )
     path: str
     loaded_at: str
-    refused_versions: list[int] = Field(description="Newer versions that failed to load.")
+    loaded: list[LoadedVersion] = Field(
+        default_factory=list, description="Every loaded version and its role, stable first."
+    )
+    rollout: Rollout | None = None
+    refused_versions: list[int] = Field(description="Versions that failed to load.")
     metadata: dict[str, Any] = Field(description="The version's metadata.json.")
     coverage: CoverageReport | None = Field(
         None,

@@ -10,10 +10,10 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.feature_layout import DEFAULT_PREFIX
+from model.feature_layout import DEFAULT_PREFIX, check_cluster_prefix
 
 
 class Settings(BaseSettings):
@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     model_dir: Path = Field(description="Export root; the newest version under it is served.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding user features.")
     redis_prefix: str = Field(DEFAULT_PREFIX, description="Key prefix of the feature set.")
+    redis_cluster: bool = Field(
+        False,
+        description="redis_url names any node of a Redis Cluster (docs/service.md#redis-cluster).",
+    )
     redis_timeout: float = Field(
         0.5,
         gt=0,
@@ -67,6 +71,12 @@ class Settings(BaseSettings):
         description="One log line per request (method, route, status, ms) on the "
         "service.access logger; about 20 µs each (docs/service.md).",
     )
+
+    @model_validator(mode="after")
+    def _cluster_prefix(self) -> Settings:
+        if self.redis_cluster:
+            check_cluster_prefix(self.redis_prefix)  # ValueError: a validation error
+        return self
 
 
 @lru_cache

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -10,10 +12,12 @@ from service.schemas import (
     CoverageReport,
     FeatureSet,
     Health,
+    LoadedVersion,
     ModelInfo,
     Movie,
     Problem,
     Readiness,
+    Rollout,
 )
 
 router = APIRouter(tags=["operations"])
@@ -23,12 +27,24 @@ router = APIRouter(tags=["operations"])
 async def model_info(
     model: ModelDep, registry: RegistryDep, store: FeatureStoreDep, coverage: CoverageDep
 ) -> ModelInfo:
-    """The version being served, its metadata.json and its coverage of the loaded features."""
+    """The stable version, its metadata.json and its coverage of the loaded features; every
+    loaded version with its role, and the rollout policy in force."""
     covered = await coverage.check(model, store)
+    serving = registry.serving
+    shares = {"stable": 100 - serving.percent, "canary": serving.percent, "previous": 0.0}
     return ModelInfo(
         version=model.version,
+        replica=socket.gethostname(),
         path=str(model.path),
         loaded_at=model.loaded_at,
+        loaded=[
+            LoadedVersion(version=m.version, role=role, percent=shares[role], loaded_at=m.loaded_at)
+            for role, m in serving.roles()
+        ],
+        rollout=Rollout(
+            policy=registry.policy.model_dump(mode="json") if registry.policy else None,
+            error=registry.policy_error,
+        ),
         refused_versions=registry.refused_versions,
         metadata=model.metadata.model_dump(mode="json"),
         coverage=None

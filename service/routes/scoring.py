@@ -28,6 +28,10 @@ from service.scorer import Candidates, Explanation, LoadedModel
 router = APIRouter(tags=["scoring"])
 
 ERRORS = {
+    404: {
+        "model": Problem,
+        "description": "`model_version` is not loaded; `detail` lists the loaded versions.",
+    },
     413: {"model": Problem, "description": "Body larger than max_body_bytes."},
     422: {"model": Problem, "description": "Invalid request; `errors` names each field."},
     500: {"model": Problem, "description": "The model failed; the request was valid."},
@@ -70,7 +74,8 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
     and year. With `explain: true` every score also carries its explanation, as `/explain`.
     """
     request = await _score_request(http)
-    model, store, scorer = scoring.model, scoring.store, scoring.scorer
+    model = scoring.pick(request.user_id, request.model_version)
+    store, scorer = scoring.store, scoring.scorer
     count, limit = len(request.movie_ids), scoring.settings.max_candidates
     if count > limit:
         raise InvalidRequest(f"movie_ids has {count} entries; at most {limit} are allowed")
@@ -81,6 +86,7 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
     known = model.known(MOVIE_ID, rows.movie_ids)
     if request.explain:
         explained = await scorer.run(model.explain, rows)
+        scoring.scored(explained.probability)
         scores = score_entries(
             request.movie_ids,
             explained.probability,
@@ -90,6 +96,7 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
         )
     else:
         probability = await scorer.run(model.score, rows)
+        scoring.scored(probability)
         scores = score_entries(request.movie_ids, probability, known, request.top_k)
     return _json(
         {
@@ -115,14 +122,21 @@ async def explain(
     user_id: Annotated[int, Query(ge=0, le=2**63 - 1, examples=[1])],
     movie_id: Annotated[int, Query(ge=0, le=2**63 - 1, examples=[1193])],
     scoring: ScoringDep,
+    model_version: Annotated[
+        int | None,
+        Query(ge=0, le=2**63 - 1, description="Explain with this loaded version (pinned)."),
+    ] = None,
 ) -> Response:
     """Why the model scores `movie_id` for `user_id` as it does: each field's value with a
     readable label, and the logit taken apart: `bias` + each field's `linear` term + each
-    pair's `contribution` = `logit`, pairs by attention weight (they sum to 1), heaviest first."""
-    model, store, scorer = scoring.model, scoring.store, scoring.scorer
+    pair's `contribution` = `logit`, pairs by attention weight (they sum to 1), heaviest first.
+    The version is the one that scores this user in `/score`, or `model_version` if given."""
+    model = scoring.pick(user_id, model_version)
+    store, scorer = scoring.store, scoring.scorer
     features = await store.read(user_id)
     rows = candidates(model.fields, user_id, features.user, [movie_id], features.movies)
     explained = await scorer.run(model.explain, rows)
+    scoring.scored(explained.probability)
     return _json(
         {
             "user_id": user_id,

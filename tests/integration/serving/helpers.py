@@ -7,7 +7,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import httpx
 import pytest
@@ -69,6 +69,54 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+class Hammer:
+    """``clients`` threads posting /score back to back, client ``i`` cycling through
+    ``users[i]`` (default: user ``1 + i`` only); records (status, model_version, user_id)."""
+
+    def __init__(
+        self, url: str, clients: int = 4, users: Sequence[Sequence[int]] | None = None
+    ) -> None:
+        self.url = url
+        self.users = users or [[1 + i] for i in range(clients)]
+        self.stop = threading.Event()
+        self.results: list[list[tuple[int, int | None, int]]] = [[] for _ in self.users]
+        self.threads = [
+            threading.Thread(target=self._run, args=(i,)) for i in range(len(self.users))
+        ]
+
+    def _run(self, index: int) -> None:
+        users = self.users[index]
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self.stop.is_set():
+                user_id = users[len(self.results[index]) % len(users)]
+                body = {"user_id": user_id, "movie_ids": list(range(1, 101)), "top_k": 10}
+                try:
+                    response = client.post("/score", json=body)
+                    version = response.json().get("model_version")
+                    self.results[index].append((response.status_code, version, user_id))
+                except httpx.HTTPError as exc:  # a dropped connection is a failure too
+                    self.results[index].append((-1, repr(exc), user_id))  # type: ignore[arg-type]
+
+    def count(self) -> int:
+        return sum(len(r) for r in self.results)
+
+    def statuses(self) -> list[int]:
+        return [status for results in self.results for status, _, _ in results]
+
+    def versions_seen(self) -> set:
+        return {v for results in self.results for _, v, _ in results}
+
+    def __enter__(self) -> Hammer:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
 
 
 class RedisProcess:

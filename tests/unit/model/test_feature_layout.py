@@ -1,6 +1,7 @@
 """Golden tests: these byte-level names are a contract between loader and service."""
 
 import pytest
+from redis.crc import key_slot
 
 from model import feature_layout as fl
 from model.dataset import MOVIE_COLUMNS
@@ -14,6 +15,40 @@ def test_key_names_are_stable() -> None:
     assert fl.user_key(ns, "42") == "afm:ns:123-ab:user:42"
     assert fl.movies_key(ns) == "afm:ns:123-ab:movies"
     assert fl.meta_key(ns) == "afm:ns:123-ab:meta"
+
+
+def test_cluster_keys_are_the_same_names_each_hashed_whole() -> None:
+    """No hash tag: a key's slot is CRC16 of the whole name, so one load's users land on
+    slots all over the cluster (hence on every master), and the next load's elsewhere."""
+    ns = fl.namespace("afm:", "123-ab")
+    slots = {
+        "afm:current": 584,
+        "afm:ns:123-ab:user:1": 8470,
+        "afm:ns:123-ab:user:2": 4469,
+        "afm:ns:123-ab:user:3": 340,
+        "afm:ns:123-ab:movies": 15439,
+        "afm:ns:123-ab:meta": 13298,
+        "afm:ns:124-cd:user:1": 3591,
+    }
+    assert [fl.pointer_key("afm:"), *(fl.user_key(ns, u) for u in (1, 2, 3))] == list(slots)[:4]
+    assert [fl.movies_key(ns), fl.meta_key(ns)] == list(slots)[4:6]
+    assert fl.user_key(fl.namespace("afm:", "124-cd"), 1) == "afm:ns:124-cd:user:1"
+    assert {key: key_slot(key.encode()) for key in slots} == slots
+
+
+def test_cluster_prefix_may_not_hold_a_hash_tag() -> None:
+    assert fl.check_cluster_prefix("afm:") == "afm:"
+    assert key_slot(b"{afm}:ns:123-ab:user:1") == key_slot(b"{afm}:current")  # why not
+    for prefix in ("{afm}:", "afm{", "x}:"):
+        with pytest.raises(ValueError, match="hash tag would put every key in one slot"):
+            fl.check_cluster_prefix(prefix)
+
+
+def test_cluster_timings_leave_readers_time_to_move_on() -> None:
+    # A reader uses a namespace at most max age after reading the pointer, plus its reads
+    # (a few calls of at most the service's 30 s timeout): the retired keys outlive that.
+    assert fl.CLUSTER_REFRESH_SECONDS < fl.CLUSTER_MAX_AGE_SECONDS
+    assert fl.CLUSTER_RETIRE_SECONDS > fl.CLUSTER_MAX_AGE_SECONDS + 6 * 30
 
 
 def test_movie_features_are_the_movie_columns_after_the_id() -> None:

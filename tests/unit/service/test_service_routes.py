@@ -5,6 +5,7 @@ Real Redis and a real SavedModel are exercised in tests/integration/serving/.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from service import deps
 from service.app import create_app
 from service.errors import FeaturesNotLoaded, FeatureStoreUnavailable
 from service.feature_store import FeatureRead, FeatureSetInfo
+from service.model_registry import Serving
 from service.schemas import ExplainResponse, FeatureSet, ScoreResponse
 from service.scorer import Candidates, Explanation, Scorer
 from service.settings import Settings
@@ -120,6 +122,8 @@ class FakeStore:
 class FakeRegistry:
     def __init__(self, model: FakeModel | None) -> None:
         self.current = model
+        self.serving = Serving(model)  # type: ignore[arg-type]
+        self.policy, self.policy_error = None, None
         self.refused_versions = [8]
 
 
@@ -398,6 +402,7 @@ def test_ready_when_model_and_redis_are(client: TestClient, store: FakeStore) ->
 def test_model_info_reports_metadata(client: TestClient) -> None:
     body = client.get("/model").json()
     assert body["version"] == 7 and body["refused_versions"] == [8]
+    assert body["replica"] == socket.gethostname()  # which replica behind a load balancer
     assert body["metadata"]["metrics"] == {"test_auc": 0.8}
     assert body["metadata"]["pairs"][0] == list(PAIRS[0])
 
@@ -439,6 +444,7 @@ def test_metrics_count_requests_per_route(client: TestClient) -> None:
     )
     assert "afm_redis_errors_total 0.0" in text
     assert "afm_model_version 0.0" in text  # the lifespan's real registry: empty model dir
+    assert f'afm_replica_info{{hostname="{socket.gethostname()}"}} 1.0' in text
 
 
 def test_openapi_documents_examples_and_errors(client: TestClient) -> None:

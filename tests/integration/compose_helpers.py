@@ -1,0 +1,175 @@
+"""A real compose project for the compose tests: find a docker CLI, run one stack, tear it down.
+
+Needs a docker CLI with compose that reaches an engine. On machines without Docker,
+``../shared/containers/setup.sh`` provides one backed by podman (see its README); it is run
+when ``docker`` does not answer by itself, and the tests skip when neither exists.
+
+Every stack has a unique project name and free host ports and is removed with its volumes
+whatever happens. The synthetic dataset and one epoch keep the trainer short. All stacks use
+the default image tag, so a second compose test module reuses the first one's build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+SETUP_SCRIPT = REPO_ROOT.parent / "shared" / "containers" / "setup.sh"
+BUILD_TIMEOUT = 900  # a cold build downloads TensorFlow; a cached one takes seconds
+UP_TIMEOUT = 300  # Redis healthy, trainer done, API container started
+READY_TIMEOUT = 120  # API container started -> /readyz 200 and healthcheck "healthy"
+SMALL_RUN = {
+    "DATASET": "synthetic",
+    "EPOCHS": "1",
+    "SYNTH_USERS": "200",
+    "SYNTH_MOVIES": "150",
+    "SYNTH_RATINGS": "8000",
+}
+
+
+def _docker_answers(env: dict[str, str]) -> bool:
+    if shutil.which("docker", path=env.get("PATH")) is None:
+        return False
+    probe = subprocess.run(["docker", "info"], env=env, capture_output=True, timeout=60)
+    return probe.returncode == 0
+
+
+def container_env() -> dict[str, str]:
+    """Environment in which `docker compose` works, or skip with the reason."""
+    env = dict(os.environ)
+    if env.get("DOCKER_HOST") and _docker_answers(env):
+        return env
+    if not SETUP_SCRIPT.is_file():
+        if _docker_answers(env):
+            return env
+        pytest.skip(f"no working `docker` and no {SETUP_SCRIPT} to provide one")
+    setup = subprocess.run(
+        ["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT
+    )
+    if setup.returncode != 0:
+        pytest.fail(f"{SETUP_SCRIPT} failed:\n{setup.stderr[-3000:]}")
+    for line in setup.stdout.splitlines():  # lines of the form `export NAME=value`
+        name, _, value = line.removeprefix("export ").partition("=")
+        if line.startswith("export ") and name:
+            env[name] = value
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Stack:
+    project: str
+    env: dict[str, str]
+    base_url: str  # the `api` service's published port
+
+    def compose(self, *args: str, timeout: float = 120, check: bool = True) -> str:
+        """Run `docker compose -p <project> ARGS` in the repo root; its stdout."""
+        result = subprocess.run(
+            ["docker", "compose", "-p", self.project, *args],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"docker compose {' '.join(args)} exited {result.returncode}:\n"
+                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}\n{self.logs()}"
+            )
+        return result.stdout
+
+    def docker(self, *args: str, timeout: float = 120) -> str:
+        """Run `docker ARGS` (a single container, by name); its stdout."""
+        result = subprocess.run(
+            ["docker", *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if result.returncode != 0:
+            raise AssertionError(
+                f"docker {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}"
+            )
+        return result.stdout
+
+    def run_trainer(self, *env: str) -> subprocess.CompletedProcess:
+        """`docker compose run --rm --no-deps trainer` with extra NAME=value variables.
+
+        ``--no-deps``: Redis already runs; without it Compose may recreate it (always so on
+        podman 4.3, whose network IDs Compose misreads), which is downtime, not a rollout.
+        """
+        flags = [arg for pair in env for arg in ("-e", pair)]
+        return subprocess.run(
+            ["docker", "compose", "-p", self.project, "run", "--rm", "--no-deps", "-T", *flags,
+             "trainer"],
+            cwd=REPO_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, timeout=UP_TIMEOUT,
+        )  # fmt: skip
+
+    def logs(self, *services: str) -> str:
+        result = subprocess.run(
+            ["docker", "compose", "-p", self.project, "logs", "--no-color", "--tail", "60",
+             *services],
+            cwd=REPO_ROOT, env=self.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        return f"--- compose logs ---\n{result.stdout[-6000:]}"
+
+    def containers(self, service: str) -> list[dict]:
+        """`docker compose ps` entries of a service's containers (running or exited)."""
+        out = self.compose("ps", "--all", "--format", "json", service)
+        # Compose prints one JSON object per line (older versions: one JSON list).
+        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return rows[0] if rows and isinstance(rows[0], list) else rows
+
+    def service_state(self, service: str) -> dict:
+        """`docker compose ps` entry of a one-container service."""
+        rows = self.containers(service)
+        assert rows, f"no container for service {service}\n{self.logs()}"
+        return rows[0]
+
+    def wait_until_ready(self) -> None:
+        """Poll /readyz and the API container's health until both say so, or fail."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            health = self.service_state("api").get("Health", "")
+            try:
+                ready = httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                ready = False
+            if ready and health == "healthy":
+                return
+            time.sleep(1)
+        pytest.fail(f"API not ready/healthy within {READY_TIMEOUT}s\n{self.logs()}")
+
+
+@contextmanager
+def running_stack(**env: str) -> Iterator[Stack]:
+    """Build the image and `up -d` a fresh project with the small synthetic run and ``env``
+    (e.g. ``COMPOSE_PROFILES="scale"``); yields once the API is ready; `down -v` at the end."""
+    env = {**container_env(), **SMALL_RUN, **env}
+    port = free_port()
+    env["API_PORT"] = str(port)
+    stack = Stack(f"afm-test-{uuid.uuid4().hex[:8]}", env, f"http://127.0.0.1:{port}")
+    try:
+        stack.compose("build", timeout=BUILD_TIMEOUT)
+        stack.compose("up", "-d", timeout=UP_TIMEOUT)
+        stack.wait_until_ready()
+        yield stack
+    finally:
+        stack.compose("down", "-v", "--remove-orphans", "--timeout", "5", timeout=180, check=False)
