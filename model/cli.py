@@ -16,6 +16,7 @@ import typer
 from model import logs
 from model.config import (
     DEFAULT_OOV_RATE,
+    SYNTHETIC_DEFAULTS,
     AFMConfig,
     DataConfig,
     Dataset,
@@ -116,13 +117,18 @@ def _fail(exc: AfmError) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+_SIZE = SYNTHETIC_DEFAULTS
+
+
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option(help="Folder to write users.dat, movies.dat, ratings.dat.")],
-    users: Annotated[int, typer.Option(min=10, help="Number of users.")] = 2000,
-    movies: Annotated[int, typer.Option(min=10, help="Number of movies.")] = 1000,
-    ratings: Annotated[int, typer.Option(min=100, help="Number of ratings.")] = 100_000,
-    seed: Annotated[int, typer.Option(help="Random seed; equal seeds give equal files.")] = 42,
+    users: Annotated[int, typer.Option(min=10, help="Number of users.")] = _SIZE["users"],
+    movies: Annotated[int, typer.Option(min=10, help="Number of movies.")] = _SIZE["movies"],
+    ratings: Annotated[int, typer.Option(min=100, help="Number of ratings.")] = _SIZE["ratings"],
+    seed: Annotated[int, typer.Option(help="Random seed; equal seeds give equal files.")] = _SIZE[
+        "seed"
+    ],
 ) -> None:
     """Write a synthetic dataset in ML-1M format with planted, learnable structure."""
     from model.synth import write_synthetic
@@ -226,7 +232,7 @@ def train(
             raise _fail(exc) from None
         if fields is not None and fields != manifest.field_set:
             raise typer.BadParameter(
-                f"{prepared} holds rows for --fields {manifest.field_set}; prepare it again "
+                f"the prepared rows are for --fields {manifest.field_set}; prepare again "
                 f"with --fields {fields}"
             )
         fields = manifest.field_set

@@ -12,6 +12,10 @@ FieldSet = Literal["seed", "all"]  # contract.FIELD_SETS
 DATASETS: tuple[str, ...] = get_args(Dataset)
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 
+SYNTHETIC_DEFAULTS = {"users": 2000, "movies": 1000, "ratings": 100_000, "seed": 42}
+"""The one source of the synthetic dataset's size: ``afm-ctr synth``'s defaults, what
+``--dataset synthetic`` generates without --data-dir, and compose's unless SYNTH_* say else."""
+
 
 @dataclass(frozen=True)
 class DataConfig:

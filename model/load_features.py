@@ -101,17 +101,7 @@ def load_features(
         except _FAILURES as exc:
             _delete_namespace_quietly(client, namespace)
             raise AfmError(f"loading features into {redis_url} failed: {_one_line(exc)}") from None
-        if previous is not None and previous.decode() != namespace:
-            try:
-                if cluster:
-                    # A switch a failover could undo must not retire what it would restore.
-                    _wait_for_replicas(client)
-                    _retire_namespace(client, previous.decode(), retire_after)
-                else:
-                    _delete_namespace(client, previous.decode())
-            except _FAILURES as exc:
-                # The new feature set is live; only the old keys leak. Say so, don't fail.
-                log.warning("could not remove previous namespace %s: %s", previous, _one_line(exc))
+        _remove_previous(client, previous, namespace, cluster, retire_after)
     finally:
         client.close()
     return len(user_columns["user_id"]), len(movie_columns["movie_id"])
@@ -127,6 +117,37 @@ def _connect(redis_url: str, cluster: bool) -> redis.Redis | RedisCluster:
         raise AfmError(f"invalid Redis URL {redis_url!r}: {exc}") from None
     except _FAILURES as exc:  # the cluster client asks for the slot map at once
         raise AfmError(f"no Redis Cluster at {redis_url}: {_one_line(exc)}") from None
+
+
+def _remove_previous(
+    client: redis.Redis | RedisCluster,
+    previous: bytes | None,
+    current: str,
+    cluster: bool,
+    retire_after: int,
+) -> None:
+    """Delete (one Redis) or retire (cluster) the namespace the switch replaced.
+
+    The new feature set is live whatever happens here: a failure only leaves the old keys in
+    place, so it is logged, not raised.
+    """
+    try:
+        if cluster:
+            # A switch a failover could undo must not retire what it would bring back.
+            _wait_for_replicas(client)
+        if previous is None or previous.decode() == current:
+            return
+        if cluster:
+            _retire_namespace(client, previous.decode(), retire_after)
+        else:
+            _delete_namespace(client, previous.decode())
+    except _FAILURES as exc:
+        log.warning(
+            "switched to %s, but the previous namespace %s stays: %s",
+            current,
+            previous.decode() if previous is not None else "(none)",
+            _one_line(exc),
+        )
 
 
 def _new_generation() -> str:

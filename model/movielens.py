@@ -39,15 +39,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model.config import DataConfig
+from model.config import SYNTHETIC_DEFAULTS, DataConfig
 from model.contract import MOVIE_ID
 from model.dataset import MOVIE_COLUMNS, USER_COLUMNS, Ratings
 from model.download import fetch, folder_with
 from model.errors import AfmError, MalformedInput
 from model.parsing import parse_columns
-
-SYNTHETIC_DEFAULTS = {"users": 2000, "movies": 1000, "ratings": 100_000, "seed": 42}
-"""What ``--dataset synthetic`` generates when no --data-dir is given (as ``afm-ctr synth``)."""
 
 ML_100K_GENRES: tuple[str, ...] = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",

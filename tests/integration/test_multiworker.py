@@ -21,7 +21,7 @@ MODEL = (
     "--epochs", "4", "--embedding-dim", "4", "--attention-factor", "2",
     "--batch-size", "2048", "--seed", "3",
 )  # fmt: skip
-WORKER_TIMEOUT = 300  # seconds; a hung collective must fail the test, not the suite
+WORKER_TIMEOUT = 900  # seconds: a guard against a hung collective, not a speed check
 
 
 def free_ports(count: int) -> list[int]:

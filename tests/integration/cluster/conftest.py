@@ -1,7 +1,7 @@
 """A real local Redis Cluster: three masters and three replicas on free ports, one per
 module, removed afterwards even when a test fails.
 
-``cluster-node-timeout`` is low (1 s) so a killed master's replica takes over within
+``cluster-node-timeout`` is low (2 s) so a killed master's replica takes over within
 seconds; ``cluster-require-full-coverage no`` keeps the other masters answering while a
 master is down (as docs/deployment.md recommends in production).
 """
@@ -22,7 +22,7 @@ from redis.cluster import RedisCluster
 
 from tests.integration.serving.helpers import wait_until
 
-NODE_TIMEOUT_MS = 1000
+NODE_TIMEOUT_MS = 2000
 
 
 class LocalCluster:
