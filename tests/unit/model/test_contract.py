@@ -11,6 +11,12 @@ def test_names_clients_depend_on_are_spelled_out() -> None:
     """A rename here breaks every client and exported model: it must fail a test."""
     assert contract.SIGNATURE_SCORE == "serving_default"
     assert contract.SIGNATURE_EXPLAIN == "explain"
+    assert contract.SIGNATURE_ITEMS == "items"
+    assert contract.SIGNATURE_RANK == "rank"
+    assert contract.SIGNATURE_RANK_EXPLAIN == "rank_explain"
+    assert contract.INPUT_USER_INDEX == "user_index"
+    assert contract.INPUT_ITEMS == contract.OUTPUT_ITEMS == "items"
+    assert contract.INPUT_ITEM_INDEX == "item_index"
     assert contract.OUTPUT_PROBABILITY == "probability"
     assert contract.OUTPUT_ATTENTION == "attention"
     assert contract.OUTPUT_CONTRIBUTION == "contribution"
@@ -25,6 +31,16 @@ def test_names_clients_depend_on_are_spelled_out() -> None:
     }
     assert contract.MULTI_VALUED == {"genres": "|"}
     assert contract.FORMAT_VERSION == 2
+
+
+def test_rank_sides_split_user_fields_from_movie_fields() -> None:
+    assert contract.rank_sides(contract.SEED_FIELDS) == (list(contract.USER_FIELDS), ["movie_id"])
+    assert contract.rank_sides(contract.ALL_FIELDS) == (
+        ["user_id", "gender", "age", "occupation", "zip"],
+        ["movie_id", "year", "genres"],
+    )
+    with pytest.raises(ValueError, match="user fields must come first"):
+        contract.rank_sides(("movie_id", "user_id"))
 
 
 def test_pairs_are_the_combinations_in_field_order() -> None:
