@@ -2,7 +2,8 @@
 
 Needs a docker CLI with compose that reaches an engine. On machines without Docker,
 ``../shared/containers/setup.sh`` provides one backed by podman (see its README); it is run
-when ``docker`` does not answer by itself, and the tests skip when neither exists.
+when ``docker`` does not answer by itself, its ``teardown.sh`` stops again what it started,
+and the tests skip when neither exists.
 
 Every stack has a unique project name and free host ports and is removed with its volumes
 whatever happens. The synthetic dataset and one epoch keep the trainer short. All stacks use
@@ -21,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,6 +30,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 SETUP_SCRIPT = REPO_ROOT.parent / "shared" / "containers" / "setup.sh"
+TEARDOWN_SCRIPT = SETUP_SCRIPT.with_name("teardown.sh")
 BUILD_TIMEOUT = 900  # a cold build downloads TensorFlow; a cached one takes seconds
 UP_TIMEOUT = 300  # Redis healthy, trainer done, API container started
 READY_TIMEOUT = 120  # API container started -> /readyz 200 and healthcheck "healthy"
@@ -47,15 +50,20 @@ def _docker_answers(env: dict[str, str]) -> bool:
     return probe.returncode == 0
 
 
-def container_env() -> dict[str, str]:
-    """Environment in which `docker compose` works, or skip with the reason."""
+def container_env() -> tuple[dict[str, str], bool]:
+    """Environment in which `docker compose` works, and whether SETUP_SCRIPT had to start
+    the engine for it (then TEARDOWN_SCRIPT stops it); or skip with the reason."""
     env = dict(os.environ)
     if env.get("DOCKER_HOST") and _docker_answers(env):
-        return env
+        return env, False
     if not SETUP_SCRIPT.is_file():
         if _docker_answers(env):
-            return env
+            return env, False
         pytest.skip(f"no working `docker` and no {SETUP_SCRIPT} to provide one")
+    # setup.sh's engine may run already (started by hand): then it is not ours to stop.
+    ctr_home = env.get("CTR_HOME", "/tmp/ctr-home")
+    running = {**env, "DOCKER_HOST": f"unix://{ctr_home}/podman.sock"}
+    started = not (Path(ctr_home, "podman.sock").exists() and _docker_answers(running))
     setup = subprocess.run(
         ["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT
     )
@@ -65,7 +73,7 @@ def container_env() -> dict[str, str]:
         name, _, value = line.removeprefix("export ").partition("=")
         if line.startswith("export ") and name:
             env[name] = value
-    return env
+    return env, started
 
 
 def free_port() -> int:
@@ -162,7 +170,8 @@ class Stack:
 def running_stack(**env: str) -> Iterator[Stack]:
     """Build the image and `up -d` a fresh project with the small synthetic run and ``env``
     (e.g. ``COMPOSE_PROFILES="scale"``); yields once the API is ready; `down -v` at the end."""
-    env = {**container_env(), **SMALL_RUN, **env}
+    engine_env, started = container_env()
+    env = {**engine_env, **SMALL_RUN, **env}
     port = free_port()
     env["API_PORT"] = str(port)
     stack = Stack(f"afm-test-{uuid.uuid4().hex[:8]}", env, f"http://127.0.0.1:{port}")
@@ -173,3 +182,5 @@ def running_stack(**env: str) -> Iterator[Stack]:
         yield stack
     finally:
         stack.compose("down", "-v", "--remove-orphans", "--timeout", "5", timeout=180, check=False)
+        if started:
+            subprocess.run(["bash", str(TEARDOWN_SCRIPT)], env=env, timeout=60, check=False)

@@ -15,7 +15,7 @@ import pytest
 from model.contract import list_versions, read_metadata
 from tests.conftest import REPO_ROOT, run_cli
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # two TensorFlow processes, 4 epochs
 
 MODEL = (
     "--epochs", "4", "--embedding-dim", "4", "--attention-factor", "2",
