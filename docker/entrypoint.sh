@@ -12,7 +12,8 @@
 #   AFM_EPOCHS       --epochs (default: 3 for synthetic, the trainer's default otherwise)
 #   AFM_TRAIN_ARGS   further `afm-ctr train` flags, e.g. "--embedding-dim 8 --protocol rating"
 #   AFM_SYNTH_USERS / AFM_SYNTH_MOVIES / AFM_SYNTH_RATINGS / AFM_SYNTH_SEED
-#                    size and seed of the synthetic dataset made when AFM_DATA_DIR is unset
+#                    size and seed of the synthetic dataset made when AFM_DATA_DIR is unset;
+#                    all unset or empty: the afm-ctr defaults, made by afm-ctr in its cache
 # Steps: (1) make the synthetic data if needed, (2) train and export a new version into
 # AFM_MODEL_DIR unless one exists and AFM_RETRAIN is not 1, (3) always load the user features
 # into Redis (a new namespace switched in atomically, so a running API never sees a mix).
@@ -31,8 +32,12 @@ run() {
 }
 
 synthetic_data() {
-  local users=${AFM_SYNTH_USERS:-600} movies=${AFM_SYNTH_MOVIES:-400}
-  local ratings=${AFM_SYNTH_RATINGS:-40000} seed=${AFM_SYNTH_SEED:-42}
+  # Unset sizes take afm-ctr's defaults (model/config.py SYNTHETIC_DEFAULTS): one source.
+  local users movies ratings seed
+  read -r users movies ratings seed < <(python -c 'from model.config import SYNTHETIC_DEFAULTS as d
+print(d["users"], d["movies"], d["ratings"], d["seed"])')
+  users=${AFM_SYNTH_USERS:-$users} movies=${AFM_SYNTH_MOVIES:-$movies}
+  ratings=${AFM_SYNTH_RATINGS:-$ratings} seed=${AFM_SYNTH_SEED:-$seed}
   local dir="$AFM_CACHE_DIR/synthetic-v2-u$users-m$movies-r$ratings-s$seed"  # v2: the generator's version
   if [ ! -d "$dir" ]; then
     log "making synthetic data in $dir"
@@ -52,10 +57,11 @@ print(latest_version(Path(sys.argv[1])) or "")' "$AFM_MODEL_DIR"
 train_job() {
   export AFM_DATASET=${AFM_DATASET:-ml-1m}
   : "${AFM_REDIS_URL:?set AFM_REDIS_URL to the Redis that holds the user features}"
-  if [ "$AFM_DATASET" = synthetic ] && [ -z "${AFM_DATA_DIR:-}" ]; then
+  local sizes="${AFM_SYNTH_USERS:-}${AFM_SYNTH_MOVIES:-}${AFM_SYNTH_RATINGS:-}${AFM_SYNTH_SEED:-}"
+  if [ "$AFM_DATASET" = synthetic ] && [ -z "${AFM_DATA_DIR:-}" ] && [ -n "$sizes" ]; then
     AFM_DATA_DIR=$(synthetic_data)
     export AFM_DATA_DIR
-  fi
+  fi  # else afm-ctr makes (once) and reads its default synthetic data in AFM_CACHE_DIR
 
   local existing
   existing=$(latest_version)
