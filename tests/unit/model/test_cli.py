@@ -1,7 +1,5 @@
-import logging
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,17 +8,6 @@ from typer.testing import CliRunner
 from model.cli import app
 
 runner = CliRunner(env={"COLUMNS": "300"})  # keep rich from wrapping error messages
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI callback configures the root logger (onto CliRunner's stream): undo it."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.captureWarnings(False)
 
 
 def test_help_shows_the_global_logging_flags() -> None:
