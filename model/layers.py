@@ -463,23 +463,29 @@ class AttentionPooling(keras.layers.Layer):
         pool = _compiled_for_training(self._pool, self.jit_compile_training, training)
         return pool(pairs)
 
-    def _pool(self, pairs: Any) -> tuple[Any, Any]:
-        if not self.use_attention:
-            weights = ops.ones_like(pairs[..., 0])  # (batch, P)
-            return ops.sum(pairs, axis=1), weights
+    def network_scores(self, pairs: Any) -> Any:
+        """(batch, P): h^T ReLU(W (v_i ⊙ v_j) + b) of each pair, before the pair offsets c
+        and the softmax. Needs ``use_attention``. ``model/rank.py`` calls it on subsets of
+        the pairs."""
         num_pairs, k = pairs.shape[1], pairs.shape[2]
         # 2-D matmuls over (batch * P, k) rows: much cheaper on CPU than broadcast batch matmuls
         flat = ops.reshape(pairs, (-1, k))
         # (batch * P, t)
         hidden = ops.relu(ops.matmul(flat, self.attention_kernel) + self.attention_bias)
+        return ops.reshape(ops.matmul(hidden, self.attention_projection), (-1, num_pairs))
+
+    def _pool(self, pairs: Any) -> tuple[Any, Any]:
+        if not self.use_attention:
+            weights = ops.ones_like(pairs[..., 0])  # (batch, P)
+            return ops.sum(pairs, axis=1), weights
         # (batch, P): one score per pair, normalised over the pairs of each example
-        scores = ops.reshape(ops.matmul(hidden, self.attention_projection), (-1, num_pairs))
+        scores = self.network_scores(pairs)
         if self.pair_bias:
             scores = scores + self.attention_pair_bias
         weights = ops.softmax(scores, axis=-1)
         # (batch, 1, P) @ (batch, P, k) -> (batch, k): the attention-weighted sum of pairs
         pooled = ops.squeeze(ops.matmul(ops.expand_dims(weights, 1), pairs), axis=1)
-        scale = self.pair_scale(num_pairs)
+        scale = self.pair_scale(pairs.shape[1])
         return (pooled * scale if scale != 1.0 else pooled), weights
 
     def compute_output_shape(self, input_shape: tuple) -> tuple[tuple, tuple]:

@@ -19,8 +19,8 @@ runs over all P pairs of each candidate, so every output equals the explain sign
 the same rows (float32 rounding apart; tested to 1e-5).
 
 Each candidate's interaction term is taken as s * sum_ij a_ij (p^T (v_i ⊙ v_j)), the sum of
-its pairs' contributions, rather than p^T of the pooled vector: the same number, and one
-matmul gives both the attention network's hidden layer and the projection.
+its pairs' contributions, rather than p^T of the pooled vector: the same number. The
+attention scores come from ``AttentionPooling.network_scores``, the layer's own.
 """
 
 from __future__ import annotations
@@ -188,19 +188,12 @@ def _products(
 
 
 def _pair_scores(model: keras.Model, products: tf.Tensor) -> list[tf.Tensor]:
-    """((n, p) attention scores h^T ReLU(W x + b) without c, (n, p) projections p^T x).
-
-    One matmul of the (n * p, k) rows with [W | p] gives both; without attention the scores
-    are zeros (unused)."""
+    """((n, p) attention scores without c, (n, p) projections p^T x) of the pairs'
+    products (n, p, k); without attention the scores are zeros (unused)."""
     count, k = products.shape[1], products.shape[2]
-    flat = tf.reshape(products, (-1, k))
-    attention_layer = model.get_layer("attention")
     projection = model.get_layer("projection").kernel  # (k, 1)
+    terms = tf.reshape(tf.matmul(tf.reshape(products, (-1, k)), projection), (-1, count))
+    attention_layer = model.get_layer("attention")
     if not attention_layer.use_attention:
-        terms = tf.reshape(tf.matmul(flat, projection), (-1, count))
         return [tf.zeros_like(terms), terms]
-    t = attention_layer.attention_factor
-    both = tf.matmul(flat, tf.concat([attention_layer.attention_kernel, projection], axis=1))
-    hidden = tf.nn.relu(both[:, :t] + attention_layer.attention_bias)
-    scores = tf.reshape(tf.matmul(hidden, attention_layer.attention_projection), (-1, count))
-    return [scores, tf.reshape(both[:, t], (-1, count))]
+    return [attention_layer.network_scores(products), terms]
