@@ -20,7 +20,8 @@ the same rows (float32 rounding apart; tested to 1e-5).
 
 Each candidate's interaction term is taken as s * sum_ij a_ij (p^T (v_i ⊙ v_j)), the sum of
 its pairs' contributions, rather than p^T of the pooled vector: the same number. The
-attention scores come from ``AttentionPooling.network_scores``, the layer's own.
+attention scores and projections come from ``AttentionPooling.network_scores``, the layer's
+own network, in one matmul.
 """
 
 from __future__ import annotations
@@ -190,10 +191,10 @@ def _products(
 def _pair_scores(model: keras.Model, products: tf.Tensor) -> list[tf.Tensor]:
     """((n, p) attention scores without c, (n, p) projections p^T x) of the pairs'
     products (n, p, k); without attention the scores are zeros (unused)."""
-    count, k = products.shape[1], products.shape[2]
     projection = model.get_layer("projection").kernel  # (k, 1)
-    terms = tf.reshape(tf.matmul(tf.reshape(products, (-1, k)), projection), (-1, count))
     attention_layer = model.get_layer("attention")
-    if not attention_layer.use_attention:
-        return [tf.zeros_like(terms), terms]
-    return [attention_layer.network_scores(products), terms]
+    if attention_layer.use_attention:
+        return list(attention_layer.network_scores(products, projection))
+    count, k = products.shape[1], products.shape[2]
+    terms = tf.reshape(tf.matmul(tf.reshape(products, (-1, k)), projection), (-1, count))
+    return [tf.zeros_like(terms), terms]
