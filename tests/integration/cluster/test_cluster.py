@@ -191,17 +191,20 @@ def test_master_killed_under_traffic_gives_503_then_200(
         reload_interval=0,
         access_log=False,
     )
-    log: list[tuple[int, int, bool, dict]] = []  # (user, status, after the kill, body)
+    # (user, status, sent after the kill, body); "after" is read before sending: a request
+    # answered before the kill but logged after it must not count as served after it.
+    log: list[tuple[int, int, bool, dict]] = []
     killed, stop = threading.Event(), threading.Event()
 
     def traffic(api: TestClient) -> None:
         while not stop.is_set():
             for user in users:
+                after = killed.is_set()
                 response = api.post("/score", json={"user_id": user, "movie_ids": [1, 2, 3]})
                 body = response.json()
                 if response.status_code == 503:
                     body["retry_after"] = response.headers.get("retry-after")
-                log.append((user, response.status_code, killed.is_set(), body))
+                log.append((user, response.status_code, after, body))
 
     with TestClient(create_app(settings)) as api:
         wait_until(lambda: api.get("/readyz").status_code == 200, what="/readyz to turn 200")
