@@ -74,10 +74,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         retry_after=settings.retry_after,
         cluster=settings.redis_cluster,
     )
-    scorer = Scorer(settings.scoring_threads)
+    metrics: Metrics = app.state.metrics
+    scorer = Scorer(
+        settings.scoring_threads,
+        inline_rows=settings.inline_scoring_rows,
+        alone=lambda: metrics.in_flight <= 1,  # this request is the only one
+    )
     app.state.registry, app.state.feature_store, app.state.scorer = registry, store, scorer
     app.state.coverage = CoverageMonitor(settings.min_feature_coverage)
-    app.state.metrics.watch(registry, store, scorer, app.state.coverage)
+    metrics.watch(registry, store, scorer, app.state.coverage)
     reload_task = asyncio.create_task(_keep_loading(registry, settings.reload_interval))
     log.info(
         "serving from %s, features from %s%s (prefix %r)",
@@ -92,7 +97,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         reload_task.cancel()
         with suppress(asyncio.CancelledError):
             await reload_task
-        app.state.metrics.unwatch()
+        metrics.unwatch()
         await store.aclose()
         scorer.shutdown()
         registry.close()

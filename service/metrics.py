@@ -22,6 +22,7 @@ import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
+    Gauge,
     Histogram,
     Info,
     generate_latest,
@@ -78,6 +79,12 @@ class Metrics:
             {"hostname": socket.gethostname()}
         )
         self._state: _StateCollector | None = None
+        self.in_flight = 0  # HTTP requests being handled; kept by RequestMetricsMiddleware
+        Gauge(
+            "afm_http_requests_in_flight",
+            "HTTP requests being handled now (this scrape included).",
+            registry=self.registry,
+        ).set_function(lambda: self.in_flight)
 
     def watch(
         self,
@@ -253,7 +260,11 @@ class RequestMetricsMiddleware:
             if scored is not None:
                 self.metrics.observe_scored(template, status, scored, seconds)
 
-        await call_observed(self.app, scope, receive, send, observe)
+        self.metrics.in_flight += 1
+        try:
+            await call_observed(self.app, scope, receive, send, observe)
+        finally:
+            self.metrics.in_flight -= 1
 
 
 async def call_observed(

@@ -7,7 +7,9 @@ feature set's movies (built on the first call that meets a new movie table), and
 are synchronous and return NumPy.
 ``Scorer`` runs them on a small dedicated pool, so at most ``threads`` TensorFlow calls run at
 once and the event loop keeps serving health checks and Redis reads meanwhile. Requests that
-arrive while every thread is busy are merged into one call when a thread frees up.
+arrive while every thread is busy are merged into one call when a thread frees up. A small
+call made while the server handles no other request runs on the event loop instead: there is
+nothing to keep flowing, and the hand-off to a thread and back costs ~0.3 ms.
 """
 
 from __future__ import annotations
@@ -373,17 +375,41 @@ class Scorer:
     whatever its size, so under load this serves several requests for the price of one.
     """
 
-    def __init__(self, threads: int, max_batch_rows: int = MAX_BATCH_ROWS) -> None:
+    def __init__(
+        self,
+        threads: int,
+        max_batch_rows: int = MAX_BATCH_ROWS,
+        inline_rows: int = 0,
+        alone: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """``inline_rows``: calls of at most this many rows run on the event loop when
+        ``alone()`` says no other request is being handled and no call is running or queued;
+        0: never."""
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tf-score")
         self._threads = threads
         self._max_batch_rows = max_batch_rows
+        self._inline_rows = inline_rows
+        self._alone = alone
         self._busy = 0
         self._queue: deque[_Job] = deque()
         self.calls_total = 0  # TensorFlow calls; read by the metrics collector
         self.requests_total = 0  # calls of run() they served
 
     async def run(self, fn: Callable[[Candidates], T], candidates: Candidates) -> T:
-        """``fn(candidates)``, computed on the pool, possibly within a larger batch."""
+        """``fn(candidates)``, computed on the pool, possibly within a larger batch, or at once
+        on the event loop (see ``inline_rows``)."""
+        if (
+            len(candidates) <= self._inline_rows
+            and self._busy == 0
+            and not self._queue
+            and self._alone()
+        ):
+            self.calls_total += 1
+            self.requests_total += 1
+            try:
+                return fn(candidates)
+            except Exception as exc:
+                raise _failed(exc) from exc
         job = _Job(fn, candidates, len(candidates), asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._dispatch()
@@ -430,8 +456,7 @@ class Scorer:
         self.calls_total += 1
         self.requests_total += len(batch)
         exc = None if running.cancelled() else running.exception()
-        if exc is not None:
-            log.error("TensorFlow call failed", exc_info=exc)
+        failed = None if exc is None else _failed(exc)
         start = 0
         for job in batch:
             stop = start + job.rows
@@ -439,14 +464,18 @@ class Scorer:
                 pass
             elif running.cancelled():
                 job.done.cancel()
-            elif exc is not None:
-                job.done.set_exception(
-                    ScoringFailed(f"the model failed to score this request: {type(exc).__name__}")
-                )
+            elif failed is not None:
+                job.done.set_exception(failed)
             else:
                 job.done.set_result(running.result()[start:stop])
             start = stop
         self._dispatch()
+
+
+def _failed(exc: BaseException) -> ScoringFailed:
+    """What a request sees of a failed TensorFlow call; the call itself is logged."""
+    log.error("TensorFlow call failed", exc_info=exc)
+    return ScoringFailed(f"the model failed to score this request: {type(exc).__name__}")
 
 
 def _call_merged(batch: list[_Job]) -> Any:

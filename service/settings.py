@@ -51,6 +51,13 @@ class Settings(BaseSettings):
         description="Threads running TensorFlow off the event loop; requests that queue while "
         "they are busy are merged into one call. More pay off only with more cores.",
     )
+    inline_scoring_rows: int = Field(
+        1000,
+        ge=0,
+        description="A request of at most this many candidates, arriving while the server "
+        "handles no other, is scored on the event loop: no thread hand-off (~0.3 ms). "
+        "0: always on the scoring threads.",
+    )
     tf_intra_op_threads: int = Field(
         1,
         ge=0,

@@ -445,6 +445,7 @@ def test_metrics_count_requests_per_route(client: TestClient) -> None:
     assert "afm_redis_errors_total 0.0" in text
     assert "afm_model_version 0.0" in text  # the lifespan's real registry: empty model dir
     assert f'afm_replica_info{{hostname="{socket.gethostname()}"}} 1.0' in text
+    assert "afm_http_requests_in_flight 1.0" in text  # the scrape itself; the posts are done
 
 
 def test_openapi_documents_examples_and_errors(client: TestClient) -> None:

@@ -144,3 +144,76 @@ def test_a_request_cancelled_while_queued_is_left_out() -> None:
     gate, result = asyncio.run(main())
     assert gate.calls == [["0"], ["2"]]
     assert result == [2.0]
+
+
+class ThreadRecorder:
+    """Scores movie_id as a float and records the thread each call ran on."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.threads: list[int] = []
+        self.fail = fail
+
+    def __call__(self, candidates: Candidates) -> np.ndarray:
+        self.threads.append(threading.get_ident())
+        if self.fail:
+            raise RuntimeError("tensor exploded")
+        return np.array([float(m) for m in candidates.movie_ids])
+
+
+def test_a_small_call_made_alone_runs_on_the_event_loop() -> None:
+    async def main() -> tuple[list[list[float]], ThreadRecorder, Scorer]:
+        alone = True
+        scorer = Scorer(threads=1, inline_rows=2, alone=lambda: alone)
+        recorder = ThreadRecorder()
+        results = [await scorer.run(recorder, _columns(1, 2))]  # small, alone: inline
+        results.append(await scorer.run(recorder, _columns(1, 2, 3)))  # too many rows
+        alone = False
+        results.append(await scorer.run(recorder, _columns(4)))  # another request in flight
+        scorer.shutdown()
+        return [r.tolist() for r in results], recorder, scorer
+
+    loop_thread = threading.get_ident()  # asyncio.run runs the loop on this thread
+    results, recorder, scorer = asyncio.run(main())
+    assert results == [[1.0, 2.0], [1.0, 2.0, 3.0], [4.0]]
+    assert recorder.threads[0] == loop_thread
+    assert loop_thread not in recorder.threads[1:]
+    assert (scorer.calls_total, scorer.requests_total) == (3, 3)
+
+
+def test_a_call_never_runs_inline_while_another_is_running() -> None:
+    async def main() -> tuple[Gate, list[list[float]]]:
+        scorer, gate = Scorer(threads=1, inline_rows=1, alone=lambda: True), Gate()
+        first = asyncio.create_task(scorer.run(gate, _columns(0, 1)))  # 2 rows: the pool
+        await asyncio.to_thread(gate.entered.wait, 10)
+        # Small and "alone", but a call is running: it queues. Run inline, it would block
+        # the loop in the Gate until the 10 s timeout, since only the loop releases it.
+        second = asyncio.create_task(scorer.run(gate, _columns(5)))
+        await asyncio.sleep(0.05)
+        gate.release.set()
+        results = await asyncio.gather(first, second)
+        scorer.shutdown()
+        return gate, [r.tolist() for r in results]
+
+    gate, results = asyncio.run(main())
+    assert gate.calls == [["0", "1"], ["5"]]
+    assert results == [[0.0, 1.0], [5.0]]
+
+
+def test_an_inline_call_that_fails_raises_scoring_failed() -> None:
+    async def main() -> tuple[BaseException | None, list[float]]:
+        scorer = Scorer(threads=1, inline_rows=10, alone=lambda: True)
+        recorder = ThreadRecorder(fail=True)
+        try:
+            await scorer.run(recorder, _columns(1))
+            outcome = None
+        except ScoringFailed as exc:
+            outcome = exc
+        recorder.fail = False
+        after = await scorer.run(recorder, _columns(9))
+        scorer.shutdown()
+        return outcome, after.tolist()
+
+    outcome, after = asyncio.run(main())
+    assert isinstance(outcome, ScoringFailed)
+    assert "RuntimeError" in str(outcome) and "exploded" not in str(outcome)
+    assert after == [9.0]
