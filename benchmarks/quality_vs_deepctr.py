@@ -19,7 +19,7 @@ Models:
                            up to --deepctr-epochs. Run by benchmarks/deepctr_baseline.py in the
                            DeepCTR venv, which must live outside the repo:
       python3.11 -m venv /work/deepctr-venv
-      /work/deepctr-venv/bin/pip install tensorflow-cpu==2.21.0 deepctr==0.9.4
+      /work/deepctr-venv/bin/pip install tensorflow-cpu==2.21.0 deepctr==0.9.4 pandas
       /work/deepctr-venv/bin/pip install --no-deps tf-keras==2.21.0
   afm, fm                  ``python -m model.cli train`` on the seed files with default flags
                            (fm adds --no-attention), plus --train-args; metrics from the exported

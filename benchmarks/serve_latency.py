@@ -225,18 +225,12 @@ def _serve_bare(port: str, version_dir: str, redis_url: str) -> None:
     the six seed fields (no movie features), as it was written."""
     import redis.asyncio as aioredis
     import tensorflow as tf
-    import uvicorn
-    from fastapi import FastAPI
 
     from model import contract
 
     signature = tf.saved_model.load(version_dir).signatures[contract.SIGNATURE_SCORE]
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    app = FastAPI()
-
-    @app.get("/healthz")
-    async def healthz() -> dict:
-        return {}
+    app = _app_with_healthz()
 
     @app.post("/bare")
     async def bare(request: Request) -> dict:
@@ -251,14 +245,25 @@ def _serve_bare(port: str, version_dir: str, redis_url: str) -> None:
         outputs = signature(**{f: tf.constant(v, tf.string) for f, v in inputs.items()})
         return {"scores": outputs[contract.OUTPUT_PROBABILITY].numpy().tolist()}
 
-    uvicorn.run(app, host="127.0.0.1", port=int(port), log_level="warning")
+    _run(app, port)
 
 
 def _serve_floor(port: str) -> None:
     """The HTTP stack alone: the body read, a fixed reply."""
-    import uvicorn
-    from fastapi import FastAPI
     from fastapi.responses import Response
+
+    app = _app_with_healthz()
+
+    @app.post("/floor")
+    async def floor(request: Request) -> Response:
+        await request.body()
+        return Response(b'{"scores":[]}', media_type="application/json")
+
+    _run(app, port)
+
+
+def _app_with_healthz():  # noqa: ANN202 - a FastAPI app (imported lazily)
+    from fastapi import FastAPI
 
     app = FastAPI()
 
@@ -266,10 +271,11 @@ def _serve_floor(port: str) -> None:
     async def healthz() -> dict:
         return {}
 
-    @app.post("/floor")
-    async def floor(request: Request) -> Response:
-        await request.body()
-        return Response(b'{"scores":[]}', media_type="application/json")
+    return app
+
+
+def _run(app, port: str) -> None:  # noqa: ANN001
+    import uvicorn
 
     uvicorn.run(app, host="127.0.0.1", port=int(port), log_level="warning")
 
