@@ -1,7 +1,8 @@
 """Cold start: how well unseen movies and unknown users are scored, with and without item fields.
 
     .venv/bin/python benchmarks/cold_start.py [--dataset ml-100k] [--protocol next-item]
-        [--holdout-movies 0.05] [--fields seed,all] [--oov-rates 0,0.05] [--epochs 20]
+        [--holdout-movies 0.05] [--fields seed,all] [--oov-rates 0,0.05] [--epochs 20] \
+        [--learning-rate 0.005]
 
 For each field set and OOV rate, trains on ``--dataset`` (from ``../shared/data``) with a
 seeded share of the movies held out of training, with the trainer's default settings
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--fields", default="seed,all")
     parser.add_argument("--oov-rates", default="0,0.05")
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--learning-rate", type=float, default=None, help="Default: the trainer's.")
     args = parser.parse_args()
     folder = SHARED / FOLDERS[args.dataset]
     if not folder.is_dir():
@@ -70,6 +72,8 @@ def main() -> None:
         for rate in (float(r) for r in args.oov_rates.split(",")):
             afm = replace(AFMConfig(), fields=fields, oov_rate=rate)
             train = replace(TrainConfig(), epochs=args.epochs)
+            if args.learning_rate is not None:
+                train = replace(train, learning_rate=args.learning_rate)
             start = time.perf_counter()
             result = fit(data, afm, train)
             wall = time.perf_counter() - start

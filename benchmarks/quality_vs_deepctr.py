@@ -216,7 +216,7 @@ def main() -> None:
         per_seed = " / ".join(f"{auc:.4f}" for auc in r.get("per_seed_auc", ()))
         print(
             f"| {r['split']} | {r['model']} | {r['test_auc']:.4f} | {per_seed} "
-            f"| {r['test_logloss']:.4f} | {r['epochs_run']:g} ({r['best_epoch']:g}) "
+            f"| {r['test_logloss']:.4f} | {r['epochs_run']:.3g} ({r['best_epoch']:.3g}) "
             f"| {r['wall']:.0f} s |"
         )
 
