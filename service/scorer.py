@@ -373,6 +373,8 @@ class Scorer:
     queued calls of the same function (same model version and signature) run as one batch
     of up to ``max_batch_rows`` rows. Each TensorFlow call has a fixed cost of ~0.3 ms
     whatever its size, so under load this serves several requests for the price of one.
+    A call of at most ``inline_rows`` rows made while ``alone()`` (no other request in the
+    server), with no call running or queued, runs on the event loop: no hand-off.
     """
 
     def __init__(
@@ -382,9 +384,6 @@ class Scorer:
         inline_rows: int = 0,
         alone: Callable[[], bool] = lambda: False,
     ) -> None:
-        """``inline_rows``: calls of at most this many rows run on the event loop when
-        ``alone()`` says no other request is being handled and no call is running or queued;
-        0: never."""
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tf-score")
         self._threads = threads
         self._max_batch_rows = max_batch_rows
