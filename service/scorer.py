@@ -408,7 +408,8 @@ class Scorer:
             try:
                 return fn(candidates)
             except Exception as exc:
-                raise _failed(exc) from exc
+                log.error("TensorFlow call failed", exc_info=exc)
+                raise _failure(exc) from exc
         job = _Job(fn, candidates, len(candidates), asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._dispatch()
@@ -455,7 +456,8 @@ class Scorer:
         self.calls_total += 1
         self.requests_total += len(batch)
         exc = None if running.cancelled() else running.exception()
-        failed = None if exc is None else _failed(exc)
+        if exc is not None:
+            log.error("TensorFlow call failed", exc_info=exc)
         start = 0
         for job in batch:
             stop = start + job.rows
@@ -463,17 +465,16 @@ class Scorer:
                 pass
             elif running.cancelled():
                 job.done.cancel()
-            elif failed is not None:
-                job.done.set_exception(failed)
+            elif exc is not None:
+                job.done.set_exception(_failure(exc))
             else:
                 job.done.set_result(running.result()[start:stop])
             start = stop
         self._dispatch()
 
 
-def _failed(exc: BaseException) -> ScoringFailed:
-    """What a request sees of a failed TensorFlow call; the call itself is logged."""
-    log.error("TensorFlow call failed", exc_info=exc)
+def _failure(exc: BaseException) -> ScoringFailed:
+    """What each request of a failed TensorFlow call sees (one exception per request)."""
     return ScoringFailed(f"the model failed to score this request: {type(exc).__name__}")
 
 
