@@ -39,11 +39,9 @@ def test_attention_is_not_uniform(trained_model_dir: Path, synthetic_dir: Path) 
     ].numpy()
     uniform = 1.0 / attention.shape[1]
     np.testing.assert_allclose(attention.sum(axis=1), 1.0, rtol=1e-5)
-    # Some pair clearly above or below 1/28 on average, and weights differ between examples
-    # (constant weights, as with the article's softmax or W driven to 0, give a std of ~1e-8;
-    # this 3-epoch model gives ~1e-3).
+    # Some pair clearly above or below 1/28 on average, and weights differ between examples.
     assert np.abs(attention.mean(axis=0) - uniform).max() > 0.2 * uniform
-    assert attention.std(axis=0).max() > 1e-4
+    assert attention.std(axis=0).max() > 1e-3
 
 
 TENSORFLOW_NOTICES = ("I0000", "oneDNN", "cpu_feature_guard", "absl::InitializeLog")
