@@ -3,7 +3,7 @@
 For 1, 100 and 1000 candidates at concurrency 1 and 8: p50/p99 latency and requests/s, each
 the median of ``--rounds`` runs that alternate between the servers measured; then an
 in-process breakdown of one request's parts (parsing, the store's read, building candidates,
-TensorFlow, ranking and JSON) for each model.
+scoring with the NumPy ranker and through TensorFlow, ranking and JSON) for each model.
 
 Servers, all on the same feature set in Redis (users and movies, ``load_features``):
 
@@ -491,7 +491,7 @@ def _breakdown(
         return _median_us(plain_times[100:]), _median_us(store_times[100:]), read
 
     async def pooled_us(model, rows) -> float:  # noqa: ANN001
-        """Median of the TensorFlow call handed to the scoring thread and awaited, as the
+        """Median of the score call handed to the scoring thread and awaited, as the
         route does it. Not interleaved with direct calls: TensorFlow is slower when the
         calling thread keeps changing, which never happens in the service."""
         scorer = Scorer(threads=1)
@@ -516,15 +516,22 @@ def _breakdown(
         print(f"item table of {len(read.movies)} movies, {name}: {build_ms:.1f} ms to build")
     print("\nWhere the time goes (median µs per request, in-process, one thread):")
     print("| fields | candidates | parse+validate | store read | build candidates |", end="")
-    print(" TensorFlow | rank+serialize | TF via pool |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(" score (NumPy) | score (TensorFlow) | rank+serialize | score via pool |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, model in models.items():
         for n in args.candidates:
-            parse, build, tf_time, out = _breakdown_row(model, n, users[0], movies, read, median_us)
+            parse, build, np_time, tf_time, out = _breakdown_row(
+                model, n, users[0], movies, read, median_us
+            )
             ids = [int(m) for m in movies[:n]]
             rows = candidates(model.fields, int(users[0]), read.user, ids, read.movies)
             pooled = uvloop.run(pooled_us(model, rows))
-            print(f"| {name} ({len(model.fields)}) | {n} | {parse:.0f} | {store_us:.0f} "
-                  f"| {build:.0f} | {tf_time:.0f} | {out:.0f} | {pooled:.0f} |")  # fmt: skip
+            cells = (parse, store_us, build, np_time, tf_time, out, pooled)
+            print(
+                f"| {name} ({len(model.fields)}) | {n} | "
+                + " | ".join(f"{c:.0f}" for c in cells)
+                + " |"
+            )
 
 
 def _median_us(times: list[float]) -> float:
@@ -532,8 +539,11 @@ def _median_us(times: list[float]) -> float:
 
 
 def _breakdown_row(model, n: int, user: str, movies: list[str], read, median_us) -> tuple:  # noqa: ANN001
-    """(parse+validate, build candidates, TensorFlow, rank+serialize) medians, as the route does
-    them, with the user's features and the movie table from a real ``FeatureStore.read``."""
+    """(parse+validate, build candidates, score with the NumPy ranker, score through the rank
+    signature, rank+serialize) medians, as the route does them, with the user's features and
+    the movie table from a real ``FeatureStore.read``."""
+    from dataclasses import replace
+
     import orjson
 
     from service.ranking import candidates, score_entries
@@ -558,6 +568,7 @@ def _breakdown_row(model, n: int, user: str, movies: list[str], read, median_us)
         median_us(lambda: ScoreRequest.model_validate_json(body)),
         median_us(rows_of),
         median_us(lambda: model.score(rows), repeat=200),
+        median_us(lambda: replace(model, ranker=None).score(rows), repeat=200),
         median_us(respond),
     )
 

@@ -34,7 +34,22 @@ Rules both halves rely on:
   ``INPUT_USER_INDEX`` int32 ``[batch]`` (each candidate's user row), ``INPUT_ITEMS``
   (that table) and ``INPUT_ITEM_INDEX`` int32 ``[batch]`` (each candidate's movie row), and
   return what ``SIGNATURE_SCORE`` and ``SIGNATURE_EXPLAIN`` return for the same rows (to
-  float32 rounding).
+  float32 rounding). The table's row for a movie with I movie fields (embedding size k) is
+  its fields' vectors (I * k, field-major), their linear terms (I), and, for the pairs of
+  two movie fields in ``pairs`` order, each one's attention score before the pair offset
+  and its projection p^T (v_i ⊙ v_j) (I(I-1)/2 each).
+* ``SIGNATURE_RANK_WEIGHTS`` (optional, like the ranking signatures) takes nothing and
+  returns the weights that, with that table, compute the rank signatures' outputs outside
+  TensorFlow (the service's ranker does: ``service/ranker.py``): ``OUTPUT_FIELD_TABLE``
+  [rows, k + 1], each id's vector and linear weight of the single-valued fields, field f's id
+  i at row ``OUTPUT_USER_OFFSETS``[f] + i for the user fields (ids as in vocabularies.json,
+  0: out of vocabulary); ``OUTPUT_PAIR_KERNEL`` [k, t + 1], the attention network's W and the
+  projection p side by side; ``OUTPUT_ATTENTION_BIAS`` [t] (b), ``OUTPUT_ATTENTION_PROJECTION``
+  [t] (h), ``OUTPUT_PAIR_BIAS`` [len(pairs)] (c, in ``pairs`` order), and the scalars
+  ``OUTPUT_PAIR_SCALE`` (s), ``OUTPUT_BIAS`` (w0) and ``OUTPUT_USES_ATTENTION``. Then
+  a_ij = softmax over a row's pairs of (h^T ReLU(W^T x_ij + b) + c_ij), or 1 without
+  attention (t = 0), with x_ij = v_i ⊙ v_j; contribution_ij = s * a_ij * p^T x_ij; and
+  logit = w0 + sum of the linear terms + sum of the contributions.
 * ``format_version`` says which of these rules a version follows; a reader refuses a
   version newer than the FORMAT_VERSION it knows.
 * A version directory appears only by an atomic rename of a complete directory: a reader
@@ -97,6 +112,7 @@ SIGNATURE_EXPLAIN = "explain"
 SIGNATURE_ITEMS = "items"
 SIGNATURE_RANK = "rank"
 SIGNATURE_RANK_EXPLAIN = "rank_explain"
+SIGNATURE_RANK_WEIGHTS = "rank_weights"
 OUTPUT_ITEMS = INPUT_ITEMS = "items"
 INPUT_USER_INDEX = "user_index"
 INPUT_ITEM_INDEX = "item_index"
@@ -106,6 +122,14 @@ OUTPUT_CONTRIBUTION = "contribution"
 OUTPUT_BIAS = "bias"
 OUTPUT_LINEAR = "linear"
 OUTPUT_LOGIT = "logit"
+OUTPUT_FIELD_TABLE = "field_table"
+OUTPUT_USER_OFFSETS = "user_offsets"
+OUTPUT_PAIR_KERNEL = "pair_kernel"
+OUTPUT_ATTENTION_BIAS = "attention_bias"
+OUTPUT_ATTENTION_PROJECTION = "attention_projection"
+OUTPUT_PAIR_BIAS = "pair_bias"
+OUTPUT_PAIR_SCALE = "pair_scale"
+OUTPUT_USES_ATTENTION = "uses_attention"
 METADATA_FILE = "metadata.json"
 VOCABULARIES_FILE = "vocabularies.json"
 FORMAT_VERSION = 2

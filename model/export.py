@@ -40,6 +40,7 @@ from model.contract import (
     SIGNATURE_ITEMS,
     SIGNATURE_RANK,
     SIGNATURE_RANK_EXPLAIN,
+    SIGNATURE_RANK_WEIGHTS,
     SIGNATURE_SCORE,
     VOCABULARIES_FILE,
     ModelMetadata,
@@ -49,7 +50,7 @@ from model.contract import (
 )
 from model.dataset import PAD, SINGLE_INPUT
 from model.errors import AfmError
-from model.rank import item_table, rank_outputs
+from model.rank import item_table, rank_outputs, rank_weights
 
 TMP_PREFIX = ".tmp-"
 _RENAME_CONFLICTS = (errno.EEXIST, errno.ENOTEMPTY)
@@ -162,6 +163,9 @@ def build_archive(
     archive.add_endpoint(SIGNATURE_RANK, rank, input_signature=_rank_signature(fields))
     archive.add_endpoint(
         SIGNATURE_RANK_EXPLAIN, rank_explain, input_signature=_rank_signature(fields)
+    )
+    archive.add_endpoint(
+        SIGNATURE_RANK_WEIGHTS, lambda: rank_weights(model, fields), input_signature=[]
     )
     return archive
 

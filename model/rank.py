@@ -36,11 +36,19 @@ from model.afm import split_fields
 from model.contract import (
     MULTI_VALUED,
     OUTPUT_ATTENTION,
+    OUTPUT_ATTENTION_BIAS,
+    OUTPUT_ATTENTION_PROJECTION,
     OUTPUT_BIAS,
     OUTPUT_CONTRIBUTION,
+    OUTPUT_FIELD_TABLE,
     OUTPUT_LINEAR,
     OUTPUT_LOGIT,
+    OUTPUT_PAIR_BIAS,
+    OUTPUT_PAIR_KERNEL,
+    OUTPUT_PAIR_SCALE,
     OUTPUT_PROBABILITY,
+    OUTPUT_USER_OFFSETS,
+    OUTPUT_USES_ATTENTION,
     pairs,
     rank_sides,
 )
@@ -58,7 +66,7 @@ def item_table(
     A row holds the movie fields' vectors v_i (I * k), their linear terms w_i (I) and, for
     each pair of two movie fields, its attention score without c and its projection
     p^T (v_i ⊙ v_j) (2 * I(I-1)/2). ``rank_outputs`` reads rows by index; the layout is
-    this module's own.
+    part of the contract (``model/contract.py``), for rankers outside TensorFlow.
 
     Args:
         model: the trained dict-output AFM of ``model.afm.build_afm`` for ``fields``.
@@ -153,6 +161,43 @@ def rank_outputs(
         OUTPUT_BIAS: bias,
         OUTPUT_LINEAR: linear,
         OUTPUT_LOGIT: logit,
+    }
+
+
+def rank_weights(model: keras.Model, fields: Sequence[str]) -> dict[str, tf.Tensor]:
+    """The weights ``rank_outputs`` uses besides the item table, for a ranker outside
+    TensorFlow (``contract.SIGNATURE_RANK_WEIGHTS``, which says what each one is)."""
+    user_fields, _ = rank_sides(fields)
+    single, _ = split_fields(fields)
+    embedding, attention = model.get_layer("embedding"), model.get_layer("attention")
+    projection = model.get_layer("projection").kernel  # (k, 1)
+    num_pairs = len(pairs(tuple(fields)))
+    if attention.use_attention:
+        kernel = tf.concat([attention.attention_kernel, projection], axis=1)
+        hidden_bias = tf.convert_to_tensor(attention.attention_bias)
+        hidden_projection = attention.attention_projection[:, 0]
+    else:  # t = 0: the kernel is p alone
+        kernel, hidden_bias, hidden_projection = (
+            tf.convert_to_tensor(projection), tf.zeros([0]), tf.zeros([0])
+        )  # fmt: skip
+    if attention.use_attention and attention.pair_bias:
+        pair_bias = tf.convert_to_tensor(attention.attention_pair_bias)
+    else:
+        pair_bias = tf.zeros([num_pairs])
+    return {
+        OUTPUT_FIELD_TABLE: tf.concat(
+            [embedding.embeddings, model.get_layer("linear").embeddings], axis=1
+        ),
+        OUTPUT_USER_OFFSETS: tf.constant(
+            [embedding.offsets[single.index(f)] for f in user_fields], tf.int32
+        ),
+        OUTPUT_PAIR_KERNEL: kernel,
+        OUTPUT_ATTENTION_BIAS: hidden_bias,
+        OUTPUT_ATTENTION_PROJECTION: hidden_projection,
+        OUTPUT_PAIR_BIAS: pair_bias,
+        OUTPUT_PAIR_SCALE: tf.constant(attention.pair_scale(num_pairs), tf.float32),
+        OUTPUT_BIAS: tf.convert_to_tensor(model.get_layer("logit").bias)[0],
+        OUTPUT_USES_ATTENTION: tf.constant(attention.use_attention),
     }
 
 

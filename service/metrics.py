@@ -212,12 +212,12 @@ class _StateCollector(Collector):
             reloads.add_metric([outcome], count)
         yield reloads
         yield CounterMetricFamily(
-            "afm_tensorflow_calls",
-            "TensorFlow calls made; requests queued meanwhile are merged into one call.",
+            "afm_scoring_calls",
+            "Scoring calls made; requests queued meanwhile are merged into one call.",
             value=self._scorer.calls_total,
         )
         yield CounterMetricFamily(
-            "afm_tensorflow_requests",
+            "afm_scoring_requests",
             "Scoring requests those calls served (divided by the calls: mean batch).",
             value=self._scorer.requests_total,
         )

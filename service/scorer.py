@@ -1,11 +1,12 @@
-"""One loaded model version, and the scorer that runs TensorFlow off the event loop in batches.
+"""One loaded model version, and the scorer that runs its calls off the event loop in batches.
 
-``LoadedModel`` wraps the ranking signatures of ``<model-dir>/<version>/`` (see
-``model/contract.py`` and ``model/rank.py``): it keeps the items signature's table of the
-feature set's movies (built on the first call that meets a new movie table), and scores
-``Candidates`` (each user's raw fields once, each candidate's movie id) with it. Its methods
+``LoadedModel`` wraps ``<model-dir>/<version>/`` (see ``model/contract.py``): it keeps the
+items signature's table of the feature set's movies (built by TensorFlow on the first call
+that meets a new movie table), and scores ``Candidates`` (each user's raw fields once, each
+candidate's movie id) with it: in NumPy from the version's rank weights (``service/ranker.py``),
+or through its rank signatures (``model/rank.py``) for a version without them. Its methods
 are synchronous and return NumPy.
-``Scorer`` runs them on a small dedicated pool, so at most ``threads`` TensorFlow calls run at
+``Scorer`` runs them on a small dedicated pool, so at most ``threads`` scoring calls run at
 once and the event loop keeps serving health checks and Redis reads meanwhile. Requests that
 arrive while every thread is busy are merged into one call when a thread frees up. A small
 call made while the server handles no other request runs on the event loop instead: there is
@@ -24,7 +25,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -34,6 +35,7 @@ import numpy as np
 
 from model import contract
 from service.errors import ScoringFailed
+from service.ranker import Ranker
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines, before import
@@ -141,6 +143,7 @@ class ItemTable:
     movies: Mapping[str, Mapping[str, str]]  # what it was built from (identity: cache key)
     rows: Mapping[str, int]
     tensor: Any  # tf.Tensor (movies + 1, width)
+    array: np.ndarray  # the same, for the Ranker
 
     def index(self, movie_ids: Sequence[str]) -> np.ndarray:
         get, unknown = self.rows.get, len(self.rows)
@@ -153,7 +156,9 @@ class LoadedModel:
 
     ``score_fn`` and ``explain_fn`` are the rank signatures (``_ranked``) with ``items_fn``
     the items signature; for a version exported before those existed, ``items_fn`` is None
-    and they are the contract's score and explain signatures (``_stacked``).
+    and they are the contract's score and explain signatures (``_stacked``). With a
+    ``ranker`` (the version has ``rank_weights``), scoring runs in NumPy on the items table
+    instead, and TensorFlow only builds that table.
     """
 
     version: int
@@ -165,6 +170,7 @@ class LoadedModel:
     explain_fn: Callable[..., Mapping[str, Any]] = field(repr=False)
     vocabularies: Mapping[str, frozenset[str]] = field(repr=False)
     items_fn: Callable[..., Any] | None = field(repr=False, default=None)
+    ranker: Ranker | None = field(repr=False, default=None)
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     # The restored object: signatures hold only weak references to its variables.
     saved_model: Any = field(repr=False, default=None)
@@ -187,9 +193,18 @@ class LoadedModel:
 
     def score(self, candidates: Candidates) -> np.ndarray:
         """Click probabilities, float32 [batch]."""
+        if self.ranker is not None:
+            return self._rank(self.ranker, candidates)[contract.OUTPUT_PROBABILITY]
         return self._call(self.score_fn, candidates)[contract.OUTPUT_PROBABILITY].numpy()
 
     def explain(self, candidates: Candidates) -> Explanation:
+        if self.ranker is not None:
+            ranked = self._rank(self.ranker, candidates)
+            return Explanation(**{name: ranked[key] for name, key in EXPLAIN_OUTPUTS.items()})
+        return self.explain_tensorflow(candidates)
+
+    def explain_tensorflow(self, candidates: Candidates) -> Explanation:
+        """``explain`` through the version's signatures, whatever ranks it."""
         outputs = self._call(self.explain_fn, candidates)
         return Explanation(**{name: outputs[key].numpy() for name, key in EXPLAIN_OUTPUTS.items()})
 
@@ -204,7 +219,8 @@ class LoadedModel:
             rows = Candidates({}, np.zeros(0, np.int32), [*ids, UNKNOWN_VALUE], movies)
             _, item_fields = contract.rank_sides(self.fields)
             tensor = self.items_fn(_strings(rows.columns(item_fields).values()))
-            table = ItemTable(movies, {movie: row for row, movie in enumerate(ids)}, tensor)
+            rows_of = {movie: row for row, movie in enumerate(ids)}
+            table = ItemTable(movies, rows_of, tensor, tensor.numpy())
             self._item_tables.append(table)
             return table
 
@@ -220,6 +236,15 @@ class LoadedModel:
             tf.constant(candidates.user_index, tf.int32),
             table.tensor,
             tf.constant(table.index(candidates.movie_ids), tf.int32),
+        )
+
+    def _rank(self, ranker: Ranker, candidates: Candidates) -> dict[str, np.ndarray]:
+        table = self.item_table(candidates.movies)
+        return ranker.explain(
+            candidates.users,
+            candidates.user_index,
+            table.array,
+            table.index(candidates.movie_ids),
         )
 
 
@@ -295,12 +320,14 @@ def _scoring_functions(signatures: Mapping[str, Any], fields: tuple[str, ...]) -
     }
 
 
-def load_model(version_dir: Path) -> LoadedModel:
-    """Load, check and warm one version. Raises on anything that would fail a request later."""
+def load_model(version_dir: Path, numpy_ranker: bool = True) -> LoadedModel:
+    """Load, check and warm one version. Raises on anything that would fail a request later.
+    With ``numpy_ranker`` and rank weights in the version, it scores with a checked ``Ranker``."""
     import tensorflow as tf
 
     metadata = contract.read_metadata(version_dir)  # refuses unknown formats and field sets
     fields = tuple(metadata.fields)
+    vocabularies = contract.read_vocabularies(version_dir, fields)
     loaded = tf.saved_model.load(str(version_dir))
     missing = {contract.SIGNATURE_SCORE, contract.SIGNATURE_EXPLAIN} - set(loaded.signatures)
     if missing:
@@ -324,14 +351,50 @@ def load_model(version_dir: Path) -> LoadedModel:
         fields=fields,
         pairs=contract.pairs(fields),
         **_scoring_functions(loaded.signatures, fields),
-        vocabularies={
-            name: frozenset(values)
-            for name, values in contract.read_vocabularies(version_dir, fields).items()
-        },
+        vocabularies={name: frozenset(values) for name, values in vocabularies.items()},
         saved_model=loaded,
     )
     _warm(model)
+    if numpy_ranker and model.items_fn and contract.SIGNATURE_RANK_WEIGHTS in loaded.signatures:
+        weights = loaded.signatures[contract.SIGNATURE_RANK_WEIGHTS]()
+        ranker = Ranker(fields, {k: v.numpy() for k, v in weights.items()}, vocabularies)
+        model = with_checked_ranker(replace(model, ranker=ranker), vocabularies)
+        _warm(model)
     return model
+
+
+def with_checked_ranker(
+    model: LoadedModel, vocabularies: Mapping[str, Sequence[str]]
+) -> LoadedModel:
+    """``model`` if its ranker gives the rank signatures' outputs (to 1e-5) on known and
+    unknown users and movies; else the model without it, served through TensorFlow."""
+    users, movies = contract.rank_sides(model.fields)
+    ids = vocabularies[contract.MOVIE_ID][:32]
+    others = [f for f in movies if f != contract.MOVIE_ID]
+    table = {  # known values of every movie field, so the table's rows differ
+        movie: {f: vocabularies[f][n % len(vocabularies[f])] for f in others}
+        for n, movie in enumerate(ids)
+    }
+    rows = Candidates(
+        users={f: [UNKNOWN_VALUE, vocabularies[f][0]] for f in users},
+        user_index=np.arange(len(ids) + 1, dtype=np.int32) % 2,
+        movie_ids=[*ids, UNKNOWN_VALUE],
+        movies=table,
+    )
+    expected, ranked = model.explain_tensorflow(rows), model.explain(rows)
+    worst = max(
+        float(np.abs(getattr(ranked, name) - getattr(expected, name)).max())
+        for name in EXPLAIN_OUTPUTS
+    )
+    if worst <= 1e-5:
+        return model
+    log.warning(
+        "version %s: the NumPy ranker differs from the rank signatures by %.2g; "
+        "scoring through TensorFlow",
+        model.version,
+        worst,
+    )
+    return replace(model, ranker=None)
 
 
 def _warm(model: LoadedModel) -> None:

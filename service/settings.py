@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         "handles no other, is scored on the event loop: no thread hand-off (~0.3 ms). "
         "0: always on the scoring threads.",
     )
+    numpy_ranker: bool = Field(
+        True,
+        description="Score in NumPy from the version's rank weights (checked against its "
+        "signatures at load); false: through the TensorFlow signatures.",
+    )
     tf_intra_op_threads: int = Field(
         1,
         ge=0,

@@ -29,6 +29,7 @@ from model.contract import (
     SIGNATURE_ITEMS,
     SIGNATURE_RANK,
     SIGNATURE_RANK_EXPLAIN,
+    SIGNATURE_RANK_WEIGHTS,
     SIGNATURE_SCORE,
     VOCABULARIES_FILE,
     list_versions,
@@ -41,6 +42,7 @@ from model.errors import AfmError
 from model.protocols import prepare
 from model.synth import write_synthetic
 from model.train import CURVE_FILE, METRICS_FILE, FitResult, export_trained, fit
+from service.ranker import Ranker
 
 pytestmark = pytest.mark.integration
 
@@ -157,9 +159,10 @@ def test_both_signatures_equal_the_in_memory_model(loaded, fitted: FitResult, da
     np.testing.assert_allclose(explain[OUTPUT_ATTENTION].sum(axis=1), 1.0, rtol=1e-5)
 
 
-def rank_call(loaded, name: str, raw: dict[str, np.ndarray], fields) -> dict[str, np.ndarray]:
-    """``raw``'s rows through rank signature ``name``: each distinct user once, each distinct
-    movie once in the items signature's table, candidates by index."""
+def rank_inputs(loaded, raw: dict[str, np.ndarray], fields) -> tuple:
+    """``raw``'s rows as the rank signatures take them: each distinct user once (user field
+    -> values), each candidate's user row, the items signature's table of each distinct
+    movie, each candidate's row in it."""
     user_fields, item_fields = rank_sides(fields)
 
     def distinct(side: list[str]) -> tuple[list[tuple], list[int]]:
@@ -172,14 +175,28 @@ def rank_call(loaded, name: str, raw: dict[str, np.ndarray], fields) -> dict[str
     movies, item_index = distinct(item_fields)
     items = loaded.signatures[SIGNATURE_ITEMS](
         **{f: tf.constant([m[i] for m in movies]) for i, f in enumerate(item_fields)}
-    )[OUTPUT_ITEMS]
-    inputs = {f: tf.constant([u[i] for u in users]) for i, f in enumerate(user_fields)}
-    inputs |= {
-        "user_index": tf.constant(user_index, tf.int32),
-        "items": items,
-        "item_index": tf.constant(item_index, tf.int32),
-    }
+    )[OUTPUT_ITEMS].numpy()
+    by_field = {f: [str(u[i]) for u in users] for i, f in enumerate(user_fields)}
+    return by_field, np.array(user_index, np.int32), items, np.array(item_index, np.int32)
+
+
+def rank_call(loaded, name: str, raw: dict[str, np.ndarray], fields) -> dict[str, np.ndarray]:
+    """``raw``'s rows through rank signature ``name``."""
+    users, user_index, items, item_index = rank_inputs(loaded, raw, fields)
+    inputs = {f: tf.constant(values) for f, values in users.items()}
+    inputs |= {"user_index": user_index, "items": items, "item_index": item_index}
     return {name: value.numpy() for name, value in loaded.signatures[name](**inputs).items()}
+
+
+def numpy_rank(loaded, raw: dict[str, np.ndarray], fields, vocabularies) -> dict[str, np.ndarray]:
+    """``raw``'s rows through the service's NumPy ranker, on the version's rank weights."""
+    weights = loaded.signatures[SIGNATURE_RANK_WEIGHTS]()
+    ranker = Ranker(
+        fields,
+        {name: value.numpy() for name, value in weights.items()},
+        {f: [str(v) for v in values] for f, values in vocabularies.items()},
+    )
+    return ranker.explain(*rank_inputs(loaded, raw, fields))
 
 
 def test_rank_signatures_equal_the_contract_signatures(loaded, fitted: FitResult, data) -> None:
@@ -187,9 +204,11 @@ def test_rank_signatures_equal_the_contract_signatures(loaded, fitted: FitResult
     raw = raw_batch(data, fields, 60)
     explain = call(loaded.signatures[SIGNATURE_EXPLAIN], raw)
     ranked = rank_call(loaded, SIGNATURE_RANK_EXPLAIN, raw, fields)
-    assert set(ranked) == set(explain)
+    in_numpy = numpy_rank(loaded, raw, fields, fitted.vocabularies)
+    assert set(ranked) == set(explain) == set(in_numpy)
     for name, value in explain.items():
         np.testing.assert_allclose(ranked[name], value, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(in_numpy[name], value, atol=1e-5, err_msg=name)
     assert np.abs(explain[OUTPUT_ATTENTION] - 1 / len(pairs(fields))).max() > 1e-3  # trained h
     score = rank_call(loaded, SIGNATURE_RANK, raw, fields)
     assert set(score) == {OUTPUT_PROBABILITY}
@@ -212,8 +231,10 @@ def test_rank_signature_of_other_architectures(data, variant: dict, tmp_path: Pa
     raw = raw_batch(data, fields, 30)
     explain = call(loaded.signatures[SIGNATURE_EXPLAIN], raw)
     ranked = rank_call(loaded, SIGNATURE_RANK_EXPLAIN, raw, fields)
+    in_numpy = numpy_rank(loaded, raw, fields, vocabularies)
     for name, value in explain.items():
         np.testing.assert_allclose(ranked[name], value, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(in_numpy[name], value, atol=1e-5, err_msg=name)
 
 
 def test_ids_in_training_equal_ids_in_serving(fitted: FitResult, data) -> None:

@@ -167,8 +167,8 @@ def test_concurrent_requests_each_get_their_own_answer(
                 rtol=1e-5,
                 atol=1e-7,
             )
-    served = float(re.search(r"^afm_tensorflow_requests_total (\S+)$", metrics, re.M).group(1))
-    calls = float(re.search(r"^afm_tensorflow_calls_total (\S+)$", metrics, re.M).group(1))
+    served = float(re.search(r"^afm_scoring_requests_total (\S+)$", metrics, re.M).group(1))
+    calls = float(re.search(r"^afm_scoring_calls_total (\S+)$", metrics, re.M).group(1))
     assert served == len(bodies) and 1 <= calls <= served
 
 

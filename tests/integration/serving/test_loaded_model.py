@@ -1,9 +1,12 @@
-"""The service's scoring path (rank signatures, merged requests) equals the contract
-signatures on real six- and eight-field exports, and versions without rank signatures serve."""
+"""The service's scoring paths (the NumPy ranker and the rank signatures, merged requests)
+equal the contract signatures on real six- and eight-field exports, and versions without rank
+signatures serve."""
 
 from __future__ import annotations
 
+import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +15,9 @@ import tensorflow as tf
 
 from model import contract
 from model.movielens import FeatureSet
+from service.ranker import Ranker
 from service.ranking import candidates
-from service.scorer import EXPLAIN_OUTPUTS, Candidates, LoadedModel, load_model
+from service.scorer import EXPLAIN_OUTPUTS, Candidates, LoadedModel, load_model, with_checked_ranker
 
 pytestmark = pytest.mark.integration
 
@@ -66,8 +70,27 @@ def test_the_service_path_equals_the_contract_signatures(
     version_dir: Path, synthetic_feature_set: FeatureSet
 ) -> None:
     model = load_model(version_dir)
-    assert model.items_fn is not None
+    assert model.items_fn is not None and model.ranker is not None  # NumPy scores
     assert_same(model, version_dir, synthetic_feature_set)
+    assert_same(replace(model, ranker=None), version_dir, synthetic_feature_set)  # TensorFlow
+
+
+def test_a_ranker_that_disagrees_with_the_signatures_is_not_used(
+    version_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """load_model checks the NumPy ranker against the rank signatures; a wrong weight (here
+    the attention network's, doubled) sends the version back to TensorFlow, with a warning."""
+    model = load_model(version_dir)
+    weights = model.saved_model.signatures[contract.SIGNATURE_RANK_WEIGHTS]()
+    wrong = {name: value.numpy() for name, value in weights.items()}
+    wrong[contract.OUTPUT_PAIR_KERNEL] = 2 * wrong[contract.OUTPUT_PAIR_KERNEL]
+    vocabularies = contract.read_vocabularies(version_dir, model.fields)
+    broken = replace(model, ranker=Ranker(model.fields, wrong, vocabularies))
+    with caplog.at_level(logging.WARNING, logger="service.scorer"):
+        checked = with_checked_ranker(broken, vocabularies)
+    assert checked.ranker is None
+    assert "scoring through TensorFlow" in caplog.text
+    assert with_checked_ranker(model, vocabularies).ranker is model.ranker
 
 
 def test_an_item_table_is_built_once_per_movie_table(

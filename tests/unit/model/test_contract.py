@@ -14,6 +14,7 @@ def test_names_clients_depend_on_are_spelled_out() -> None:
     assert contract.SIGNATURE_ITEMS == "items"
     assert contract.SIGNATURE_RANK == "rank"
     assert contract.SIGNATURE_RANK_EXPLAIN == "rank_explain"
+    assert contract.SIGNATURE_RANK_WEIGHTS == "rank_weights"
     assert contract.INPUT_USER_INDEX == "user_index"
     assert contract.INPUT_ITEMS == contract.OUTPUT_ITEMS == "items"
     assert contract.INPUT_ITEM_INDEX == "item_index"
@@ -23,6 +24,25 @@ def test_names_clients_depend_on_are_spelled_out() -> None:
     assert contract.OUTPUT_BIAS == "bias"
     assert contract.OUTPUT_LINEAR == "linear"
     assert contract.OUTPUT_LOGIT == "logit"
+    assert (
+        contract.OUTPUT_FIELD_TABLE,
+        contract.OUTPUT_USER_OFFSETS,
+        contract.OUTPUT_PAIR_KERNEL,
+        contract.OUTPUT_ATTENTION_BIAS,
+        contract.OUTPUT_ATTENTION_PROJECTION,
+        contract.OUTPUT_PAIR_BIAS,
+        contract.OUTPUT_PAIR_SCALE,
+        contract.OUTPUT_USES_ATTENTION,
+    ) == (
+        "field_table",
+        "user_offsets",
+        "pair_kernel",
+        "attention_bias",
+        "attention_projection",
+        "pair_bias",
+        "pair_scale",
+        "uses_attention",
+    )
     assert contract.METADATA_FILE == "metadata.json"
     assert contract.VOCABULARIES_FILE == "vocabularies.json"
     assert contract.FIELD_SETS == {
