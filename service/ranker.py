@@ -44,21 +44,23 @@ class Ranker:
         table = weights[contract.OUTPUT_FIELD_TABLE]
         self._k = table.shape[1] - 1
         self._vectors, self._linear = table[:, : self._k], table[:, self._k]
-        self._kernel = weights[contract.OUTPUT_PAIR_KERNEL]
+        kernel = weights[contract.OUTPUT_PAIR_KERNEL]  # (k, t + 1): [W | p]
+        self._kernel = kernel
+        self._w, self._p = np.ascontiguousarray(kernel[:, :-1]), np.ascontiguousarray(kernel[:, -1])
         self._hidden_bias = weights[contract.OUTPUT_ATTENTION_BIAS]
         self._hidden_projection = weights[contract.OUTPUT_ATTENTION_PROJECTION]
         self._scale = np.float32(weights[contract.OUTPUT_PAIR_SCALE])
         self._bias = np.float32(weights[contract.OUTPUT_BIAS])
         self._attention = bool(weights[contract.OUTPUT_USES_ATTENTION])
 
-        # Pair columns as model/rank.py computes them: user pairs, user x movie pairs (user
-        # field major), movie pairs; ``_back`` puts them into ``pairs(fields)`` order.
+        # Pair columns here: user pairs, user x movie pairs (movie field major, see _cross),
+        # movie pairs; ``_back`` puts them into ``pairs(fields)`` order.
         self._user_fields, self._i = user_fields, len(item_fields)
         user_pairs = contract.pairs(user_fields)
         self._left = [user_fields.index(a) for a, _ in user_pairs]
         self._right = [user_fields.index(b) for _, b in user_pairs]
         self._item_pairs = len(contract.pairs(item_fields))
-        cross = [(a, b) for a in user_fields for b in item_fields]
+        cross = [(a, b) for b in item_fields for a in user_fields]
         every = contract.pairs(tuple(fields))
         order = [every.index(p) for p in (*user_pairs, *cross, *contract.pairs(item_fields))]
         self._pair_bias = weights[contract.OUTPUT_PAIR_BIAS][order]
@@ -74,7 +76,7 @@ class Ranker:
         """``users``: each user field -> (B,) raw values; ``user_index``: (N,) each
         candidate's user row; ``items``: the ``items`` signature's table; ``item_index``:
         (N,) each candidate's row in it. Returns the explain outputs by their contract names."""
-        k, i, u = self._k, self._i, len(self._user_fields)
+        k, i = self._k, self._i
         rows = np.array(  # (B, U) rows of the field table
             [
                 [self._rows[f].get(value, unknown) for value in users[f]]
@@ -93,8 +95,7 @@ class Ranker:
         item_scores = picked[:, i * k + i : i * k + i + self._item_pairs]
         item_terms = picked[:, i * k + i + self._item_pairs :]
 
-        cross = user_vectors[user_index][:, :, None, :] * item_vectors[:, None, :, :]
-        cross_scores, cross_terms = self._pair_scores(cross.reshape(-1, u * i, k))
+        cross_scores, cross_terms = self._cross(user_vectors, user_index, item_vectors)
         terms = np.concatenate([user_terms[user_index], cross_terms, item_terms], axis=1)
         if self._attention:
             scores = np.concatenate([user_scores[user_index], cross_scores, item_scores], 1)
@@ -115,6 +116,40 @@ class Ranker:
             contract.OUTPUT_LINEAR: linear,
             contract.OUTPUT_LOGIT: logit,
         }
+
+    def _cross(
+        self, user_vectors: np.ndarray, user_index: np.ndarray, item_vectors: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(N, I*U) attention scores without c and projections of the user x movie pairs,
+        movie field major.
+
+        (u ⊙ v)^T W = v^T (u[:, None] * W): each user's vectors are folded into W and p once,
+        and each candidate costs one (I, k) @ (k, U*t) product; forming the N * U * I product
+        vectors first measured 4x slower at 1,000 candidates.
+        """
+        n, i, k = item_vectors.shape
+        users, u, _ = user_vectors.shape
+        t = self._w.shape[1]
+        by_dim = user_vectors.transpose(0, 2, 1)  # (B, k, U)
+        folded_w = (by_dim[:, :, :, None] * self._w[None, :, None, :]).reshape(users, k, u * t)
+        folded_p = by_dim * self._p[None, :, None]  # (B, k, U)
+        if users == 1:  # one request
+            vectors = item_vectors.reshape(-1, k)
+            hidden = (vectors @ folded_w[0]).reshape(n, i * u, t)
+            terms = (vectors @ folded_p[0]).reshape(n, i * u)
+        else:  # merged requests: each user's candidates with its own kernels
+            hidden = np.empty((n, i * u, t), np.float32)
+            terms = np.empty((n, i * u), np.float32)
+            for user in range(users):
+                rows = user_index == user
+                vectors = item_vectors[rows].reshape(-1, k)  # (n_b * I, k)
+                hidden[rows] = (vectors @ folded_w[user]).reshape(len(vectors) // i, i * u, t)
+                terms[rows] = (vectors @ folded_p[user]).reshape(-1, i * u)
+        if not self._attention:
+            return np.zeros_like(terms), terms
+        hidden += self._hidden_bias
+        np.maximum(hidden, 0, out=hidden)
+        return hidden @ self._hidden_projection, terms
 
     def _pair_scores(self, products: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, p) attention scores without c and (n, p) projections p^T x of the pairs'
