@@ -119,7 +119,7 @@ def _thread_configuring_loader(settings: Settings):  # noqa: ANN202 - returns a 
             intra = settings.tf_intra_op_threads or available_cpus()
             configure_tensorflow(intra, settings.tf_inter_op_threads)
             configured.set()
-        return load_model(version_dir, numpy_ranker=settings.numpy_ranker)
+        return load_model(version_dir, numpy_rows=settings.numpy_ranker_rows)
 
     return load
 

@@ -133,18 +133,19 @@ class Ranker:
         by_dim = user_vectors.transpose(0, 2, 1)  # (B, k, U)
         folded_w = (by_dim[:, :, :, None] * self._w[None, :, None, :]).reshape(users, k, u * t)
         folded_p = by_dim * self._p[None, :, None]  # (B, k, U)
-        if users == 1:  # one request
-            vectors = item_vectors.reshape(-1, k)
-            hidden = (vectors @ folded_w[0]).reshape(n, i * u, t)
-            terms = (vectors @ folded_p[0]).reshape(n, i * u)
-        else:  # merged requests: each user's candidates with its own kernels
-            hidden = np.empty((n, i * u, t), np.float32)
-            terms = np.empty((n, i * u), np.float32)
-            for user in range(users):
-                rows = user_index == user
-                vectors = item_vectors[rows].reshape(-1, k)  # (n_b * I, k)
-                hidden[rows] = (vectors @ folded_w[user]).reshape(len(vectors) // i, i * u, t)
-                terms[rows] = (vectors @ folded_p[user]).reshape(-1, i * u)
+        # Candidate-major rows (candidate, movie field), written run by run of candidates
+        # of one user (one run per request in a merged call) straight into the outputs.
+        flat = item_vectors.reshape(-1, k)  # (N * I, k)
+        hidden = np.empty((n * i, u * t), np.float32)
+        terms = np.empty((n * i, u), np.float32)
+        cuts = np.flatnonzero(np.diff(user_index)) + 1
+        for start, stop in zip([0, *cuts], [*cuts, n], strict=True):
+            if start == stop:  # no candidates
+                continue
+            rows, user = slice(start * i, stop * i), user_index[start]
+            np.matmul(flat[rows], folded_w[user], out=hidden[rows])
+            np.matmul(flat[rows], folded_p[user], out=terms[rows])
+        hidden, terms = hidden.reshape(n, i * u, t), terms.reshape(n, i * u)
         if not self._attention:
             return np.zeros_like(terms), terms
         hidden += self._hidden_bias

@@ -43,6 +43,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info line
 MAX_BATCH_ROWS = 4096
 """Most rows one merged TensorFlow call takes; a single larger request still runs, alone."""
 
+NUMPY_ROWS = 2000
+"""Calls of at most this many rows score in NumPy (``service/ranker.py``), larger ones through
+TensorFlow: eight fields, 1,000 rows: 0.7 against 1.4 ms; four merged requests of 1,000
+rows: 4.3 against 2.8 ms (benchmarks/serve_latency.py --breakdown-only and ad hoc timeit)."""
+
 
 class Rows(Protocol):
     def __getitem__(self, rows: slice, /) -> Self: ...
@@ -171,6 +176,7 @@ class LoadedModel:
     vocabularies: Mapping[str, frozenset[str]] = field(repr=False)
     items_fn: Callable[..., Any] | None = field(repr=False, default=None)
     ranker: Ranker | None = field(repr=False, default=None)
+    numpy_rows: int = 0  # calls of at most this many rows score with ``ranker``
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     # The restored object: signatures hold only weak references to its variables.
     saved_model: Any = field(repr=False, default=None)
@@ -193,13 +199,15 @@ class LoadedModel:
 
     def score(self, candidates: Candidates) -> np.ndarray:
         """Click probabilities, float32 [batch]."""
-        if self.ranker is not None:
-            return self._rank(self.ranker, candidates)[contract.OUTPUT_PROBABILITY]
+        ranker = self._ranker_for(candidates)
+        if ranker is not None:
+            return self._rank(ranker, candidates)[contract.OUTPUT_PROBABILITY]
         return self._call(self.score_fn, candidates)[contract.OUTPUT_PROBABILITY].numpy()
 
     def explain(self, candidates: Candidates) -> Explanation:
-        if self.ranker is not None:
-            ranked = self._rank(self.ranker, candidates)
+        ranker = self._ranker_for(candidates)
+        if ranker is not None:
+            ranked = self._rank(ranker, candidates)
             return Explanation(**{name: ranked[key] for name, key in EXPLAIN_OUTPUTS.items()})
         return self.explain_tensorflow(candidates)
 
@@ -237,6 +245,14 @@ class LoadedModel:
             table.tensor,
             tf.constant(table.index(candidates.movie_ids), tf.int32),
         )
+
+    def _ranker_for(self, candidates: Candidates) -> Ranker | None:
+        """The NumPy ranker if it scores these rows: at most ``numpy_rows`` of them. A larger
+        (merged) call measured faster through TensorFlow, which also leaves the GIL to the
+        event loop meanwhile."""
+        if self.ranker is not None and len(candidates) <= self.numpy_rows:
+            return self.ranker
+        return None
 
     def _rank(self, ranker: Ranker, candidates: Candidates) -> dict[str, np.ndarray]:
         table = self.item_table(candidates.movies)
@@ -320,9 +336,10 @@ def _scoring_functions(signatures: Mapping[str, Any], fields: tuple[str, ...]) -
     }
 
 
-def load_model(version_dir: Path, numpy_ranker: bool = True) -> LoadedModel:
+def load_model(version_dir: Path, numpy_rows: int = NUMPY_ROWS) -> LoadedModel:
     """Load, check and warm one version. Raises on anything that would fail a request later.
-    With ``numpy_ranker`` and rank weights in the version, it scores with a checked ``Ranker``."""
+    With rank weights in the version, calls of at most ``numpy_rows`` rows score with a
+    ``Ranker`` checked against its signatures."""
     import tensorflow as tf
 
     metadata = contract.read_metadata(version_dir)  # refuses unknown formats and field sets
@@ -355,10 +372,11 @@ def load_model(version_dir: Path, numpy_ranker: bool = True) -> LoadedModel:
         saved_model=loaded,
     )
     _warm(model)
-    if numpy_ranker and model.items_fn and contract.SIGNATURE_RANK_WEIGHTS in loaded.signatures:
+    if numpy_rows and model.items_fn and contract.SIGNATURE_RANK_WEIGHTS in loaded.signatures:
         weights = loaded.signatures[contract.SIGNATURE_RANK_WEIGHTS]()
         ranker = Ranker(fields, {k: v.numpy() for k, v in weights.items()}, vocabularies)
-        model = with_checked_ranker(replace(model, ranker=ranker), vocabularies)
+        with_ranker = replace(model, ranker=ranker, numpy_rows=numpy_rows)
+        model = with_checked_ranker(with_ranker, vocabularies)
         _warm(model)
     return model
 
@@ -381,10 +399,12 @@ def with_checked_ranker(
         movie_ids=[*ids, UNKNOWN_VALUE],
         movies=table,
     )
-    expected, ranked = model.explain_tensorflow(rows), model.explain(rows)
+    if model.ranker is None:
+        return model
+    expected, ranked = model.explain_tensorflow(rows), model._rank(model.ranker, rows)
     worst = max(
-        float(np.abs(getattr(ranked, name) - getattr(expected, name)).max())
-        for name in EXPLAIN_OUTPUTS
+        float(np.abs(ranked[key] - getattr(expected, name)).max())
+        for name, key in EXPLAIN_OUTPUTS.items()
     )
     if worst <= 1e-5:
         return model

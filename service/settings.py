@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.feature_layout import DEFAULT_PREFIX, check_cluster_prefix
+from service.scorer import NUMPY_ROWS
 
 
 class Settings(BaseSettings):
@@ -58,10 +59,12 @@ class Settings(BaseSettings):
         "handles no other, is scored on the event loop: no thread hand-off (~0.3 ms). "
         "0: always on the scoring threads.",
     )
-    numpy_ranker: bool = Field(
-        True,
-        description="Score in NumPy from the version's rank weights (checked against its "
-        "signatures at load); false: through the TensorFlow signatures.",
+    numpy_ranker_rows: int = Field(
+        NUMPY_ROWS,
+        ge=0,
+        description="Scoring calls (merged requests included) of at most this many rows run in "
+        "NumPy from the version's rank weights, checked against its signatures at load; "
+        "larger ones, and all with 0, through TensorFlow.",
     )
     tf_intra_op_threads: int = Field(
         1,

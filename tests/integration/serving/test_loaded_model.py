@@ -73,6 +73,9 @@ def test_the_service_path_equals_the_contract_signatures(
     assert model.items_fn is not None and model.ranker is not None  # NumPy scores
     assert_same(model, version_dir, synthetic_feature_set)
     assert_same(replace(model, ranker=None), version_dir, synthetic_feature_set)  # TensorFlow
+    rows = requests(synthetic_feature_set)
+    assert model._ranker_for(rows) is model.ranker
+    assert replace(model, numpy_rows=len(rows) - 1)._ranker_for(rows) is None  # too many rows
 
 
 def test_a_ranker_that_disagrees_with_the_signatures_is_not_used(
