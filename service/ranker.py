@@ -4,10 +4,10 @@ A TensorFlow call costs a fixed ~0.4-1 ms here (the Python call into the runtime
 small graph ops) whatever its size, while the arithmetic of ranking 100 candidates is a few
 hundred thousand multiply-adds. ``Ranker`` does that arithmetic with NumPy on the weights of
 the version's ``rank_weights`` signature and the rows of its ``items`` table (both described
-in ``model/contract.py``): the same formula as ``model/rank.py``, in the same order of
-operations, float32 throughout. ``service.scorer.load_model`` checks it against the
-version's ``rank_explain`` signature before using it (to 1e-5) and serves the version
-through TensorFlow otherwise.
+in ``model/contract.py``): the formula of ``model/rank.py``, float32 throughout, with the
+user x movie pairs' products regrouped (``Ranker._cross``). ``service.scorer.load_model``
+checks it against the version's ``rank_explain`` signature before using it (to 1e-5) and
+serves the version through TensorFlow otherwise.
 """
 
 from __future__ import annotations
@@ -124,8 +124,9 @@ class Ranker:
         movie field major.
 
         (u ⊙ v)^T W = v^T (u[:, None] * W): each user's vectors are folded into W and p once,
-        and each candidate costs one (I, k) @ (k, U*t) product; forming the N * U * I product
-        vectors first measured 4x slower at 1,000 candidates.
+        and each candidate costs one (I, k) @ (k, U*t) product. Forming the N * U * I product
+        vectors first made the whole ranker 0.9 ms instead of 0.6 ms at 1,000 candidates with
+        eight fields (timeit).
         """
         n, i, k = item_vectors.shape
         users, u, _ = user_vectors.shape
