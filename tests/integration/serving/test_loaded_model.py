@@ -76,6 +76,7 @@ def test_the_service_path_equals_the_contract_signatures(
     rows = requests(synthetic_feature_set)
     assert model._ranker_for(rows) is model.ranker
     assert replace(model, numpy_rows=len(rows) - 1)._ranker_for(rows) is None  # too many rows
+    assert load_model(version_dir, numpy_rows=0).ranker is None  # AFM_NUMPY_RANKER_ROWS=0
 
 
 def test_a_ranker_that_disagrees_with_the_signatures_is_not_used(

@@ -90,15 +90,23 @@ def test_settings_read_afm_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("AFM_MODEL_DIR", str(tmp_path))
     monkeypatch.setenv("AFM_MAX_CANDIDATES", "50")
     monkeypatch.setenv("AFM_REDIS_TIMEOUT", "0.1")
+    monkeypatch.setenv("AFM_NUMPY_RANKER_ROWS", "0")
     settings = Settings()
     assert settings.model_dir == tmp_path
     assert settings.max_candidates == 50 and settings.redis_timeout == 0.1
     assert settings.redis_prefix == "afm:"
+    assert settings.numpy_ranker_rows == 0
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("max_candidates", 0), ("redis_timeout", 0), ("scoring_threads", 0), ("max_body_bytes", 10)],
+    [
+        ("max_candidates", 0),
+        ("redis_timeout", 0),
+        ("scoring_threads", 0),
+        ("max_body_bytes", 10),
+        ("numpy_ranker_rows", -1),
+    ],
 )
 def test_settings_refuse_unsafe_values(tmp_path: Path, name: str, value: float) -> None:
     with pytest.raises(ValidationError, match=name):
