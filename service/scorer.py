@@ -151,8 +151,8 @@ class ItemTable:
     array: np.ndarray  # the same, for the Ranker
 
     def index(self, movie_ids: Sequence[str]) -> np.ndarray:
-        get, unknown = self.rows.get, len(self.rows)
-        return np.fromiter((get(m, unknown) for m in movie_ids), np.int32, len(movie_ids))
+        rows = map(self.rows.get, movie_ids, itertools.repeat(len(self.rows)))  # unknown: last
+        return np.fromiter(rows, np.int32, len(movie_ids))
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ class LoadedModel:
         one: every one of its values is, and it has one)."""
         vocabulary = self.vocabularies[field_name]
         if field_name not in contract.MULTI_VALUED:
-            return [value in vocabulary for value in values]
+            return list(map(vocabulary.__contains__, values))
         return [
             bool(parts) and all(part in vocabulary for part in parts)
             for parts in (contract.split_values(field_name, value) for value in values)
