@@ -45,7 +45,6 @@ class Ranker:
         self._k = table.shape[1] - 1
         self._vectors, self._linear = table[:, : self._k], table[:, self._k]
         kernel = weights[contract.OUTPUT_PAIR_KERNEL]  # (k, t + 1): [W | p]
-        self._kernel = kernel
         self._w, self._p = np.ascontiguousarray(kernel[:, :-1]), np.ascontiguousarray(kernel[:, -1])
         self._hidden_bias = weights[contract.OUTPUT_ATTENTION_BIAS]
         self._hidden_projection = weights[contract.OUTPUT_ATTENTION_PROJECTION]
@@ -146,20 +145,21 @@ class Ranker:
             rows, user = slice(start * i, stop * i), user_index[start]
             np.matmul(flat[rows], folded_w[user], out=hidden[rows])
             np.matmul(flat[rows], folded_p[user], out=terms[rows])
-        hidden, terms = hidden.reshape(n, i * u, t), terms.reshape(n, i * u)
-        if not self._attention:
-            return np.zeros_like(terms), terms
-        hidden += self._hidden_bias
-        np.maximum(hidden, 0, out=hidden)
-        return hidden @ self._hidden_projection, terms
+        return self._scores(hidden.reshape(n, i * u, t)), terms.reshape(n, i * u)
 
     def _pair_scores(self, products: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, p) attention scores without c and (n, p) projections p^T x of the pairs'
-        products (n, p, k), from one matmul with [W | p] as ``AttentionPooling.network_scores``."""
+        products (n, p, k), as ``AttentionPooling.network_scores``."""
         n, p, k = products.shape
-        both = products.reshape(-1, k) @ self._kernel  # (n * p, t + 1)
-        terms = both[:, -1].reshape(n, p)
+        flat = products.reshape(-1, k)
+        hidden = (flat @ self._w).reshape(n, p, self._w.shape[1])
+        return self._scores(hidden), (flat @ self._p).reshape(n, p)
+
+    def _scores(self, hidden: np.ndarray) -> np.ndarray:
+        """(n, p) h^T ReLU(hidden + b) from the pairs' W^T x (n, p, t), in place; zeros
+        without attention (unused then)."""
         if not self._attention:
-            return np.zeros_like(terms), terms
-        hidden = np.maximum(both[:, :-1] + self._hidden_bias, 0)
-        return (hidden @ self._hidden_projection).reshape(n, p), terms
+            return np.zeros(hidden.shape[:2], np.float32)
+        hidden += self._hidden_bias
+        np.maximum(hidden, 0, out=hidden)
+        return hidden @ self._hidden_projection

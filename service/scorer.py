@@ -386,6 +386,8 @@ def with_checked_ranker(
 ) -> LoadedModel:
     """``model`` if its ranker gives the rank signatures' outputs (to 1e-5) on known and
     unknown users and movies; else the model without it, served through TensorFlow."""
+    if model.ranker is None:
+        return model
     users, movies = contract.rank_sides(model.fields)
     ids = vocabularies[contract.MOVIE_ID][:32]
     others = [f for f in movies if f != contract.MOVIE_ID]
@@ -399,8 +401,6 @@ def with_checked_ranker(
         movie_ids=[*ids, UNKNOWN_VALUE],
         movies=table,
     )
-    if model.ranker is None:
-        return model
     expected, ranked = model.explain_tensorflow(rows), model._rank(model.ranker, rows)
     worst = max(
         float(np.abs(ranked[key] - getattr(expected, name)).max())
@@ -449,12 +449,12 @@ class _Job:
 
 
 class Scorer:
-    """Runs TensorFlow calls on ``threads`` threads, merging calls that queue up meanwhile.
+    """Runs scoring calls on ``threads`` threads, merging calls that queue up meanwhile.
 
     A call that finds a thread free runs at once, alone: batching never adds waiting at low
     load. Calls that arrive while every thread is busy queue; when a thread frees up, the
     queued calls of the same function (same model version and signature) run as one batch
-    of up to ``max_batch_rows`` rows. Each TensorFlow call has a fixed cost of ~0.3 ms
+    of up to ``max_batch_rows`` rows. Each call has a fixed cost (a TensorFlow one ~0.5 ms)
     whatever its size, so under load this serves several requests for the price of one.
     A call of at most ``inline_rows`` rows made while ``alone()`` (no other request in the
     server), with no call running or queued, runs on the event loop: no hand-off.
@@ -474,7 +474,7 @@ class Scorer:
         self._alone = alone
         self._busy = 0
         self._queue: deque[_Job] = deque()
-        self.calls_total = 0  # TensorFlow calls; read by the metrics collector
+        self.calls_total = 0  # scoring calls; read by the metrics collector
         self.requests_total = 0  # calls of run() they served
 
     async def run(self, fn: Callable[[Candidates], T], candidates: Candidates) -> T:
@@ -491,7 +491,7 @@ class Scorer:
             try:
                 return fn(candidates)
             except Exception as exc:
-                log.error("TensorFlow call failed", exc_info=exc)
+                log.error("scoring call failed", exc_info=exc)
                 raise _failure(exc) from exc
         job = _Job(fn, candidates, len(candidates), asyncio.get_running_loop().create_future())
         self._queue.append(job)
@@ -540,7 +540,7 @@ class Scorer:
         self.requests_total += len(batch)
         exc = None if running.cancelled() else running.exception()
         if exc is not None:
-            log.error("TensorFlow call failed", exc_info=exc)
+            log.error("scoring call failed", exc_info=exc)
         start = 0
         for job in batch:
             stop = start + job.rows
@@ -557,7 +557,7 @@ class Scorer:
 
 
 def _failure(exc: BaseException) -> ScoringFailed:
-    """What each request of a failed TensorFlow call sees (one exception per request)."""
+    """What each request of a failed scoring call sees (one exception per request)."""
     return ScoringFailed(f"the model failed to score this request: {type(exc).__name__}")
 
 
