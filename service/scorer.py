@@ -54,6 +54,7 @@ class Rows(Protocol):
 
 
 T = TypeVar("T", bound=Rows)
+R = TypeVar("R")
 
 
 UNKNOWN_VALUE = ""
@@ -201,13 +202,13 @@ class LoadedModel:
         """Click probabilities, float32 [batch]."""
         ranker = self._ranker_for(candidates)
         if ranker is not None:
-            return self._rank(ranker, candidates)[contract.OUTPUT_PROBABILITY]
+            return self._rank(ranker.score, candidates)
         return self._call(self.score_fn, candidates)[contract.OUTPUT_PROBABILITY].numpy()
 
     def explain(self, candidates: Candidates) -> Explanation:
         ranker = self._ranker_for(candidates)
         if ranker is not None:
-            ranked = self._rank(ranker, candidates)
+            ranked = self._rank(ranker.explain, candidates)
             return Explanation(**{name: ranked[key] for name, key in EXPLAIN_OUTPUTS.items()})
         return self.explain_tensorflow(candidates)
 
@@ -254,9 +255,10 @@ class LoadedModel:
             return self.ranker
         return None
 
-    def _rank(self, ranker: Ranker, candidates: Candidates) -> dict[str, np.ndarray]:
+    def _rank(self, method: Callable[..., R], candidates: Candidates) -> R:
+        """``method`` (``Ranker.score`` or ``Ranker.explain``) of ``candidates``."""
         table = self.item_table(candidates.movies)
-        return ranker.explain(
+        return method(
             candidates.users,
             candidates.user_index,
             table.array,
@@ -401,7 +403,8 @@ def with_checked_ranker(
         movie_ids=[*ids, UNKNOWN_VALUE],
         movies=table,
     )
-    expected, ranked = model.explain_tensorflow(rows), model._rank(model.ranker, rows)
+    expected = model.explain_tensorflow(rows)
+    ranked = model._rank(model.ranker.explain, rows)
     worst = max(
         float(np.abs(ranked[key] - getattr(expected, name)).max())
         for name, key in EXPLAIN_OUTPUTS.items()
