@@ -46,13 +46,13 @@ def main() -> None:
     from model import contract, rollout
     from model.rollout import RolloutPolicy
     from service.model_registry import ModelRegistry
-    from service.scorer import configure_tensorflow, load_model
+    from service.scorer import configure_threads, load_model
 
     newest = contract.latest_version(args.model_dir)
     if newest is None:
         sys.exit(f"error: no version under {args.model_dir}")
     source = args.model_dir / str(newest)
-    configure_tensorflow(1, 1)
+    configure_threads(1, 1)
     rows: list[tuple[str, str, float]] = [("TensorFlow imported, nothing loaded", "", rss_mib())]
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -457,9 +457,9 @@ def _breakdown(
 
     from service.feature_store import FeatureStore
     from service.ranking import candidates
-    from service.scorer import Scorer, configure_tensorflow, load_model
+    from service.scorer import Scorer, configure_threads, load_model
 
-    configure_tensorflow(1, 1)
+    configure_threads(1, 1)
     models = {name: load_model(_latest(model_dirs[name])) for name in args.served}
 
     def median_us(fn, repeat: int = 300) -> float:  # noqa: ANN001

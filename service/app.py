@@ -24,7 +24,7 @@ from service.feature_store import FeatureStore
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.model_registry import ModelRegistry
 from service.routes import ops, scoring, ui
-from service.scorer import LoadedModel, Scorer, configure_tensorflow, load_model
+from service.scorer import LoadedModel, Scorer, configure_threads, load_model
 from service.settings import Settings, available_cpus, get_settings
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def _thread_configuring_loader(settings: Settings):  # noqa: ANN202 - returns a 
     def load(version_dir: Path) -> LoadedModel:
         if not configured.is_set():
             intra = settings.tf_intra_op_threads or available_cpus()
-            configure_tensorflow(intra, settings.tf_inter_op_threads)
+            configure_threads(intra, settings.tf_inter_op_threads)
             configured.set()
         return load_model(version_dir, numpy_rows=settings.numpy_ranker_rows)
 
