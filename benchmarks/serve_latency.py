@@ -546,7 +546,7 @@ def _breakdown_row(model, n: int, user: str, movies: list[str], read, median_us)
 
     import orjson
 
-    from service.ranking import candidates, score_entries
+    from service.ranking import candidates, scores_json
     from service.schemas import ScoreRequest
 
     body = orjson.dumps({"user_id": int(user), "movie_ids": [int(m) for m in movies[:n]]})
@@ -560,7 +560,7 @@ def _breakdown_row(model, n: int, user: str, movies: list[str], read, median_us)
 
     def respond() -> bytes:
         known = model.known(contract.MOVIE_ID, rows.movie_ids)
-        scores = score_entries(request.movie_ids, probability, known, None)
+        scores = scores_json(request.movie_ids, probability, known, None)
         reply = {"user_id": 1, "model_version": 1, "user_known": True, "scores": scores}
         return orjson.dumps(reply)
 

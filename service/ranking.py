@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from model.contract import USER_ID, rank_sides
 from service.scorer import UNKNOWN_VALUE, Candidates
@@ -51,19 +52,46 @@ def score_entries(
     probability: np.ndarray,
     known: Sequence[bool],
     top_k: int | None,
-    explain: Callable[[int], dict[str, Any]] | None = None,
+    explain: Callable[[int], dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """The ``scores`` list of a /score reply; with ``explain`` (row -> its explanation), each
-    entry also carries its explanation."""
+    """The ``scores`` list of a /score reply with explanations: each entry also carries
+    ``explain(row)``."""
+    order = range(len(probability)) if top_k is None else ranked_indices(probability, top_k)
     values = probability.tolist()
-    if top_k is None:  # zip, not indexing: half the time at 1,000 candidates (~170 µs less)
-        order: Sequence[int] = range(len(values))
-        rows = zip(movie_ids, values, known, strict=True)
-    else:
+    return [
+        {"movie_id": movie_ids[i], "probability": values[i], "movie_known": known[i], **explain(i)}
+        for i in order
+    ]
+
+
+_ENTRY = b'{"movie_id":'
+_PROBABILITY = b',"probability":'
+_KNOWN = (b',"movie_known":false},', b',"movie_known":true},')
+
+
+def scores_json(
+    movie_ids: Sequence[int], probability: np.ndarray, known: Sequence[bool], top_k: int | None
+) -> orjson.Fragment:
+    """The ``scores`` list of a /score reply without explanations, serialised:
+    ``[{"movie_id": ..., "probability": ..., "movie_known": ...}, ...]``, each probability in
+    float32's shortest form (the precision it was computed in).
+
+    orjson writes the ids and the probabilities as two arrays, and the entries are spliced
+    from their pieces by slice assignment: no dict per entry. At 1,000 candidates: 0.18 ms
+    against 0.23 ms for dicts through ``orjson.dumps``, and 61 kB instead of 70 kB (timeit).
+    """
+    if top_k is not None:
         order = ranked_indices(probability, top_k)
-        rows = ((movie_ids[i], values[i], known[i]) for i in order)
-    entries = [{"movie_id": m, "probability": v, "movie_known": k} for m, v, k in rows]
-    if explain is not None:
-        for entry, i in zip(entries, order, strict=True):
-            entry.update(explain(i))
-    return entries
+        movie_ids, probability = [movie_ids[i] for i in order], probability[order]
+        known = [known[i] for i in order]
+    n = len(movie_ids)
+    if n == 0:
+        return orjson.Fragment(b"[]")
+    pieces = [_ENTRY] * (5 * n)
+    pieces[1::5] = orjson.dumps(list(movie_ids))[1:-1].split(b",")
+    pieces[2::5] = [_PROBABILITY] * n
+    values = np.ascontiguousarray(probability, np.float32)  # what orjson writes natively
+    pieces[3::5] = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+    pieces[4::5] = [_KNOWN[k] for k in known]
+    pieces[0], pieces[-1] = b"[" + _ENTRY, pieces[-1][:-1] + b"]"  # no comma after the last
+    return orjson.Fragment(b"".join(pieces))

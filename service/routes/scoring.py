@@ -1,4 +1,4 @@
-"""POST /score and GET /explain: one Redis round trip, one TensorFlow call, orjson out.
+"""POST /score and GET /explain: one Redis round trip, one scoring call, orjson out.
 
 Handlers return pre-serialised bytes: the response schemas document the shape in /docs, but
 re-validating thousands of scores per request would cost more than scoring them. /score
@@ -21,7 +21,7 @@ from service import explanation
 from service.deps import ScoringDep
 from service.errors import InvalidRequest
 from service.feature_store import FeatureRead
-from service.ranking import candidates, score_entries
+from service.ranking import candidates, score_entries, scores_json
 from service.schemas import ExplainResponse, Problem, ScoreRequest, ScoreResponse
 from service.scorer import Candidates, Explanation, LoadedModel
 
@@ -97,7 +97,7 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
     else:
         probability = await scorer.run(model.score, rows)
         scoring.scored(probability)
-        scores = score_entries(request.movie_ids, probability, known, request.top_k)
+        scores = scores_json(request.movie_ids, probability, known, request.top_k)
     return _json(
         {
             "user_id": request.user_id,

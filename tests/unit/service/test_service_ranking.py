@@ -5,11 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from pydantic import ValidationError
 
 from model import contract
-from service.ranking import UNKNOWN_VALUE, candidates, ranked_indices, score_entries
+from service.ranking import (
+    UNKNOWN_VALUE,
+    candidates,
+    ranked_indices,
+    score_entries,
+    scores_json,
+)
 from service.scorer import Candidates
 from service.settings import Settings
 
@@ -82,8 +89,31 @@ def test_score_entries_follow_top_k_and_carry_explanations() -> None:
         (8, False, 1),
         (9, True, 2),
     ]
-    plain = score_entries([7, 8, 9], probability, [True, False, True], None)
-    assert [e["movie_id"] for e in plain] == [7, 8, 9] and "row" not in plain[0]
+    assert entries[0]["probability"] == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("top_k", [None, 1, 3, 50])
+def test_scores_json_is_the_list_of_entries(top_k: int | None) -> None:
+    rng = np.random.default_rng(3)
+    movie_ids = rng.integers(1, 2**40, size=40).tolist()
+    probability = rng.random(40, dtype=np.float32)
+    probability[[5, 9]] = [0.0, 1.0]
+    known = (rng.random(40) < 0.7).tolist()
+    fragment = scores_json(movie_ids, probability, known, top_k)
+    reply = orjson.loads(orjson.dumps({"scores": fragment}))
+    order = range(40) if top_k is None else ranked_indices(probability, top_k)
+    assert reply["scores"] == [
+        {"movie_id": movie_ids[i], "probability": reply["scores"][n]["probability"],
+         "movie_known": known[i]}
+        for n, i in enumerate(order)
+    ]  # fmt: skip
+    got = np.array([entry["probability"] for entry in reply["scores"]], dtype=np.float32)
+    np.testing.assert_array_equal(got, probability[list(order)])  # float32, exactly
+
+
+def test_scores_json_of_no_candidates_is_an_empty_list() -> None:
+    fragment = scores_json([], np.zeros(0, np.float32), [], None)
+    assert orjson.dumps({"scores": fragment}) == b'{"scores":[]}'
 
 
 def test_settings_read_afm_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
