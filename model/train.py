@@ -121,27 +121,36 @@ def epoch_dataset(
     batch_size: int,
     rng: np.random.Generator,
 ) -> tf.data.Dataset:
-    """One shuffled epoch as a dataset of ready-made batches.
+    """One shuffled epoch as a dataset of ready-made batches, ``epoch_rows`` rows in all.
 
     The permutation comes from ``rng`` (reproducible), and rows are cut into batches in NumPy,
     so tf.data only hands out whole tensors: no per-row work in the input pipeline.
     ``inputs`` are the model inputs by name, each with one row per label.
     """
-    order = rng.permutation(len(labels))
+    order = rng.permutation(len(labels))[: epoch_rows(len(labels), batch_size)]
     inputs = {name: values[order] for name, values in inputs.items()}
     labels = labels[order]
-    full = len(labels) // batch_size * batch_size
+    if len(labels) < batch_size:
+        return tf.data.Dataset.from_tensors((inputs, labels))
 
     def batched(values: np.ndarray) -> np.ndarray:
-        return values[:full].reshape(-1, batch_size, *values.shape[1:])
+        return values.reshape(-1, batch_size, *values.shape[1:])
 
     batches = tf.data.Dataset.from_tensor_slices(
         ({name: batched(values) for name, values in inputs.items()}, batched(labels))
     )
-    if full < len(labels):
-        tail = ({name: values[full:] for name, values in inputs.items()}, labels[full:])
-        batches = batches.concatenate(tf.data.Dataset.from_tensors(tail))
     return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_rows(rows: int, batch_size: int) -> int:
+    """Rows an epoch trains on: whole batches only, unless there are fewer rows than one.
+
+    The rest (fewer than ``batch_size``, other rows each epoch since the order is shuffled)
+    wait for a later epoch. A partial last batch has a shape of its own, and the training
+    step with it was slower to trace and compile: ML-100K, 3 epochs, 17.2 s against 15.2 s
+    for the whole run (``afm-ctr train --epochs 3`` on the quality benchmark's split).
+    """
+    return rows if rows < batch_size else rows // batch_size * batch_size
 
 
 class EpochProgress(keras.callbacks.Callback):
@@ -246,7 +255,8 @@ def fit(data: PreparedData, afm: AFMConfig, train: TrainConfig) -> FitResult:
 
     def run_epoch(epoch: int) -> EpochRun:
         batches = epoch_dataset(x_train, y_train, train.batch_size, rng)
-        return _fit_epoch(trainer, batches, len(y_train), train, epoch, bar)
+        rows = epoch_rows(len(y_train), train.batch_size)
+        return _fit_epoch(trainer, batches, rows, train, epoch, bar)
 
     _train_epochs(
         trainer, train, run_epoch, lambda: _evaluate(trainer, x_valid, data.valid.label), result
