@@ -5,7 +5,7 @@ small graph ops) whatever its size, while the arithmetic of ranking 100 candidat
 hundred thousand multiply-adds. ``Ranker`` does that arithmetic with NumPy on the weights of
 the version's ``rank_weights`` signature and the rows of its ``items`` table (both described
 in ``model/contract.py``): the formula of ``model/rank.py``, float32 throughout, with the
-user x movie pairs' products regrouped (``Ranker._cross``). ``service.scorer.load_model``
+user x movie pairs' products regrouped (``Ranker._pairs``). ``service.scorer.load_model``
 checks it against the version's ``rank_explain`` signature before using it (to 1e-5) and
 serves the version through TensorFlow otherwise.
 
@@ -58,7 +58,7 @@ class Ranker:
         self._bias = np.float32(weights[contract.OUTPUT_BIAS])
         self._attention = bool(weights[contract.OUTPUT_USES_ATTENTION])
 
-        # Pair rows here: user pairs, user x movie pairs (movie field major, see _cross),
+        # Pair rows here: user pairs, user x movie pairs (movie field major, see _pairs),
         # movie pairs; ``_back`` puts them into ``pairs(fields)`` order.
         self._user_fields, self._i = user_fields, len(item_fields)
         user_pairs = contract.pairs(user_fields)
