@@ -43,11 +43,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info line
 MAX_BATCH_ROWS = 4096
 """Most rows one merged scoring call takes; a single larger request still runs, alone."""
 
-NUMPY_ROWS = MAX_BATCH_ROWS
+NUMPY_ROWS = 2000
 """Calls of at most this many rows score in NumPy (``service/ranker.py``), larger ones through
-TensorFlow. By default every call: eight fields, four merged requests of 1,000 rows took
-1.44 ms in NumPy against 3.70 ms through the rank signature, one of 1,000 rows 0.38 against
-1.53 ms (timeit, one thread each)."""
+TensorFlow. NumPy is faster alone (eight fields, four merged requests of 1,000 rows: 1.44
+against 3.70 ms, timeit), but a TensorFlow call leaves the GIL to the event loop for its
+whole length: with eight clients at 1,000 candidates, 581 against 448 req/s with eight
+fields (benchmarks/serve_latency.py, variant AFM_NUMPY_RANKER_ROWS=4096)."""
 
 
 class Rows(Protocol):
