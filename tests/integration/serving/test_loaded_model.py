@@ -4,6 +4,7 @@ signatures serve."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 from dataclasses import replace
@@ -17,7 +18,14 @@ from model import contract
 from model.movielens import FeatureSet
 from service.ranker import Ranker
 from service.ranking import candidates
-from service.scorer import EXPLAIN_OUTPUTS, Candidates, LoadedModel, load_model, with_checked_ranker
+from service.scorer import (
+    EXPLAIN_OUTPUTS,
+    Candidates,
+    LoadedModel,
+    configure_threads,
+    load_model,
+    with_checked_ranker,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +134,15 @@ def test_a_version_without_rank_signatures_is_served_from_the_contract_ones(
     model = load_model(older)
     assert set(model.saved_model.signatures) == set(kept) and model.items_fn is None
     assert_same(model, older, synthetic_feature_set)
+
+
+def test_configure_threads_keeps_blas_on_one_thread() -> None:
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):  # restores the limits afterwards
+        configure_threads(1, 1)
+        blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+        assert blas, "NumPy's BLAS not found"
+        assert all(pool["num_threads"] == 1 for pool in blas)
+        assert gc.get_freeze_count() > 0  # TensorFlow's import, exempt from collection
+    gc.unfreeze()
