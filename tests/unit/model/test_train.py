@@ -62,6 +62,14 @@ def test_epoch_dataset_yields_whole_batches_of_distinct_rows(rows: int, batch: i
     np.testing.assert_array_equal(seen["genres"][:, 2], seen_labels.astype(np.int32) * 3 + 2)
 
 
+@pytest.mark.parametrize("rows", [10, 3])
+def test_epoch_dataset_runs_without_autotuning(rows: int) -> None:
+    # autotuning made about one epoch in three stall ~0.6 s at its end (model.train.epoch_dataset)
+    inputs = {"ids": np.arange(rows, dtype=np.int32)[:, None]}
+    batches = epoch_dataset(inputs, np.zeros(rows, np.float32), 4, np.random.default_rng(0))
+    assert batches.options().autotune.enabled is False
+
+
 def test_every_row_is_trained_on_across_epochs() -> None:
     inputs = {"ids": np.arange(10, dtype=np.int32)[:, None]}
     labels = np.arange(10, dtype=np.float32)
