@@ -127,8 +127,9 @@ def epoch_dataset(
     so tf.data only hands out whole tensors: no per-row work in the input pipeline, and so
     nothing to prefetch or autotune. Autotuning is switched off because it cost time: with it,
     about one epoch in three ended with a ~0.6 s stall after the last batch, as ``fit``
-    returned and released the epoch's iterator (ML-1M, 0.6-0.7 s epochs took 1.3 s; a default run on the quality
-    benchmark's split took 11.9 s with it and 10.6 s without, means of three alternating runs).
+    returned and released the epoch's iterator (ML-1M: 0.6-0.7 s epochs took 1.3 s; a default
+    run on the quality benchmark's split took 11.9 s with it and 10.6 s without, means of
+    three alternating runs).
     ``inputs`` are the model inputs by name, each with one row per label.
     """
     order = rng.permutation(len(labels))[: epoch_rows(len(labels), batch_size)]
