@@ -75,3 +75,14 @@ def test_every_command_defaults_to_the_same_dataset() -> None:
     assert cli.DEFAULT_DATASET == "ml-1m"
     compose = (Path(__file__).resolve().parents[3] / "compose.yaml").read_text()
     assert "AFM_DATASET: ${DATASET:-ml-1m}" in compose
+
+
+def test_the_console_script_keeps_the_exit_code_and_freezes_objects_for_a_quick_exit() -> None:
+    # run() is what `afm-ctr` calls; gc.freeze() spares the interpreter's final collections
+    code = (
+        "import gc, sys; from model.cli import run; sys.argv = ['afm-ctr', 'nonsense']\n"
+        "try:\n    run()\nexcept SystemExit as exc:\n"
+        "    print('code', exc.code, 'frozen', gc.get_freeze_count() > 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert out.strip() == "code 2 frozen True"
