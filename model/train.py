@@ -221,7 +221,19 @@ def _evaluate(
 
 
 def _predict(model: keras.Model, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-    return model.predict(dict(inputs), batch_size=PREDICT_BATCH, verbose=0)
+    """Probabilities of every row, ``PREDICT_BATCH`` rows per ``predict_on_batch`` call.
+
+    Not ``model.predict``, which builds a tf.data pipeline and callbacks on every call: the
+    work between two epochs (validating, cutting the next epoch's batches) took 0.15 s with
+    it and 0.09 s this way on ML-100K (the quality benchmark's split, 10,373 validation
+    rows; same AUC).
+    """
+    rows, step = len(next(iter(inputs.values()))), PREDICT_BATCH
+    chunks = (
+        model.predict_on_batch({name: values[i : i + step] for name, values in inputs.items()})
+        for i in range(0, rows, step)
+    )
+    return np.concatenate([np.asarray(chunk).reshape(-1) for chunk in chunks])
 
 
 def _metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
