@@ -559,7 +559,7 @@ def _breakdown_row(model, n: int, user: str, movies: list[str], read, median_us)
     probability = model.score(rows)
 
     def respond() -> bytes:
-        known = model.known(contract.MOVIE_ID, rows.movie_ids)
+        known = model.movies_known(rows)
         scores = scores_json(request.movie_ids, probability, known, None)
         reply = {"user_id": 1, "model_version": 1, "user_known": True, "scores": scores}
         return orjson.dumps(reply)

@@ -28,8 +28,7 @@ def candidates(
         name: [str(user_id) if name == USER_ID else user.get(name, UNKNOWN_VALUE)]
         for name in user_fields
     }
-    ids = [str(m) for m in movie_ids]
-    return Candidates(users, np.zeros(len(ids), dtype=np.int32), ids, movie_features)
+    return Candidates(users, np.zeros(len(movie_ids), dtype=np.int32), movie_ids, movie_features)
 
 
 def ranked_indices(probability: np.ndarray, top_k: int | None) -> list[int]:

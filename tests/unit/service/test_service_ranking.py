@@ -31,7 +31,7 @@ def test_candidates_hold_the_user_once_and_each_movie() -> None:
     features = {"gender": "M", "age": "35", "occupation": "7", "zip": "02139"}
     rows = candidates(contract.ALL_FIELDS, 12, features, [3, 1, 3], MOVIES)
     assert rows.users == {"user_id": ["12"], **{f: [v] for f, v in features.items()}}
-    assert rows.movie_ids == ["3", "1", "3"] and rows.movies is MOVIES
+    assert rows.movie_ids == [3, 1, 3] and rows.movies is MOVIES
     assert rows.user_index.tolist() == [0, 0, 0]
     columns = rows.columns(contract.ALL_FIELDS)
     assert columns["zip"] == ["02139"] * 3
@@ -50,6 +50,7 @@ def test_unknown_user_and_movie_get_values_outside_every_vocabulary() -> None:
     assert rows.users["user_id"] == ["12"]
     assert all(rows.users[f] == [UNKNOWN_VALUE] for f in ("gender", "age", "occupation", "zip"))
     assert rows.columns(["genres"])["genres"] == ["Comedy|Romance", UNKNOWN_VALUE]
+    assert rows.columns(["movie_id"])["movie_id"] == ["3", "99"]  # the raw value: its decimal
 
 
 def test_merged_candidates_renumber_their_users() -> None:

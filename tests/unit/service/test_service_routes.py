@@ -76,6 +76,9 @@ class FakeModel:
             return [v in self.known_movies for v in values]
         return [v != "" for v in values]
 
+    def movies_known(self, candidates: Candidates) -> list[bool]:
+        return self.known("movie_id", [str(m) for m in candidates.movie_ids])
+
     def score(self, candidates: Candidates) -> np.ndarray:
         """Records each row's value of every field (``seen``) and the candidates as sent."""
         if self.fail:

@@ -25,7 +25,7 @@ class Gate:
     def __call__(self, candidates: Candidates) -> np.ndarray:
         self.entered.set()
         assert self.release.wait(10), "test never released the gate"
-        self.calls.append(list(candidates.movie_ids))
+        self.calls.append([str(m) for m in candidates.movie_ids])
         self.users.append([candidates.value("user_id", row) for row in range(len(candidates))])
         if self.fail:
             raise RuntimeError("tensor exploded")
@@ -38,7 +38,7 @@ MOVIES: dict[str, dict[str, str]] = {}  # one movie table: every call may merge
 def _columns(*movies: int, user: int = 1) -> Candidates:
     """One request's candidates: user ``user``, then ``movies``."""
     index = np.zeros(len(movies), dtype=np.int32)
-    return Candidates({"user_id": [str(user)]}, index, [str(m) for m in movies], MOVIES)
+    return Candidates({"user_id": [str(user)]}, index, list(movies), MOVIES)
 
 
 async def _occupy(scorer: Scorer, gate: Gate) -> asyncio.Task:
