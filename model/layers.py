@@ -50,7 +50,9 @@ def _compiled_for_training(fn: Any, enabled: bool, training: bool | None) -> Any
     if enabled and training and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, jit_compile=True)
+        # No AutoGraph: ``fn`` branches on Python values only, and converting it took ~0.35 s
+        # of the first epoch (ML-100K, three alternating runs each way).
+        return tf.function(fn, jit_compile=True, autograph=False)
     return fn
 
 
