@@ -34,6 +34,7 @@ from model.distributed import Cluster, StepRunner, all_mean, make_strategy
 from model.errors import AfmError
 from model.export import export_version
 from model.logs import json_output, stderr_is_terminal
+from model.optimizer import Adam
 from model.shards import (
     Manifest,
     evaluation_batches,
@@ -244,7 +245,7 @@ def compiled_trainer(model: keras.Model, train: TrainConfig) -> keras.Model:
     """The probability-only view of ``model``, compiled: BCE, Adam, AUC."""
     trainer = probability_model(model)
     trainer.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=train.learning_rate),
+        optimizer=Adam(learning_rate=train.learning_rate),
         loss=keras.losses.BinaryCrossentropy(),
         metrics=[keras.metrics.AUC(name="auc")],
         steps_per_execution=STEPS_PER_EXECUTION,
