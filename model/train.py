@@ -250,6 +250,10 @@ def compiled_trainer(model: keras.Model, train: TrainConfig) -> keras.Model:
         metrics=[keras.metrics.AUC(name="auc")],
         steps_per_execution=STEPS_PER_EXECUTION,
     )
+    # Adam's moments exist before the first step is traced: a tf.function whose first trace
+    # creates variables is traced a second time. The first fit: 2.9-3.2 s against 3.2-3.8 s
+    # (16 ML-100K batches, two alternating runs).
+    trainer.optimizer.build(trainer.trainable_variables)
     return trainer
 
 
