@@ -79,6 +79,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.scoring_threads,
         inline_rows=settings.inline_scoring_rows,
         alone=lambda: metrics.in_flight <= 1,  # this request is the only one
+        inline_numpy=settings.inline_numpy,
     )
     app.state.registry, app.state.feature_store, app.state.scorer = registry, store, scorer
     app.state.coverage = CoverageMonitor(settings.min_feature_coverage)

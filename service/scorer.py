@@ -277,11 +277,14 @@ class LoadedModel:
             tf.constant(table.index(candidates.movie_ids), tf.int32),
         )
 
+    def in_numpy(self, rows: int) -> bool:
+        """Whether a call of ``rows`` rows scores in NumPy: the version has a ranker and
+        ``rows`` is at most ``numpy_rows``."""
+        return self.ranker is not None and rows <= self.numpy_rows
+
     def _ranker_for(self, candidates: Candidates) -> Ranker | None:
-        """The NumPy ranker if it scores these rows: at most ``numpy_rows`` of them."""
-        if self.ranker is not None and len(candidates) <= self.numpy_rows:
-            return self.ranker
-        return None
+        """The NumPy ranker if it scores these rows."""
+        return self.ranker if self.in_numpy(len(candidates)) else None
 
     def _rank(self, method: Callable[..., R], candidates: Candidates) -> R:
         """``method`` (``Ranker.score`` or ``Ranker.explain``) of ``candidates``."""
@@ -492,8 +495,9 @@ class Scorer:
     queued calls of the same function (same model version and signature) run as one batch
     of up to ``max_batch_rows`` rows. Each call has a fixed cost (a TensorFlow one ~0.5 ms)
     whatever its size, so under load this serves several requests for the price of one.
-    A call of at most ``inline_rows`` rows made while ``alone()`` (no other request in the
-    server), with no call running or queued, runs on the event loop: no hand-off.
+    A call of at most ``inline_rows`` rows made while no call is running or queued runs on
+    the event loop, no hand-off, when ``alone()`` (no other request in the server) or, with
+    ``inline_numpy``, when the caller says it scores in NumPy (``LoadedModel.in_numpy``).
     """
 
     def __init__(
@@ -502,25 +506,30 @@ class Scorer:
         max_batch_rows: int = MAX_BATCH_ROWS,
         inline_rows: int = 0,
         alone: Callable[[], bool] = lambda: False,
+        inline_numpy: bool = False,
     ) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tf-score")
         self._threads = threads
         self._max_batch_rows = max_batch_rows
         self._inline_rows = inline_rows
         self._alone = alone
+        self._inline_numpy = inline_numpy
         self._busy = 0
         self._queue: deque[_Job] = deque()
         self.calls_total = 0  # scoring calls; read by the metrics collector
         self.requests_total = 0  # calls of run() they served
 
-    async def run(self, fn: Callable[[Candidates], T], candidates: Candidates) -> T:
+    async def run(
+        self, fn: Callable[[Candidates], T], candidates: Candidates, in_numpy: bool = False
+    ) -> T:
         """``fn(candidates)``, computed on the pool, possibly within a larger batch, or at once
-        on the event loop (see ``inline_rows``)."""
+        on the event loop (see ``inline_rows``); ``in_numpy``: ``fn`` scores these rows in
+        NumPy."""
         if (
             len(candidates) <= self._inline_rows
             and self._busy == 0
             and not self._queue
-            and self._alone()
+            and ((in_numpy and self._inline_numpy) or self._alone())
         ):
             self.calls_total += 1
             self.requests_total += 1

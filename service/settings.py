@@ -59,6 +59,12 @@ class Settings(BaseSettings):
         "handles no other, is scored on the event loop: no thread hand-off (~0.3 ms). "
         "0: always on the scoring threads.",
     )
+    inline_numpy: bool = Field(
+        True,
+        description="Under load too, a request of at most inline_scoring_rows candidates "
+        "whose call scores in NumPy runs on the event loop when no scoring call is running "
+        "or queued: NumPy is faster than the hand-off to a thread.",
+    )
     numpy_ranker_rows: int = Field(
         NUMPY_ROWS,
         ge=0,

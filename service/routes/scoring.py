@@ -83,7 +83,7 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
         model.fields, request.user_id, features.user, request.movie_ids, features.movies
     )
     if request.explain:
-        explained = await scorer.run(model.explain, rows)
+        explained = await scorer.run(model.explain, rows, model.in_numpy(count))
         scoring.scored(explained.probability)
         scores = score_entries(
             request.movie_ids,
@@ -93,7 +93,7 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
             lambda row: _explanation(model, rows, row, explained, features),
         )
     else:
-        probability = await scorer.run(model.score, rows)
+        probability = await scorer.run(model.score, rows, model.in_numpy(count))
         scoring.scored(probability)
         known = model.movies_known(rows)  # after scoring, which built the item table
         scores = scores_json(request.movie_ids, probability, known, request.top_k)
@@ -134,7 +134,7 @@ async def explain(
     store, scorer = scoring.store, scoring.scorer
     features = await store.read(user_id)
     rows = candidates(model.fields, user_id, features.user, [movie_id], features.movies)
-    explained = await scorer.run(model.explain, rows)
+    explained = await scorer.run(model.explain, rows, model.in_numpy(1))
     scoring.scored(explained.probability)
     return _json(
         {

@@ -79,6 +79,9 @@ class FakeModel:
     def movies_known(self, candidates: Candidates) -> list[bool]:
         return self.known("movie_id", [str(m) for m in candidates.movie_ids])
 
+    def in_numpy(self, rows: int) -> bool:
+        return False
+
     def score(self, candidates: Candidates) -> np.ndarray:
         """Records each row's value of every field (``seen``) and the candidates as sent."""
         if self.fail:
@@ -131,7 +134,7 @@ class FakeRegistry:
 
 
 class DirectScorer:
-    async def run(self, fn, candidates):  # noqa: ANN001, ANN201
+    async def run(self, fn, candidates, in_numpy=False):  # noqa: ANN001, ANN201
         return fn(candidates)
 
 

@@ -180,6 +180,42 @@ def test_a_small_call_made_alone_runs_on_the_event_loop() -> None:
     assert (scorer.calls_total, scorer.requests_total) == (3, 3)
 
 
+def test_a_small_numpy_call_runs_on_the_event_loop_under_load_too() -> None:
+    async def main() -> tuple[list[list[float]], ThreadRecorder]:
+        scorer = Scorer(threads=1, inline_rows=2, alone=lambda: False, inline_numpy=True)
+        recorder = ThreadRecorder()
+        results = [await scorer.run(recorder, _columns(1, 2), in_numpy=True)]  # inline
+        results.append(await scorer.run(recorder, _columns(3)))  # TensorFlow: the pool
+        results.append(await scorer.run(recorder, _columns(4, 5, 6), in_numpy=True))  # too big
+        off = Scorer(threads=1, inline_rows=2, alone=lambda: False, inline_numpy=False)
+        results.append(await off.run(recorder, _columns(7), in_numpy=True))  # switched off
+        scorer.shutdown()
+        off.shutdown()
+        return [r.tolist() for r in results], recorder
+
+    loop_thread = threading.get_ident()
+    results, recorder = asyncio.run(main())
+    assert results == [[1.0, 2.0], [3.0], [4.0, 5.0, 6.0], [7.0]]
+    assert recorder.threads[0] == loop_thread
+    assert loop_thread not in recorder.threads[1:]
+
+
+def test_a_numpy_call_queues_behind_a_running_call() -> None:
+    async def main() -> Gate:
+        scorer, gate = Scorer(threads=1, inline_rows=5, inline_numpy=True), Gate()
+        first = await _occupy(scorer, gate)
+        second = asyncio.create_task(scorer.run(gate, _columns(5), in_numpy=True))
+        third = asyncio.create_task(scorer.run(gate, _columns(6), in_numpy=True))
+        await asyncio.sleep(0.05)
+        gate.release.set()
+        await asyncio.gather(first, second, third)
+        scorer.shutdown()
+        return gate
+
+    # Inline, the second call would block the loop in the Gate; queued, it merges.
+    assert asyncio.run(main()).calls == [["0"], ["5", "6"]]
+
+
 def test_a_call_never_runs_inline_while_another_is_running() -> None:
     async def main() -> tuple[Gate, list[list[float]]]:
         scorer, gate = Scorer(threads=1, inline_rows=1, alone=lambda: True), Gate()
