@@ -9,8 +9,9 @@ are synchronous and return NumPy.
 ``Scorer`` runs them on a small dedicated pool, so at most ``threads`` scoring calls run at
 once and the event loop keeps serving health checks and Redis reads meanwhile. Requests that
 arrive while every thread is busy are merged into one call when a thread frees up. A small
-call made while the server handles no other request runs on the event loop instead: there is
-nothing to keep flowing, and the hand-off to a thread and back costs ~0.3 ms.
+call that finds no call running or queued runs on the event loop instead when it scores in
+NumPy, or when the server handles no other request: the hand-off to a thread and back costs
+~0.3 ms, more than such a call.
 """
 
 from __future__ import annotations
