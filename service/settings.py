@@ -55,9 +55,10 @@ class Settings(BaseSettings):
     inline_scoring_rows: int = Field(
         1000,
         ge=0,
-        description="A request of at most this many candidates, arriving while the server "
-        "handles no other, is scored on the event loop: no thread hand-off (~0.3 ms). "
-        "0: always on the scoring threads.",
+        description="A request of at most this many candidates that finds no scoring call "
+        "running or queued is scored on the event loop, no thread hand-off (~0.3 ms), when it "
+        "scores in NumPy (inline_numpy) or the server handles no other. 0: always on the "
+        "scoring threads.",
     )
     inline_numpy: bool = Field(
         True,
