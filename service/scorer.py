@@ -64,6 +64,9 @@ UNKNOWN_VALUE = ""
 """Sent for every feature Redis does not know (a user or movie without features): in no
 vocabulary, so the model's out-of-vocabulary value."""
 
+UNKNOWN_MOVIE = -1
+"""A movie id no request can carry (ids are >= 0): no movie table or vocabulary has it."""
+
 _NONE: Mapping[str, str] = {}
 
 
@@ -427,19 +430,7 @@ def with_checked_ranker(
     unknown users and movies; else the model without it, served through TensorFlow."""
     if model.ranker is None:
         return model
-    users, movies = contract.rank_sides(model.fields)
-    ids = vocabularies[contract.MOVIE_ID][:32]
-    others = [f for f in movies if f != contract.MOVIE_ID]
-    table = {  # known values of every movie field, so the table's rows differ
-        movie: {f: vocabularies[f][n % len(vocabularies[f])] for f in others}
-        for n, movie in enumerate(ids)
-    }
-    rows = Candidates(
-        users={f: [UNKNOWN_VALUE, vocabularies[f][0]] for f in users},
-        user_index=np.arange(len(ids) + 1, dtype=np.int32) % 2,
-        movie_ids=[*ids, UNKNOWN_VALUE],
-        movies=table,
-    )
+    rows = ranker_check_rows(model.fields, vocabularies)
     expected = model.explain_tensorflow(rows)
     ranked = model._rank(model.ranker.explain, rows)
     worst = max(
@@ -457,6 +448,27 @@ def with_checked_ranker(
     return replace(model, ranker=None)
 
 
+def ranker_check_rows(
+    fields: Sequence[str], vocabularies: Mapping[str, Sequence[str]]
+) -> Candidates:
+    """The rows ``with_checked_ranker`` compares on: an unknown and a known user, 32 known
+    movies (requested by integer id, as requests ask) with known values of every movie field,
+    so the table's rows differ, and an unknown movie."""
+    users, movies = contract.rank_sides(tuple(fields))
+    ids = [movie for movie in vocabularies[contract.MOVIE_ID] if _decimal(movie)][:32]
+    others = [f for f in movies if f != contract.MOVIE_ID]
+    table = {
+        movie: {f: vocabularies[f][n % len(vocabularies[f])] for f in others}
+        for n, movie in enumerate(ids)
+    }
+    return Candidates(
+        users={f: [UNKNOWN_VALUE, vocabularies[f][0]] for f in users},
+        user_index=np.arange(len(ids) + 1, dtype=np.int32) % 2,
+        movie_ids=[*map(int, ids), UNKNOWN_MOVIE],
+        movies=table,
+    )
+
+
 def _warm(model: LoadedModel) -> None:
     """Run both signatures once (first calls build kernels) and check the outputs' invariants."""
     users, _ = contract.rank_sides(model.fields)
@@ -464,7 +476,7 @@ def _warm(model: LoadedModel) -> None:
         candidates = Candidates(
             users={name: ["", "x"] for name in users},
             user_index=np.arange(batch, dtype=np.int32) % 2,
-            movie_ids=[UNKNOWN_VALUE] * batch,
+            movie_ids=[UNKNOWN_MOVIE] * batch,
             movies={},
         )
         probability = model.score(candidates)

@@ -24,6 +24,7 @@ from service.scorer import (
     LoadedModel,
     configure_threads,
     load_model,
+    ranker_check_rows,
     with_checked_ranker,
 )
 
@@ -106,6 +107,9 @@ def test_a_ranker_that_disagrees_with_the_signatures_is_not_used(
     assert checked.ranker is None
     assert "scoring through TensorFlow" in caplog.text
     assert with_checked_ranker(model, vocabularies).ranker is model.ranker
+    # the check reaches the item table's known movie rows as well as the unknown one
+    known = model.movies_known(ranker_check_rows(model.fields, vocabularies))
+    assert known.count(True) == len(known) - 1 and not known[-1]
 
 
 def test_an_item_table_is_built_once_per_movie_table(
