@@ -2,7 +2,9 @@
 
 A request needs its user's features and the item features of its candidates. The user costs
 one round trip: EVALSHA of ``READ_USER_SCRIPT`` resolves the namespace pointer and reads the
-user's hash atomically, and says which namespace it read. Item features come from an
+user's hash atomically, and says which namespace it read. User reads share one pipelined
+connection (``service.redis_pipeline``: concurrent reads leave in one write); the rest goes
+through redis-py's pool. Item features come from an
 in-process copy of that namespace's movies hash (~4k movies, a few hundred KB), fetched with
 ``READ_MOVIES_SCRIPT`` only when the user read reports a namespace the copy is not from:
 once after startup and once per load. Concurrent requests share that one fetch. The same
@@ -31,6 +33,7 @@ callers never see a redis-py exception.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -52,6 +55,7 @@ from service.errors import (
     first_line,
 )
 from service.pointer_cache import PointerCache
+from service.redis_pipeline import PipelinedConnection
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ always suffices in practice."""
 _T = TypeVar("_T")
 _NO_MOVIES: Mapping[str, Mapping[str, str]] = MappingProxyType({})
 _NO_META = FeatureSetMeta()
+_READ_USER_SHA = hashlib.sha1(feature_layout.READ_USER_SCRIPT.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,11 @@ class _MovieTable:
 
 
 class FeatureStore:
-    """Reads user and movie features; owns its connection pool (close with ``aclose``)."""
+    """Reads user and movie features; owns its connections (close with ``aclose``).
+
+    ``user_reads``: the connection user reads share on a single Redis (``connect`` opens
+    it); None on a cluster.
+    """
 
     def __init__(
         self,
@@ -111,6 +120,7 @@ class FeatureStore:
         prefix: str,
         timeout: float,
         retry_after: int = 1,
+        user_reads: PipelinedConnection | None = None,
     ) -> None:
         self._client = client
         self._prefix = prefix
@@ -123,7 +133,9 @@ class FeatureStore:
             self._cluster = PointerCache(client, self._pointer, timeout)
             self._unavailable = FeatureNodeUnavailable
         else:
-            self._read_user = client.register_script(feature_layout.READ_USER_SCRIPT)
+            if user_reads is None:
+                raise ValueError("a single Redis needs user_reads: FeatureStore.connect")
+            self._user_reads = user_reads
             self._read_movies = client.register_script(feature_layout.READ_MOVIES_SCRIPT)
         self._table: _MovieTable | None = None  # the last fetched movie table
         self._fetching: asyncio.Task[_MovieTable] | None = None  # the fetch requests share
@@ -172,7 +184,7 @@ class FeatureStore:
             retry=retry,
         )
         client = aioredis.Redis(connection_pool=pool)
-        return cls(client, prefix, timeout, retry_after)
+        return cls(client, prefix, timeout, retry_after, PipelinedConnection(url, timeout))
 
     @property
     def prefix(self) -> str:
@@ -218,6 +230,7 @@ class FeatureStore:
             self._cluster.cancel()
             await self._client.aclose()
         else:
+            self._user_reads.close()
             await self._client.aclose(close_connection_pool=True)
 
     async def _with_table(
@@ -259,7 +272,11 @@ class FeatureStore:
             return namespace, feature_layout.decode_user(
                 await self._call(self._client.hgetall(key))
             )
-        reply = await self._call(self._read_user(keys=[self._pointer], args=[str(user_id)]))
+        reply = await self._call(
+            self._user_reads.evalsha(
+                feature_layout.READ_USER_SCRIPT, _READ_USER_SHA, [self._pointer], [user_id]
+            )
+        )
         if reply is None:
             raise self._not_loaded()
         namespace, raw = reply

@@ -10,8 +10,9 @@ are synchronous and return NumPy.
 once and the event loop keeps serving health checks and Redis reads meanwhile. Requests that
 arrive while every thread is busy are merged into one call when a thread frees up. A small
 call that finds no call running or queued runs on the event loop instead when it scores in
-NumPy, or when the server handles no other request: the hand-off to a thread and back costs
-~0.3 ms, more than such a call.
+NumPy (merged with the other such calls of the same loop iteration), or when the server
+handles no other request: the hand-off to a thread and back costs ~0.3 ms, more than such a
+call.
 """
 
 from __future__ import annotations
@@ -508,9 +509,12 @@ class Scorer:
     queued calls of the same function (same model version and signature) run as one batch
     of up to ``max_batch_rows`` rows. Each call has a fixed cost (a TensorFlow one ~0.5 ms)
     whatever its size, so under load this serves several requests for the price of one.
-    A call of at most ``inline_rows`` rows made while no call is running or queued runs on
-    the event loop, no hand-off, when ``alone()`` (no other request in the server) or, with
-    ``inline_numpy``, when the caller says it scores in NumPy (``LoadedModel.in_numpy``).
+
+    A call of at most ``inline_rows`` rows made while no call is running or queued stays on
+    the event loop, no hand-off: with ``inline_numpy``, when the caller says it scores in
+    NumPy (``LoadedModel.in_numpy``), it joins the calls made in the same loop iteration and
+    they run merged (up to ``inline_rows`` rows a call) once the iteration's other callbacks
+    have run; otherwise when ``alone()`` (no other request in the server), at once.
     """
 
     def __init__(
@@ -529,29 +533,33 @@ class Scorer:
         self._inline_numpy = inline_numpy
         self._busy = 0
         self._queue: deque[_Job] = deque()
+        self._on_loop: list[_Job] = []  # this loop iteration's NumPy calls
         self.calls_total = 0  # scoring calls; read by the metrics collector
         self.requests_total = 0  # calls of run() they served
 
     async def run(
         self, fn: Callable[[Candidates], T], candidates: Candidates, in_numpy: bool = False
     ) -> T:
-        """``fn(candidates)``, computed on the pool, possibly within a larger batch, or at once
-        on the event loop (see ``inline_rows``); ``in_numpy``: ``fn`` scores these rows in
+        """``fn(candidates)``, computed on the pool, possibly within a larger batch, or on
+        the event loop (see ``inline_rows``); ``in_numpy``: ``fn`` scores these rows in
         NumPy."""
-        if (
-            len(candidates) <= self._inline_rows
-            and self._busy == 0
-            and not self._queue
-            and ((in_numpy and self._inline_numpy) or self._alone())
-        ):
-            self.calls_total += 1
-            self.requests_total += 1
-            try:
-                return fn(candidates)
-            except Exception as exc:
-                log.error("scoring call failed", exc_info=exc)
-                raise _failure(exc) from exc
-        job = _Job(fn, candidates, len(candidates), asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        if len(candidates) <= self._inline_rows and self._busy == 0 and not self._queue:
+            if in_numpy and self._inline_numpy:
+                job = _Job(fn, candidates, len(candidates), loop.create_future())
+                if not self._on_loop:
+                    loop.call_soon(self._run_on_loop)
+                self._on_loop.append(job)
+                return await job.done
+            if self._alone():
+                self.calls_total += 1
+                self.requests_total += 1
+                try:
+                    return fn(candidates)
+                except Exception as exc:
+                    log.error("scoring call failed", exc_info=exc)
+                    raise _failure(exc) from exc
+        job = _Job(fn, candidates, len(candidates), loop.create_future())
         self._queue.append(job)
         self._dispatch()
         return await job.done
@@ -562,41 +570,40 @@ class Scorer:
         self._queue.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
+    def _run_on_loop(self) -> None:
+        """The iteration's NumPy calls, merged as the pool's queue is, run here and now."""
+        jobs, self._on_loop = deque(self._on_loop), []
+        while jobs:
+            batch, jobs = _take_batch(jobs, self._inline_rows)
+            try:
+                result, exc = _call_merged(batch), None
+            except Exception as error:
+                result, exc = None, error
+            self._settle(batch, result, exc)
+
     def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue and self._busy < self._threads:
-            batch = self._take_batch()
+            batch, self._queue = _take_batch(self._queue, self._max_batch_rows)
             if batch:
                 self._busy += 1
                 running = loop.run_in_executor(self._pool, _call_merged, batch)
                 running.add_done_callback(partial(self._finish, batch))
 
-    def _take_batch(self) -> list[_Job]:
-        """The oldest live job and every queued job of the same function and movie table that
-        fits with it."""
-        batch: list[_Job] = []
-        rows = 0
-        kept: deque[_Job] = deque()
-        for job in self._queue:
-            if job.done.done():  # the client went away while it waited
-                continue
-            if not batch or (
-                job.fn == batch[0].fn
-                and job.candidates.mergeable(batch[0].candidates)
-                and rows + job.rows <= self._max_batch_rows
-            ):
-                batch.append(job)
-                rows += job.rows
-            else:
-                kept.append(job)
-        self._queue = kept
-        return batch
-
     def _finish(self, batch: list[_Job], running: asyncio.Future) -> None:
         self._busy -= 1
+        if running.cancelled():
+            for job in batch:
+                job.done.cancel()
+        else:
+            exc = running.exception()
+            self._settle(batch, None if exc else running.result(), exc)
+        self._dispatch()
+
+    def _settle(self, batch: list[_Job], result: Any, exc: BaseException | None) -> None:
+        """Each job's rows of ``result``, or ``exc`` as each one's ScoringFailed."""
         self.calls_total += 1
         self.requests_total += len(batch)
-        exc = None if running.cancelled() else running.exception()
         if exc is not None:
             log.error("scoring call failed", exc_info=exc)
         start = 0
@@ -604,14 +611,32 @@ class Scorer:
             stop = start + job.rows
             if job.done.done():  # cancelled: its client went away
                 pass
-            elif running.cancelled():
-                job.done.cancel()
             elif exc is not None:
                 job.done.set_exception(_failure(exc))
             else:
-                job.done.set_result(running.result()[start:stop])
+                job.done.set_result(result[start:stop])
             start = stop
-        self._dispatch()
+
+
+def _take_batch(jobs: deque[_Job], max_rows: int) -> tuple[list[_Job], deque[_Job]]:
+    """(the oldest live job and every later one of the same function and movie table that
+    fits with it, the jobs left)."""
+    batch: list[_Job] = []
+    rows = 0
+    kept: deque[_Job] = deque()
+    for job in jobs:
+        if job.done.done():  # the client went away while it waited
+            continue
+        if not batch or (
+            job.fn == batch[0].fn
+            and job.candidates.mergeable(batch[0].candidates)
+            and rows + job.rows <= max_rows
+        ):
+            batch.append(job)
+            rows += job.rows
+        else:
+            kept.append(job)
+    return batch, kept
 
 
 def _failure(exc: BaseException) -> ScoringFailed:

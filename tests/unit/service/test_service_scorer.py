@@ -147,14 +147,16 @@ def test_a_request_cancelled_while_queued_is_left_out() -> None:
 
 
 class ThreadRecorder:
-    """Scores movie_id as a float and records the thread each call ran on."""
+    """Scores movie_id as a float and records each call's movies and the thread it ran on."""
 
     def __init__(self, fail: bool = False) -> None:
         self.threads: list[int] = []
+        self.calls: list[list[int]] = []
         self.fail = fail
 
     def __call__(self, candidates: Candidates) -> np.ndarray:
         self.threads.append(threading.get_ident())
+        self.calls.append(list(candidates.movie_ids))
         if self.fail:
             raise RuntimeError("tensor exploded")
         return np.array([float(m) for m in candidates.movie_ids])
@@ -198,6 +200,43 @@ def test_a_small_numpy_call_runs_on_the_event_loop_under_load_too() -> None:
     assert results == [[1.0, 2.0], [3.0], [4.0, 5.0, 6.0], [7.0]]
     assert recorder.threads[0] == loop_thread
     assert loop_thread not in recorder.threads[1:]
+
+
+def test_numpy_calls_of_one_loop_iteration_run_merged_on_the_loop() -> None:
+    async def main() -> tuple[list, ThreadRecorder, Scorer]:
+        scorer = Scorer(threads=1, inline_rows=4, inline_numpy=True)
+        recorder = ThreadRecorder()
+        requests = [_columns(1, 2), _columns(3), _columns(4, 5, 6), _columns(7, user=2)]
+        results = await asyncio.gather(  # their first steps all run in one iteration
+            *(scorer.run(recorder, rows, in_numpy=True) for rows in requests)
+        )
+        scorer.shutdown()
+        return [r.tolist() for r in results], recorder, scorer
+
+    loop_thread = threading.get_ident()
+    results, recorder, scorer = asyncio.run(main())
+    assert results == [[1.0, 2.0], [3.0], [4.0, 5.0, 6.0], [7.0]]  # each its own rows
+    assert recorder.calls == [[1, 2, 3, 7], [4, 5, 6]]  # at most inline_rows rows a call
+    assert set(recorder.threads) == {loop_thread}
+    assert (scorer.calls_total, scorer.requests_total) == (2, 4)
+
+
+def test_a_merged_call_on_the_loop_that_fails_fails_each_of_its_requests() -> None:
+    async def main() -> list:
+        scorer = Scorer(threads=1, inline_rows=4, inline_numpy=True)
+        recorder = ThreadRecorder(fail=True)
+        outcomes = await asyncio.gather(
+            *(scorer.run(recorder, _columns(m), in_numpy=True) for m in (1, 2)),
+            return_exceptions=True,
+        )
+        recorder.fail = False
+        outcomes.append((await scorer.run(recorder, _columns(9), in_numpy=True)).tolist())
+        scorer.shutdown()
+        return outcomes
+
+    first, second, after = asyncio.run(main())
+    assert isinstance(first, ScoringFailed) and isinstance(second, ScoringFailed)
+    assert after == [9.0]
 
 
 def test_a_numpy_call_queues_behind_a_running_call() -> None:
