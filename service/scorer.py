@@ -37,7 +37,7 @@ import numpy as np
 
 from model import contract
 from service.errors import ScoringFailed
-from service.ranker import Ranker
+from service.ranker import ItemRows, Ranker
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines, before import
@@ -168,7 +168,7 @@ class ItemTable:
     rows: Mapping[int, int]
     known: np.ndarray  # bool (movies + 1,)
     tensor: Any  # tf.Tensor (movies + 1, width)
-    array: np.ndarray  # the same, for the Ranker
+    ranked: ItemRows | None  # the same laid out for the Ranker, for a version with one
 
     def index(self, movie_ids: Sequence[int]) -> np.ndarray:
         unknown = len(self.known) - 1
@@ -264,7 +264,8 @@ class LoadedModel:
             # a request asks by integer: an id that does not read as one cannot be asked for
             rows_of = {int(movie): row for row, movie in enumerate(ids) if _decimal(movie)}
             known = np.array([movie in vocabulary for movie in ids] + [False])
-            table = ItemTable(movies, rows_of, known, tensor, tensor.numpy())
+            ranked = self.ranker.item_rows(tensor.numpy()) if self.ranker else None
+            table = ItemTable(movies, rows_of, known, tensor, ranked)
             self._item_tables.append(table)
             return table
 
@@ -297,7 +298,7 @@ class LoadedModel:
         return method(
             candidates.users,
             candidates.user_index,
-            table.array,
+            table.ranked,
             table.index(candidates.movie_ids),
         )
 
@@ -418,7 +419,10 @@ def load_model(version_dir: Path, numpy_rows: int = NUMPY_ROWS) -> LoadedModel:
     if numpy_rows and model.items_fn and contract.SIGNATURE_RANK_WEIGHTS in loaded.signatures:
         weights = loaded.signatures[contract.SIGNATURE_RANK_WEIGHTS]()
         ranker = Ranker(fields, {k: v.numpy() for k, v in weights.items()}, vocabularies)
-        with_ranker = replace(model, ranker=ranker, numpy_rows=numpy_rows)
+        # a fresh item table cache: the tables built so far lack the ranker's layout
+        with_ranker = replace(
+            model, ranker=ranker, numpy_rows=numpy_rows, _item_tables=deque(maxlen=2)
+        )
         model = with_checked_ranker(with_ranker, vocabularies)
         _warm(model)
     return model
@@ -511,10 +515,11 @@ class Scorer:
     whatever its size, so under load this serves several requests for the price of one.
 
     A call of at most ``inline_rows`` rows made while no call is running or queued stays on
-    the event loop, no hand-off: with ``inline_numpy``, when the caller says it scores in
-    NumPy (``LoadedModel.in_numpy``), it joins the calls made in the same loop iteration and
-    they run merged (up to ``inline_rows`` rows a call) once the iteration's other callbacks
-    have run; otherwise when ``alone()`` (no other request in the server), at once.
+    the event loop, no hand-off: at once when ``alone()`` (no other request in the server);
+    under load, with ``inline_numpy``, when the caller says it scores in NumPy
+    (``LoadedModel.in_numpy``): it then joins the other such calls of the same loop
+    iteration, and they run merged (up to ``inline_rows`` rows a call) once the iteration's
+    other callbacks have run.
     """
 
     def __init__(
@@ -545,13 +550,14 @@ class Scorer:
         NumPy."""
         loop = asyncio.get_running_loop()
         if len(candidates) <= self._inline_rows and self._busy == 0 and not self._queue:
-            if in_numpy and self._inline_numpy:
+            alone = self._alone()
+            if in_numpy and self._inline_numpy and not alone:
                 job = _Job(fn, candidates, len(candidates), loop.create_future())
                 if not self._on_loop:
                     loop.call_soon(self._run_on_loop)
                 self._on_loop.append(job)
                 return await job.done
-            if self._alone():
+            if alone:
                 self.calls_total += 1
                 self.requests_total += 1
                 try:

@@ -196,7 +196,8 @@ def numpy_rank(loaded, raw: dict[str, np.ndarray], fields, vocabularies) -> dict
         {name: value.numpy() for name, value in weights.items()},
         {f: [str(v) for v in values] for f, values in vocabularies.items()},
     )
-    return ranker.explain(*rank_inputs(loaded, raw, fields))
+    users, user_index, items, item_index = rank_inputs(loaded, raw, fields)
+    return ranker.explain(users, user_index, ranker.item_rows(items), item_index)
 
 
 def test_rank_signatures_equal_the_contract_signatures(loaded, fitted: FitResult, data) -> None:

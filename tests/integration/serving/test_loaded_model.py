@@ -72,6 +72,18 @@ def assert_same(model: LoadedModel, version_dir: Path, features: FeatureSet) -> 
     for name, output in EXPLAIN_OUTPUTS.items():
         np.testing.assert_allclose(getattr(explained, name), expected[output], atol=1e-5)
     np.testing.assert_allclose(model.score(rows), expected["probability"], atol=1e-5)
+    # one request alone (one user: the ranker's single-product path)
+    first = Candidates(
+        {f: values[:1] for f, values in rows.users.items()},
+        rows.user_index[:26],
+        rows.movie_ids[:26],
+        rows.movies,
+    )
+    assert set(rows.user_index[:26].tolist()) == {0}
+    alone = model.explain(first)
+    for name, output in EXPLAIN_OUTPUTS.items():
+        np.testing.assert_allclose(getattr(alone, name), expected[output][:26], atol=1e-5)
+    np.testing.assert_allclose(model.score(first), expected["probability"][:26], atol=1e-5)
     assert np.ptp(expected["probability"]) > 1e-3  # the rows really differ
     # movie_known: from the item table's flags, or the vocabulary without one
     known = model.known(contract.MOVIE_ID, [str(m) for m in rows.movie_ids])
