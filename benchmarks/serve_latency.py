@@ -556,11 +556,10 @@ def _breakdown_row(model, n: int, user: str, movies: list[str], read, median_us)
         return candidates(model.fields, request.user_id, read.user, request.movie_ids, read.movies)
 
     rows = rows_of()
-    probability = model.score(rows)
+    scored = model.score(rows)
 
     def respond() -> bytes:
-        known = model.movies_known(rows)
-        scores = scores_json(request.movie_ids, probability, known, None)
+        scores = scores_json(request.movie_ids, scored.probability, scored.movie_known, None)
         reply = {"user_id": 1, "model_version": 1, "user_known": True, "scores": scores}
         return orjson.dumps(reply)
 

@@ -69,7 +69,7 @@ _KNOWN = (b',"movie_known":false},', b',"movie_known":true},')
 
 
 def scores_json(
-    movie_ids: Sequence[int], probability: np.ndarray, known: Sequence[bool], top_k: int | None
+    movie_ids: Sequence[int], probability: np.ndarray, known: np.ndarray, top_k: int | None
 ) -> orjson.Fragment:
     """The ``scores`` list of a /score reply without explanations, serialised:
     ``[{"movie_id": ..., "probability": ..., "movie_known": ...}, ...]``, each probability in
@@ -81,8 +81,11 @@ def scores_json(
     """
     if top_k is not None:
         order = ranked_indices(probability, top_k)
-        movie_ids, probability = [movie_ids[i] for i in order], probability[order]
-        known = [known[i] for i in order]
+        movie_ids, probability, known = (
+            [movie_ids[i] for i in order],
+            probability[order],
+            known[order],
+        )
     n = len(movie_ids)
     if n == 0:
         return orjson.Fragment(b"[]")
@@ -91,6 +94,6 @@ def scores_json(
     pieces[2::5] = [_PROBABILITY] * n
     values = np.ascontiguousarray(probability, np.float32)  # what orjson writes natively
     pieces[3::5] = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
-    pieces[4::5] = [_KNOWN[k] for k in known]
+    pieces[4::5] = [_KNOWN[k] for k in known.tolist()]
     pieces[0], pieces[-1] = b"[" + _ENTRY, pieces[-1][:-1] + b"]"  # no comma after the last
     return orjson.Fragment(b"".join(pieces))

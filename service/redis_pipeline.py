@@ -2,10 +2,12 @@
 
 Redis answers each connection's commands in the order they arrive, so concurrent requests
 can share a connection: each command's reply future waits in a FIFO and is resolved when its
-reply comes back. A command leaves at once when none is in flight; under load, the commands
-issued during one event-loop iteration leave in one write at its end, and replies that arrive
-together resume their requests in one iteration, where the scorer merges their scoring calls
-(``service.scorer``). hiredis parses the replies.
+reply comes back. The commands issued during one event-loop iteration leave in one write at
+its end, and replies that arrive together resume their requests in one iteration, where the
+scorer merges their scoring calls (``service.scorer``). Writing a command at once when none
+was in flight was 2 % faster with one client and 18 % slower with eight, as the commands of
+an iteration then left in two writes and their requests came back apart (1,880 against
+2,282 requests/s at 100 candidates). hiredis parses the replies.
 
 The service reads its users through this and everything else through redis-py. Against
 redis-py's pooled client (one connection per command in flight, checked out and back), a
@@ -151,20 +153,17 @@ class _Protocol(asyncio.Protocol):
         self.fail(ConnectionError(f"Connection closed by Redis: {exc or 'end of stream'}"))
 
     def request(self, args: tuple[Arg, ...]) -> asyncio.Future:
-        """The future of ``args``'s reply. The command leaves at once when no other is in
-        flight, else with the others of this loop iteration, in one write at its end."""
+        """The future of ``args``'s reply; the command leaves with the others of this loop
+        iteration, in one write at its end."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if self.lost is not None:
             future.set_exception(self.lost)
             return future
-        if not self.waiting:  # nothing in flight: no other command to wait for
-            self.transport.write(_command(args))
-        else:
-            if not self.unsent:
-                loop.call_soon(self._flush)
-            self.unsent.append(_command(args))
         self.waiting.append((future, time.monotonic()))
+        if not self.unsent:
+            loop.call_soon(self._flush)
+        self.unsent.append(_command(args))
         return future
 
     def alive(self, timeout: float) -> bool:

@@ -128,8 +128,21 @@ def _movie_value(movies: Mapping[str, Mapping[str, str]], movie_id: str, field_n
 
 
 @dataclass(frozen=True)
+class Scores:
+    """A scoring call's click probabilities, and whether the model was trained on each
+    candidate's movie id (read from the item table with the same row index)."""
+
+    probability: np.ndarray  # float32 [batch]
+    movie_known: np.ndarray  # bool [batch]
+
+    def __getitem__(self, rows: slice) -> Scores:
+        return Scores(self.probability[rows], self.movie_known[rows])
+
+
+@dataclass(frozen=True)
 class Explanation:
-    """The explain signature's outputs: logit = bias + sum(linear) + sum(contribution)."""
+    """The explain signature's outputs: logit = bias + sum(linear) + sum(contribution); and
+    ``movie_known`` as in ``Scores``."""
 
     probability: np.ndarray  # float32 [batch]
     attention: np.ndarray  # float32 [batch, pairs], rows sum to 1
@@ -137,9 +150,13 @@ class Explanation:
     bias: np.ndarray  # float32 [batch], w0
     linear: np.ndarray  # float32 [batch, fields], each field's linear term
     logit: np.ndarray  # float32 [batch]
+    movie_known: np.ndarray  # bool [batch]
 
     def __getitem__(self, rows: slice) -> Explanation:
-        return Explanation(**{name: getattr(self, name)[rows] for name in EXPLAIN_OUTPUTS})
+        return Explanation(
+            **{name: getattr(self, name)[rows] for name in EXPLAIN_OUTPUTS},
+            movie_known=self.movie_known[rows],
+        )
 
 
 EXPLAIN_OUTPUTS: dict[str, str] = {
@@ -218,32 +235,27 @@ class LoadedModel:
             for parts in (contract.split_values(field_name, value) for value in values)
         ]
 
-    def movies_known(self, candidates: Candidates) -> list[bool]:
-        """Whether the model was trained on each candidate's movie id: the item table's flags
-        (built by the scoring call), or the vocabulary for a version without one."""
-        if self.items_fn is None:
-            return self.known(contract.MOVIE_ID, [str(m) for m in candidates.movie_ids])
-        table = self.item_table(candidates.movies)
-        return table.known[table.index(candidates.movie_ids)].tolist()
-
-    def score(self, candidates: Candidates) -> np.ndarray:
-        """Click probabilities, float32 [batch]."""
+    def score(self, candidates: Candidates) -> Scores:
+        rows = self._rows(candidates)
         ranker = self._ranker_for(candidates)
         if ranker is not None:
-            return self._rank(ranker.score, candidates)
-        return self._call(self.score_fn, candidates)[contract.OUTPUT_PROBABILITY].numpy()
+            probability = self._rank(ranker.score, candidates, rows)
+        else:
+            outputs = self._call(self.score_fn, candidates, rows)
+            probability = outputs[contract.OUTPUT_PROBABILITY].numpy()
+        return Scores(probability, self._movies_known(candidates, rows))
 
     def explain(self, candidates: Candidates) -> Explanation:
+        rows = self._rows(candidates)
         ranker = self._ranker_for(candidates)
-        if ranker is not None:
-            ranked = self._rank(ranker.explain, candidates)
-            return Explanation(**{name: ranked[key] for name, key in EXPLAIN_OUTPUTS.items()})
-        return self.explain_tensorflow(candidates)
+        if ranker is None:
+            return self._explained(self._call(self.explain_fn, candidates, rows), candidates, rows)
+        return self._explained(self._rank(ranker.explain, candidates, rows), candidates, rows)
 
     def explain_tensorflow(self, candidates: Candidates) -> Explanation:
         """``explain`` through the version's signatures, whatever ranks it."""
-        outputs = self._call(self.explain_fn, candidates)
-        return Explanation(**{name: outputs[key].numpy() for name, key in EXPLAIN_OUTPUTS.items()})
+        rows = self._rows(candidates)
+        return self._explained(self._call(self.explain_fn, candidates, rows), candidates, rows)
 
     def item_table(self, movies: Mapping[str, Mapping[str, str]]) -> ItemTable:
         """The item table of ``movies`` and of every movie id the model knows; built once per
@@ -269,18 +281,54 @@ class LoadedModel:
             self._item_tables.append(table)
             return table
 
-    def _call(self, fn: Callable[..., Mapping[str, Any]], candidates: Candidates) -> Any:
+    def _rows(self, candidates: Candidates) -> tuple[ItemTable, np.ndarray] | None:
+        """The item table of the candidates' movie table and each candidate's row in it, for
+        a version with an items signature; built once, used for the scores and the flags."""
+        if self.items_fn is None:
+            return None
+        table = self.item_table(candidates.movies)
+        return table, table.index(candidates.movie_ids)
+
+    def _movies_known(
+        self, candidates: Candidates, rows: tuple[ItemTable, np.ndarray] | None
+    ) -> np.ndarray:
+        """Whether the model was trained on each candidate's movie id: the item table's
+        flags, or the vocabulary for a version without one."""
+        if rows is None:
+            ids = [str(m) for m in candidates.movie_ids]
+            return np.array(self.known(contract.MOVIE_ID, ids), dtype=bool)
+        table, index = rows
+        return table.known[index]
+
+    def _explained(
+        self,
+        outputs: Mapping[str, Any],
+        candidates: Candidates,
+        rows: tuple[ItemTable, np.ndarray] | None,
+    ) -> Explanation:
+        """The explain outputs (NumPy arrays or tensors) by their contract names."""
+        return Explanation(
+            **{name: np.asarray(outputs[key]) for name, key in EXPLAIN_OUTPUTS.items()},
+            movie_known=self._movies_known(candidates, rows),
+        )
+
+    def _call(
+        self,
+        fn: Callable[..., Mapping[str, Any]],
+        candidates: Candidates,
+        rows: tuple[ItemTable, np.ndarray] | None,
+    ) -> Any:
         import tensorflow as tf
 
-        if self.items_fn is None:
+        if rows is None:
             return fn(_strings(candidates.columns(self.fields).values()))
         user_fields, _ = contract.rank_sides(self.fields)
-        table = self.item_table(candidates.movies)
+        table, index = rows
         return fn(
             _strings(candidates.users[name] for name in user_fields),
             tf.constant(candidates.user_index, tf.int32),
             table.tensor,
-            tf.constant(table.index(candidates.movie_ids), tf.int32),
+            tf.constant(index, tf.int32),
         )
 
     def in_numpy(self, rows: int) -> bool:
@@ -292,15 +340,12 @@ class LoadedModel:
         """The NumPy ranker if it scores these rows."""
         return self.ranker if self.in_numpy(len(candidates)) else None
 
-    def _rank(self, method: Callable[..., R], candidates: Candidates) -> R:
+    def _rank(
+        self, method: Callable[..., R], candidates: Candidates, rows: tuple[ItemTable, np.ndarray]
+    ) -> R:
         """``method`` (``Ranker.score`` or ``Ranker.explain``) of ``candidates``."""
-        table = self.item_table(candidates.movies)
-        return method(
-            candidates.users,
-            candidates.user_index,
-            table.ranked,
-            table.index(candidates.movie_ids),
-        )
+        table, index = rows
+        return method(candidates.users, candidates.user_index, table.ranked, index)
 
 
 def _decimal(movie_id: str) -> bool:
@@ -437,10 +482,10 @@ def with_checked_ranker(
         return model
     rows = ranker_check_rows(model.fields, vocabularies)
     expected = model.explain_tensorflow(rows)
-    ranked = model._rank(model.ranker.explain, rows)
+    ranked = model.explain(rows)
     worst = max(
-        float(np.abs(ranked[key] - getattr(expected, name)).max())
-        for name, key in EXPLAIN_OUTPUTS.items()
+        float(np.abs(getattr(ranked, name) - getattr(expected, name)).max())
+        for name in EXPLAIN_OUTPUTS
     )
     if worst <= 1e-5:
         return model
@@ -484,7 +529,7 @@ def _warm(model: LoadedModel) -> None:
             movie_ids=[UNKNOWN_MOVIE] * batch,
             movies={},
         )
-        probability = model.score(candidates)
+        probability = model.score(candidates).probability
         explained = model.explain(candidates)
         if probability.shape != (batch,) or not np.all((probability >= 0) & (probability <= 1)):
             raise ValueError(

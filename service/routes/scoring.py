@@ -88,15 +88,16 @@ async def score(http: Request, scoring: ScoringDep) -> Response:
         scores = score_entries(
             request.movie_ids,
             explained.probability,
-            model.movies_known(rows),
+            explained.movie_known.tolist(),
             request.top_k,
             lambda row: _explanation(model, rows, row, explained, features),
         )
     else:
-        probability = await scorer.run(model.score, rows, model.in_numpy(count))
-        scoring.scored(probability)
-        known = model.movies_known(rows)  # after scoring, which built the item table
-        scores = scores_json(request.movie_ids, probability, known, request.top_k)
+        scored = await scorer.run(model.score, rows, model.in_numpy(count))
+        scoring.scored(scored.probability)
+        scores = scores_json(
+            request.movie_ids, scored.probability, scored.movie_known, request.top_k
+        )
     return _json(
         {
             "user_id": request.user_id,
@@ -142,7 +143,7 @@ async def explain(
             "movie_id": movie_id,
             "model_version": model.version,
             "user_known": features.user is not None,
-            "movie_known": model.movies_known(rows)[0],
+            "movie_known": bool(explained.movie_known[0]),
             **_explanation(model, rows, 0, explained, features),
         }
     )

@@ -71,7 +71,7 @@ def assert_same(model: LoadedModel, version_dir: Path, features: FeatureSet) -> 
     explained = model.explain(rows)
     for name, output in EXPLAIN_OUTPUTS.items():
         np.testing.assert_allclose(getattr(explained, name), expected[output], atol=1e-5)
-    np.testing.assert_allclose(model.score(rows), expected["probability"], atol=1e-5)
+    np.testing.assert_allclose(model.score(rows).probability, expected["probability"], atol=1e-5)
     # one request alone (one user: the ranker's single-product path)
     first = Candidates(
         {f: values[:1] for f, values in rows.users.items()},
@@ -83,11 +83,14 @@ def assert_same(model: LoadedModel, version_dir: Path, features: FeatureSet) -> 
     alone = model.explain(first)
     for name, output in EXPLAIN_OUTPUTS.items():
         np.testing.assert_allclose(getattr(alone, name), expected[output][:26], atol=1e-5)
-    np.testing.assert_allclose(model.score(first), expected["probability"][:26], atol=1e-5)
+    np.testing.assert_allclose(
+        model.score(first).probability, expected["probability"][:26], atol=1e-5
+    )
     assert np.ptp(expected["probability"]) > 1e-3  # the rows really differ
     # movie_known: from the item table's flags, or the vocabulary without one
     known = model.known(contract.MOVIE_ID, [str(m) for m in rows.movie_ids])
-    assert model.movies_known(rows) == known and True in known and False in known
+    assert model.score(rows).movie_known.tolist() == known and True in known and False in known
+    assert explained.movie_known.tolist() == known
 
 
 def test_the_service_path_equals_the_contract_signatures(
@@ -120,7 +123,7 @@ def test_a_ranker_that_disagrees_with_the_signatures_is_not_used(
     assert "scoring through TensorFlow" in caplog.text
     assert with_checked_ranker(model, vocabularies).ranker is model.ranker
     # the check reaches the item table's known movie rows as well as the unknown one
-    known = model.movies_known(ranker_check_rows(model.fields, vocabularies))
+    known = model.score(ranker_check_rows(model.fields, vocabularies)).movie_known.tolist()
     assert known.count(True) == len(known) - 1 and not known[-1]
 
 

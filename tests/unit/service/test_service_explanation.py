@@ -53,6 +53,7 @@ def test_breakdown_names_values_and_adds_up() -> None:
         bias=bias,
         linear=linear,
         logit=np.float32(logit),
+        movie_known=np.True_,
     )
     described = explanation.features(FIELDS, values, Vocabulary(), LABELS, MOVIES)
     assert [f["field"] for f in described] == list(FIELDS)

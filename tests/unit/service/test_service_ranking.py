@@ -99,13 +99,13 @@ def test_scores_json_is_the_list_of_entries(top_k: int | None) -> None:
     movie_ids = rng.integers(1, 2**40, size=40).tolist()
     probability = rng.random(40, dtype=np.float32)
     probability[[5, 9]] = [0.0, 1.0]
-    known = (rng.random(40) < 0.7).tolist()
+    known = rng.random(40) < 0.7
     fragment = scores_json(movie_ids, probability, known, top_k)
     reply = orjson.loads(orjson.dumps({"scores": fragment}))
     order = range(40) if top_k is None else ranked_indices(probability, top_k)
     assert reply["scores"] == [
         {"movie_id": movie_ids[i], "probability": reply["scores"][n]["probability"],
-         "movie_known": known[i]}
+         "movie_known": bool(known[i])}
         for n, i in enumerate(order)
     ]  # fmt: skip
     got = np.array([entry["probability"] for entry in reply["scores"]], dtype=np.float32)
@@ -113,7 +113,7 @@ def test_scores_json_is_the_list_of_entries(top_k: int | None) -> None:
 
 
 def test_scores_json_of_no_candidates_is_an_empty_list() -> None:
-    fragment = scores_json([], np.zeros(0, np.float32), [], None)
+    fragment = scores_json([], np.zeros(0, np.float32), np.zeros(0, bool), None)
     assert orjson.dumps({"scores": fragment}) == b'{"scores":[]}'
 
 

@@ -21,7 +21,7 @@ from service.errors import FeaturesNotLoaded, FeatureStoreUnavailable
 from service.feature_store import FeatureRead, FeatureSetInfo
 from service.model_registry import Serving
 from service.schemas import ExplainResponse, FeatureSet, ScoreResponse
-from service.scorer import Candidates, Explanation, Scorer
+from service.scorer import Candidates, Explanation, Scorer, Scores
 from service.settings import Settings
 from tests.integration.serving.helpers import schema_checked
 
@@ -76,32 +76,33 @@ class FakeModel:
             return [v in self.known_movies for v in values]
         return [v != "" for v in values]
 
-    def movies_known(self, candidates: Candidates) -> list[bool]:
-        return self.known("movie_id", [str(m) for m in candidates.movie_ids])
-
     def in_numpy(self, rows: int) -> bool:
         return False
 
-    def score(self, candidates: Candidates) -> np.ndarray:
+    def score(self, candidates: Candidates) -> Scores:
         """Records each row's value of every field (``seen``) and the candidates as sent."""
         if self.fail:
             raise RuntimeError("tensor exploded")
         self.sent.append(candidates)
         rows = range(len(candidates))
         self.seen.append({f: [candidates.value(f, row) for row in rows] for f in FIELDS})
-        return np.array([int(m) / 10_000 for m in candidates.movie_ids], dtype=np.float32)
+        probability = [int(m) / 10_000 for m in candidates.movie_ids]
+        known = self.known("movie_id", [str(m) for m in candidates.movie_ids])
+        return Scores(np.array(probability, dtype=np.float32), np.array(known, dtype=bool))
 
     def explain(self, candidates: Candidates) -> Explanation:
         """Pair weights a fixed ramp, contributions twice the weights, linear terms 0.1 each;
         the bias makes bias + linear + contributions the logit of the probability."""
-        probability = self.score(candidates)
-        n = len(probability)
+        scored = self.score(candidates)
+        probability, n = scored.probability, len(candidates)
         ramp = np.arange(1, N_PAIRS + 1, dtype=np.float32)
         attention = np.tile(ramp / ramp.sum(), (n, 1))
         linear = np.full((n, len(FIELDS)), 0.1, dtype=np.float32)
         logit = np.log(probability / (1 - probability)).astype(np.float32)
         bias = logit - linear.sum(1) - (attention * 2).sum(1)
-        return Explanation(probability, attention, attention * 2, bias, linear, logit)
+        return Explanation(
+            probability, attention, attention * 2, bias, linear, logit, scored.movie_known
+        )
 
 
 class FakeStore:
