@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from model.logs import lean_records
 from service.access_log import AccessLogMiddleware
 from service.body_limit import BodySizeLimitMiddleware
 from service.coverage import CoverageMonitor
@@ -36,6 +37,7 @@ version under the model directory, hot-reloaded. Errors are RFC 9457 problem det
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    lean_records()  # in each worker process: an access line per request
     metrics = Metrics()
     app = FastAPI(
         title="AFM click-through-rate scoring",
@@ -66,6 +68,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     registry = ModelRegistry(settings.model_dir, _thread_configuring_loader(settings))
+    metrics: Metrics = app.state.metrics
+
+    def alone() -> bool:  # the request asking is the only one in the server
+        return metrics.in_flight <= 1
+
     store = FeatureStore.connect(
         settings.redis_url,
         settings.redis_prefix,
@@ -73,12 +80,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_connections=settings.redis_max_connections,
         retry_after=settings.retry_after,
         cluster=settings.redis_cluster,
+        alone=alone,
     )
-    metrics: Metrics = app.state.metrics
     scorer = Scorer(
         settings.scoring_threads,
         inline_rows=settings.inline_scoring_rows,
-        alone=lambda: metrics.in_flight <= 1,  # this request is the only one
+        alone=alone,
         inline_numpy=settings.inline_numpy,
     )
     app.state.registry, app.state.feature_store, app.state.scorer = registry, store, scorer

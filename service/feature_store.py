@@ -151,13 +151,16 @@ class FeatureStore:
         max_connections: int = 32,
         retry_after: int = 1,
         cluster: bool = False,
+        alone: Callable[[], bool] = lambda: False,
     ) -> FeatureStore:
         """A store for ``url``; connects lazily, so Redis may be down at startup.
 
         ``cluster``: ``url`` names any node of a Redis Cluster, whose slot map the client
         reads on first use. ``max_connections`` is then per node, and a burst beyond it
         fails at once (redis-py's cluster pool does not queue) instead of waiting.
-        Raises ValueError for a cluster ``prefix`` holding a brace.
+        ``alone``: whether the caller's request is the only one in the server (its user
+        read then leaves at once, ``PipelinedConnection``). Raises ValueError for a cluster
+        ``prefix`` holding a brace.
         """
         # One immediate retry replaces a pooled connection that died with a restarted
         # Redis (on a cluster: re-reads the slot map after a failover); more would stretch
@@ -184,7 +187,8 @@ class FeatureStore:
             retry=retry,
         )
         client = aioredis.Redis(connection_pool=pool)
-        return cls(client, prefix, timeout, retry_after, PipelinedConnection(url, timeout))
+        user_reads = PipelinedConnection(url, timeout, alone)
+        return cls(client, prefix, timeout, retry_after, user_reads)
 
     @property
     def prefix(self) -> str:

@@ -76,6 +76,19 @@ def test_commands_of_one_iteration_leave_in_one_write_on_one_connection(
     assert _connections(server) - before == 2  # ours, and the admin client counting
 
 
+def test_a_command_made_alone_leaves_at_once(server: RedisProcess) -> None:
+    async def main() -> tuple[list, int]:
+        connection = PipelinedConnection(server.url, timeout=2.0, alone=lambda: True)
+        assert await connection.call("PING") == b"PONG"
+        counting = _CountingTransport(connection._protocol.transport)
+        connection._protocol.transport = counting
+        replies = await asyncio.gather(*(connection.call("ECHO", str(i)) for i in range(3)))
+        connection.close()
+        return replies, counting.writes
+
+    assert asyncio.run(main()) == ([b"0", b"1", b"2"], 3)
+
+
 def test_an_error_reply_raises_and_the_connection_goes_on(server: RedisProcess) -> None:
     _admin(server).set("text", "not a hash")
 
