@@ -169,7 +169,7 @@ class Ranker:
         folded[..., :k] = user_vectors[:, :, None, :] * self._kernel.T
         folded[..., k] = self._bias_column
         folded = folded.reshape(len(rows), u * (t + 1), k + 1)
-        runs = _runs(user_index)
+        runs = [(0, slice(0, n))] if len(rows) == 1 else _runs(user_index)
         if len(runs) == 1:  # one user
             product = np.matmul(folded[runs[0][0]], vectors.reshape(n * i, k + 1).T)
         else:
