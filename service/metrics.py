@@ -126,16 +126,28 @@ class Metrics:
 class _ProbabilityHistogram(Collector):
     """``afm_scored_probability``: every probability a version computed, by version and arm.
 
-    A Prometheus histogram fed a whole array at once (``prometheus_client.Histogram`` takes
-    one value per call: ~1 µs each, a millisecond for a 1,000-candidate request). Observed
-    and collected on the event loop only, so it needs no lock.
+    A Prometheus histogram fed whole arrays (``prometheus_client.Histogram`` takes one value
+    per call: ~1 µs each, a millisecond for a 1,000-candidate request). A request's array is
+    only kept; every ``FOLD_EVERY`` requests, and before a scrape, the kept arrays are counted
+    into the buckets together, so a request costs an append instead of five NumPy calls.
+    Observed and collected on the event loop only, so it needs no lock.
     """
+
+    FOLD_EVERY = 64
 
     def __init__(self) -> None:
         self._edges = np.array(PROBABILITY_BUCKETS)
         self._series: dict[tuple[str, str], tuple[np.ndarray, list[float]]] = {}
+        self._kept: dict[tuple[str, str], list[np.ndarray]] = {}
 
     def observe(self, labels: tuple[str, str], probability: np.ndarray) -> None:
+        kept = self._kept.setdefault(labels, [])
+        kept.append(probability)
+        if len(kept) >= self.FOLD_EVERY:
+            self._fold(labels)
+
+    def _fold(self, labels: tuple[str, str]) -> None:
+        probability = np.concatenate(self._kept.pop(labels))
         counts, total = self._series.setdefault(
             labels, (np.zeros(len(self._edges) + 1, np.int64), [0.0])
         )
@@ -145,6 +157,8 @@ class _ProbabilityHistogram(Collector):
         total[0] += float(np.sum(probability, dtype=np.float64))
 
     def collect(self) -> Iterator:
+        for labels in list(self._kept):
+            self._fold(labels)
         family = HistogramMetricFamily(
             "afm_scored_probability",
             "Click probabilities computed by scoring requests (every candidate), by model "

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,6 +18,7 @@ from model import rollout
 from model.rollout import RolloutPolicy
 from service.app import create_app
 from service.errors import VersionNotLoaded
+from service.metrics import PROBABILITY_BUCKETS, _ProbabilityHistogram
 from service.model_registry import ModelRegistry, Serving
 from service.settings import Settings
 from tests.integration.serving.helpers import schema_checked
@@ -323,3 +325,21 @@ def test_model_lists_loaded_versions_and_the_policy(app_with) -> None:  # noqa: 
         "rollout.json: Invalid JSON: expected ident at line 1 column 2"
     )
     assert _metrics(client)[("afm_rollout_policy_errors_total", frozenset())] == 1
+
+
+def test_the_probability_histogram_counts_every_array_kept_or_folded() -> None:
+    """Arrays are kept and counted in folds of FOLD_EVERY, and the rest before a scrape:
+    150 requests cross two folds and leave 22 arrays for the scrape."""
+    histogram = _ProbabilityHistogram()
+    rng = np.random.default_rng(0)
+    arrays = [rng.random(int(rng.integers(1, 50))).astype(np.float32) for _ in range(150)]
+    for probability in arrays:
+        histogram.observe(("2", "canary"), probability)
+    family = next(iter(histogram.collect()))
+    every = np.concatenate(arrays)
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
+    for edge in PROBABILITY_BUCKETS:
+        assert buckets[str(edge)] == np.count_nonzero(every <= edge)
+    assert buckets["+Inf"] == len(every)
+    total = next(s.value for s in family.samples if s.name.endswith("_sum"))
+    assert total == pytest.approx(float(every.sum(dtype=np.float64)))
