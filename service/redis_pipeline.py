@@ -170,11 +170,12 @@ class _Protocol(asyncio.Protocol):
             future.set_exception(self.lost)
             return future
         self.waiting.append((future, time.monotonic()))
+        if at_once and not self.unsent:
+            self.transport.write(_command(args))
+            return future
         if not self.unsent:
             loop.call_soon(self._flush)
         self.unsent.append(_command(args))
-        if at_once:
-            self._flush()
         return future
 
     def alive(self, timeout: float) -> bool:
@@ -196,7 +197,7 @@ class _Protocol(asyncio.Protocol):
 
     def _flush(self) -> None:
         unsent, self.unsent = self.unsent, []
-        if unsent and self.lost is None:
+        if self.lost is None:
             self.transport.write(b"".join(unsent))
 
 
