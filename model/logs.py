@@ -34,6 +34,15 @@ class HumanFormatter(logging.Formatter):
         super().__init__()
         self.timestamps = timestamps
         self.color = color
+        self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
+    def _time(self, record: logging.LogRecord) -> str:
+        """The record's local time to the second; formatted once per second (an access line
+        per request would otherwise format the same second over and over)."""
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, self.formatTime(record, "%Y-%m-%d %H:%M:%S"))
+        return self._second[1]
 
     def format(self, record: logging.LogRecord) -> str:
         text = record.getMessage()
@@ -43,7 +52,7 @@ class HumanFormatter(logging.Formatter):
                 red_or_yellow = "31" if record.levelno >= logging.ERROR else "33"
                 text = f"\x1b[{red_or_yellow}m{text}\x1b[0m"
         if self.timestamps:
-            text = f"{self.formatTime(record, '%Y-%m-%d %H:%M:%S')} {record.name}: {text}"
+            text = f"{self._time(record)} {record.name}: {text}"
         if record.exc_info:
             text = f"{text}\n{self.formatException(record.exc_info)}"
         return text

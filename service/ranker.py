@@ -191,8 +191,9 @@ class Ranker:
             terms[:pu, run] = user_terms[:, user, None]
             linear[:u, run] = user_linear[user, :, None]
         linear[u:] = rest[:i]
-        scores[cross.stop :] = rest[i : i + self._item_pairs]
-        terms[cross.stop :] = rest[i + self._item_pairs :]
+        if self._item_pairs:  # none with one movie field
+            scores[cross.stop :] = rest[i : i + self._item_pairs]
+            terms[cross.stop :] = rest[i + self._item_pairs :]
         if not self._attention:  # the FM ablation: every weight 1
             return np.ones_like(terms), 1.0, terms, linear
         scores += self._pair_bias
@@ -214,6 +215,9 @@ class Ranker:
 def _pair_major(out: np.ndarray, values: np.ndarray, i: int) -> None:
     """``values`` (U, N * I), columns in (candidate, movie field) order, into ``out``
     (U * I, N): one row per user x movie pair, user field major."""
+    if i == 1:  # the same order
+        out[...] = values
+        return
     u, n = len(values), out.shape[1]
     out.reshape(u, i, n)[...] = values.reshape(u, n, i).transpose(0, 2, 1)
 
