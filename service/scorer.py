@@ -236,6 +236,7 @@ class LoadedModel:
         ]
 
     def score(self, candidates: Candidates) -> Scores:
+        """Click probabilities and ``movie_known`` flags."""
         rows = self._rows(candidates)
         ranker = self._ranker_for(candidates)
         if ranker is not None:
@@ -246,16 +247,22 @@ class LoadedModel:
         return Scores(probability, self._movies_known(candidates, rows))
 
     def explain(self, candidates: Candidates) -> Explanation:
-        rows = self._rows(candidates)
         ranker = self._ranker_for(candidates)
-        if ranker is None:
-            return self._explained(self._call(self.explain_fn, candidates, rows), candidates, rows)
-        return self._explained(self._rank(ranker.explain, candidates, rows), candidates, rows)
+        return (
+            self.explain_tensorflow(candidates)
+            if ranker is None
+            else self._explain(ranker, candidates)
+        )
 
     def explain_tensorflow(self, candidates: Candidates) -> Explanation:
         """``explain`` through the version's signatures, whatever ranks it."""
         rows = self._rows(candidates)
         return self._explained(self._call(self.explain_fn, candidates, rows), candidates, rows)
+
+    def _explain(self, ranker: Ranker, candidates: Candidates) -> Explanation:
+        """``explain`` through ``ranker``, whatever the number of rows."""
+        rows = self._rows(candidates)
+        return self._explained(self._rank(ranker.explain, candidates, rows), candidates, rows)
 
     def item_table(self, movies: Mapping[str, Mapping[str, str]]) -> ItemTable:
         """The item table of ``movies`` and of every movie id the model knows; built once per
@@ -482,7 +489,7 @@ def with_checked_ranker(
         return model
     rows = ranker_check_rows(model.fields, vocabularies)
     expected = model.explain_tensorflow(rows)
-    ranked = model.explain(rows)
+    ranked = model._explain(model.ranker, rows)
     worst = max(
         float(np.abs(getattr(ranked, name) - getattr(expected, name)).max())
         for name in EXPLAIN_OUTPUTS
