@@ -6,7 +6,9 @@ model directory or Redis (hot reload, outage) build their own.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +21,22 @@ from model.load_features import load_features
 from model.movielens import FeatureSet, load_feature_set
 from service.app import create_app
 from service.settings import Settings
-from tests.integration.serving.helpers import remove_prefix, schema_checked, wait_ready
+from tests.integration.serving.helpers import (
+    RedisProcess,
+    remove_prefix,
+    schema_checked,
+    wait_ready,
+)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisProcess]:
+    """A redis-server of the test's own, to stop, freeze (SIGSTOP) and restart."""
+    server = RedisProcess().start()
+    yield server
+    if server.process is not None:
+        os.kill(server.process.pid, signal.SIGCONT)  # in case a test left it frozen
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,6 @@ pytestmark = pytest.mark.integration
 
 BODY = {"user_id": 1, "movie_ids": [1, 2, 3]}
 PREFIX = "outage:"
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisProcess]:
-    server = RedisProcess().start()
-    yield server
-    if server.process is not None:
-        os.kill(server.process.pid, signal.SIGCONT)  # in case a test left it frozen
-    server.stop()
 
 
 def _problem_503(client: TestClient, detail: str) -> None:

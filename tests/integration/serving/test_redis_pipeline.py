@@ -9,7 +9,6 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -21,15 +20,6 @@ pytestmark = pytest.mark.integration
 
 SCRIPT = "return {KEYS[1], ARGV[1]}"
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
-
-
-@pytest.fixture
-def server() -> Iterator[RedisProcess]:
-    process = RedisProcess().start()
-    yield process
-    if process.process is not None:
-        os.kill(process.process.pid, signal.SIGCONT)  # in case a test left it frozen
-    process.stop()
 
 
 def _admin(server: RedisProcess) -> redis.Redis:
@@ -56,13 +46,13 @@ class _CountingTransport:
 
 
 def test_commands_of_one_iteration_leave_in_one_write_on_one_connection(
-    server: RedisProcess,
+    private_redis: RedisProcess,
 ) -> None:
-    _admin(server).mset({f"key:{i}": f"value {i}" for i in range(50)})
-    before = _connections(server)
+    _admin(private_redis).mset({f"key:{i}": f"value {i}" for i in range(50)})
+    before = _connections(private_redis)
 
     async def main() -> tuple[list, int]:
-        connection = PipelinedConnection(server.url, timeout=2.0)
+        connection = PipelinedConnection(private_redis.url, timeout=2.0)
         assert await connection.call("PING") == b"PONG"
         counting = _CountingTransport(connection._protocol.transport)
         connection._protocol.transport = counting
@@ -73,12 +63,12 @@ def test_commands_of_one_iteration_leave_in_one_write_on_one_connection(
     replies, writes = asyncio.run(main())
     assert replies == [f"value {i}".encode() for i in range(50)]  # each its own, in order
     assert writes == 1
-    assert _connections(server) - before == 2  # ours, and the admin client counting
+    assert _connections(private_redis) - before == 2  # ours, and the admin client counting
 
 
-def test_a_command_made_alone_leaves_at_once(server: RedisProcess) -> None:
+def test_a_command_made_alone_leaves_at_once(private_redis: RedisProcess) -> None:
     async def main() -> tuple[list, int]:
-        connection = PipelinedConnection(server.url, timeout=2.0, alone=lambda: True)
+        connection = PipelinedConnection(private_redis.url, timeout=2.0, alone=lambda: True)
         assert await connection.call("PING") == b"PONG"
         counting = _CountingTransport(connection._protocol.transport)
         connection._protocol.transport = counting
@@ -89,29 +79,31 @@ def test_a_command_made_alone_leaves_at_once(server: RedisProcess) -> None:
     assert asyncio.run(main()) == ([b"0", b"1", b"2"], 3)
 
 
-def test_an_error_reply_raises_and_the_connection_goes_on(server: RedisProcess) -> None:
-    _admin(server).set("text", "not a hash")
+def test_an_error_reply_raises_and_the_connection_goes_on(private_redis: RedisProcess) -> None:
+    _admin(private_redis).set("text", "not a hash")
 
     async def main() -> bytes:
-        connection = PipelinedConnection(server.url, timeout=2.0)
+        connection = PipelinedConnection(private_redis.url, timeout=2.0)
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
             await connection.call("HGETALL", "text")
         reply = await connection.call("GET", "text")
         connection.close()
         return reply
 
-    before = _connections(server)
+    before = _connections(private_redis)
     assert asyncio.run(main()) == b"not a hash"
-    assert _connections(server) - before == 2
+    assert _connections(private_redis) - before == 2
 
 
-def test_a_script_the_server_lacks_is_sent_whole_and_then_cached(server: RedisProcess) -> None:
-    admin = _admin(server)
+def test_a_script_the_server_lacks_is_sent_whole_and_then_cached(
+    private_redis: RedisProcess,
+) -> None:
+    admin = _admin(private_redis)
     admin.script_flush()
     assert admin.script_exists(SHA) == [False]
 
     async def main() -> list:
-        connection = PipelinedConnection(server.url, timeout=2.0)
+        connection = PipelinedConnection(private_redis.url, timeout=2.0)
         replies = [await connection.evalsha(SCRIPT, SHA, ["k"], [7]) for _ in range(2)]
         connection.close()
         return replies
@@ -142,33 +134,33 @@ def test_password_and_database_come_from_the_url() -> None:
 
 
 def test_a_frozen_server_times_out_and_the_next_command_opens_a_new_connection(
-    server: RedisProcess,
+    private_redis: RedisProcess,
 ) -> None:
     async def main() -> bytes:
-        connection = PipelinedConnection(server.url, timeout=0.2)
+        connection = PipelinedConnection(private_redis.url, timeout=0.2)
         assert await connection.call("PING") == b"PONG"
-        os.kill(server.process.pid, signal.SIGSTOP)
+        os.kill(private_redis.process.pid, signal.SIGSTOP)
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.2):
                 await connection.call("PING")
         await asyncio.sleep(0.1)  # the unanswered PING is now older than the timeout
-        os.kill(server.process.pid, signal.SIGCONT)
+        os.kill(private_redis.process.pid, signal.SIGCONT)
         reply = await connection.call("ECHO", "again")
         connection.close()
         return reply
 
-    before = _connections(server)
+    before = _connections(private_redis)
     assert asyncio.run(main()) == b"again"
-    assert _connections(server) - before == 3  # two of ours, and the admin client counting
+    assert _connections(private_redis) - before == 3  # two of ours, and the admin client counting
 
 
 def test_commands_waiting_when_the_server_drops_the_connection_fail(
-    server: RedisProcess,
+    private_redis: RedisProcess,
 ) -> None:
-    admin = _admin(server)
+    admin = _admin(private_redis)
 
     async def main() -> bytes:
-        connection = PipelinedConnection(server.url, timeout=10.0)
+        connection = PipelinedConnection(private_redis.url, timeout=10.0)
         waiting = asyncio.ensure_future(connection.call("BLPOP", "never", 30))
         while not any(client["cmd"] == "blpop" for client in admin.client_list()):
             await asyncio.sleep(0.01)
@@ -183,19 +175,19 @@ def test_commands_waiting_when_the_server_drops_the_connection_fail(
 
 
 def test_a_stopped_server_fails_fast_and_a_restarted_one_is_used_again(
-    server: RedisProcess,
+    private_redis: RedisProcess,
 ) -> None:
     async def main() -> bytes:
-        connection = PipelinedConnection(server.url, timeout=2.0)
+        connection = PipelinedConnection(private_redis.url, timeout=2.0)
         assert await connection.call("PING") == b"PONG"
-        server.stop()
+        private_redis.stop()
         started = time.monotonic()
         for _ in range(2):  # the dropped connection, then a refused connect
             with pytest.raises(redis.ConnectionError):
                 await connection.call("PING")
         assert time.monotonic() - started < 1.0  # refused at once, not after the timeout
-        server.start()
-        wait_until(lambda: _admin(server).ping(), timeout=10, what="the restarted server")
+        private_redis.start()
+        wait_until(lambda: _admin(private_redis).ping(), timeout=10, what="the restarted server")
         reply = await connection.call("ECHO", "back")
         connection.close()
         return reply
