@@ -68,8 +68,7 @@ class Ranker:
         self._vectors, self._linear = table[:, : self._k], table[:, self._k]
         self._kernel = weights[contract.OUTPUT_PAIR_KERNEL]  # (k, t + 1): [W | p]
         self._t = self._kernel.shape[1] - 1
-        hidden_bias = weights[contract.OUTPUT_ATTENTION_BIAS]  # (t,)
-        self._hidden_bias = hidden_bias.reshape(-1)
+        self._hidden_bias = weights[contract.OUTPUT_ATTENTION_BIAS]  # (t,)
         # A user field's column of the folded kernel: [W | p]^T (u ⊙ v) + [b; 0], with v's
         # appended 1 picking up [b; 0] (``ItemRows``).
         self._bias_column = np.append(self._hidden_bias, 0).astype(np.float32)

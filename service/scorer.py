@@ -193,6 +193,10 @@ class ItemTable:
         return np.fromiter(rows, np.int32, len(movie_ids))
 
 
+Indexed = tuple[ItemTable, np.ndarray]
+"""An item table and each candidate's row in it (``LoadedModel._rows``)."""
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A version's signatures, metadata and training vocabularies (for the *_known flags).
@@ -288,7 +292,7 @@ class LoadedModel:
             self._item_tables.append(table)
             return table
 
-    def _rows(self, candidates: Candidates) -> tuple[ItemTable, np.ndarray] | None:
+    def _rows(self, candidates: Candidates) -> Indexed | None:
         """The item table of the candidates' movie table and each candidate's row in it, for
         a version with an items signature; built once, used for the scores and the flags."""
         if self.items_fn is None:
@@ -296,9 +300,7 @@ class LoadedModel:
         table = self.item_table(candidates.movies)
         return table, table.index(candidates.movie_ids)
 
-    def _movies_known(
-        self, candidates: Candidates, rows: tuple[ItemTable, np.ndarray] | None
-    ) -> np.ndarray:
+    def _movies_known(self, candidates: Candidates, rows: Indexed | None) -> np.ndarray:
         """Whether the model was trained on each candidate's movie id: the item table's
         flags, or the vocabulary for a version without one."""
         if rows is None:
@@ -311,7 +313,7 @@ class LoadedModel:
         self,
         outputs: Mapping[str, Any],
         candidates: Candidates,
-        rows: tuple[ItemTable, np.ndarray] | None,
+        rows: Indexed | None,
     ) -> Explanation:
         """The explain outputs (NumPy arrays or tensors) by their contract names."""
         return Explanation(
@@ -323,7 +325,7 @@ class LoadedModel:
         self,
         fn: Callable[..., Mapping[str, Any]],
         candidates: Candidates,
-        rows: tuple[ItemTable, np.ndarray] | None,
+        rows: Indexed | None,
     ) -> Any:
         import tensorflow as tf
 
@@ -347,9 +349,7 @@ class LoadedModel:
         """The NumPy ranker if it scores these rows."""
         return self.ranker if self.in_numpy(len(candidates)) else None
 
-    def _rank(
-        self, method: Callable[..., R], candidates: Candidates, rows: tuple[ItemTable, np.ndarray]
-    ) -> R:
+    def _rank(self, method: Callable[..., R], candidates: Candidates, rows: Indexed) -> R:
         """``method`` (``Ranker.score`` or ``Ranker.explain``) of ``candidates``."""
         table, index = rows
         return method(candidates.users, candidates.user_index, table.ranked, index)
