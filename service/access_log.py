@@ -1,50 +1,38 @@
 """One log line per HTTP request: method, route template, status, duration in milliseconds.
 
-A pure ASGI middleware (no per-request objects beyond one log record), logging to
-``service.access`` through whatever handler the process has: the CLI's text or JSON format.
-The route is the matched template (``/explain``, not ``/explain?user_id=1``) when FastAPI
-records one, else the raw path. Turned off with ``AFM_ACCESS_LOG=false``.
+Written to ``service.access`` through whatever handler the process has (the CLI's text or
+JSON format) by ``service.metrics.ObservedRequestsMiddleware``, which times each request once
+for the metrics and this line. The route is the matched template (``/explain``, not
+``/explain?user_id=1``) when FastAPI records one, else the raw path. Turned off with
+``AFM_ACCESS_LOG=false``.
 """
 
 from __future__ import annotations
 
 import logging
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from service.metrics import call_observed
-
 log = logging.getLogger("service.access")
 
 
-class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+def log_request(method: str, route: str, status: int, seconds: float) -> None:
+    ms = seconds * 1000
+    log.info(
+        "%s %s %d %.1fms",
+        method,
+        route,
+        status,
+        ms,
+        extra={
+            "fields": {
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(ms, 3),
+            }
+        },
+    )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not log.isEnabledFor(logging.INFO):
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"]  # routing may rewrite it for mounts
 
-        def observe(status: int, seconds: float) -> None:
-            ms = seconds * 1000
-            route_path = getattr(scope.get("route"), "path", None) or path
-            method = scope["method"]
-            log.info(
-                "%s %s %d %.1fms",
-                method,
-                route_path,
-                status,
-                ms,
-                extra={
-                    "fields": {
-                        "method": method,
-                        "route": route_path,
-                        "status": status,
-                        "duration_ms": round(ms, 3),
-                    }
-                },
-            )
-
-        await call_observed(self.app, scope, receive, send, observe)
+def enabled() -> bool:
+    """Whether an access line would be written now (the logger's level may change)."""
+    return log.isEnabledFor(logging.INFO)

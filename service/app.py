@@ -17,12 +17,11 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from model.logs import lean_records
-from service.access_log import AccessLogMiddleware
 from service.body_limit import BodySizeLimitMiddleware
 from service.coverage import CoverageMonitor
 from service.errors import install_error_handlers
 from service.feature_store import FeatureStore
-from service.metrics import Metrics, RequestMetricsMiddleware
+from service.metrics import Metrics, ObservedRequestsMiddleware
 from service.model_registry import ModelRegistry
 from service.routes import ops, scoring, ui
 from service.scorer import LoadedModel, Scorer, configure_threads, load_model
@@ -56,11 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(ui.router)
     ui.mount_static(app)
-    # Outermost last: the size limit runs before routing; metrics time everything inside it.
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    # Outermost last: the size limit runs before routing; the observer times (and logs) all.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    if settings.access_log:  # outermost: a 413 from the size limit gets its line too
-        app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(ObservedRequestsMiddleware, metrics=metrics, access_log=settings.access_log)
     return app
 
 

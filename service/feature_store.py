@@ -279,7 +279,8 @@ class FeatureStore:
         reply = await self._call(
             self._user_reads.evalsha(
                 feature_layout.READ_USER_SCRIPT, _READ_USER_SHA, [self._pointer], [user_id]
-            )
+            ),
+            timed=False,  # the pipelined connection times its commands out itself
         )
         if reply is None:
             raise self._not_loaded()
@@ -371,8 +372,12 @@ class FeatureStore:
             retry_after=self._retry_after,
         )
 
-    async def _call(self, awaitable):  # noqa: ANN001, ANN202 - thin wrapper over redis-py calls
+    async def _call(self, awaitable, timed: bool = True):  # noqa: ANN001, ANN202 - thin wrapper
+        """``awaitable``'s result, its Redis errors and lateness (beyond ``timeout`` s, bounded
+        here unless ``timed`` is false) as ``FeatureStoreUnavailable``."""
         try:
+            if not timed:
+                return await awaitable
             async with asyncio.timeout(self._timeout):
                 return await awaitable
         except TimeoutError as exc:

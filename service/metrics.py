@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import access_log
 from service.coverage import CoverageMonitor
 from service.feature_store import FeatureStore
 from service.model_registry import ModelRegistry
@@ -79,7 +80,7 @@ class Metrics:
             {"hostname": socket.gethostname()}
         )
         self._state: _StateCollector | None = None
-        self.in_flight = 0  # HTTP requests being handled; kept by RequestMetricsMiddleware
+        self.in_flight = 0  # HTTP requests being handled; kept by ObservedRequestsMiddleware
         Gauge(
             "afm_http_requests_in_flight",
             "HTTP requests being handled now (this scrape included).",
@@ -247,12 +248,17 @@ class _StateCollector(Collector):
         yield coverage
 
 
-class RequestMetricsMiddleware:
-    """Observe each HTTP request's duration under its route template and status."""
+class ObservedRequestsMiddleware:
+    """Time each HTTP request once, from receipt to its response sent (or its failure: 500 if
+    no response had started): the duration goes into ``afm_request_duration_seconds`` under
+    the route template and status and, with ``access_log``, into the request's line
+    (``service.access_log``). One layer for both, outermost, so a 413 from the size limit is
+    counted and logged too. Keeps ``Metrics.in_flight``."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool) -> None:
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log
         self.histogram = metrics.request_seconds
         self._children: dict[tuple[str, str, str], Histogram] = {}  # labels() is not free
 
@@ -261,57 +267,54 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         path, root_path = scope["path"], scope.get("root_path", "")  # routing rewrites them
+        start = time.perf_counter()
+        status = 500
 
-        def observe(status: int, seconds: float) -> None:
-            route = scope.get("route")
-            template = route.path if route is not None else _template(scope, path, root_path)
-            key = (scope["method"], template, str(status))
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = self.histogram.labels(*key)
-            child.observe(seconds)
-            scored = scope.get(SCORED_BY)
-            if scored is not None:
-                self.metrics.observe_scored(template, status, scored, seconds)
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
 
         self.metrics.in_flight += 1
         try:
-            await call_observed(self.app, scope, receive, send, observe)
+            await self.app(scope, receive, send_with_status)
         finally:
             self.metrics.in_flight -= 1
+            self._observe(scope, path, root_path, status, time.perf_counter() - start)
 
-
-async def call_observed(
-    app: ASGIApp,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    observe: Callable[[int, float], None],
-) -> None:
-    """``app`` on one HTTP request, then ``observe(status, seconds)``, also when ``app``
-    raised (status 500 if no response had started). Shared by the metrics and access-log
-    middlewares."""
-    start = time.perf_counter()
-    status = 500
-
-    async def send_with_status(message: Message) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        await send(message)
-
-    try:
-        await app(scope, receive, send_with_status)
-    finally:
-        observe(status, time.perf_counter() - start)
+    def _observe(
+        self, scope: Scope, path: str, root_path: str, status: int, seconds: float
+    ) -> None:
+        route = scope.get("route")
+        template = route.path if route is not None else _template(scope, path, root_path)
+        key = (scope["method"], template, str(status))
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.histogram.labels(*key)
+        child.observe(seconds)
+        scored = scope.get(SCORED_BY)
+        if scored is not None:
+            self.metrics.observe_scored(template, status, scored, seconds)
+        if self.access_log and access_log.enabled():  # the raw path of a static file, not its mount
+            access_log.log_request(
+                scope["method"], getattr(route, "path", None) or path, status, seconds
+            )
 
 
 def _template(scope: Scope, path: str, root_path: str) -> str:
     """The path of the app's route matching the request, for the requests FastAPI does not
-    record in ``scope["route"]`` (it does for its API routes): its own /openapi.json and the
-    static mounts. "unmatched" for a 404."""
+    record in ``scope["route"]`` (it does for the API routes it runs): its own /openapi.json,
+    the static mounts, and a body refused before routing. "unmatched" for a 404."""
     original = {**scope, "path": path, "root_path": root_path}
-    for route in getattr(scope.get("app"), "routes", ()):
-        if route.matches(original)[0] is Match.FULL:
-            return getattr(route, "path", "unmatched")
-    return "unmatched"
+    return _matching(getattr(scope.get("app"), "routes", ()), original) or "unmatched"
+
+
+def _matching(routes: Iterable, scope: Scope) -> str | None:
+    for route in routes:
+        if route.matches(scope)[0] is Match.FULL:
+            included = getattr(route, "original_router", None)  # FastAPI's include_router
+            if included is not None:
+                return _matching(included.routes, scope)
+            return getattr(route, "path", None)
+    return None

@@ -20,18 +20,20 @@ candidates this, and the merged scoring calls it allows, took the service from 1
 
 Failures raise redis-py's exceptions, as its client would: ``ConnectionError`` when Redis
 cannot be reached or the connection drops (every command waiting on it fails), and
-``ResponseError`` for an error reply. A command cancelled by its caller's timeout keeps its
-place in the FIFO, and its reply is dropped when it comes. A connection whose oldest
-unanswered command is older than ``timeout`` is presumed dead (a frozen server, a vanished
-host): the next command closes it and opens a new one, as redis-py drops a connection that
-timed out. The URL forms are redis-py's (``redis://``, ``rediss://``, ``unix://``, with
+``ResponseError`` for an error reply. A command unanswered ``timeout`` seconds after it was
+asked for (its connect included) raises ``TimeoutError``: the connection is then presumed
+dead (a frozen server, a vanished host), every command waiting on it fails the same way, and
+the next command opens a new one, as redis-py drops a connection that timed out. One timer
+per connection, set for the oldest unanswered command, keeps that time: an ``asyncio.timeout``
+around each command cost more than the rest of the client (ad hoc, uvloop). A command
+cancelled by its caller keeps its place in the FIFO, and its reply is dropped when it comes.
+The URL forms are redis-py's (``redis://``, ``rediss://``, ``unix://``, with
 username, password and database).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -60,8 +62,13 @@ class PipelinedConnection:
         self._connecting: asyncio.Task[_Protocol] | None = None
 
     async def call(self, *args: Arg) -> Any:
-        """The reply to one command; an error reply raises ``ResponseError``."""
-        reply = await (await self._connected()).request(args, at_once=self._alone())
+        """The reply to one command; an error reply raises ``ResponseError``, and none within
+        ``timeout`` seconds ``TimeoutError``."""
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            protocol = await self._connected()
+        reply = await protocol.request(args, deadline, at_once=self._alone())
         if isinstance(reply, ResponseError):
             raise reply
         return reply
@@ -85,12 +92,8 @@ class PipelinedConnection:
             self._protocol = None
 
     async def _connected(self) -> _Protocol:
-        protocol = self._protocol
-        if protocol is not None:
-            if protocol.alive(self._timeout):
-                return protocol
-            protocol.fail(ConnectionError(f"Redis did not answer within {self._timeout:g}s"))
-            self._protocol = None
+        """A new connection, once the last one was lost or there was none."""
+        self._protocol = None
         if self._connecting is None:  # one connect, shared by the commands that wait for it
             self._connecting = asyncio.create_task(self._connect())
             self._connecting.add_done_callback(self._connected_or_not)
@@ -104,14 +107,18 @@ class PipelinedConnection:
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         options = self._options
+
+        def opened() -> _Protocol:
+            return _Protocol(self._timeout)
+
         host, port = options.get("host", "localhost"), options.get("port", 6379)
         try:
             async with asyncio.timeout(self._timeout):
                 if options.get("connection_class") is UnixDomainSocketConnection:
-                    _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
+                    _, protocol = await loop.create_unix_connection(opened, options["path"])
                 else:
                     _, protocol = await loop.create_connection(
-                        _Protocol, host, port, ssl=_ssl_context(options)
+                        opened, host, port, ssl=_ssl_context(options)
                     )
                 await self._handshake(protocol)
         except (OSError, TimeoutError) as exc:
@@ -127,8 +134,9 @@ class PipelinedConnection:
             commands.append((b"AUTH", *([user] if user else []), self._options["password"]))
         if self._options.get("db"):
             commands.append((b"SELECT", self._options["db"]))
+        deadline = asyncio.get_running_loop().time() + self._timeout
         for command in commands:
-            reply = await protocol.request(command)
+            reply = await protocol.request(command, deadline)
             if isinstance(reply, ResponseError):
                 protocol.fail(ConnectionError(f"Redis refused {command[0].decode()}: {reply}"))
                 raise protocol.lost
@@ -136,14 +144,17 @@ class PipelinedConnection:
 
 class _Protocol(asyncio.Protocol):
     """The connection's bytes: commands written once per loop iteration, replies parsed by
-    hiredis and matched to the commands in order."""
+    hiredis and matched to the commands in order; closed once its oldest unanswered command
+    is ``timeout`` seconds late."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
         self.reader = hiredis.Reader(replyError=ResponseError)
-        self.waiting: deque[tuple[asyncio.Future, float]] = deque()  # (reply, when sent)
+        self.waiting: deque[tuple[asyncio.Future, float]] = deque()  # (reply, deadline)
         self.unsent: list[bytes] = []
         self.transport: asyncio.Transport | None = None
-        self.lost: ConnectionError | None = None
+        self.lost: Exception | None = None
+        self.timer: asyncio.TimerHandle | None = None  # set for the oldest unanswered command
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -161,15 +172,19 @@ class _Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(ConnectionError(f"Connection closed by Redis: {exc or 'end of stream'}"))
 
-    def request(self, args: tuple[Arg, ...], at_once: bool = False) -> asyncio.Future:
-        """The future of ``args``'s reply; the command leaves with the others of this loop
-        iteration, in one write at its end, or ``at_once``."""
+    def request(
+        self, args: tuple[Arg, ...], deadline: float, at_once: bool = False
+    ) -> asyncio.Future:
+        """The future of ``args``'s reply, due by ``deadline`` (loop time); the command leaves
+        with the others of this loop iteration, in one write at its end, or ``at_once``."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if self.lost is not None:
             future.set_exception(self.lost)
             return future
-        self.waiting.append((future, time.monotonic()))
+        self.waiting.append((future, deadline))
+        if self.timer is None:
+            self.timer = loop.call_at(deadline, self._expire)
         if at_once and not self.unsent:
             self.transport.write(_command(args))
             return future
@@ -178,22 +193,30 @@ class _Protocol(asyncio.Protocol):
         self.unsent.append(_command(args))
         return future
 
-    def alive(self, timeout: float) -> bool:
-        """Open, and its oldest unanswered command sent less than ``timeout`` s ago."""
-        if self.lost is not None:
-            return False
-        return not self.waiting or time.monotonic() - self.waiting[0][1] < timeout
-
-    def fail(self, error: ConnectionError) -> None:
+    def fail(self, error: Exception) -> None:
         """Close, failing every command still waiting with ``error`` (the first one given)."""
         if self.lost is None:
             self.lost = error
             if self.transport is not None:
                 self.transport.close()
+            if self.timer is not None:
+                self.timer.cancel()
         while self.waiting:
             future, _ = self.waiting.popleft()
             if not future.done():
                 future.set_exception(self.lost)
+
+    def _expire(self) -> None:
+        """The timer: close if the oldest unanswered command is late, else wait for it."""
+        self.timer = None
+        if not self.waiting or self.lost is not None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = self.waiting[0][1]
+        if loop.time() >= deadline:
+            self.fail(TimeoutError(f"Redis did not answer within {self.timeout:g}s"))
+        else:
+            self.timer = loop.call_at(deadline, self._expire)
 
     def _flush(self) -> None:
         unsent, self.unsent = self.unsent, []

@@ -8,8 +8,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from model.logs import JsonFormatter
-from service.access_log import AccessLogMiddleware
 from service.app import create_app
+from service.metrics import Metrics, ObservedRequestsMiddleware
 from service.settings import Settings
 
 
@@ -20,7 +20,7 @@ def _app() -> FastAPI:
     async def item(item_id: int) -> dict[str, int]:
         return {"item_id": item_id}
 
-    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(ObservedRequestsMiddleware, metrics=Metrics(), access_log=True)
     return app
 
 
@@ -43,10 +43,33 @@ def test_one_access_line_per_request_with_the_route_template(
     assert entry["status"] == 200 and entry["duration_ms"] > 0
 
 
-def test_access_log_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
-    def has_access_log(**settings: object) -> bool:
+def test_access_log_is_on_by_default_and_can_be_turned_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def lines(**settings: object) -> list[str]:
+        caplog.clear()
         app = create_app(Settings(model_dir=tmp_path, reload_interval=0, **settings))
-        return any(m.cls is AccessLogMiddleware for m in app.user_middleware)
+        with caplog.at_level(logging.INFO, logger="service.access"):
+            TestClient(app).get("/healthz")
+        return [r.getMessage() for r in _access_lines(caplog)]
 
-    assert has_access_log()
-    assert not has_access_log(access_log=False)
+    assert [line.split()[:3] for line in lines()] == [["GET", "/healthz", "200"]]
+    assert lines(access_log=False) == []
+
+
+def test_a_refused_body_is_logged_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(Settings(model_dir=tmp_path, reload_interval=0, max_body_bytes=1024))
+    with caplog.at_level(logging.INFO, logger="service.access"):
+        client = TestClient(app)
+        assert client.post("/score", content=b"x" * 2000).status_code == 413
+        metrics = client.get("/metrics").text
+    assert [r.getMessage().split()[:3] for r in _access_lines(caplog)][0] == [
+        "POST",
+        "/score",
+        "413",
+    ]
+    assert 'afm_request_duration_seconds_count{method="POST",route="/score",status="413"} 1.0' in (
+        metrics
+    )
