@@ -12,11 +12,13 @@ calls ``Scoring.pick`` once it has the body.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
+from fastapi.routing import APIRoute
 from starlette.datastructures import State
 
 from service.coverage import CoverageMonitor
@@ -116,3 +118,36 @@ FeatureStoreDep = Annotated[FeatureStore, Depends(get_feature_store)]
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
 CoverageDep = Annotated[CoverageMonitor, Depends(get_coverage)]
 ScoringDep = Annotated[Scoring, Depends(get_scoring)]
+
+
+class ScoringRoute(APIRoute):
+    """A route whose endpoint is ``async (request, scoring: ScoringDep) -> Response``, called
+    with ``get_scoring``'s value directly instead of through FastAPI's dependency solver (the
+    endpoint reads its body itself). An app that overrides ``get_scoring``, as tests do, gets
+    FastAPI's own handler, and FastAPI documents the route from the endpoint as any other.
+
+    For /score, the hot route: the solver and FastAPI's request handler around it took
+    ~110 µs of a 1.65 ms request with 100 candidates (in-process through ASGI, ad hoc, on a
+    machine where the bare endpoint serves 260 requests/s).
+    """
+
+    def __init__(
+        self, path: str, endpoint: Callable[..., Awaitable[Response]], **kwargs: Any
+    ) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        takes = self.dependant
+        needs = [d.call for d in takes.dependencies]
+        params = [*takes.path_params, *takes.query_params, *takes.header_params]
+        params += [*takes.cookie_params, *takes.body_params]
+        if needs != [get_scoring] or takes.request_param_name is None or params:
+            raise TypeError(f"{endpoint.__name__} must take (Request, ScoringDep) only")
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        endpoint, solved = self.endpoint, super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            if get_scoring in request.app.dependency_overrides:
+                return await solved(request)
+            return await endpoint(request, await get_scoring(request))
+
+        return handle

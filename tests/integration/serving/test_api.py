@@ -12,9 +12,11 @@ import httpx
 import numpy as np
 import pytest
 import tensorflow as tf
+from fastapi import Request, Response
 from fastapi.testclient import TestClient
 
 from model import contract
+from service import deps
 from service.app import create_app
 from service.settings import Settings
 from tests.integration.serving.helpers import ServerThread, wait_ready, wait_until
@@ -87,6 +89,32 @@ def test_score_equals_saved_model(api: TestClient, reference, synthetic_users: d
     got = np.array([s["probability"] for s in body["scores"]])
     np.testing.assert_allclose(got, expected[contract.OUTPUT_PROBABILITY], rtol=1e-6, atol=1e-7)
     assert len(set(got.round(6))) > 1  # the model discriminates: not a constant
+
+
+def test_score_answers_as_through_the_dependency_solver(api: TestClient) -> None:
+    """/score calls ``get_scoring`` itself (``ScoringRoute``); an app overriding it gets
+    FastAPI's solver: with the override set to ``get_scoring`` itself, the answers are equal."""
+    bodies = [
+        {"user_id": 3, "movie_ids": [1, 17, UNKNOWN_MOVIE], "explain": True},
+        {"user_id": 5, "movie_ids": [9, 2]},
+        {"user_id": 5, "movie_ids": []},  # an error answers alike too
+    ]
+    direct = [api.post("/score", json=body) for body in bodies]
+    api.app.dependency_overrides[deps.get_scoring] = deps.get_scoring
+    try:
+        solved = [api.post("/score", json=body) for body in bodies]
+    finally:
+        api.app.dependency_overrides.clear()
+    assert [r.status_code for r in direct] == [200, 200, 422]
+    assert [r.json() for r in direct] == [r.json() for r in solved]
+
+
+def test_the_scoring_route_refuses_an_endpoint_it_could_not_call() -> None:
+    async def paged(http: Request, scoring: deps.ScoringDep, page: int = 0) -> Response:
+        return Response()
+
+    with pytest.raises(TypeError, match="paged must take"):
+        deps.ScoringRoute("/paged", paged, methods=["POST"])
 
 
 def test_unknown_user_and_movie_are_flagged_and_scored(api: TestClient, reference) -> None:  # noqa: ANN001
