@@ -126,9 +126,10 @@ class ScoringRoute(APIRoute):
     endpoint reads its body itself). An app that overrides ``get_scoring``, as tests do, gets
     FastAPI's own handler, and FastAPI documents the route from the endpoint as any other.
 
-    For /score, the hot route: the solver and FastAPI's request handler around it took
-    ~110 µs of a 1.65 ms request with 100 candidates (in-process through ASGI, ad hoc, on a
-    machine where the bare endpoint serves 260 requests/s).
+    For /score, the hot route. An empty endpoint taking the request and this dependency cost
+    278 µs a request, 150 µs without the dependency and 77 µs as a plain Starlette route
+    (in-process through ASGI with the service's middleware, ad hoc, on a machine where a
+    100-candidate /score takes 1.6 ms).
     """
 
     def __init__(

@@ -296,10 +296,9 @@ class ObservedRequestsMiddleware:
         scored = scope.get(SCORED_BY)
         if scored is not None:
             self.metrics.observe_scored(template, status, scored, seconds)
-        if self.access_log and access_log.enabled():  # the raw path of a static file, not its mount
-            access_log.log_request(
-                scope["method"], getattr(route, "path", None) or path, status, seconds
-            )
+        if self.access_log and access_log.enabled():
+            route_path = getattr(route, "path", None) or path  # a static file's, not its mount's
+            access_log.log_request(scope["method"], route_path, status, seconds)
 
 
 def _template(scope: Scope, path: str, root_path: str) -> str:

@@ -25,7 +25,8 @@ asked for (its connect included) raises ``TimeoutError``: the connection is then
 dead (a frozen server, a vanished host), every command waiting on it fails the same way, and
 the next command opens a new one, as redis-py drops a connection that timed out. One timer
 per connection, set for the oldest unanswered command, keeps that time: an ``asyncio.timeout``
-around each command cost more than the rest of the client (ad hoc, uvloop). A command
+around each command added 20 µs to an await of 9 µs (a loop under uvloop, ad hoc, on a
+machine where a 100-candidate /score takes 1.6 ms). A command
 cancelled by its caller keeps its place in the FIFO, and its reply is dropped when it comes.
 The URL forms are redis-py's (``redis://``, ``rediss://``, ``unix://``, with
 username, password and database).
@@ -36,6 +37,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import hiredis
@@ -107,10 +109,7 @@ class PipelinedConnection:
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         options = self._options
-
-        def opened() -> _Protocol:
-            return _Protocol(self._timeout)
-
+        opened = partial(_Protocol, self._timeout)
         host, port = options.get("host", "localhost"), options.get("port", 6379)
         try:
             async with asyncio.timeout(self._timeout):
