@@ -51,9 +51,14 @@ def main() -> None:
     import tensorflow as tf
 
     from model.config import AFMConfig, DataConfig, TrainConfig
-    from model.contract import FIELD_SETS, OUTPUT_PROBABILITY, SIGNATURE_SCORE, USER_FIELDS
-    from model.protocols import prepare
-    from model.train import export_trained, fit, roc_auc
+    from model.contracts.export_format import (
+        FIELD_SETS,
+        OUTPUT_PROBABILITY,
+        SIGNATURE_SCORE,
+        USER_FIELDS,
+    )
+    from model.data.protocols import prepare
+    from model.training.train import export_trained, fit, roc_auc
 
     data_config = DataConfig(
         dataset=args.dataset,

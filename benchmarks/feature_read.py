@@ -41,8 +41,8 @@ import redis
 import redis.asyncio as aioredis
 import uvloop
 
-from model import feature_layout
-from model.load_features import load_features
+from model.contracts import feature_layout
+from model.data.load_features import load_features
 from service.feature_store import FeatureStore
 
 PREFIX = "bench-read:"

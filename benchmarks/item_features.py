@@ -47,10 +47,10 @@ from pathlib import Path
 
 import numpy as np
 
-from model import feature_layout
 from model.config import DataConfig
-from model.load_features import load_features
-from model.movielens import load_movies, load_users
+from model.contracts import feature_layout
+from model.data.load_features import load_features
+from model.data.movielens import load_movies, load_users
 
 REPO = Path(__file__).resolve().parent.parent
 CANDIDATES = (100, 1000)

@@ -36,9 +36,9 @@ def peak_rss_mb() -> float:
 def run_case(case: str, folder: Path, repeat: int) -> dict:
     sys.path.insert(0, str(REPO))
     from model.config import DataConfig
-    from model.movielens import load_ratings
-    from model.protocols import next_item, prepare, rating_threshold
-    from model.synth import write_synthetic
+    from model.data.movielens import load_ratings
+    from model.data.protocols import next_item, prepare, rating_threshold
+    from model.data.synth import write_synthetic
 
     timings: dict[str, list[float]] = {}
 
@@ -80,8 +80,8 @@ def write_seed_rows(synthetic: Path, out: Path) -> None:
     import pandas as pd
 
     from model.config import DataConfig
-    from model.contract import SEED_FIELDS
-    from model.protocols import prepare
+    from model.contracts.export_format import SEED_FIELDS
+    from model.data.protocols import prepare
 
     data = prepare(DataConfig(dataset="synthetic", data_dir=synthetic))
     for name in ("train", "valid", "test"):

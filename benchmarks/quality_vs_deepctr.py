@@ -72,8 +72,8 @@ def write_split(split: str, data_root: Path, out: Path) -> Path:
         raise BenchmarkError(f"MovieLens data for {split} not found at {data_dir} (see --data)")
     sys.path.insert(0, str(REPO))
     from model.config import DataConfig
-    from model.contract import SEED_FIELDS
-    from model.protocols import prepare
+    from model.contracts.export_format import SEED_FIELDS
+    from model.data.protocols import prepare
 
     data = prepare(DataConfig(dataset=split, data_dir=data_dir, protocol=protocol))
     out.mkdir(parents=True, exist_ok=True)

@@ -43,12 +43,12 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from model import contract, rollout
-    from model.rollout import RolloutPolicy
+    from model.contracts import export_format, rollout
+    from model.contracts.rollout import RolloutPolicy
     from service.model_registry import ModelRegistry
     from service.scorer import configure_threads, load_model
 
-    newest = contract.latest_version(args.model_dir)
+    newest = export_format.latest_version(args.model_dir)
     if newest is None:
         sys.exit(f"error: no version under {args.model_dir}")
     source = args.model_dir / str(newest)
@@ -97,7 +97,7 @@ def main() -> None:
 def print_time_per_request(calls: int = 20_000) -> None:
     import numpy as np
 
-    from model.rollout import in_canary
+    from model.contracts.rollout import in_canary
     from service.metrics import Metrics, Scored
 
     def mean_us(fn) -> float:  # noqa: ANN001

@@ -55,7 +55,7 @@ from pathlib import Path
 
 from fastapi import Request  # module level: the bare endpoint's annotation must resolve
 
-from model import contract
+from model.contracts import export_format
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "bench:"
@@ -89,15 +89,15 @@ def main() -> None:
 def _load_features(data_dir: Path, redis_url: str) -> tuple[dict[str, list[str]], list[str]]:
     """Users and movies of ``data_dir`` loaded under PREFIX; (user columns, movie ids)."""
     from model.config import DataConfig
-    from model.load_features import load_features
-    from model.movielens import load_movies, load_users
+    from model.data.load_features import load_features
+    from model.data.movielens import load_movies, load_users
 
     config = DataConfig(dataset="synthetic", data_dir=data_dir)
     users, movies = load_users(config), load_movies(config)
     n_users, n_movies = load_features(users, movies, redis_url, PREFIX)
     print(f"loaded {n_users} users and {n_movies} movies under {PREFIX!r}", flush=True)
     user_columns = {name: [str(v) for v in values.tolist()] for name, values in users.items()}
-    return user_columns, [str(m) for m in movies[contract.MOVIE_ID].tolist()]
+    return user_columns, [str(m) for m in movies[export_format.MOVIE_ID].tolist()]
 
 
 def _measure(
@@ -120,7 +120,7 @@ def _measure(
                 )  # fmt: skip
         if args.bare:
             bare_dir = model_dirs[BARE_FIELDS]
-            version_dir = bare_dir / str(contract.latest_version(bare_dir))
+            version_dir = bare_dir / str(export_format.latest_version(bare_dir))
             servers["bare"] = _start([__file__, "--serve-bare"], dict(os.environ), "/healthz",
                                      "/bare", extra=[str(version_dir), args.redis_url])  # fmt: skip
         if args.floor:
@@ -136,7 +136,7 @@ def _measure(
           f"{_load_average()}; variants: "
           + "; ".join(f"{k}: {' '.join(v) or 'defaults'}" for k, v in configs.items()))  # fmt: skip
     for field_set in args.served:
-        metadata = contract.read_metadata(_latest(model_dirs[field_set]))
+        metadata = export_format.read_metadata(_latest(model_dirs[field_set]))
         print(f"service-{field_set}: {len(metadata.fields)} fields, version {metadata.version} "
               f"of {model_dirs[field_set]}")  # fmt: skip
     print("| server | candidates | concurrency | req/s | (min–max) | p50 ms | p99 ms | non-2xx |")
@@ -210,11 +210,11 @@ def _load_bare_users(redis_url: str, users: dict[str, list[str]]) -> None:
     """Plain ``bare:user:<id>`` hashes (no namespace pointer) for the bare endpoint."""
     import redis
 
-    from model.feature_layout import USER_FIELDS
+    from model.contracts.feature_layout import USER_FIELDS
 
     client = redis.Redis.from_url(redis_url)
     pipe = client.pipeline(transaction=False)
-    for i, user_id in enumerate(users[contract.USER_ID]):
+    for i, user_id in enumerate(users[export_format.USER_ID]):
         pipe.hset(f"bare:user:{user_id}", mapping={f: users[f][i] for f in USER_FIELDS})
     pipe.execute()
     client.close()
@@ -226,9 +226,9 @@ def _serve_bare(port: str, version_dir: str, redis_url: str) -> None:
     import redis.asyncio as aioredis
     import tensorflow as tf
 
-    from model import contract
+    from model.contracts import export_format
 
-    signature = tf.saved_model.load(version_dir).signatures[contract.SIGNATURE_SCORE]
+    signature = tf.saved_model.load(version_dir).signatures[export_format.SIGNATURE_SCORE]
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     app = _app_with_healthz()
 
@@ -243,7 +243,7 @@ def _serve_bare(port: str, version_dir: str, redis_url: str) -> None:
             "movie_id": list(map(str, body["movie_ids"])),
         }
         outputs = signature(**{f: tf.constant(v, tf.string) for f, v in inputs.items()})
-        return {"scores": outputs[contract.OUTPUT_PROBABILITY].numpy().tolist()}
+        return {"scores": outputs[export_format.OUTPUT_PROBABILITY].numpy().tolist()}
 
     _run(app, port)
 
@@ -318,9 +318,11 @@ def _parse_args() -> argparse.Namespace:
 
 def _field_sets(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in contract.FIELD_SETS]
+    unknown = [name for name in names if name not in export_format.FIELD_SETS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"expected {', '.join(contract.FIELD_SETS)}: {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected {', '.join(export_format.FIELD_SETS)}: {text!r}"
+        )
     return list(dict.fromkeys(names))
 
 
@@ -355,7 +357,7 @@ def _model_dirs(args: argparse.Namespace, data_dir: Path) -> dict[str, Path]:
     dirs = {}
     for field_set in dict.fromkeys(needed):
         model_dir = Path(args.work_dir) / f"models-{field_set}"
-        if contract.latest_version(model_dir) is None:
+        if export_format.latest_version(model_dir) is None:
             print(f"training a {field_set!r} model into {model_dir}", flush=True)
             _cli("train", "--dataset", "synthetic", "--data-dir", str(data_dir),
                  "--model-dir", str(model_dir), "--epochs", "1", "--fields", field_set)  # fmt: skip
@@ -364,15 +366,15 @@ def _model_dirs(args: argparse.Namespace, data_dir: Path) -> dict[str, Path]:
 
 
 def _latest(model_dir: Path) -> Path:
-    version = contract.latest_version(model_dir)
+    version = export_format.latest_version(model_dir)
     if version is None:
         sys.exit(f"no model version under {model_dir}")
     return model_dir / str(version)
 
 
 def _field_set(version_dir: Path) -> str:
-    fields = tuple(contract.read_metadata(version_dir).fields)
-    return next(name for name, value in contract.FIELD_SETS.items() if value == fields)
+    fields = tuple(export_format.read_metadata(version_dir).fields)
+    return next(name for name, value in export_format.FIELD_SETS.items() if value == fields)
 
 
 def _cli(*args: str) -> None:

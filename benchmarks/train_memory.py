@@ -45,7 +45,7 @@ def peak_rss_mb() -> float:
 
 def synthetic(work: Path, ratings: int) -> Path:
     sys.path.insert(0, str(REPO))
-    from model.synth import write_synthetic
+    from model.data.synth import write_synthetic
 
     folder = work / f"synthetic-{ratings}"
     if not folder.is_dir():
@@ -64,23 +64,23 @@ def timed_fit(trainer, warmup, timed) -> dict:
 
 def child(mode: str, source: Path, steps: int) -> dict:
     sys.path.insert(0, str(REPO))
-    from model import logs
+    from model.cli import logs
 
     logs.quiet_tensorflow_import()
     import keras
     import numpy as np
 
-    from model.afm import build_afm
     from model.config import AFMConfig, DataConfig, TrainConfig
-    from model.contract import FIELD_SETS
-    from model.train import compiled_trainer, epoch_dataset
+    from model.contracts.export_format import FIELD_SETS
+    from model.network.afm import build_afm
+    from model.training.train import compiled_trainer, epoch_dataset
 
     afm, train = AFMConfig(), TrainConfig(batch_size=BATCH, seed=1)
     fields = FIELD_SETS[afm.fields]
     keras.utils.set_random_seed(1)
     start = time.perf_counter()
     if mode == "in-memory":
-        from model.protocols import prepare
+        from model.data.protocols import prepare
 
         data = prepare(DataConfig(dataset="synthetic", data_dir=source, negatives=10, seed=1))
         vocabularies = data.vocabularies(fields)
@@ -92,7 +92,7 @@ def child(mode: str, source: Path, steps: int) -> dict:
         warmup = epoch_dataset({k: v[:warm] for k, v in x.items()}, y[:warm], BATCH, rng)
         timed = epoch_dataset(x, y, BATCH, rng).take(steps)
     else:
-        from model.shards import Manifest, training_batches
+        from model.data.shards import Manifest, training_batches
 
         manifest = Manifest.load(source)
         vocabularies, rows = manifest.vocabularies, manifest.rows("train")

@@ -10,7 +10,7 @@ Sources:
 
 Model and training settings are the reference's: embedding 16, attention factor 8, batch 4096
 (DeepCTR's AFM: ~2.5e5 examples/s on this machine). The trainer is the one ``afm-ctr train``
-uses (``model.train.compiled_trainer`` and ``epoch_dataset``). A warm-up pass of a few
+uses (``model.training.train.compiled_trainer`` and ``epoch_dataset``). A warm-up pass of a few
 batches traces and XLA-compiles the step first (once per process in a real run too); then
 each timed epoch is one full, shuffled pass.
 
@@ -46,8 +46,8 @@ def peak_rss_mb() -> float:
 def prepare_data(source: str, seed: int):
     sys.path.insert(0, str(REPO))
     from model.config import DataConfig
-    from model.protocols import prepare
-    from model.synth import write_synthetic
+    from model.data.protocols import prepare
+    from model.data.synth import write_synthetic
 
     if source == "ml-1m":
         if not SHARED_ML1M.is_dir():
@@ -74,10 +74,10 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from model.afm import build_afm
     from model.config import AFMConfig, TrainConfig
-    from model.contract import FIELD_SETS
-    from model.train import compiled_trainer, epoch_dataset
+    from model.contracts.export_format import FIELD_SETS
+    from model.network.afm import build_afm
+    from model.training.train import compiled_trainer, epoch_dataset
 
     afm = AFMConfig(fields=args.fields, embedding_dim=16, attention_factor=8)
     fields = FIELD_SETS[afm.fields]

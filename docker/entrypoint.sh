@@ -50,7 +50,7 @@ print(d["users"], d["movies"], d["ratings"], d["seed"])')
 }
 
 latest_version() {
-  python -c 'import sys; from pathlib import Path; from model.contract import latest_version
+  python -c 'import sys; from pathlib import Path; from model.contracts.export_format import latest_version
 print(latest_version(Path(sys.argv[1])) or "")' "$AFM_MODEL_DIR"
 }
 

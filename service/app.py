@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from model.logs import lean_records
+from model.cli.logs import lean_records
 from service.body_limit import BodySizeLimitMiddleware
 from service.coverage import CoverageMonitor
 from service.errors import install_error_handlers

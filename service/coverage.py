@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping, Set
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from model import contract
+from model.contracts import export_format
 from service.errors import ServiceError
 from service.feature_store import FeatureStore
 from service.scorer import LoadedModel
@@ -74,9 +74,9 @@ def compute_coverage(
         if vocabulary is not None and total > 0:
             known = sum(n for value, n in counts.items() if value in vocabulary)
             shares[name] = known / total
-    movies = vocabularies.get(contract.MOVIE_ID)
+    movies = vocabularies.get(export_format.MOVIE_ID)
     if movies is not None and movie_ids:
-        shares[contract.MOVIE_ID] = sum(m in movies for m in movie_ids) / len(movie_ids)
+        shares[export_format.MOVIE_ID] = sum(m in movies for m in movie_ids) / len(movie_ids)
     return Coverage(MappingProxyType(shares), threshold)
 
 

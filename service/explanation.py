@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from model.contract import MOVIE_ID, MULTI_VALUED, split_values
+from model.contracts.export_format import MOVIE_ID, MULTI_VALUED, split_values
 
 UNKNOWN_LABEL = "unknown"
 

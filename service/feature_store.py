@@ -1,4 +1,4 @@
-"""Async feature reads from Redis, following ``model.feature_layout``.
+"""Async feature reads from Redis, following ``model.contracts.feature_layout``.
 
 A request needs its user's features and the item features of its candidates. The user costs
 one round trip: EVALSHA of ``READ_USER_SCRIPT`` resolves the namespace pointer and reads the
@@ -21,8 +21,8 @@ hash slot only, and a load's keys are spread over every master. The store reads 
 hash (HGETALL) under the namespace its ``PointerCache`` holds, and the movies and meta hashes
 of that namespace in one pipelined call (one round trip per node, in parallel); a request
 still costs one round trip. The pointer is re-read in the background about once a second,
-and the loader keeps a replaced namespace for minutes (``model.feature_layout``, "On a Redis
-Cluster"), so a request still reads one load only and never a removed one.
+and the loader keeps a replaced namespace for minutes (``model.contracts.feature_layout``,
+"On a Redis Cluster"), so a request still reads one load only and never a removed one.
 
 Every Redis failure, and any call slower than ``timeout`` seconds, becomes
 ``FeatureStoreUnavailable`` (on a cluster its subclass ``FeatureNodeUnavailable``: the node
@@ -46,8 +46,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
-from model import feature_layout
-from model.feature_layout import FeatureSetMeta
+from model.contracts import feature_layout
+from model.contracts.feature_layout import FeatureSetMeta
 from service.errors import (
     FeatureNodeUnavailable,
     FeaturesNotLoaded,

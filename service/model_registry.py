@@ -8,7 +8,7 @@ serve only after warming succeeded. A version that fails is logged once and not 
 unless its directory is replaced (its mtime changes); what serves keeps serving, so a broken
 version is never promoted.
 
-Without a rollout policy file (``model/rollout.py``) the newest loadable version serves
+Without a rollout policy file (``model/contracts/rollout.py``) the newest loadable version serves
 everyone and the one it replaced stays loaded as ``previous``. With one, the registry follows
 it; a broken policy file is logged, counted and ignored: the last good policy stays in force.
 At most three versions serve (stable, canary, previous); a fourth is held while it loads.
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from model import contract, rollout
-from model.rollout import Role, RolloutPolicy
+from model.contracts import export_format, rollout
+from model.contracts.rollout import Role, RolloutPolicy
 from service.errors import VersionNotLoaded, first_line
 from service.scorer import LoadedModel
 
@@ -157,7 +157,7 @@ class ModelRegistry:
         old = self._serving
         serving = old.stable.version if old.stable else 0
         loaded = {model.version: model for _, model in old.roles()}
-        for version in reversed(contract.list_versions(self.model_dir)):
+        for version in reversed(export_format.list_versions(self.model_dir)):
             if version <= serving:
                 break
             model = await self._obtain(version, loaded)

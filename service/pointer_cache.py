@@ -2,7 +2,7 @@
 
 On one Redis a Lua call resolves the pointer and reads in one step. On a cluster the pointer
 and a user's hash sit on different nodes, so the reader keeps the pointer's value and reads
-with it directly, one round trip per request (``model.feature_layout``, "On a Redis
+with it directly, one round trip per request (``model.contracts.feature_layout``, "On a Redis
 Cluster"). The copy is re-read in the background once ``CLUSTER_REFRESH_SECONDS`` old and is
 never used past ``CLUSTER_MAX_AGE_SECONDS`` (counted from when its GET was sent): a read then
 waits for a fresh GET, so a namespace the loader retired is not read after its keys expire.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from redis.asyncio.cluster import RedisCluster
 
-from model import feature_layout
+from model.contracts import feature_layout
 from service.errors import first_line
 
 log = logging.getLogger(__name__)

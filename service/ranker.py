@@ -4,10 +4,10 @@ A TensorFlow call costs a fixed ~0.4-1 ms here (the Python call into the runtime
 small graph ops) whatever its size, while the arithmetic of ranking 100 candidates is a few
 hundred thousand multiply-adds. ``Ranker`` does that arithmetic with NumPy on the weights of
 the version's ``rank_weights`` signature and the rows of its ``items`` table (both described
-in ``model/contract.py``): the formula of ``model/rank.py``, float32 throughout, with the
-user x movie pairs' products regrouped (``Ranker._pairs``). ``service.scorer.load_model``
-checks it against the version's ``rank_explain`` signature before using it (to 1e-5) and
-serves the version through TensorFlow otherwise.
+in ``model/contracts/export_format.py``): the formula of ``model/export/rank.py``, float32
+throughout, with the user x movie pairs' products regrouped (``Ranker._pairs``).
+``service.scorer.load_model`` checks it against the version's ``rank_explain`` signature before
+using it (to 1e-5) and serves the version through TensorFlow otherwise.
 
 Arrays are pair-major, (pairs, candidates): the softmax over a candidate's pairs, and every
 element-wise step before it, then run along rows of N candidates instead of rows of 15 or 28
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model import contract
+from model.contracts import export_format
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class ItemRows:
 
 
 class Ranker:
-    """The six explain outputs of N candidates of B users, as ``contract.SIGNATURE_RANK_EXPLAIN``.
+    """The six explain outputs of N candidates of B users, as
+    ``export_format.SIGNATURE_RANK_EXPLAIN``.
 
     Args:
         fields: the version's field set.
@@ -56,38 +57,38 @@ class Ranker:
         weights: Mapping[str, np.ndarray],
         vocabularies: Mapping[str, Sequence[str]],
     ) -> None:
-        user_fields, item_fields = contract.rank_sides(tuple(fields))
-        offsets = weights[contract.OUTPUT_USER_OFFSETS]
+        user_fields, item_fields = export_format.rank_sides(tuple(fields))
+        offsets = weights[export_format.OUTPUT_USER_OFFSETS]
         self._rows = {  # user field -> raw value -> row of the field table
             f: {value: int(offsets[n]) + i + 1 for i, value in enumerate(vocabularies[f])}
             for n, f in enumerate(user_fields)
         }
         self._unknown = [int(offsets[n]) for n in range(len(user_fields))]
-        table = weights[contract.OUTPUT_FIELD_TABLE]
+        table = weights[export_format.OUTPUT_FIELD_TABLE]
         self._k = table.shape[1] - 1
         self._vectors, self._linear = table[:, : self._k], table[:, self._k]
-        self._kernel = weights[contract.OUTPUT_PAIR_KERNEL]  # (k, t + 1): [W | p]
+        self._kernel = weights[export_format.OUTPUT_PAIR_KERNEL]  # (k, t + 1): [W | p]
         self._t = self._kernel.shape[1] - 1
-        self._hidden_bias = weights[contract.OUTPUT_ATTENTION_BIAS]  # (t,)
+        self._hidden_bias = weights[export_format.OUTPUT_ATTENTION_BIAS]  # (t,)
         # A user field's column of the folded kernel: [W | p]^T (u ⊙ v) + [b; 0], with v's
         # appended 1 picking up [b; 0] (``ItemRows``).
         self._bias_column = np.append(self._hidden_bias, 0).astype(np.float32)
-        self._hidden_projection = weights[contract.OUTPUT_ATTENTION_PROJECTION].reshape(1, -1)
-        self._scale = np.float32(weights[contract.OUTPUT_PAIR_SCALE])
-        self._bias = np.float32(weights[contract.OUTPUT_BIAS])
-        self._attention = bool(weights[contract.OUTPUT_USES_ATTENTION])
+        self._hidden_projection = weights[export_format.OUTPUT_ATTENTION_PROJECTION].reshape(1, -1)
+        self._scale = np.float32(weights[export_format.OUTPUT_PAIR_SCALE])
+        self._bias = np.float32(weights[export_format.OUTPUT_BIAS])
+        self._attention = bool(weights[export_format.OUTPUT_USES_ATTENTION])
 
         # Pair rows here: user pairs, user x movie pairs (user field major), movie pairs;
         # ``_back`` puts them into ``pairs(fields)`` order.
         self._user_fields, self._i = user_fields, len(item_fields)
-        user_pairs = contract.pairs(user_fields)
+        user_pairs = export_format.pairs(user_fields)
         self._left = [user_fields.index(a) for a, _ in user_pairs]
         self._right = [user_fields.index(b) for _, b in user_pairs]
-        self._item_pairs = len(contract.pairs(item_fields))
+        self._item_pairs = len(export_format.pairs(item_fields))
         cross = [(a, b) for a in user_fields for b in item_fields]
-        every = contract.pairs(tuple(fields))
-        order = [every.index(p) for p in (*user_pairs, *cross, *contract.pairs(item_fields))]
-        self._pair_bias = weights[contract.OUTPUT_PAIR_BIAS][order][:, None]  # (P, 1)
+        every = export_format.pairs(tuple(fields))
+        order = [every.index(p) for p in (*user_pairs, *cross, *export_format.pairs(item_fields))]
+        self._pair_bias = weights[export_format.OUTPUT_PAIR_BIAS][order][:, None]  # (P, 1)
         self._back = np.argsort(order)
 
     def item_rows(self, items: np.ndarray) -> ItemRows:
@@ -125,12 +126,12 @@ class Ranker:
         contribution = attention * terms * self._scale
         logit = self._bias + linear.sum(axis=0) + contribution.sum(axis=0)
         return {
-            contract.OUTPUT_PROBABILITY: _sigmoid(logit),
-            contract.OUTPUT_ATTENTION: attention.T[:, self._back],
-            contract.OUTPUT_CONTRIBUTION: contribution.T[:, self._back],
-            contract.OUTPUT_BIAS: np.full(len(logit), self._bias, np.float32),
-            contract.OUTPUT_LINEAR: linear.T,
-            contract.OUTPUT_LOGIT: logit,
+            export_format.OUTPUT_PROBABILITY: _sigmoid(logit),
+            export_format.OUTPUT_ATTENTION: attention.T[:, self._back],
+            export_format.OUTPUT_CONTRIBUTION: contribution.T[:, self._back],
+            export_format.OUTPUT_BIAS: np.full(len(logit), self._bias, np.float32),
+            export_format.OUTPUT_LINEAR: linear.T,
+            export_format.OUTPUT_LOGIT: logit,
         }
 
     def _pairs(

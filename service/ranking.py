@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from model.contract import USER_ID, rank_sides
+from model.contracts.export_format import USER_ID, rank_sides
 from service.scorer import UNKNOWN_VALUE, Candidates
 
 

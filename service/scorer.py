@@ -1,10 +1,11 @@
 """One loaded model version, and the scorer that runs its calls off the event loop in batches.
 
-``LoadedModel`` wraps ``<model-dir>/<version>/`` (see ``model/contract.py``): it keeps the
+``LoadedModel`` wraps ``<model-dir>/<version>/`` (see ``model/contracts/export_format.py``): it
+keeps the
 items signature's table of the feature set's movies (built by TensorFlow on the first call
 that meets a new movie table), and scores ``Candidates`` (each user's raw fields once, each
 candidate's movie id) with it: in NumPy from the version's rank weights (``service/ranker.py``),
-or through its rank signatures (``model/rank.py``) for a version without them. Its methods
+or through its rank signatures (``model/export/rank.py``) for a version without them. Its methods
 are synchronous and return NumPy.
 ``Scorer`` runs them on a small dedicated pool, so at most ``threads`` scoring calls run at
 once and the event loop keeps serving health checks and Redis reads meanwhile. Requests that
@@ -35,7 +36,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 import numpy as np
 
-from model import contract
+from model.contracts import export_format
 from service.errors import ScoringFailed
 from service.ranker import ItemRows, Ranker
 
@@ -122,7 +123,7 @@ def _chain(lists: Iterable[Sequence[R]]) -> list[R]:
 
 def _movie_value(movies: Mapping[str, Mapping[str, str]], movie_id: str, field_name: str) -> str:
     """Movie ``movie_id``'s raw value of a movie field, from the movie table."""
-    if field_name == contract.MOVIE_ID:
+    if field_name == export_format.MOVIE_ID:
         return movie_id
     return movies.get(movie_id, _NONE).get(field_name, UNKNOWN_VALUE)
 
@@ -160,12 +161,12 @@ class Explanation:
 
 
 EXPLAIN_OUTPUTS: dict[str, str] = {
-    "probability": contract.OUTPUT_PROBABILITY,
-    "attention": contract.OUTPUT_ATTENTION,
-    "contribution": contract.OUTPUT_CONTRIBUTION,
-    "bias": contract.OUTPUT_BIAS,
-    "linear": contract.OUTPUT_LINEAR,
-    "logit": contract.OUTPUT_LOGIT,
+    "probability": export_format.OUTPUT_PROBABILITY,
+    "attention": export_format.OUTPUT_ATTENTION,
+    "contribution": export_format.OUTPUT_CONTRIBUTION,
+    "bias": export_format.OUTPUT_BIAS,
+    "linear": export_format.OUTPUT_LINEAR,
+    "logit": export_format.OUTPUT_LOGIT,
 }
 """Explanation attribute -> the explain signature's output it holds."""
 
@@ -210,7 +211,7 @@ class LoadedModel:
 
     version: int
     path: Path
-    metadata: contract.ModelMetadata
+    metadata: export_format.ModelMetadata
     fields: tuple[str, ...]
     pairs: tuple[tuple[str, str], ...]
     score_fn: Callable[..., Mapping[str, Any]] = field(repr=False)
@@ -232,11 +233,11 @@ class LoadedModel:
         """Whether each value is in the training vocabulary of ``field_name`` (a multi-valued
         one: every one of its values is, and it has one)."""
         vocabulary = self.vocabularies[field_name]
-        if field_name not in contract.MULTI_VALUED:
+        if field_name not in export_format.MULTI_VALUED:
             return list(map(vocabulary.__contains__, values))
         return [
             bool(parts) and all(part in vocabulary for part in parts)
-            for parts in (contract.split_values(field_name, value) for value in values)
+            for parts in (export_format.split_values(field_name, value) for value in values)
         ]
 
     def score(self, candidates: Candidates) -> Scores:
@@ -247,7 +248,7 @@ class LoadedModel:
             probability = self._rank(ranker.score, candidates, rows)
         else:
             outputs = self._call(self.score_fn, candidates, rows)
-            probability = outputs[contract.OUTPUT_PROBABILITY].numpy()
+            probability = outputs[export_format.OUTPUT_PROBABILITY].numpy()
         return Scores(probability, self._movies_known(candidates, rows))
 
     def explain(self, candidates: Candidates) -> Explanation:
@@ -275,9 +276,9 @@ class LoadedModel:
             for table in self._item_tables:
                 if table.movies is movies:
                     return table
-            vocabulary = self.vocabularies[contract.MOVIE_ID]
+            vocabulary = self.vocabularies[export_format.MOVIE_ID]
             ids = list(movies) + sorted(vocabulary - movies.keys())
-            _, item_fields = contract.rank_sides(self.fields)
+            _, item_fields = export_format.rank_sides(self.fields)
             tensor = self.items_fn(
                 _strings(
                     [_movie_value(movies, movie, name) for movie in [*ids, UNKNOWN_VALUE]]
@@ -305,7 +306,7 @@ class LoadedModel:
         flags, or the vocabulary for a version without one."""
         if rows is None:
             ids = [str(m) for m in candidates.movie_ids]
-            return np.array(self.known(contract.MOVIE_ID, ids), dtype=bool)
+            return np.array(self.known(export_format.MOVIE_ID, ids), dtype=bool)
         table, index = rows
         return table.known[index]
 
@@ -331,7 +332,7 @@ class LoadedModel:
 
         if rows is None:
             return fn(_strings(candidates.columns(self.fields).values()))
-        user_fields, _ = contract.rank_sides(self.fields)
+        user_fields, _ = export_format.rank_sides(self.fields)
         table, index = rows
         return fn(
             _strings(candidates.users[name] for name in user_fields),
@@ -387,15 +388,15 @@ def _ranked(signature: Callable[..., Mapping[str, Any]], fields: Sequence[str]) 
     item_index), traced once, as ``_stacked``."""
     import tensorflow as tf
 
-    user_fields, _ = contract.rank_sides(fields)
+    user_fields, _ = export_format.rank_sides(fields)
 
     def call(users: tf.Tensor, user_index: tf.Tensor, items: tf.Tensor, item_index: tf.Tensor):
         return signature(
             **dict(zip(user_fields, tf.unstack(users), strict=True)),
             **{
-                contract.INPUT_USER_INDEX: user_index,
-                contract.INPUT_ITEMS: items,
-                contract.INPUT_ITEM_INDEX: item_index,
+                export_format.INPUT_USER_INDEX: user_index,
+                export_format.INPUT_ITEMS: items,
+                export_format.INPUT_ITEM_INDEX: item_index,
             },
         )
 
@@ -410,25 +411,29 @@ def _ranked(signature: Callable[..., Mapping[str, Any]], fields: Sequence[str]) 
 
 def _items(signature: Callable[..., Mapping[str, Any]], fields: Sequence[str]) -> Any:
     """The items signature as a function of one (I, movies) string tensor -> the table."""
-    _, item_fields = contract.rank_sides(fields)
+    _, item_fields = export_format.rank_sides(fields)
     stacked = _stacked(signature, item_fields)
-    return lambda rows: stacked(rows)[contract.OUTPUT_ITEMS]
+    return lambda rows: stacked(rows)[export_format.OUTPUT_ITEMS]
 
 
 def _scoring_functions(signatures: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     """LoadedModel's score_fn, explain_fn and items_fn: the ranking signatures when the
     version has them, else the contract's two."""
-    ranking = (contract.SIGNATURE_ITEMS, contract.SIGNATURE_RANK, contract.SIGNATURE_RANK_EXPLAIN)
+    ranking = (
+        export_format.SIGNATURE_ITEMS,
+        export_format.SIGNATURE_RANK,
+        export_format.SIGNATURE_RANK_EXPLAIN,
+    )
     if not set(ranking) <= set(signatures):
         return {
-            "score_fn": _stacked(signatures[contract.SIGNATURE_SCORE], fields),
-            "explain_fn": _stacked(signatures[contract.SIGNATURE_EXPLAIN], fields),
+            "score_fn": _stacked(signatures[export_format.SIGNATURE_SCORE], fields),
+            "explain_fn": _stacked(signatures[export_format.SIGNATURE_EXPLAIN], fields),
             "items_fn": None,
         }
     return {
-        "score_fn": _ranked(signatures[contract.SIGNATURE_RANK], fields),
-        "explain_fn": _ranked(signatures[contract.SIGNATURE_RANK_EXPLAIN], fields),
-        "items_fn": _items(signatures[contract.SIGNATURE_ITEMS], fields),
+        "score_fn": _ranked(signatures[export_format.SIGNATURE_RANK], fields),
+        "explain_fn": _ranked(signatures[export_format.SIGNATURE_RANK_EXPLAIN], fields),
+        "items_fn": _items(signatures[export_format.SIGNATURE_ITEMS], fields),
     }
 
 
@@ -438,38 +443,40 @@ def load_model(version_dir: Path, numpy_rows: int = NUMPY_ROWS) -> LoadedModel:
     ``Ranker`` checked against its signatures."""
     import tensorflow as tf
 
-    metadata = contract.read_metadata(version_dir)  # refuses unknown formats and field sets
+    metadata = export_format.read_metadata(version_dir)  # refuses unknown formats and field sets
     fields = tuple(metadata.fields)
-    vocabularies = contract.read_vocabularies(version_dir, fields)
+    vocabularies = export_format.read_vocabularies(version_dir, fields)
     loaded = tf.saved_model.load(str(version_dir))
-    missing = {contract.SIGNATURE_SCORE, contract.SIGNATURE_EXPLAIN} - set(loaded.signatures)
+    missing = {export_format.SIGNATURE_SCORE, export_format.SIGNATURE_EXPLAIN} - set(
+        loaded.signatures
+    )
     if missing:
         raise ValueError(f"SavedModel lacks signature(s) {sorted(missing)}")
-    for name in (contract.SIGNATURE_SCORE, contract.SIGNATURE_EXPLAIN):
+    for name in (export_format.SIGNATURE_SCORE, export_format.SIGNATURE_EXPLAIN):
         inputs = set(loaded.signatures[name].structured_input_signature[1])
         if inputs != set(fields):
             raise ValueError(f"signature {name} takes {sorted(inputs)}, metadata says {fields}")
     lacking = set(EXPLAIN_OUTPUTS.values()) - set(
-        loaded.signatures[contract.SIGNATURE_EXPLAIN].structured_outputs
+        loaded.signatures[export_format.SIGNATURE_EXPLAIN].structured_outputs
     )
     if lacking:
         raise ValueError(
-            f"signature {contract.SIGNATURE_EXPLAIN} lacks output(s) {sorted(lacking)}: exported "
-            "by an older afm-ctr; train a new version"
+            f"signature {export_format.SIGNATURE_EXPLAIN} lacks output(s) {sorted(lacking)}: "
+            "exported by an older afm-ctr; train a new version"
         )
     model = LoadedModel(
         version=int(version_dir.name),
         path=version_dir,
         metadata=metadata,
         fields=fields,
-        pairs=contract.pairs(fields),
+        pairs=export_format.pairs(fields),
         **_scoring_functions(loaded.signatures, fields),
         vocabularies={name: frozenset(values) for name, values in vocabularies.items()},
         saved_model=loaded,
     )
     _warm(model)
-    if numpy_rows and model.items_fn and contract.SIGNATURE_RANK_WEIGHTS in loaded.signatures:
-        weights = loaded.signatures[contract.SIGNATURE_RANK_WEIGHTS]()
+    if numpy_rows and model.items_fn and export_format.SIGNATURE_RANK_WEIGHTS in loaded.signatures:
+        weights = loaded.signatures[export_format.SIGNATURE_RANK_WEIGHTS]()
         ranker = Ranker(fields, {k: v.numpy() for k, v in weights.items()}, vocabularies)
         # a fresh item table cache: the tables built so far lack the ranker's layout
         with_ranker = replace(
@@ -511,9 +518,9 @@ def ranker_check_rows(
     """The rows ``with_checked_ranker`` compares on: an unknown and a known user, 32 known
     movies (requested by integer id, as requests ask) with known values of every movie field,
     so the table's rows differ, and an unknown movie."""
-    users, movies = contract.rank_sides(tuple(fields))
-    ids = [movie for movie in vocabularies[contract.MOVIE_ID] if _decimal(movie)][:32]
-    others = [f for f in movies if f != contract.MOVIE_ID]
+    users, movies = export_format.rank_sides(tuple(fields))
+    ids = [movie for movie in vocabularies[export_format.MOVIE_ID] if _decimal(movie)][:32]
+    others = [f for f in movies if f != export_format.MOVIE_ID]
     table = {
         movie: {f: vocabularies[f][n % len(vocabularies[f])] for f in others}
         for n, movie in enumerate(ids)
@@ -528,7 +535,7 @@ def ranker_check_rows(
 
 def _warm(model: LoadedModel) -> None:
     """Run both signatures once (first calls build kernels) and check the outputs' invariants."""
-    users, _ = contract.rank_sides(model.fields)
+    users, _ = export_format.rank_sides(model.fields)
     for batch in (1, 64):
         candidates = Candidates(
             users={name: ["", "x"] for name in users},
@@ -540,7 +547,7 @@ def _warm(model: LoadedModel) -> None:
         explained = model.explain(candidates)
         if probability.shape != (batch,) or not np.all((probability >= 0) & (probability <= 1)):
             raise ValueError(
-                f"{contract.SIGNATURE_SCORE} returned bad probabilities {probability[:3]}"
+                f"{export_format.SIGNATURE_SCORE} returned bad probabilities {probability[:3]}"
             )
         if explained.attention.shape != (batch, len(model.pairs)):
             raise ValueError(f"attention has shape {explained.attention.shape}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.feature_layout import DEFAULT_PREFIX, check_cluster_prefix
+from model.contracts.feature_layout import DEFAULT_PREFIX, check_cluster_prefix
 from service.scorer import NUMPY_ROWS
 
 

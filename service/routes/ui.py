@@ -22,7 +22,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from model.contract import USER_FIELDS
+from model.contracts.export_format import USER_FIELDS
 
 PAGES_DIR = Path(__file__).resolve().parent.parent / "static"
 """index.html and ui.html (a template), served by the routes below; ui/, the page's script

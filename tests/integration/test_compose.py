@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from model import contract
+from model.contracts import export_format
 from tests.integration.compose_helpers import READY_TIMEOUT, UP_TIMEOUT, Stack, running_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers, pytest.mark.slow]
@@ -50,7 +50,7 @@ def test_explain_through_published_port(stack: Stack) -> None:
     assert response.status_code == 200, response.text
     pairs = response.json()["pairs"]
     assert sorted(tuple(pair["fields"]) for pair in pairs) == sorted(
-        contract.pairs(contract.ALL_FIELDS)
+        export_format.pairs(export_format.ALL_FIELDS)
     )
     assert sum(pair["weight"] for pair in pairs) == pytest.approx(1.0, abs=1e-4)
     assert 0.0 < response.json()["probability"] < 1.0

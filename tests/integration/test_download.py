@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from model.config import DataConfig
-from model.download import URL_ENV
+from model.data.download import URL_ENV
+from model.data.movielens import load_movies, load_ratings, load_users
 from model.errors import DownloadError
-from model.movielens import load_movies, load_ratings, load_users
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import export as export_module
-from model.afm import build_afm
 from model.config import AFMConfig, DataConfig, TrainConfig
-from model.contract import (
+from model.contracts.export_format import (
     ALL_FIELDS,
     FIELD_SETS,
     MULTI_VALUED,
@@ -37,11 +35,13 @@ from model.contract import (
     rank_sides,
     read_metadata,
 )
-from model.dataset import PAD, LabeledRows, PreparedData
+from model.data.dataset import PAD, LabeledRows, PreparedData
+from model.data.protocols import prepare
+from model.data.synth import write_synthetic
 from model.errors import AfmError
-from model.protocols import prepare
-from model.synth import write_synthetic
-from model.train import CURVE_FILE, METRICS_FILE, FitResult, export_trained, fit
+from model.export import savedmodel as export_module
+from model.network.afm import build_afm
+from model.training.train import CURVE_FILE, METRICS_FILE, FitResult, export_trained, fit
 from service.ranker import Ranker
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 
 from model.config import DataConfig
-from model.contract import OUTPUT_ATTENTION, OUTPUT_CONTRIBUTION, SIGNATURE_EXPLAIN, read_metadata
+from model.contracts.export_format import (
+    OUTPUT_ATTENTION,
+    OUTPUT_CONTRIBUTION,
+    SIGNATURE_EXPLAIN,
+    read_metadata,
+)
 from tests.conftest import run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -26,7 +31,7 @@ def explained(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, dict, set
     """Mean |contribution| and mean attention per pair over the test rows, and the planted pairs."""
     import tensorflow as tf
 
-    from model.protocols import prepare
+    from model.data.protocols import prepare
 
     root = tmp_path_factory.mktemp("fidelity")
     run_cli("synth", "--out", str(root / "data"))  # the defaults

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from model.contract import list_versions, read_metadata
+from model.contracts.export_format import list_versions, read_metadata
 from tests.conftest import REPO_ROOT, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # two TensorFlow processes, 4 epochs

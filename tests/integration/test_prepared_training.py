@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from model.contract import read_metadata
+from model.contracts.export_format import read_metadata
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from model.config import DataConfig
-from model.contract import ALL_FIELDS, OUTPUT_ATTENTION, SIGNATURE_EXPLAIN, read_metadata
+from model.contracts.export_format import (
+    ALL_FIELDS,
+    OUTPUT_ATTENTION,
+    SIGNATURE_EXPLAIN,
+    read_metadata,
+)
 from tests.conftest import run_cli, shared_data
 
 pytestmark = pytest.mark.integration
@@ -29,7 +34,7 @@ def test_training_learns_the_planted_structure(trained_model_dir: Path) -> None:
 def test_attention_is_not_uniform(trained_model_dir: Path, synthetic_dir: Path) -> None:
     import tensorflow as tf
 
-    from model.protocols import prepare
+    from model.data.protocols import prepare
 
     data = prepare(DataConfig(dataset="synthetic", data_dir=synthetic_dir, seed=7))
     raw = data.raw(data.test, ALL_FIELDS)
@@ -73,7 +78,8 @@ def test_json_log_format_writes_one_object_per_line(synthetic_dir: Path, tmp_pat
     entries = [json.loads(line) for line in lines]
     assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
     assert any(
-        e["logger"] == "model.train" and e["message"].startswith("epoch 1/1") for e in entries
+        e["logger"] == "model.training.train" and e["message"].startswith("epoch 1/1")
+        for e in entries
     )
 
 

@@ -15,9 +15,9 @@ import redis
 from fastapi.testclient import TestClient
 from redis.cluster import RedisCluster
 
-from model import feature_layout
+from model.contracts import feature_layout
+from model.data.load_features import load_features
 from model.errors import AfmError
-from model.load_features import load_features
 from service.app import create_app
 from service.feature_store import FeatureRead, FeatureStore
 from service.settings import Settings

@@ -17,8 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from model.config import DataConfig
-from model.load_features import load_features
-from model.movielens import FeatureSet, load_feature_set
+from model.data.load_features import load_features
+from model.data.movielens import FeatureSet, load_feature_set
 from service.app import create_app
 from service.settings import Settings
 from tests.integration.serving.helpers import (

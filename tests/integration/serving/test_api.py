@@ -15,7 +15,7 @@ import tensorflow as tf
 from fastapi import Request, Response
 from fastapi.testclient import TestClient
 
-from model import contract
+from model.contracts import export_format
 from service import deps
 from service.app import create_app
 from service.settings import Settings
@@ -23,7 +23,7 @@ from tests.integration.serving.helpers import ServerThread, wait_ready, wait_unt
 
 pytestmark = pytest.mark.integration
 
-PAIRS = contract.pairs(contract.ALL_FIELDS)  # the session model's field set
+PAIRS = export_format.pairs(export_format.ALL_FIELDS)  # the session model's field set
 UNKNOWN_MOVIE = 987_654
 UNKNOWN_USER = 876_543
 
@@ -76,18 +76,20 @@ def test_ready_and_serving_version_one(api: TestClient, trained_model_dir: Path)
         "coverage_reason": None,
     }
     info = api.get("/model").json()
-    on_disk = json.loads((trained_model_dir / "1" / contract.METADATA_FILE).read_text())
+    on_disk = json.loads((trained_model_dir / "1" / export_format.METADATA_FILE).read_text())
     assert info["version"] == 1 and info["metadata"] == on_disk
 
 
 def test_score_equals_saved_model(api: TestClient, reference, synthetic_users: dict) -> None:  # noqa: ANN001
     movies = [1, 17, 200, 5, UNKNOWN_MOVIE, 42]
     body = api.post("/score", json={"user_id": 3, "movie_ids": movies}).json()
-    expected = reference(contract.SIGNATURE_SCORE, _user_row(synthetic_users, 3), 3, movies)
+    expected = reference(export_format.SIGNATURE_SCORE, _user_row(synthetic_users, 3), 3, movies)
     assert body["user_known"] is True and body["model_version"] == 1
     assert [s["movie_id"] for s in body["scores"]] == movies
     got = np.array([s["probability"] for s in body["scores"]])
-    np.testing.assert_allclose(got, expected[contract.OUTPUT_PROBABILITY], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        got, expected[export_format.OUTPUT_PROBABILITY], rtol=1e-6, atol=1e-7
+    )
     assert len(set(got.round(6))) > 1  # the model discriminates: not a constant
 
 
@@ -122,13 +124,15 @@ def test_unknown_user_and_movie_are_flagged_and_scored(api: TestClient, referenc
     body = api.post("/score", json={"user_id": UNKNOWN_USER, "movie_ids": movies}).json()
     assert body["user_known"] is False
     assert [s["movie_known"] for s in body["scores"]] == [False, True]
-    expected = reference(contract.SIGNATURE_SCORE, None, UNKNOWN_USER, movies)
+    expected = reference(export_format.SIGNATURE_SCORE, None, UNKNOWN_USER, movies)
     got = [s["probability"] for s in body["scores"]]
-    np.testing.assert_allclose(got, expected[contract.OUTPUT_PROBABILITY], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        got, expected[export_format.OUTPUT_PROBABILITY], rtol=1e-6, atol=1e-7
+    )
 
 
 def test_every_synthetic_movie_is_known(api: TestClient, trained_model_dir: Path) -> None:
-    sizes = json.loads((trained_model_dir / "1" / contract.METADATA_FILE).read_text())["data"][
+    sizes = json.loads((trained_model_dir / "1" / export_format.METADATA_FILE).read_text())["data"][
         "vocabulary_sizes"
     ]
     movies = list(range(1, sizes["movie_id"] + 1))  # the synthetic ids 1..n all appear in training
@@ -177,13 +181,13 @@ def test_concurrent_requests_each_get_their_own_answer(
     for body, response in zip(bodies, responses, strict=True):
         assert response.status_code == 200, response.text
         user = body["user_id"]
-        name = contract.SIGNATURE_EXPLAIN if body["explain"] else contract.SIGNATURE_SCORE
+        name = export_format.SIGNATURE_EXPLAIN if body["explain"] else export_format.SIGNATURE_SCORE
         expected = reference(name, _user_row(synthetic_users, user), user, body["movie_ids"])
         scores = response.json()["scores"]
         assert [s["movie_id"] for s in scores] == body["movie_ids"]
         np.testing.assert_allclose(
             [s["probability"] for s in scores],
-            expected[contract.OUTPUT_PROBABILITY],
+            expected[export_format.OUTPUT_PROBABILITY],
             rtol=1e-5,
             atol=1e-7,
         )
@@ -191,7 +195,7 @@ def test_concurrent_requests_each_get_their_own_answer(
             weights = {tuple(p["fields"]): p["weight"] for p in scores[-1]["pairs"]}
             np.testing.assert_allclose(
                 [weights[pair] for pair in PAIRS],
-                expected[contract.OUTPUT_ATTENTION][-1],
+                expected[export_format.OUTPUT_ATTENTION][-1],
                 rtol=1e-5,
                 atol=1e-7,
             )
@@ -204,21 +208,21 @@ def test_explain_matches_the_explain_signature(
     api: TestClient, reference, synthetic_users: dict
 ) -> None:  # noqa: ANN001
     body = api.get("/explain", params={"user_id": 3, "movie_id": 17}).json()
-    expected = reference(contract.SIGNATURE_EXPLAIN, _user_row(synthetic_users, 3), 3, [17])
+    expected = reference(export_format.SIGNATURE_EXPLAIN, _user_row(synthetic_users, 3), 3, [17])
     weights = [p["weight"] for p in body["pairs"]]
     assert sum(weights) == pytest.approx(1.0, abs=1e-5)
     assert weights == sorted(weights, reverse=True)
     assert body["probability"] == pytest.approx(
-        float(expected[contract.OUTPUT_PROBABILITY][0]), rel=1e-6
+        float(expected[export_format.OUTPUT_PROBABILITY][0]), rel=1e-6
     )
     by_pair = {tuple(p["fields"]): p for p in body["pairs"]}
     assert set(by_pair) == set(PAIRS)
     for column, pair in enumerate(PAIRS):
         assert by_pair[pair]["weight"] == pytest.approx(
-            float(expected[contract.OUTPUT_ATTENTION][0, column]), rel=1e-5, abs=1e-7
+            float(expected[export_format.OUTPUT_ATTENTION][0, column]), rel=1e-5, abs=1e-7
         )
         assert by_pair[pair]["contribution"] == pytest.approx(
-            float(expected[contract.OUTPUT_CONTRIBUTION][0, column]), rel=1e-5, abs=1e-7
+            float(expected[export_format.OUTPUT_CONTRIBUTION][0, column]), rel=1e-5, abs=1e-7
         )
 
 
@@ -267,7 +271,7 @@ def test_missing_feature_set_is_503_until_loaded(
     synthetic_users: dict,
     synthetic_movies: dict,
 ) -> None:
-    from model.load_features import load_features
+    from model.data.load_features import load_features
 
     settings = Settings(
         model_dir=trained_model_dir, redis_url=redis_url, redis_prefix=feature_prefix

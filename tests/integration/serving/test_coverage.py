@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from model.load_features import load_features
+from model.data.load_features import load_features
 from service.app import create_app
 from service.settings import Settings
 from tests.integration.serving.helpers import schema_checked, wait_ready

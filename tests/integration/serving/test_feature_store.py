@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import redis
 
-from model import feature_layout
-from model.feature_layout import FeatureSetMeta
-from model.load_features import load_features
+from model.contracts import feature_layout
+from model.contracts.feature_layout import FeatureSetMeta
+from model.data.load_features import load_features
 from service.errors import FeaturesNotLoaded, FeatureStoreUnavailable
 from service.feature_store import FeatureRead, FeatureSetInfo, FeatureStore
 from tests.integration.serving.helpers import free_port

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model import contract
+from model.contracts import export_format
 from service.settings import Settings
 from tests.integration.serving.helpers import Hammer, ServerThread, wait_until
 
@@ -37,8 +37,8 @@ def test_new_versions_swap_in_under_load_without_failures(
             # A broken version 3: metadata present, SavedModel missing.
             broken = model_dir / ".tmp-3"
             broken.mkdir()
-            (broken / contract.METADATA_FILE).write_text(
-                (model_dir / "2" / contract.METADATA_FILE).read_text()
+            (broken / export_format.METADATA_FILE).write_text(
+                (model_dir / "2" / export_format.METADATA_FILE).read_text()
             )
             broken.rename(model_dir / "3")
             wait_until(

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import redis
 
-from model import feature_layout
-from model import load_features as loader
+from model.contracts import feature_layout
+from model.data import load_features as loader
+from model.data.movielens import ML_1M_LABELS
 from model.errors import AfmError, MalformedInput
-from model.movielens import ML_1M_LABELS
 from tests.conftest import run_cli
 from tests.integration.serving.helpers import free_port
 

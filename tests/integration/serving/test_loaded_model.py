@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import contract
-from model.movielens import FeatureSet
+from model.contracts import export_format
+from model.data.movielens import FeatureSet
 from service.ranker import Ranker
 from service.ranking import candidates
 from service.scorer import (
@@ -47,9 +47,11 @@ def requests(features: FeatureSet) -> Candidates:
         for m, y, g in zip(movies["movie_id"], movies["year"], movies["genres"], strict=True)
     }
     del table[str(movies["movie_id"][0])]
-    first_user = {f: str(users[f][3]) for f in contract.USER_FIELDS if f != contract.USER_ID}
+    first_user = {
+        f: str(users[f][3]) for f in export_format.USER_FIELDS if f != export_format.USER_ID
+    }
     movie_ids = [int(m) for m in movies["movie_id"][:25]]
-    fields = contract.ALL_FIELDS
+    fields = export_format.ALL_FIELDS
     return Candidates.concat(
         [
             candidates(fields, int(users["user_id"][3]), first_user, [*movie_ids, 10**9], table),
@@ -60,7 +62,7 @@ def requests(features: FeatureSet) -> Candidates:
 
 def contract_explain(version_dir: Path, rows: Candidates, fields: tuple[str, ...]) -> dict:
     """The explain signature, called as any TF Serving client would: one row per candidate."""
-    signature = tf.saved_model.load(str(version_dir)).signatures[contract.SIGNATURE_EXPLAIN]
+    signature = tf.saved_model.load(str(version_dir)).signatures[export_format.SIGNATURE_EXPLAIN]
     raw = {f: tf.constant([rows.value(f, r) for r in range(len(rows))]) for f in fields}
     return {name: value.numpy() for name, value in signature(**raw).items()}
 
@@ -88,7 +90,7 @@ def assert_same(model: LoadedModel, version_dir: Path, features: FeatureSet) -> 
     )
     assert np.ptp(expected["probability"]) > 1e-3  # the rows really differ
     # movie_known: from the item table's flags, or the vocabulary without one
-    known = model.known(contract.MOVIE_ID, [str(m) for m in rows.movie_ids])
+    known = model.known(export_format.MOVIE_ID, [str(m) for m in rows.movie_ids])
     assert model.score(rows).movie_known.tolist() == known and True in known and False in known
     assert explained.movie_known.tolist() == known
 
@@ -112,10 +114,10 @@ def test_a_ranker_that_disagrees_with_the_signatures_is_not_used(
     """load_model checks the NumPy ranker against the rank signatures; a wrong weight (here
     the attention network's, doubled) sends the version back to TensorFlow, with a warning."""
     model = load_model(version_dir)
-    weights = model.saved_model.signatures[contract.SIGNATURE_RANK_WEIGHTS]()
+    weights = model.saved_model.signatures[export_format.SIGNATURE_RANK_WEIGHTS]()
     wrong = {name: value.numpy() for name, value in weights.items()}
-    wrong[contract.OUTPUT_PAIR_KERNEL] = 2 * wrong[contract.OUTPUT_PAIR_KERNEL]
-    vocabularies = contract.read_vocabularies(version_dir, model.fields)
+    wrong[export_format.OUTPUT_PAIR_KERNEL] = 2 * wrong[export_format.OUTPUT_PAIR_KERNEL]
+    vocabularies = export_format.read_vocabularies(version_dir, model.fields)
     broken = replace(model, ranker=Ranker(model.fields, wrong, vocabularies))
     with caplog.at_level(logging.WARNING, logger="service.scorer"):
         checked = with_checked_ranker(broken, vocabularies)
@@ -135,7 +137,7 @@ def test_an_item_table_is_built_once_per_movie_table(
     table = model.item_table(rows.movies)
     assert model.item_table(rows.movies) is table
     # every movie of the table and every movie id the model knows has a row; then the unknown
-    vocabulary = model.vocabularies[contract.MOVIE_ID]
+    vocabulary = model.vocabularies[export_format.MOVIE_ID]
     ids = set(rows.movies) | vocabulary
     assert set(table.rows) == {int(m) for m in ids}  # the synthetic ids are all decimal
     assert table.tensor.shape[0] == len(ids) + 1 == len(table.known)
@@ -153,9 +155,9 @@ def test_a_version_without_rank_signatures_is_served_from_the_contract_ones(
     """As exported before the rank signatures existed: only the two contract signatures."""
     loaded = tf.saved_model.load(str(version_dir))
     older = tmp_path / "1"
-    kept = (contract.SIGNATURE_SCORE, contract.SIGNATURE_EXPLAIN)
+    kept = (export_format.SIGNATURE_SCORE, export_format.SIGNATURE_EXPLAIN)
     tf.saved_model.save(loaded, str(older), signatures={s: loaded.signatures[s] for s in kept})
-    for name in (contract.METADATA_FILE, contract.VOCABULARIES_FILE):
+    for name in (export_format.METADATA_FILE, export_format.VOCABULARIES_FILE):
         shutil.copy(version_dir / name, older / name)
 
     model = load_model(older)

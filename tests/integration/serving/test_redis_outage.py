@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from model.load_features import load_features
+from model.data.load_features import load_features
 from service.app import create_app
 from service.settings import Settings
 from tests.integration.serving.helpers import RedisProcess, wait_ready

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from model import contract, rollout
-from model.rollout import RolloutPolicy
+from model.contracts import export_format, rollout
+from model.contracts.rollout import RolloutPolicy
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import REPO_ROOT, run_cli
@@ -200,8 +200,8 @@ def test_canary_promote_rollback_and_a_broken_version_under_load(
 
             broken = model_dir / ".tmp-3"  # metadata present, SavedModel missing
             broken.mkdir()
-            (broken / contract.METADATA_FILE).write_text(
-                (model_dir / "2" / contract.METADATA_FILE).read_text()
+            (broken / export_format.METADATA_FILE).write_text(
+                (model_dir / "2" / export_format.METADATA_FILE).read_text()
             )
             broken.rename(model_dir / "3")
             step("--canary", "3", "--percent", "50")

@@ -8,9 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from model.afm import build_afm, probability_model
 from model.config import AFMConfig
-from model.contract import (
+from model.contracts.export_format import (
     ALL_FIELDS,
     OUTPUT_ATTENTION,
     OUTPUT_BIAS,
@@ -21,6 +20,7 @@ from model.contract import (
     SEED_FIELDS,
     pairs,
 )
+from model.network.afm import build_afm, probability_model
 
 # ids per field, OOV id 0 included; genres (multi-valued, last) has 6
 SIZES = dict(zip(ALL_FIELDS, [9, 3, 8, 5, 7, 11, 4, 6], strict=True))

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from model.cli import app
+from model.cli.main import app
 
 runner = CliRunner(env={"COLUMNS": "300"})  # keep rich from wrapping error messages
 
@@ -17,7 +17,7 @@ def test_help_shows_the_global_logging_flags() -> None:
 
 def test_help_lists_every_command_without_importing_tensorflow() -> None:
     code = (
-        "import sys; from typer.testing import CliRunner; from model.cli import app;"
+        "import sys; from typer.testing import CliRunner; from model.cli.main import app;"
         "r = CliRunner().invoke(app, ['--help']); print(r.output);"
         "print('TF-LOADED' if 'tensorflow' in sys.modules else 'TF-NOT-LOADED')"
     )
@@ -53,7 +53,7 @@ def test_train_rejects_bad_flag_combinations(args: list[str], message: str, tmp_
 def test_load_features_and_serve_default_to_the_same_redis() -> None:
     import inspect
 
-    from model import cli
+    from model.cli import main as cli
 
     defaults = {
         name: inspect.signature(getattr(cli, name)).parameters["redis_url"].default
@@ -68,7 +68,7 @@ def test_load_features_and_serve_default_to_the_same_redis() -> None:
 def test_every_command_defaults_to_the_same_dataset() -> None:
     import inspect
 
-    from model import cli
+    from model.cli import main as cli
 
     for name in ("load_features", "up"):
         assert inspect.signature(getattr(cli, name)).parameters["dataset"].default == "ml-1m"
@@ -80,7 +80,7 @@ def test_every_command_defaults_to_the_same_dataset() -> None:
 def test_the_console_script_keeps_the_exit_code_and_freezes_objects_for_a_quick_exit() -> None:
     # run() is what `afm-ctr` calls; gc.freeze() spares the interpreter's final collections
     code = (
-        "import gc, sys; from model.cli import run; sys.argv = ['afm-ctr', 'nonsense']\n"
+        "import gc, sys; from model.cli.main import run; sys.argv = ['afm-ctr', 'nonsense']\n"
         "try:\n    run()\nexcept SystemExit as exc:\n"
         "    print('code', exc.code, 'frozen', gc.get_freeze_count() > 0)"
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.contract import ALL_FIELDS, SEED_FIELDS
-from model.dataset import PAD, LabeledRows, PreparedData
+from model.contracts.export_format import ALL_FIELDS, SEED_FIELDS
+from model.data.dataset import PAD, LabeledRows, PreparedData
 
 
 def rows(user: list[int], movie: list[int], label: list[float]) -> LabeledRows:

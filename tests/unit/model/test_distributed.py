@@ -1,4 +1,4 @@
-"""TF_CONFIG parsing (model/distributed.py): who is the chief, which shards a task reads."""
+"""TF_CONFIG parsing (model/training/distributed.py): the chief, the shards a task reads."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from model.distributed import Cluster, cluster_from_env
 from model.errors import AfmError
+from model.training.distributed import Cluster, cluster_from_env
 
 
 def env(cluster: dict, kind: str, index: int) -> dict[str, str]:

@@ -3,8 +3,8 @@
 import pytest
 from redis.crc import key_slot
 
-from model import feature_layout as fl
-from model.dataset import MOVIE_COLUMNS
+from model.contracts import feature_layout as fl
+from model.data.dataset import MOVIE_COLUMNS
 
 
 def test_key_names_are_stable() -> None:

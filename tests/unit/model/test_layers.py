@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from model.contract import SEED_FIELDS, pairs
-from model.layers import (
+from model.contracts.export_format import SEED_FIELDS, pairs
+from model.network.layers import (
     AttentionPooling,
     BagEmbedding,
     FieldEmbedding,

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from model import logs
+from model.cli import logs
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +24,7 @@ def _restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def _record(level: int, message: str, **extra: object) -> logging.LogRecord:
-    record = logging.LogRecord("model.train", level, __file__, 1, message, (), None)
+    record = logging.LogRecord("model.training.train", level, __file__, 1, message, (), None)
     record.__dict__.update(extra)
     return record
 
@@ -35,7 +35,7 @@ def test_text_format_is_the_bare_message_for_info_and_prefixed_above() -> None:
     assert human.format(_record(logging.ERROR, "no data")) == "error: no data"
     assert human.format(_record(logging.DEBUG, "config")) == "debug: config"
     stamped = logs.HumanFormatter(timestamps=True, color=False).format(_record(20, "up"))
-    assert stamped.endswith(" model.train: up")
+    assert stamped.endswith(" model.training.train: up")
 
 
 def test_json_format_is_one_object_with_time_level_logger_message_and_fields() -> None:
@@ -44,7 +44,7 @@ def test_json_format_is_one_object_with_time_level_logger_message_and_fields() -
     )
     entry = json.loads(line)
     assert "\n" not in line
-    assert entry["level"] == "INFO" and entry["logger"] == "model.train"
+    assert entry["level"] == "INFO" and entry["logger"] == "model.training.train"
     assert entry["message"] == "GET /score 200" and entry["status"] == 200
     assert entry["time"].endswith("Z")
 

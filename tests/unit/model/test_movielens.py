@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import movielens, parsing
 from model.config import DataConfig
-from model.dataset import MOVIE_COLUMNS
+from model.data import movielens, parsing
+from model.data.dataset import MOVIE_COLUMNS
+from model.data.movielens import load_feature_set, load_movies, load_ratings, load_users
+from model.data.synth import GENERATOR_VERSION, PLANTED_FILE
 from model.errors import AfmError, MalformedInput
-from model.movielens import load_feature_set, load_movies, load_ratings, load_users
-from model.synth import GENERATOR_VERSION, PLANTED_FILE
 from tests.conftest import shared_data
 
 ML_1M_FILES = {

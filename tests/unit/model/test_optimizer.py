@@ -1,4 +1,4 @@
-"""model.optimizer.Adam against Keras's own Adam, step by step."""
+"""model.training.optimizer.Adam against Keras's own Adam, step by step."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.optimizer import Adam
+from model.training.optimizer import Adam
 
 
 def _run(optimizer: keras.optimizers.Optimizer, gradients: list) -> np.ndarray:

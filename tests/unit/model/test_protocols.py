@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from model.config import DataConfig
-from model.contract import SEED_FIELDS
-from model.dataset import Ratings
+from model.contracts.export_format import SEED_FIELDS
+from model.data.dataset import Ratings
+from model.data.protocols import next_item, prepare, rating_threshold
+from model.data.synth import write_synthetic
 from model.errors import AfmError, MalformedInput
-from model.protocols import next_item, prepare, rating_threshold
-from model.synth import write_synthetic
 
 
 def make_ratings(
@@ -109,7 +109,7 @@ def test_users_with_fewer_than_three_ratings_keep_their_positive_in_train():
 
 def test_no_negative_was_rated_by_its_user(synthetic: Path):
     data = prepared(synthetic, negatives=10)
-    from model.movielens import load_ratings
+    from model.data.movielens import load_ratings
 
     ratings = load_ratings(DataConfig(dataset="synthetic", data_dir=synthetic))
     n_movies = len(ratings.movie_ids)
@@ -138,7 +138,7 @@ def test_counts_and_group_layout(synthetic: Path):
 
 
 def test_test_item_is_each_users_last_by_time(synthetic: Path):
-    from model.movielens import load_ratings
+    from model.data.movielens import load_ratings
 
     ratings = load_ratings(DataConfig(dataset="synthetic", data_dir=synthetic))
     data = prepared(synthetic, negatives=1)
@@ -316,7 +316,7 @@ def test_real_ml100k_next_item_counts_and_exclusion():
     users = 943
     assert len(data.test) == len(data.valid) == users * 11
     assert sum(len(p) for p in (data.train, data.valid, data.test)) == (100_000 - users) * 11
-    from model.movielens import load_ratings
+    from model.data.movielens import load_ratings
 
     ratings = load_ratings(config)
     n_movies = len(ratings.movie_ids)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from model import contract, rollout
-from model.cli import app
-from model.rollout import PolicyError, RolloutPolicy
+from model.cli.main import app
+from model.contracts import export_format, rollout
+from model.contracts.rollout import PolicyError, RolloutPolicy
 
 runner = CliRunner(env={"COLUMNS": "300"})
 
@@ -21,10 +21,10 @@ def _versions(root: Path, *versions: int) -> Path:
     """Version dirs with a valid metadata.json (what `afm-ctr rollout` checks)."""
     for version in versions:
         (root / str(version)).mkdir()
-        metadata = contract.ModelMetadata(
+        metadata = export_format.ModelMetadata(
             version=version,
-            fields=list(contract.SEED_FIELDS),
-            pairs=[list(p) for p in contract.pairs(contract.SEED_FIELDS)],
+            fields=list(export_format.SEED_FIELDS),
+            pairs=[list(p) for p in export_format.pairs(export_format.SEED_FIELDS)],
             hyperparameters={},
             protocol="next-item",
             data={},
@@ -32,7 +32,7 @@ def _versions(root: Path, *versions: int) -> Path:
             tensorflow_version="2",
             created_at="2026-01-01T00:00:00+00:00",
         )
-        (root / str(version) / contract.METADATA_FILE).write_text(metadata.model_dump_json())
+        (root / str(version) / export_format.METADATA_FILE).write_text(metadata.model_dump_json())
     return root
 
 
@@ -120,7 +120,7 @@ def test_policy_round_trips_atomically_and_readably(tmp_path: Path) -> None:
 def test_policy_file_is_not_a_version(tmp_path: Path) -> None:
     _versions(tmp_path, 1)
     rollout.write_policy(tmp_path, RolloutPolicy(stable=1))
-    assert contract.list_versions(tmp_path) == [1]
+    assert export_format.list_versions(tmp_path) == [1]
 
 
 # The steps.

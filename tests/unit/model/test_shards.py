@@ -1,4 +1,4 @@
-"""Prepared rows on disk (model/shards.py): what is written is what streams back."""
+"""Prepared rows on disk (model/data/shards.py): what is written is what streams back."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.contract import ALL_FIELDS
-from model.dataset import SINGLE_INPUT, LabeledRows, PreparedData
-from model.errors import AfmError
-from model.shards import (
+from model.contracts.export_format import ALL_FIELDS
+from model.data.dataset import SINGLE_INPUT, LabeledRows, PreparedData
+from model.data.shards import (
     BLOCK_ROWS,
     MANIFEST_FILE,
     Manifest,
@@ -21,6 +20,7 @@ from model.shards import (
     worker_rows,
     write_prepared,
 )
+from model.errors import AfmError
 
 N_TRAIN = 3 * BLOCK_ROWS + 37  # blocks of BLOCK_ROWS and one partial block
 

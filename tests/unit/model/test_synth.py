@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 
 from model.config import DataConfig
-from model.errors import AfmError
-from model.movielens import load_ratings
-from model.protocols import prepare
-from model.synth import (
+from model.data.movielens import load_ratings
+from model.data.protocols import prepare
+from model.data.synth import (
     AGES,
     CLUSTER_GENRES,
     ERA_STARTS,
@@ -22,6 +21,7 @@ from model.synth import (
     YEAR_SCALE,
     write_synthetic,
 )
+from model.errors import AfmError
 
 FILES = ("users.dat", "movies.dat", "ratings.dat", PLANTED_FILE)
 ML_1M_GENRES = {g for cluster in CLUSTER_GENRES for g in cluster}
@@ -150,7 +150,7 @@ def test_planted_pairs_carry_signal_and_zip_does_not(small: Path, protocol: str)
 
 
 def test_planted_json_lists_the_planted_pairs_with_contract_field_names(small: Path):
-    from model.contract import ALL_FIELDS, pairs
+    from model.contracts.export_format import ALL_FIELDS, pairs
 
     planted = json.loads((small / PLANTED_FILE).read_text())
     assert planted["generator_version"] == GENERATOR_VERSION

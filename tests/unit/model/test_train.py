@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from model.config import AFMConfig, TrainConfig
-from model.dataset import LabeledRows, PreparedData
+from model.data.dataset import LabeledRows, PreparedData
 from model.errors import AfmError
-from model.train import epoch_dataset, epoch_rows, fit, log_loss, roc_auc
+from model.training.train import epoch_dataset, epoch_rows, fit, log_loss, roc_auc
 
 
 def brute_force_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -64,7 +64,8 @@ def test_epoch_dataset_yields_whole_batches_of_distinct_rows(rows: int, batch: i
 
 @pytest.mark.parametrize("rows", [10, 3])
 def test_epoch_dataset_runs_without_autotuning(rows: int) -> None:
-    # autotuning made about one epoch in three stall ~0.6 s at its end (model.train.epoch_dataset)
+    # autotuning made about one epoch in three stall ~0.6 s at its end
+    # (model.training.train.epoch_dataset)
     inputs = {"ids": np.arange(rows, dtype=np.int32)[:, None]}
     batches = epoch_dataset(inputs, np.zeros(rows, np.float32), 4, np.random.default_rng(0))
     assert batches.options().autotune.enabled is False

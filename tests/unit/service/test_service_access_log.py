@@ -7,7 +7,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from model.logs import JsonFormatter
+from model.cli.logs import JsonFormatter
 from service.app import create_app
 from service.metrics import Metrics, ObservedRequestsMiddleware
 from service.settings import Settings

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from model.feature_layout import FeatureSetMeta
+from model.contracts.feature_layout import FeatureSetMeta
 from service.coverage import CoverageMonitor, compute_coverage
 from service.errors import FeatureStoreUnavailable
 from service.feature_store import FeatureSetInfo

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model import contract
+from model.contracts import export_format
 from service import explanation
 from service.scorer import Explanation
 
-FIELDS = contract.ALL_FIELDS
-PAIRS = contract.pairs(FIELDS)
+FIELDS = export_format.ALL_FIELDS
+PAIRS = export_format.pairs(FIELDS)
 LABELS = {"age": {"25": "25-34"}, "gender": {"F": "Female"}}
 MOVIES = {
     "1193": {"title": "One Flew Over the Cuckoo's Nest (1975)", "year": "1975", "genres": "Drama"}

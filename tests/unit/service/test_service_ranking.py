@@ -9,7 +9,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from model import contract
+from model.contracts import export_format
 from service.ranking import (
     UNKNOWN_VALUE,
     candidates,
@@ -20,7 +20,7 @@ from service.ranking import (
 from service.scorer import Candidates
 from service.settings import Settings
 
-PAIRS = contract.pairs(contract.SEED_FIELDS)
+PAIRS = export_format.pairs(export_format.SEED_FIELDS)
 MOVIES = {
     "3": {"title": "Grumpier Old Men (1995)", "year": "1995", "genres": "Comedy|Romance"},
     "1": {"title": "Toy Story (1995)", "year": "1995", "genres": "Animation|Children's|Comedy"},
@@ -29,24 +29,24 @@ MOVIES = {
 
 def test_candidates_hold_the_user_once_and_each_movie() -> None:
     features = {"gender": "M", "age": "35", "occupation": "7", "zip": "02139"}
-    rows = candidates(contract.ALL_FIELDS, 12, features, [3, 1, 3], MOVIES)
+    rows = candidates(export_format.ALL_FIELDS, 12, features, [3, 1, 3], MOVIES)
     assert rows.users == {"user_id": ["12"], **{f: [v] for f, v in features.items()}}
     assert rows.movie_ids == [3, 1, 3] and rows.movies is MOVIES
     assert rows.user_index.tolist() == [0, 0, 0]
-    columns = rows.columns(contract.ALL_FIELDS)
+    columns = rows.columns(export_format.ALL_FIELDS)
     assert columns["zip"] == ["02139"] * 3
     assert columns["genres"] == ["Comedy|Romance", "Animation|Children's|Comedy", "Comedy|Romance"]
     assert columns["year"] == ["1995"] * 3
 
 
 def test_candidates_hold_exactly_the_model_fields() -> None:
-    rows = candidates(contract.SEED_FIELDS, 12, None, [3], MOVIES)
-    assert list(rows.users) == list(contract.USER_FIELDS)
-    assert list(rows.columns(contract.SEED_FIELDS)) == list(contract.SEED_FIELDS)
+    rows = candidates(export_format.SEED_FIELDS, 12, None, [3], MOVIES)
+    assert list(rows.users) == list(export_format.USER_FIELDS)
+    assert list(rows.columns(export_format.SEED_FIELDS)) == list(export_format.SEED_FIELDS)
 
 
 def test_unknown_user_and_movie_get_values_outside_every_vocabulary() -> None:
-    rows = candidates(contract.ALL_FIELDS, 12, None, [3, 99], MOVIES)
+    rows = candidates(export_format.ALL_FIELDS, 12, None, [3, 99], MOVIES)
     assert rows.users["user_id"] == ["12"]
     assert all(rows.users[f] == [UNKNOWN_VALUE] for f in ("gender", "age", "occupation", "zip"))
     assert rows.columns(["genres"])["genres"] == ["Comedy|Romance", UNKNOWN_VALUE]
@@ -54,8 +54,8 @@ def test_unknown_user_and_movie_get_values_outside_every_vocabulary() -> None:
 
 
 def test_merged_candidates_renumber_their_users() -> None:
-    first = candidates(contract.SEED_FIELDS, 1, {"zip": "1"}, [3, 1], MOVIES)
-    second = candidates(contract.SEED_FIELDS, 2, {"zip": "2"}, [1], MOVIES)
+    first = candidates(export_format.SEED_FIELDS, 1, {"zip": "1"}, [3, 1], MOVIES)
+    second = candidates(export_format.SEED_FIELDS, 2, {"zip": "2"}, [1], MOVIES)
     merged = Candidates.concat([first, second])
     assert merged.users["zip"] == ["1", "2"] and merged.user_index.tolist() == [0, 0, 1]
     assert merged.columns(["user_id", "movie_id"]) == {
@@ -63,7 +63,7 @@ def test_merged_candidates_renumber_their_users() -> None:
         "movie_id": ["3", "1", "1"],
     }
     assert first.mergeable(second)
-    assert not first.mergeable(candidates(contract.SEED_FIELDS, 1, None, [3], dict(MOVIES)))
+    assert not first.mergeable(candidates(export_format.SEED_FIELDS, 1, None, [3], dict(MOVIES)))
 
 
 def test_ranked_indices_keep_request_order_without_top_k() -> None:

@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from model import rollout
-from model.rollout import RolloutPolicy
+from model.contracts import rollout
+from model.contracts.rollout import RolloutPolicy
 from service.app import create_app
 from service.errors import VersionNotLoaded
 from service.metrics import PROBABILITY_BUCKETS, _ProbabilityHistogram

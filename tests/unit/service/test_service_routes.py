@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from model import contract
-from model.feature_layout import FeatureSetMeta
+from model.contracts import export_format
+from model.contracts.feature_layout import FeatureSetMeta
 from service import deps
 from service.app import create_app
 from service.errors import FeaturesNotLoaded, FeatureStoreUnavailable
@@ -38,8 +38,8 @@ META = FeatureSetMeta(
     popular=("1193",),
     sample_users=("1",),
 )
-FIELDS = contract.ALL_FIELDS
-PAIRS = contract.pairs(FIELDS)
+FIELDS = export_format.ALL_FIELDS
+PAIRS = export_format.pairs(FIELDS)
 N_PAIRS = len(PAIRS)
 
 
@@ -49,7 +49,7 @@ class FakeModel:
     version = 7
     path = Path("/models/7")
     loaded_at = "2026-01-01T00:00:00+00:00"
-    metadata = contract.ModelMetadata(
+    metadata = export_format.ModelMetadata(
         version=7,
         fields=list(FIELDS),
         pairs=[list(p) for p in PAIRS],

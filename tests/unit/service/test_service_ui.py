@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from model.contract import USER_FIELDS
+from model.contracts.export_format import USER_FIELDS
 from service.app import create_app
 from service.settings import Settings
 

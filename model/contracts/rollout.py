@@ -38,7 +38,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from model import contract
+from model.contracts import export_format
 from model.errors import AfmError
 
 POLICY_FILE = "rollout.json"
@@ -197,7 +197,7 @@ def _valid(**fields: object) -> RolloutPolicy:
 def describe(policy: RolloutPolicy | None, model_dir: Path) -> str:
     """One line a person reads: who serves whom."""
     if policy is None:
-        newest = contract.latest_version(model_dir)
+        newest = export_format.latest_version(model_dir)
         return f"no rollout policy: the newest loadable version serves everyone (newest: {newest})"
     text = f"stable {policy.stable}"
     if policy.canary is not None:

@@ -1,6 +1,6 @@
 """Prepared rows on disk: sharded TFRecord files and a manifest, streamed back with tf.data.
 
-``afm-ctr prepare`` runs a protocol once (``model.protocols.prepare``), encodes every row
+``afm-ctr prepare`` runs a protocol once (``model.data.protocols.prepare``), encodes every row
 into the model's integer ids (``PreparedData.encode``, the vocabularies taken from the
 training rows exactly as the in-memory trainer takes them) and writes::
 
@@ -43,10 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from model.afm import split_fields
-from model.contract import FIELD_SETS
-from model.dataset import SINGLE_INPUT, LabeledRows, PreparedData
+from model.contracts.export_format import FIELD_SETS
+from model.data.dataset import SINGLE_INPUT, LabeledRows, PreparedData
 from model.errors import AfmError
+from model.network.afm import split_fields
 
 log = logging.getLogger(__name__)
 

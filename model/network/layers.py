@@ -301,7 +301,7 @@ class PairwiseInteraction(keras.layers.Layer):
         f_PI(E) = { v_i ⊙ v_j  for (i, j) in combinations(range(F), 2) }
 
     Pairs come in ``itertools.combinations`` order: (0,1), (0,2), ..., (F-2, F-1), the order
-    of ``model.contract.pairs(fields)``.
+    of ``model.contracts.export_format.pairs(fields)``.
 
     Args:
         jit_compile_training: bool, run the layer XLA-compiled in training steps (TensorFlow
@@ -471,7 +471,7 @@ class AttentionPooling(keras.layers.Layer):
 
         With ``projection`` p, a ``(k, 1)`` kernel, returns ``(scores, projected)``, the
         second p^T (v_i ⊙ v_j) ``(batch, P)`` from the same matmul with [W | p]: with two
-        matmuls the ranking call (``model/rank.py``, which calls this on subsets of the
+        matmuls the ranking call (``model/export/rank.py``, which calls this on subsets of the
         pairs) measured 2-12 % slower (``benchmarks/serve_latency.py --breakdown-only``,
         alternating exports).
         """

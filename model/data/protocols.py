@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 
 from model.config import DataConfig
-from model.dataset import MOVIE_COLUMNS, USER_COLUMNS, LabeledRows, PreparedData, Ratings
+from model.data.dataset import MOVIE_COLUMNS, USER_COLUMNS, LabeledRows, PreparedData, Ratings
+from model.data.movielens import load_ratings
+from model.data.parsing import parse_categorical
 from model.errors import AfmError, MalformedInput
-from model.movielens import load_ratings
-from model.parsing import parse_categorical
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from model import logs
+from model.cli import logs
 from model.config import (
     DEFAULT_OOV_RATE,
     SYNTHETIC_DEFAULTS,
@@ -25,8 +25,8 @@ from model.config import (
     Protocol,
     TrainConfig,
 )
+from model.contracts.feature_layout import DEFAULT_PREFIX
 from model.errors import AfmError
-from model.feature_layout import DEFAULT_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def synth(
     ],
 ) -> None:
     """Write a synthetic dataset in ML-1M format with planted, learnable structure."""
-    from model.synth import write_synthetic
+    from model.data.synth import write_synthetic
 
     try:
         write_synthetic(out, users=users, movies=movies, ratings=ratings, seed=seed)
@@ -224,8 +224,8 @@ def train(
                  ("--test-file", test_file)) if value is not None]  # fmt: skip
         if given:
             raise typer.BadParameter(f"--prepared holds the rows already; drop {given[0]}")
-        logs.quiet_tensorflow_import()  # model.shards imports Keras
-        from model.shards import Manifest
+        logs.quiet_tensorflow_import()  # model.data.shards imports Keras
+        from model.data.shards import Manifest
 
         try:
             manifest = Manifest.load(prepared)
@@ -263,9 +263,9 @@ def train(
         seed=seed,
     )
     logs.quiet_tensorflow_import()
-    from model.distributed import cluster_from_env
-    from model.protocols import prepare
-    from model.train import train_and_export, train_prepared_and_export
+    from model.data.protocols import prepare
+    from model.training.distributed import cluster_from_env
+    from model.training.train import train_and_export, train_prepared_and_export
 
     try:
         if manifest is None:
@@ -353,8 +353,8 @@ def prepare(
     logs.quiet_tensorflow_import()
     from dataclasses import asdict
 
-    from model.protocols import prepare as prepare_rows
-    from model.shards import write_prepared
+    from model.data.protocols import prepare as prepare_rows
+    from model.data.shards import write_prepared
 
     try:
         data = prepare_rows(data_config)
@@ -380,8 +380,8 @@ def load_features(
     """Write every user's and movie's features and what the load is (source, value labels,
     most rated movies, sample users) to Redis as a new namespace, then switch to it
     atomically."""
-    from model.load_features import load_features as load
-    from model.movielens import load_feature_set
+    from model.data.load_features import load_features as load
+    from model.data.movielens import load_feature_set
 
     config = DataConfig(dataset=dataset, data_dir=data_dir, cache_dir=cache_dir)
     try:
@@ -474,8 +474,8 @@ def rollout(
     directory follows it within its reload interval. Without the file, the newest version
     serves everyone.
     """
-    from model import contract
-    from model import rollout as policies
+    from model.contracts import export_format
+    from model.contracts import rollout as policies
 
     chosen = {"--canary": canary is not None, "--promote": promote, "--rollback": rollback}
     actions = [name for name, on in {**chosen, "--status": status}.items() if on]
@@ -490,7 +490,7 @@ def rollout(
         if not actions or status:
             typer.echo(policies.describe(policy, model_dir))
             return
-        versions = contract.list_versions(model_dir)
+        versions = export_format.list_versions(model_dir)
         if canary is not None:
             assert percent is not None
             policy = policies.start_canary(policy, versions, canary, percent)
@@ -507,14 +507,14 @@ def rollout(
 
 def _check_servable(model_dir: Path, *versions: int | None) -> None:
     """Refuse to route traffic to a version whose metadata a service would refuse."""
-    from model import contract
-    from model.rollout import PolicyError
+    from model.contracts import export_format
+    from model.contracts.rollout import PolicyError
 
     for version in versions:
         if version is None:
             continue
         try:
-            contract.read_metadata(model_dir / str(version))
+            export_format.read_metadata(model_dir / str(version))
         except (OSError, ValueError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise PolicyError(f"version {version} cannot be served: {reason}") from None
@@ -544,8 +544,8 @@ def up(
 ) -> None:
     """Train a first version if --model-dir has none, load the features, serve. Ctrl-C stops
     everything it started."""
-    from model.contract import latest_version
-    from model.local import redis_for
+    from model.cli.local import redis_for
+    from model.contracts.export_format import latest_version
 
     if redis_cluster and redis_url is None:
         raise _fail(AfmError("--redis-cluster needs --redis-url naming a node of the cluster"))

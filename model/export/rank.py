@@ -32,8 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.afm import split_fields
-from model.contract import (
+from model.contracts.export_format import (
     MULTI_VALUED,
     OUTPUT_ATTENTION,
     OUTPUT_ATTENTION_BIAS,
@@ -52,6 +51,7 @@ from model.contract import (
     pairs,
     rank_sides,
 )
+from model.network.afm import split_fields
 
 Encode = Callable[[str, tf.Tensor], tf.Tensor]
 """(field, (n,) raw strings) -> int32 ids: (n,) for a single-valued field, (n, L) padded for
@@ -66,10 +66,10 @@ def item_table(
     A row holds the movie fields' vectors v_i (I * k), their linear terms w_i (I) and, for
     each pair of two movie fields, its attention score without c and its projection
     p^T (v_i ⊙ v_j) (2 * I(I-1)/2). ``rank_outputs`` reads rows by index; the layout is
-    part of the contract (``model/contract.py``), for rankers outside TensorFlow.
+    part of the contract (``model/contracts/export_format.py``), for rankers outside TensorFlow.
 
     Args:
-        model: the trained dict-output AFM of ``model.afm.build_afm`` for ``fields``.
+        model: the trained dict-output AFM of ``model.network.afm.build_afm`` for ``fields``.
         fields: the model's field set.
         encode: raw strings to the ids the model was trained on.
         items: each movie field -> ``(M,)`` raw strings.
@@ -98,7 +98,7 @@ def rank_outputs(
     """The explain signature's six outputs for N candidates of B users.
 
     Args:
-        model: the trained dict-output AFM of ``model.afm.build_afm`` for ``fields``.
+        model: the trained dict-output AFM of ``model.network.afm.build_afm`` for ``fields``.
         fields: the model's field set.
         encode: raw strings to the ids the model was trained on.
         users: each user field -> ``(B,)`` raw strings, one row per user.

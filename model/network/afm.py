@@ -10,7 +10,8 @@ starts at zero, so the untrained AFM equals the FM; then
 contribution_ij = P * a_ij * p^T (v_i ⊙ v_j).
 
 Strings never reach this model: the exported signatures wrap it with one StringLookup per
-field (see ``model/export.py``), and training feeds the same ids from ``PreparedData.encode``.
+field (see ``model/export/savedmodel.py``), and training feeds the same ids from
+``PreparedData.encode``.
 The field set (``contract.FIELD_SETS``) decides the inputs: single-valued fields arrive
 together as one ``(batch, S)`` id matrix, each multi-valued field (genres) as its own
 ``(batch, L)`` padded id matrix, embedded as the mean of its values.
@@ -23,7 +24,7 @@ from collections.abc import Mapping, Sequence
 import keras
 
 from model.config import AFMConfig
-from model.contract import (
+from model.contracts.export_format import (
     MULTI_VALUED,
     OUTPUT_ATTENTION,
     OUTPUT_BIAS,
@@ -33,8 +34,8 @@ from model.contract import (
     OUTPUT_PROBABILITY,
     USER_FIELDS,
 )
-from model.dataset import SINGLE_INPUT
-from model.layers import (
+from model.data.dataset import SINGLE_INPUT
+from model.network.layers import (
     AttentionPooling,
     BagEmbedding,
     FieldEmbedding,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.contract import MOVIE_ID, MULTI_VALUED, USER_FIELDS, split_values
+from model.contracts.export_format import MOVIE_ID, MULTI_VALUED, USER_FIELDS, split_values
 
 USER_COLUMNS: tuple[str, ...] = USER_FIELDS  # user_id, gender, age, occupation, zip
 MOVIE_COLUMNS: tuple[str, ...] = (MOVIE_ID, "title", "year", "genres")
@@ -96,7 +96,7 @@ class PreparedData:
     def encode(
         self, rows: LabeledRows, vocabularies: Mapping[str, np.ndarray], fields: Sequence[str]
     ) -> dict[str, np.ndarray]:
-        """Model inputs for ``rows``, as ``model.afm.build_afm``'s model takes them.
+        """Model inputs for ``rows``, as ``model.network.afm.build_afm``'s model takes them.
 
         Single-valued fields become one int32 column each (unseen values map to 0), stacked
         in ``fields`` order; each MULTI_VALUED field becomes an int32 (n, longest) matrix of

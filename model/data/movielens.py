@@ -5,12 +5,12 @@ Where the files come from (``DataConfig``):
 * ``data_dir`` set: an extracted folder (or a folder holding one, e.g. the zip's ``ml-1m/``)
   or the zip itself. Nothing is downloaded.
 * ``ml-1m`` / ``ml-100k`` without ``data_dir``: ``<cache_dir>/<name>/``, fetched once from
-  GroupLens by ``model.download`` (checksum verified, extracted atomically).
+  GroupLens by ``model.data.download`` (checksum verified, extracted atomically).
 * ``synthetic`` without ``data_dir``: ``<cache_dir>/synthetic-v<generator>-.../``, written
-  once by ``model.synth`` with the ``afm-ctr synth`` defaults.
+  once by ``model.data.synth`` with the ``afm-ctr synth`` defaults.
 
 Every raw value the model sees is kept as the string in the file (zip "48067", ML-1M age
-"1", ML-100K occupation "writer"); byte-level parsing is ``model.parsing``'s. The movie
+"1", ML-100K occupation "writer"); byte-level parsing is ``model.data.parsing``'s. The movie
 table (``MOVIE_COLUMNS``) is the same for both layouts, a missing value being "":
 
 * ML-1M ``movies.dat`` (``MovieID::Title::Genres``): the title as written, the year from
@@ -40,11 +40,11 @@ import numpy as np
 import pandas as pd
 
 from model.config import SYNTHETIC_DEFAULTS, DataConfig
-from model.contract import MOVIE_ID
-from model.dataset import MOVIE_COLUMNS, USER_COLUMNS, Ratings
-from model.download import fetch, folder_with
+from model.contracts.export_format import MOVIE_ID
+from model.data.dataset import MOVIE_COLUMNS, USER_COLUMNS, Ratings
+from model.data.download import fetch, folder_with
+from model.data.parsing import parse_columns
 from model.errors import AfmError, MalformedInput
-from model.parsing import parse_columns
 
 ML_100K_GENRES: tuple[str, ...] = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -373,7 +373,7 @@ def _open(config: DataConfig) -> tuple[Layout, _Files]:
 def _cached_synthetic(cache_dir: Path) -> Path:
     """The synthetic defaults' folder, written on first use; its name carries the generator
     version, so data written by an older generator is never reused."""
-    from model.synth import GENERATOR_VERSION, PLANTED_FILE, write_synthetic
+    from model.data.synth import GENERATOR_VERSION, PLANTED_FILE, write_synthetic
 
     d = SYNTHETIC_DEFAULTS
     folder = cache_dir / (

@@ -7,7 +7,7 @@ they switch together; the previous namespace is deleted only after nobody can re
 any more. A failed load deletes what it wrote and leaves the pointer alone.
 
 On a Redis Cluster (``cluster=True``) readers cannot resolve the pointer and read in one
-script, so the loader keeps the cluster rules of ``model.feature_layout``: it waits until
+script, so the loader keeps the cluster rules of ``model.contracts.feature_layout``: it waits until
 every master's replicas hold the new namespace, and then the pointer, before it counts as
 loaded, and retires the previous namespace with a TTL (``retire_after``) instead of deleting
 it, since a reader may still be using the namespace it resolved a moment ago.
@@ -27,8 +27,8 @@ import numpy as np
 import redis
 from redis.cluster import RedisCluster
 
-from model import feature_layout
-from model.dataset import MOVIE_COLUMNS, USER_COLUMNS
+from model.contracts import feature_layout
+from model.data.dataset import MOVIE_COLUMNS, USER_COLUMNS
 from model.errors import AfmError, MalformedInput
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ the other workers finish with the chief's last collective step and exit 0.
 Keras 3's ``Model.fit`` does not run under this strategy (it all-reduces the first batch to
 build the model and reduces scalar logs along axis 0: keras-team/keras#20329,
 tensorflow/tensorflow#72388), so ``StepRunner`` is the training step written out: the same
-model, optimizer and loss as ``model.train.compiled_trainer``, under ``strategy.run``.
+model, optimizer and loss as ``model.training.train.compiled_trainer``, under ``strategy.run``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Atomic, versioned SavedModel export following ``model/contract.py``.
+"""Atomic, versioned SavedModel export following ``model/contracts/export_format.py``.
 
 A version is written completely into ``<model-dir>/.tmp-<uuid>/`` (ignored by
 ``contract.list_versions``) and then renamed to ``<model-dir>/<n>/``, so a reader never sees
@@ -27,8 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.afm import split_fields
-from model.contract import (
+from model.contracts.export_format import (
     INPUT_ITEM_INDEX,
     INPUT_ITEMS,
     INPUT_USER_INDEX,
@@ -48,9 +47,10 @@ from model.contract import (
     pairs,
     rank_sides,
 )
-from model.dataset import PAD, SINGLE_INPUT
+from model.data.dataset import PAD, SINGLE_INPUT
 from model.errors import AfmError
-from model.rank import item_table, rank_outputs, rank_weights
+from model.export.rank import item_table, rank_outputs, rank_weights
+from model.network.afm import split_fields
 
 TMP_PREFIX = ".tmp-"
 _RENAME_CONFLICTS = (errno.EEXIST, errno.ENOTEMPTY)
@@ -112,9 +112,9 @@ def build_archive(
 ) -> keras.export.ExportArchive:
     """An ExportArchive with the contract's endpoints over raw string inputs.
 
-    ``model`` is the dict-output model of ``model.afm.build_afm`` for ``fields``. Each
+    ``model`` is the dict-output model of ``model.network.afm.build_afm`` for ``fields``. Each
     endpoint takes the fields as separate 1-D string tensors (batch size unknown), in field
-    order and by name; the rank endpoints also take the user index (``model/rank.py``).
+    order and by name; the rank endpoints also take the user index (``model/export/rank.py``).
     """
     fields = list(fields)
     lookups = build_lookups(fields, vocabularies)

@@ -1,10 +1,10 @@
 """Fit an AFM with early stopping on validation AUC, then export it with its metrics and curve.
 
 Training runs on integer ids (``PreparedData.encode``) from in-memory int32 arrays (``fit``),
-or streamed from a prepared directory's shards (``fit_prepared``, ``model/shards.py``), there
-optionally on several workers (``model/distributed.py``); both share the model, compilation,
-epoch loop, metrics and export. The export wraps the same vocabularies as lookup layers, so
-serving takes raw strings.
+or streamed from a prepared directory's shards (``fit_prepared``, ``model/data/shards.py``),
+there optionally on several workers (``model/training/distributed.py``); both share the model,
+compilation, epoch loop, metrics and export. The export wraps the same vocabularies as lookup
+layers, so serving takes raw strings.
 
 Reproducibility: ``keras.utils.set_random_seed`` seeds Python, NumPy and TensorFlow, every
 initializer and the dropout layer carry explicit seeds, and each epoch's shuffle is a
@@ -26,22 +26,22 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.afm import build_afm, probability_model
+from model.cli.logs import json_output, stderr_is_terminal
 from model.config import AFMConfig, DataConfig, TrainConfig
-from model.contract import FIELD_SETS
-from model.dataset import PreparedData
-from model.distributed import Cluster, StepRunner, all_mean, make_strategy
-from model.errors import AfmError
-from model.export import export_version
-from model.logs import json_output, stderr_is_terminal
-from model.optimizer import Adam
-from model.shards import (
+from model.contracts.export_format import FIELD_SETS
+from model.data.dataset import PreparedData
+from model.data.shards import (
     Manifest,
     evaluation_batches,
     training_batches,
     worker_files,
     worker_rows,
 )
+from model.errors import AfmError
+from model.export.savedmodel import export_version
+from model.network.afm import build_afm, probability_model
+from model.training.distributed import Cluster, StepRunner, all_mean, make_strategy
+from model.training.optimizer import Adam
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class EpochRecord:
 class FitResult:
     """A trained model (best weights restored) and how it got there."""
 
-    model: keras.Model  # dict outputs, see model.afm.build_afm
+    model: keras.Model  # dict outputs, see model.network.afm.build_afm
     fields: tuple[str, ...]
     vocabularies: dict[str, np.ndarray]
     history: list[EpochRecord] = field(default_factory=list)
@@ -513,7 +513,7 @@ def _export(
     )
 
 
-# ---------------------------------------------------------------- prepared rows (model/shards.py)
+# -------------------------------------------------------- prepared rows (model/data/shards.py)
 
 
 def fit_prepared(

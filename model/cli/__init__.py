@@ -1,0 +1,1 @@
+"""The ``afm-ctr`` command line."""

@@ -1,0 +1,1 @@
+"""Writing a trained AFM as a versioned SavedModel (``model.contracts.export_format``)."""

@@ -1,0 +1,1 @@
+"""The AFM network: Keras layers and the functional model."""

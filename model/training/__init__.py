@@ -1,0 +1,1 @@
+"""Fitting an AFM: the training loop, its optimizer and multi-worker training."""
