@@ -113,7 +113,7 @@ def main(
     logs.configure(verbose=verbose, fmt=log_format, timestamps=timestamps)
 
 
-def _fail(exc: AfmError) -> typer.Exit:
+def _fail(exc: Exception) -> typer.Exit:
     log.error("%s", exc)
     return typer.Exit(code=1)
 
@@ -476,6 +476,7 @@ def rollout(
     """
     from model.contracts import export_format
     from model.contracts import rollout as policies
+    from model.contracts.rollout import PolicyError
 
     chosen = {"--canary": canary is not None, "--promote": promote, "--rollback": rollback}
     actions = [name for name, on in {**chosen, "--status": status}.items() if on]
@@ -500,7 +501,7 @@ def rollout(
             policy = policies.rollback(policy, versions, version)
         _check_servable(model_dir, policy.stable, policy.canary)
         path = policies.write_policy(model_dir, policy)
-    except AfmError as exc:
+    except (AfmError, PolicyError) as exc:
         raise _fail(exc) from None
     typer.echo(f"wrote {path}: {policies.describe(policy, model_dir)}")
 

@@ -39,7 +39,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from model.contracts import export_format
-from model.errors import AfmError
 
 POLICY_FILE = "rollout.json"
 FORMAT_VERSION = 1
@@ -49,7 +48,7 @@ BUCKETS = 10_000
 Role = Literal["stable", "canary", "previous"]
 
 
-class PolicyError(AfmError):
+class PolicyError(ValueError):
     """The policy file cannot be used, or a rollout step is not possible; says why."""
 
 
