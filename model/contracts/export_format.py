@@ -26,32 +26,33 @@ Rules both halves rely on:
   logit: ``OUTPUT_BIAS`` [batch] (w0), ``OUTPUT_LINEAR`` [batch, len(fields)] (each field's
   linear term, in field order) and ``OUTPUT_LOGIT`` [batch], with
   logit = bias + sum(linear) + sum(contribution) and probability = sigmoid(logit).
-* The ranking signatures (optional: exports before they existed lack them) compute the
-  same outputs from each side once. ``SIGNATURE_ITEMS`` takes the movie fields of
-  ``rank_sides`` as ``[movies]`` raw strings and returns ``OUTPUT_ITEMS`` [movies, width]
-  float32, an opaque table to keep while the movies' features and the version stay the
-  same. ``SIGNATURE_RANK`` and ``SIGNATURE_RANK_EXPLAIN`` take each user field ``[users]``,
-  ``INPUT_USER_INDEX`` int32 ``[batch]`` (each candidate's user row), ``INPUT_ITEMS``
-  (that table) and ``INPUT_ITEM_INDEX`` int32 ``[batch]`` (each candidate's movie row), and
-  return what ``SIGNATURE_SCORE`` and ``SIGNATURE_EXPLAIN`` return for the same rows (to
-  float32 rounding). The table's row for a movie with I movie fields (embedding size k) is
-  its fields' vectors (I * k, field-major), their linear terms (I), and, for the pairs of
-  two movie fields in ``pairs`` order, each one's attention score before the pair offset
-  and its projection p^T (v_i ⊙ v_j) (I(I-1)/2 each).
-* ``SIGNATURE_RANK_WEIGHTS`` (optional, like the ranking signatures) takes nothing and
-  returns the weights that, with that table, compute the rank signatures' outputs outside
-  TensorFlow (the service's ranker does: ``service/ranker.py``): ``OUTPUT_FIELD_TABLE``
-  [rows, k + 1], each id's vector and linear weight of the single-valued fields, field f's id
-  i at row ``OUTPUT_USER_OFFSETS``[f] + i for the user fields (ids as in vocabularies.json,
-  0: out of vocabulary); ``OUTPUT_PAIR_KERNEL`` [k, t + 1], the attention network's W and the
-  projection p side by side; ``OUTPUT_ATTENTION_BIAS`` [t] (b), ``OUTPUT_ATTENTION_PROJECTION``
-  [t] (h), ``OUTPUT_PAIR_BIAS`` [len(pairs)] (c, in ``pairs`` order), and the scalars
-  ``OUTPUT_PAIR_SCALE`` (s), ``OUTPUT_BIAS`` (w0) and ``OUTPUT_USES_ATTENTION``. Then
-  a_ij = softmax over a row's pairs of (h^T ReLU(W^T x_ij + b) + c_ij), or 1 without
-  attention (t = 0), with x_ij = v_i ⊙ v_j; contribution_ij = s * a_ij * p^T x_ij; and
+* ``SIGNATURE_WEIGHTS`` takes nothing and returns every weight of the model, so that a
+  reader can compute the ``SIGNATURE_EXPLAIN`` outputs outside TensorFlow from raw strings
+  and ``vocabularies.json`` (``model/contracts/numpy_scorer.py`` does, tested to 1e-5). With
+  embedding size k, attention factor t and P = len(pairs):
+
+  - ``OUTPUT_FIELD_TABLE`` [rows, k + 1] float32: the single-valued fields' table, each id's
+    vector v (k) and linear weight w (1) side by side; field f's id i is row
+    ``OUTPUT_FIELD_OFFSETS``[f] + i, with ``OUTPUT_FIELD_OFFSETS`` [S] int32 one offset per
+    single-valued field, in field order.
+  - ``OUTPUT_BAG_TABLES``[f] [ids, k + 1] float32, for each MULTI_VALUED field f of the
+    version: its values' vectors and linear weights, id i at row i. The field's v and w are
+    the mean of its values' rows over the non-empty parts of the raw string, an unknown part
+    counting as id 0; a raw string with no parts at all is the single id 0.
+  - ``OUTPUT_ATTENTION_KERNEL`` [k, t] (K = W^T, the paper's t x k W transposed),
+    ``OUTPUT_ATTENTION_BIAS`` [t] (b), ``OUTPUT_ATTENTION_PROJECTION`` [t] (h),
+    ``OUTPUT_PROJECTION`` [k] (p), ``OUTPUT_PAIR_BIAS`` [P] float32 (c, in ``pairs``
+    order; zeros for a model without pair offsets), and the scalars ``OUTPUT_PAIR_SCALE``
+    float32 (s), ``OUTPUT_BIAS`` float32 (w0) and ``OUTPUT_USES_ATTENTION`` bool. Without
+    attention t = 0.
+
+  Ids are as in vocabularies.json (value i -> id i + 1; anything else, and ``""`` -> 0).
+  With x_ij = v_i ⊙ v_j for each pair of fields (i, j) in ``pairs`` order:
+  a_ij = softmax over a row's pairs of (h^T ReLU(K^T x_ij + b) + c_ij), or 1 without
+  attention; contribution_ij = s * a_ij * p^T x_ij; linear_f = w_f; bias = w0;
   logit = w0 + sum of the linear terms + sum of the contributions.
-* ``format_version`` says which of these rules a version follows; a reader refuses a
-  version newer than the FORMAT_VERSION it knows.
+* ``format_version`` says which of these rules a version follows; a reader refuses any
+  version of another FORMAT_VERSION than its own (older ones lack ``SIGNATURE_WEIGHTS``).
 * A version directory appears only by an atomic rename of a complete directory: a reader
   that sees ``<model-dir>/<n>/`` may load it.
 
@@ -109,13 +110,7 @@ def rank_sides(fields: tuple[str, ...] | list[str]) -> tuple[list[str], list[str
 
 SIGNATURE_SCORE = "serving_default"
 SIGNATURE_EXPLAIN = "explain"
-SIGNATURE_ITEMS = "items"
-SIGNATURE_RANK = "rank"
-SIGNATURE_RANK_EXPLAIN = "rank_explain"
-SIGNATURE_RANK_WEIGHTS = "rank_weights"
-OUTPUT_ITEMS = INPUT_ITEMS = "items"
-INPUT_USER_INDEX = "user_index"
-INPUT_ITEM_INDEX = "item_index"
+SIGNATURE_WEIGHTS = "weights"
 OUTPUT_PROBABILITY = "probability"
 OUTPUT_ATTENTION = "attention"
 OUTPUT_CONTRIBUTION = "contribution"
@@ -123,17 +118,20 @@ OUTPUT_BIAS = "bias"
 OUTPUT_LINEAR = "linear"
 OUTPUT_LOGIT = "logit"
 OUTPUT_FIELD_TABLE = "field_table"
-OUTPUT_USER_OFFSETS = "user_offsets"
-OUTPUT_PAIR_KERNEL = "pair_kernel"
+OUTPUT_FIELD_OFFSETS = "field_offsets"
+OUTPUT_BAG_TABLES: dict[str, str] = {field: f"bag_table_{field}" for field in MULTI_VALUED}
+OUTPUT_ATTENTION_KERNEL = "attention_kernel"
 OUTPUT_ATTENTION_BIAS = "attention_bias"
 OUTPUT_ATTENTION_PROJECTION = "attention_projection"
+OUTPUT_PROJECTION = "projection"
 OUTPUT_PAIR_BIAS = "pair_bias"
 OUTPUT_PAIR_SCALE = "pair_scale"
 OUTPUT_USES_ATTENTION = "uses_attention"
 METADATA_FILE = "metadata.json"
 VOCABULARIES_FILE = "vocabularies.json"
-FORMAT_VERSION = 2
-"""1: six fixed fields. 2: the field set is the version's own (``fields``)."""
+FORMAT_VERSION = 3
+"""1: six fixed fields. 2: the field set is the version's own (``fields``). 3: one
+``weights`` signature instead of the ``items`` and ``rank*`` signatures."""
 
 
 class ModelMetadata(BaseModel):
@@ -170,8 +168,14 @@ def next_version(model_dir: Path) -> int:
 
 
 def read_metadata(version_dir: Path) -> ModelMetadata:
-    """The version's metadata; ValueError for a format this reader does not know."""
+    """The version's metadata; ValueError, in one line, for a format other than
+    FORMAT_VERSION or a field set this reader does not know."""
     metadata = ModelMetadata.model_validate_json((version_dir / METADATA_FILE).read_text())
+    if metadata.format_version < FORMAT_VERSION:
+        raise ValueError(
+            f"format_version {metadata.format_version} was exported by an older afm-ctr "
+            f"(this reader needs {FORMAT_VERSION}); train a new version to serve it"
+        )
     if metadata.format_version > FORMAT_VERSION:
         raise ValueError(
             f"format_version {metadata.format_version} is newer than this reader's "

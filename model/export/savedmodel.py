@@ -5,10 +5,7 @@ A version is written completely into ``<model-dir>/.tmp-<uuid>/`` (ignored by
 a half-written version. If another export takes ``n`` first, the rename fails and this
 export takes the next free number.
 
-The SavedModel's signatures take the raw string values of the version's fields by name; one
-StringLookup per field, built from the training vocabulary, turns them into the ids the
-model was trained on (vocabulary[i] -> i + 1, anything else -> 0, as ``PreparedData.encode``);
-a multi-valued field is split on its separator first and looked up value by value.
+The SavedModel and its signatures come from ``model/export/signatures.py``.
 """
 
 from __future__ import annotations
@@ -28,146 +25,17 @@ import numpy as np
 import tensorflow as tf
 
 from model.contracts.export_format import (
-    INPUT_ITEM_INDEX,
-    INPUT_ITEMS,
-    INPUT_USER_INDEX,
     METADATA_FILE,
-    MULTI_VALUED,
-    OUTPUT_ITEMS,
-    OUTPUT_PROBABILITY,
-    SIGNATURE_EXPLAIN,
-    SIGNATURE_ITEMS,
-    SIGNATURE_RANK,
-    SIGNATURE_RANK_EXPLAIN,
-    SIGNATURE_RANK_WEIGHTS,
-    SIGNATURE_SCORE,
     VOCABULARIES_FILE,
     ModelMetadata,
     next_version,
     pairs,
-    rank_sides,
 )
-from model.data.dataset import PAD, SINGLE_INPUT
 from model.errors import AfmError
-from model.export.rank import item_table, rank_outputs, rank_weights
-from model.network.afm import split_fields
+from model.export.signatures import build_archive
 
 TMP_PREFIX = ".tmp-"
 _RENAME_CONFLICTS = (errno.EEXIST, errno.ENOTEMPTY)
-
-
-def build_lookups(
-    fields: Sequence[str], vocabularies: Mapping[str, np.ndarray]
-) -> dict[str, keras.layers.StringLookup]:
-    """One StringLookup per field: vocabulary[i] -> i + 1, unknown values -> 0 (int32)."""
-    lookups = {}
-    for field in fields:
-        lookup = keras.layers.StringLookup(
-            vocabulary=[str(v) for v in vocabularies[field]],
-            num_oov_indices=1,
-            output_mode="int",
-            name=f"lookup_{field}",
-        )
-        lookup.build((None,))  # ExportArchive tracks only built layers
-        lookups[field] = lookup
-    return lookups
-
-
-def bag_ids(lookup: keras.layers.StringLookup, joined: tf.Tensor, separator: str) -> tf.Tensor:
-    """(batch, L) int32 ids of each row's values, PAD where a row has no value.
-
-    ``"Comedy|Drama"`` -> the two values' ids; a row without values (``""``) gets the
-    out-of-vocabulary id 0 in its first column. Empty values (``"A||B"``) become PAD in
-    place rather than being moved left: BagEmbedding masks PAD, so the mean is the same as
-    in training. L is the batch's longest row plus one padding column. Dense throughout
-    (split, to_tensor, one lookup of the (batch, L) matrix): ~50 µs less per call than
-    boolean-masking and mapping the ragged values (benchmarks/serve_latency.py).
-    """
-    values = tf.strings.split(joined, sep=separator).to_tensor(default_value="")  # (batch, L)
-    values = tf.pad(values, [[0, 0], [0, 1]])  # (batch, L + 1): "" pads
-    present = tf.strings.length(values) > 0
-    ids = tf.where(present, tf.cast(lookup(values), tf.int32), PAD)
-    empty = tf.logical_not(tf.reduce_any(present, axis=1, keepdims=True))  # (batch, 1)
-    first = tf.range(tf.shape(ids)[1]) == 0  # (L + 1,)
-    return tf.where(tf.logical_and(empty, first), 0, ids)
-
-
-def _raw_signature(fields: Sequence[str]) -> list[tf.TensorSpec]:
-    return [tf.TensorSpec(shape=[None], dtype=tf.string, name=field) for field in fields]
-
-
-def _rank_signature(fields: Sequence[str]) -> list[tf.TensorSpec]:
-    """The user fields [users], the user index [batch], the item table, the item index."""
-    user_fields, _ = rank_sides(fields)
-    return [
-        *_raw_signature(user_fields),
-        tf.TensorSpec([None], tf.int32, name=INPUT_USER_INDEX),
-        tf.TensorSpec([None, None], tf.float32, name=INPUT_ITEMS),
-        tf.TensorSpec([None], tf.int32, name=INPUT_ITEM_INDEX),
-    ]
-
-
-def build_archive(
-    model: keras.Model, fields: Sequence[str], vocabularies: Mapping[str, np.ndarray]
-) -> keras.export.ExportArchive:
-    """An ExportArchive with the contract's endpoints over raw string inputs.
-
-    ``model`` is the dict-output model of ``model.network.afm.build_afm`` for ``fields``. Each
-    endpoint takes the fields as separate 1-D string tensors (batch size unknown), in field
-    order and by name; the rank endpoints also take the user index (``model/export/rank.py``).
-    """
-    fields = list(fields)
-    lookups = build_lookups(fields, vocabularies)
-    single, multi = split_fields(fields)
-
-    def explain(*raw: tf.Tensor) -> dict[str, tf.Tensor]:
-        by_name = dict(zip(fields, raw, strict=True))
-        inputs = {
-            # (batch, S) int32 ids in field order
-            SINGLE_INPUT: tf.stack(
-                [tf.cast(lookups[f](by_name[f]), tf.int32) for f in single], axis=1
-            ),
-            **{f: bag_ids(lookups[f], by_name[f], MULTI_VALUED[f]) for f in multi},
-        }
-        return dict(model(inputs, training=False))  # every output: probability to logit
-
-    def score(*raw: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {OUTPUT_PROBABILITY: explain(*raw)[OUTPUT_PROBABILITY]}
-
-    def encode(field: str, raw: tf.Tensor) -> tf.Tensor:
-        if field in MULTI_VALUED:
-            return bag_ids(lookups[field], raw, MULTI_VALUED[field])
-        return tf.cast(lookups[field](raw), tf.int32)
-
-    user_fields, item_fields = rank_sides(fields)
-
-    def items(*raw: tf.Tensor) -> dict[str, tf.Tensor]:
-        by_name = dict(zip(item_fields, raw, strict=True))
-        return {OUTPUT_ITEMS: item_table(model, fields, encode, by_name)}
-
-    def rank_explain(*inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-        *raw, user_index, table, item_index = inputs
-        users = dict(zip(user_fields, raw, strict=True))
-        return rank_outputs(model, fields, encode, users, user_index, table, item_index)
-
-    def rank(*inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {OUTPUT_PROBABILITY: rank_explain(*inputs)[OUTPUT_PROBABILITY]}
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    for lookup in lookups.values():
-        archive.track(lookup)
-    archive.add_endpoint(SIGNATURE_SCORE, score, input_signature=_raw_signature(fields))
-    archive.add_endpoint(SIGNATURE_EXPLAIN, explain, input_signature=_raw_signature(fields))
-    archive.add_endpoint(SIGNATURE_ITEMS, items, input_signature=_raw_signature(item_fields))
-    archive.add_endpoint(SIGNATURE_RANK, rank, input_signature=_rank_signature(fields))
-    archive.add_endpoint(
-        SIGNATURE_RANK_EXPLAIN, rank_explain, input_signature=_rank_signature(fields)
-    )
-    archive.add_endpoint(
-        SIGNATURE_RANK_WEIGHTS, lambda: rank_weights(model, fields), input_signature=[]
-    )
-    return archive
 
 
 def export_version(

@@ -10,7 +10,7 @@ starts at zero, so the untrained AFM equals the FM; then
 contribution_ij = P * a_ij * p^T (v_i ⊙ v_j).
 
 Strings never reach this model: the exported signatures wrap it with one StringLookup per
-field (see ``model/export/savedmodel.py``), and training feeds the same ids from
+field (see ``model/export/signatures.py``), and training feeds the same ids from
 ``PreparedData.encode``.
 The field set (``contract.FIELD_SETS``) decides the inputs: single-valued fields arrive
 together as one ``(batch, S)`` id matrix, each multi-valued field (genres) as its own

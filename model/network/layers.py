@@ -465,42 +465,23 @@ class AttentionPooling(keras.layers.Layer):
         pool = _compiled_for_training(self._pool, self.jit_compile_training, training)
         return pool(pairs)
 
-    def network_scores(self, pairs: Any, projection: Any = None) -> Any:
-        """(batch, P): h^T ReLU(W (v_i ⊙ v_j) + b) of each pair, before the pair offsets c
-        and the softmax. Needs ``use_attention``.
-
-        With ``projection`` p, a ``(k, 1)`` kernel, returns ``(scores, projected)``, the
-        second p^T (v_i ⊙ v_j) ``(batch, P)`` from the same matmul with [W | p]: with two
-        matmuls the ranking call (``model/export/rank.py``, which calls this on subsets of the
-        pairs) measured 2-12 % slower (``benchmarks/serve_latency.py --breakdown-only``,
-        alternating exports).
-        """
-        num_pairs, k = pairs.shape[1], pairs.shape[2]
-        # 2-D matmuls over (batch * P, k) rows: much cheaper on CPU than broadcast batch matmuls
-        flat = ops.reshape(pairs, (-1, k))
-        if projection is None:
-            pre = ops.matmul(flat, self.attention_kernel)  # (batch * P, t)
-        else:
-            both = ops.matmul(flat, ops.concatenate([self.attention_kernel, projection], axis=1))
-            pre = both[:, : self.attention_factor]
-        hidden = ops.relu(pre + self.attention_bias)
-        scores = ops.reshape(ops.matmul(hidden, self.attention_projection), (-1, num_pairs))
-        if projection is None:
-            return scores
-        return scores, ops.reshape(both[:, self.attention_factor], (-1, num_pairs))
-
     def _pool(self, pairs: Any) -> tuple[Any, Any]:
         if not self.use_attention:
             weights = ops.ones_like(pairs[..., 0])  # (batch, P)
             return ops.sum(pairs, axis=1), weights
+        num_pairs, k = pairs.shape[1], pairs.shape[2]
+        # 2-D matmuls over (batch * P, k) rows: much cheaper on CPU than broadcast batch matmuls
+        flat = ops.reshape(pairs, (-1, k))
+        # (batch * P, t)
+        hidden = ops.relu(ops.matmul(flat, self.attention_kernel) + self.attention_bias)
         # (batch, P): one score per pair, normalised over the pairs of each example
-        scores = self.network_scores(pairs)
+        scores = ops.reshape(ops.matmul(hidden, self.attention_projection), (-1, num_pairs))
         if self.pair_bias:
             scores = scores + self.attention_pair_bias
         weights = ops.softmax(scores, axis=-1)
         # (batch, 1, P) @ (batch, P, k) -> (batch, k): the attention-weighted sum of pairs
         pooled = ops.squeeze(ops.matmul(ops.expand_dims(weights, 1), pairs), axis=1)
-        scale = self.pair_scale(pairs.shape[1])
+        scale = self.pair_scale(num_pairs)
         return (pooled * scale if scale != 1.0 else pooled), weights
 
     def compute_output_shape(self, input_shape: tuple) -> tuple[tuple, tuple]:

@@ -1,0 +1,362 @@
+"""AFM's scores and explanations in NumPy, a pure function of the weights a version exports.
+
+``NumpyScorer`` computes the ``explain`` signature's outputs from raw strings, with the arrays
+of the version's ``weights`` signature and its training vocabularies (both described in
+``model/contracts/export_format.py``), float32 throughout:
+
+    logit = w0 + sum_f w_f + s * sum_ij a_ij p^T (v_i ⊙ v_j)
+    a_ij  = softmax over the pairs of h^T ReLU(W (v_i ⊙ v_j) + b) + c_ij    (1 without attention)
+
+It imports NumPy only, so the service scores without TensorFlow: a TensorFlow call costs a
+fixed overhead (the Python call into the runtime and ~160 small graph ops) whatever its size,
+while ranking 100 candidates is a few hundred thousand multiply-adds.
+
+Many terms depend on one side only. ``item_table`` computes each movie's side once per movie
+table: its fields' vectors and linear terms and, for each pair of two movie fields, its
+attention score before c and its projection p^T (v_i ⊙ v_j). ``score`` and ``explain``
+compute each user's side once per call, and per candidate only the pairs of a user field and
+a movie field (5 of 15 pairs with the seed fields, 15 of 28 with all eight); the softmax still
+runs over all P pairs. A candidate's interaction term is s * sum_ij a_ij (p^T (v_i ⊙ v_j)),
+the sum of its pairs' contributions: p^T of the pooled vector, regrouped.
+
+Arrays are pair-major, (pairs, candidates): the softmax over a candidate's pairs, and every
+element-wise step before it, then run along rows of N candidates instead of rows of 15 or 28
+pairs, where NumPy spends more on each row than on its elements.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.contracts import export_format
+
+
+@dataclass(frozen=True, eq=False)
+class ItemTable:
+    """One movie table's side of the model: one row per movie, the last an unknown movie's
+    (every movie field out of vocabulary). Built by ``NumpyScorer.item_table``.
+
+    ``movies`` is the table it was built from; ``known`` flags the rows whose movie id is in
+    the training vocabulary. ``rows`` maps a requested integer movie id to its row, so a
+    request's ids are looked up as the integers they arrive as, not through strings.
+    ``vectors`` (rows, I, k + 1): each movie field's vector with a 1 appended, which picks up
+    the attention network's bias in the same matrix product as W. ``rest`` (rows, I + 2 *
+    movie pairs): the linear terms, then the movie pairs' attention scores without c and their
+    projections. Candidates are gathered as whole rows (``np.take``), cheaper than columns.
+    """
+
+    movies: Mapping[str, Mapping[str, str]]
+    known: np.ndarray  # bool (rows,)
+    rows: Mapping[int, int]
+    vectors: np.ndarray  # float32 (rows, I, k + 1)
+    rest: np.ndarray  # float32 (rows, I + 2 * movie pairs)
+
+    def index(self, movie_ids: Sequence[int]) -> np.ndarray:
+        """(len(movie_ids),) int32: each id's row; an id not in the table gets the last row."""
+        unknown = len(self.known) - 1
+        rows = map(self.rows.get, movie_ids, itertools.repeat(unknown))
+        return np.fromiter(rows, np.int32, len(movie_ids))
+
+
+class NumpyScorer:
+    """The explain outputs of N candidates of B users, as ``export_format.SIGNATURE_EXPLAIN``.
+
+    Args:
+        fields: the version's field set, user fields first (``export_format.rank_sides``).
+        weights: the outputs of the ``export_format.SIGNATURE_WEIGHTS`` signature, as NumPy
+            arrays.
+        vocabularies: each field's training values; value i has id i + 1, anything else 0.
+    """
+
+    def __init__(
+        self,
+        fields: Sequence[str],
+        weights: Mapping[str, np.ndarray],
+        vocabularies: Mapping[str, Sequence[str]],
+    ) -> None:
+        self.fields: tuple[str, ...] = tuple(fields)
+        user_fields, item_fields = export_format.rank_sides(self.fields)
+        single = [f for f in self.fields if f not in export_format.MULTI_VALUED]
+        _check(self.fields, single, weights)
+
+        def array(name: str) -> np.ndarray:
+            return np.asarray(weights[name], np.float32)
+
+        field_offsets = np.asarray(weights[export_format.OUTPUT_FIELD_OFFSETS]).tolist()
+        offsets = dict(zip(single, field_offsets, strict=True))  # single-valued field -> row
+        table = array(export_format.OUTPUT_FIELD_TABLE)  # (rows, k + 1): [v | w]
+        self._k = k = table.shape[1] - 1
+        self._vectors, self._linear = table[:, :k], table[:, k]
+        self._rows = {  # user field -> raw value -> row of the field table
+            f: {value: offsets[f] + i + 1 for i, value in enumerate(vocabularies[f])}
+            for f in user_fields
+        }
+        self._unknown = [offsets[f] for f in user_fields]
+        self._ids = {f: {v: i + 1 for i, v in enumerate(vocabularies[f])} for f in item_fields}
+        self._tables = {  # movie field -> (ids, k + 1): [v | w] of each id
+            f: (
+                array(export_format.OUTPUT_BAG_TABLES[f])
+                if f in export_format.MULTI_VALUED
+                else table[offsets[f] : offsets[f] + len(vocabularies[f]) + 1]
+            )
+            for f in item_fields
+        }
+        self._attention = bool(weights[export_format.OUTPUT_USES_ATTENTION])
+        kernel = array(export_format.OUTPUT_ATTENTION_KERNEL).reshape(k, -1)  # W^T (k, t)
+        projection = array(export_format.OUTPUT_PROJECTION).reshape(k, 1)  # p
+        self._kernel = np.concatenate([kernel, projection], axis=1)  # (k, t + 1): [W^T | p]
+        self._t = kernel.shape[1]
+        self._hidden_bias = array(export_format.OUTPUT_ATTENTION_BIAS)  # b (t,)
+        # A user field's column of the folded kernel: [W^T | p]^T (u ⊙ v) + [b; 0], with v's
+        # appended 1 picking up [b; 0] (``ItemTable.vectors``).
+        self._bias_column = np.append(self._hidden_bias, 0).astype(np.float32)
+        self._hidden_projection = array(export_format.OUTPUT_ATTENTION_PROJECTION).reshape(1, -1)
+        self._scale = np.float32(weights[export_format.OUTPUT_PAIR_SCALE])
+        self._bias = np.float32(weights[export_format.OUTPUT_BIAS])
+
+        # Pair rows here: user pairs, user x movie pairs (user field major), movie pairs;
+        # ``_back`` puts them into ``pairs(fields)`` order.
+        self._user_fields, self._item_fields, self._i = user_fields, item_fields, len(item_fields)
+        user_pairs, item_pairs = export_format.pairs(user_fields), export_format.pairs(item_fields)
+        self._user_sides = _sides(user_fields, user_pairs)
+        self._item_sides = _sides(item_fields, item_pairs)
+        self._item_pairs = len(item_pairs)
+        cross = [(a, b) for a in user_fields for b in item_fields]
+        every = export_format.pairs(self.fields)
+        order = [every.index(p) for p in (*user_pairs, *cross, *item_pairs)]
+        self._pair_bias = array(export_format.OUTPUT_PAIR_BIAS)[order][:, None]  # c (P, 1)
+        self._back = np.argsort(order)
+
+    def item_table(self, movies: Mapping[str, Mapping[str, str]]) -> ItemTable:
+        """The movie side of ``movies`` (id string -> raw movie fields; a missing field is
+        ``""``), then of every vocabulary movie id ``movies`` lacks (its other fields
+        unknown), then of an unknown movie. An id that does not read as an integer ("012",
+        "x") cannot be requested: its row is kept, but ``ItemTable.index`` never returns it."""
+        known_ids = self._ids[export_format.MOVIE_ID]
+        ids = [*movies, *(movie for movie in known_ids if movie not in movies)]
+        sides = np.stack(  # (M, I, k + 1): each movie field's [v | w]
+            [
+                self._embed(f, [_movie_value(movies, movie, f) for movie in ids] + [""])
+                for f in self._item_fields
+            ],
+            axis=1,
+        )
+        k = self._k
+        linear = sides[:, :, k].copy()  # (M, I)
+        sides[:, :, k] = 1.0
+        rest = [linear]
+        if self._item_pairs:  # none with one movie field
+            left, right = self._item_sides
+            rest += self._pair_scores(sides[:, left, :k] * sides[:, right, :k])
+        return ItemTable(
+            movies=movies,
+            known=np.array([movie in known_ids for movie in ids] + [False]),
+            rows={int(movie): row for row, movie in enumerate(ids) if _decimal(movie)},
+            vectors=sides,
+            rest=np.concatenate(rest, axis=1),
+        )
+
+    def score(
+        self,
+        users: Mapping[str, Sequence[str]],
+        user_index: np.ndarray,
+        items: ItemTable,
+        item_index: np.ndarray,
+    ) -> np.ndarray:
+        """The click probabilities alone, float32 (N,); arguments as ``explain``."""
+        weights, total, terms, linear = self._pairs(users, user_index, items, item_index)
+        pooled = np.einsum("pn,pn->n", weights, terms) / total
+        return _sigmoid(self._bias + linear.sum(axis=0) + self._scale * pooled)
+
+    def explain(
+        self,
+        users: Mapping[str, Sequence[str]],
+        user_index: np.ndarray,
+        items: ItemTable,
+        item_index: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """The explain outputs by their contract names: ``probability`` (N,), ``attention``
+        and ``contribution`` (N, P) in ``pairs(fields)`` order, ``bias`` (N,), ``linear``
+        (N, F) in field order and ``logit`` (N,).
+
+        Args:
+            users: each user field -> (B,) raw strings, one row per user.
+            user_index: (N,) int32, each candidate's user row.
+            items: the movie table's ``item_table``.
+            item_index: (N,) int32, each candidate's row of ``items`` (``ItemTable.index``).
+        """
+        weights, total, terms, linear = self._pairs(users, user_index, items, item_index)
+        attention = weights / total
+        contribution = attention * terms * self._scale
+        logit = self._bias + linear.sum(axis=0) + contribution.sum(axis=0)
+        return {
+            export_format.OUTPUT_PROBABILITY: _sigmoid(logit),
+            export_format.OUTPUT_ATTENTION: attention.T[:, self._back],
+            export_format.OUTPUT_CONTRIBUTION: contribution.T[:, self._back],
+            export_format.OUTPUT_BIAS: np.full(len(logit), self._bias, np.float32),
+            export_format.OUTPUT_LINEAR: linear.T,
+            export_format.OUTPUT_LOGIT: logit,
+        }
+
+    def _embed(self, field: str, values: Sequence[str]) -> np.ndarray:
+        """(n, k + 1): [v | w] of a movie field's raw values; a multi-valued field's is the
+        mean over its non-empty parts, an unknown part counting as id 0, no part as one id 0
+        (as ``bag_ids`` and ``BagEmbedding``)."""
+        ids, table = self._ids[field], self._tables[field]
+        if field not in export_format.MULTI_VALUED:
+            return table[[ids.get(value, 0) for value in values]]
+        counts = np.zeros((len(values), len(table)), np.float32)  # (n, ids): each id's count
+        for row, joined in enumerate(values):
+            for part in export_format.split_values(field, joined) or [""]:
+                counts[row, ids.get(part, 0)] += 1
+        return (counts @ table) / counts.sum(axis=1, keepdims=True)
+
+    def _pairs(
+        self,
+        users: Mapping[str, Sequence[str]],
+        user_index: np.ndarray,
+        items: ItemTable,
+        item_index: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray | float, np.ndarray, np.ndarray]:
+        """Pair-major parts of the logit: (P, N) attention weights before normalising,
+        their (N,) totals, the (P, N) projections p^T (v_i ⊙ v_j), the (F, N) linear terms."""
+        k, t, i = self._k, self._t, self._i
+        rows = np.array(  # (B, U) rows of the field table
+            [
+                [self._rows[f].get(value, unknown) for value in users[f]]
+                for f, unknown in zip(self._user_fields, self._unknown, strict=True)
+            ],
+            dtype=np.intp,
+        ).T
+        user_vectors, user_linear = self._vectors[rows], self._linear[rows]  # (B, U, k), (B, U)
+        left, right = self._user_sides
+        user_scores, user_terms = self._pair_scores(user_vectors[:, left] * user_vectors[:, right])
+        u, n, pu = len(self._user_fields), len(item_index), len(left)
+        vectors = np.take(items.vectors, item_index, axis=0)  # (N, I, k + 1)
+        rest = np.take(items.rest, item_index, axis=0).T  # (I + 2 * movie pairs, N)
+        # The user x movie pairs: W (u ⊙ v) = (u[:, None] * W^T)^T v, and p likewise. Each
+        # user's vectors are folded into [W^T | p] once, and one (U * (t + 1), k + 1) @
+        # (k + 1, N * I) product per user gives its candidates' hidden layers (the bias
+        # included) and projections, columns in (candidate, movie field) order: no N * U * I
+        # product vectors, and rows gathered whole.
+        folded = np.empty((len(rows), u, t + 1, k + 1), np.float32)
+        folded[..., :k] = user_vectors[:, :, None, :] * self._kernel.T
+        folded[..., k] = self._bias_column
+        folded = folded.reshape(len(rows), u * (t + 1), k + 1)
+        runs = [(0, slice(0, n))] if len(rows) == 1 else _runs(user_index)
+        if len(runs) == 1:  # one user
+            product = np.matmul(folded[runs[0][0]], vectors.reshape(n * i, k + 1).T)
+        else:
+            product = np.empty((u * (t + 1), n * i), np.float32)
+            for user, run in runs:
+                part = vectors[run].reshape(-1, k + 1).T
+                product[:, run.start * i : run.stop * i] = np.matmul(folded[user], part)
+        product = product.reshape(u, t + 1, n * i)  # [hidden (t); projection] per user field
+        scores = np.empty((pu + u * i + self._item_pairs, n), np.float32)
+        terms = np.empty_like(scores)
+        cross = slice(pu, pu + u * i)
+        if self._attention:
+            hidden = np.maximum(product[:, :t], 0, out=product[:, :t])
+            _pair_major(scores[cross], np.matmul(self._hidden_projection, hidden)[:, 0], i)
+        _pair_major(terms[cross], product[:, t], i)
+        linear = np.empty((u + i, n), np.float32)
+        for user, run in runs:
+            scores[:pu, run] = user_scores[user, :, None]
+            terms[:pu, run] = user_terms[user, :, None]
+            linear[:u, run] = user_linear[user, :, None]
+        linear[u:] = rest[:i]
+        if self._item_pairs:
+            scores[cross.stop :] = rest[i : i + self._item_pairs]
+            terms[cross.stop :] = rest[i + self._item_pairs :]
+        if not self._attention:  # the FM ablation: every weight 1
+            return np.ones_like(terms), 1.0, terms, linear
+        scores += self._pair_bias
+        scores -= scores.max(axis=0)
+        np.exp(scores, out=scores)
+        return scores, scores.sum(axis=0), terms, linear
+
+    def _pair_scores(self, products: np.ndarray) -> list[np.ndarray]:
+        """[(n, p) attention scores without c, (n, p) projections p^T x] of pairs' products
+        (n, p, k), from one matmul with [W^T | p]; without attention the scores are zeros."""
+        n, p, k = products.shape
+        projected = np.matmul(products.reshape(n * p, k), self._kernel)  # (n * p, t + 1)
+        terms = projected[:, self._t].reshape(n, p)
+        if not self._attention:
+            return [np.zeros_like(terms), terms]
+        hidden = np.maximum(projected[:, : self._t] + self._hidden_bias, 0)
+        return [np.matmul(hidden, self._hidden_projection[0]).reshape(n, p), terms]
+
+
+def _check(fields: tuple[str, ...], single: list[str], weights: Mapping[str, np.ndarray]) -> None:
+    """ValueError unless ``weights`` holds every array ``fields`` need, of the right length."""
+    names = [
+        export_format.OUTPUT_FIELD_TABLE,
+        export_format.OUTPUT_FIELD_OFFSETS,
+        *(export_format.OUTPUT_BAG_TABLES[f] for f in fields if f in export_format.MULTI_VALUED),
+        export_format.OUTPUT_ATTENTION_KERNEL,
+        export_format.OUTPUT_ATTENTION_BIAS,
+        export_format.OUTPUT_ATTENTION_PROJECTION,
+        export_format.OUTPUT_PROJECTION,
+        export_format.OUTPUT_PAIR_BIAS,
+        export_format.OUTPUT_PAIR_SCALE,
+        export_format.OUTPUT_BIAS,
+        export_format.OUTPUT_USES_ATTENTION,
+    ]
+    missing = [name for name in names if name not in weights]
+    if missing:
+        raise ValueError(f"the weights lack {missing}")
+    if len(weights[export_format.OUTPUT_FIELD_OFFSETS]) != len(single):
+        raise ValueError(
+            f"{export_format.OUTPUT_FIELD_OFFSETS} must have one offset per field of {single}"
+        )
+    if len(weights[export_format.OUTPUT_PAIR_BIAS]) != len(export_format.pairs(fields)):
+        raise ValueError(
+            f"{export_format.OUTPUT_PAIR_BIAS} must have one offset per pair of {fields}"
+        )
+
+
+def _sides(
+    side: Sequence[str], side_pairs: Sequence[tuple[str, str]]
+) -> tuple[list[int], list[int]]:
+    """Each pair's left and right field, as positions in ``side``."""
+    return [side.index(a) for a, _ in side_pairs], [side.index(b) for _, b in side_pairs]
+
+
+def _movie_value(movies: Mapping[str, Mapping[str, str]], movie_id: str, field: str) -> str:
+    """Movie ``movie_id``'s raw value of a movie field; ``""`` when unknown."""
+    if field == export_format.MOVIE_ID:
+        return movie_id
+    return movies.get(movie_id, {}).get(field, "")
+
+
+def _decimal(movie_id: str) -> bool:
+    """Whether ``movie_id`` is how a requested integer id reads: "12", not "012" or "x"."""
+    return movie_id.isdecimal() and movie_id == str(int(movie_id))
+
+
+def _pair_major(out: np.ndarray, values: np.ndarray, i: int) -> None:
+    """``values`` (U, N * I), columns in (candidate, movie field) order, into ``out``
+    (U * I, N): one row per user x movie pair, user field major."""
+    if i == 1:  # the same order
+        out[...] = values
+        return
+    u, n = len(values), out.shape[1]
+    out.reshape(u, i, n)[...] = values.reshape(u, n, i).transpose(0, 2, 1)
+
+
+def _runs(user_index: np.ndarray) -> list[tuple[int, slice]]:
+    """(user row, candidates) of each run of consecutive candidates of one user: one run per
+    request in a merged call."""
+    if not len(user_index):
+        return []
+    cuts = (np.flatnonzero(user_index[1:] != user_index[:-1]) + 1).tolist()
+    starts, stops = [0, *cuts], [*cuts, len(user_index)]
+    return [(int(user_index[a]), slice(a, b)) for a, b in zip(starts, stops, strict=True)]
+
+
+def _sigmoid(logit: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-logit))
