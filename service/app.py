@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from pathlib import Path
 
 from fastapi import FastAPI
+from threadpoolctl import threadpool_limits
 
-from model.cli.logs import lean_records
+from service.access_log import lean_records
+from service.batching import Batcher
 from service.body_limit import BodySizeLimitMiddleware
 from service.coverage import CoverageMonitor
 from service.errors import install_error_handlers
 from service.feature_store import FeatureStore
+from service.loaded_model import load_model
 from service.metrics import Metrics, ObservedRequestsMiddleware
 from service.model_registry import ModelRegistry
 from service.routes import ops, scoring, ui
-from service.scorer import LoadedModel, Scorer, configure_threads, load_model
-from service.settings import Settings, available_cpus, get_settings
+from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ version under the model directory, hot-reloaded. Errors are RFC 9457 problem det
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    lean_records()  # in each worker process: an access line per request
+    _set_up_process()
     metrics = Metrics()
     app = FastAPI(
         title="AFM click-through-rate scoring",
@@ -64,30 +65,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    registry = ModelRegistry(settings.model_dir, _thread_configuring_loader(settings))
+    registry = ModelRegistry(settings.model_dir, load_model)
     metrics: Metrics = app.state.metrics
-
-    def alone() -> bool:  # the request asking is the only one in the server
-        return metrics.in_flight <= 1
-
     store = FeatureStore.connect(
         settings.redis_url,
         settings.redis_prefix,
         settings.redis_timeout,
+        cluster=settings.redis_cluster,
         max_connections=settings.redis_max_connections,
         retry_after=settings.retry_after,
-        cluster=settings.redis_cluster,
-        alone=alone,
     )
-    scorer = Scorer(
-        settings.scoring_threads,
-        inline_rows=settings.inline_scoring_rows,
-        alone=alone,
-        inline_numpy=settings.inline_numpy,
-    )
-    app.state.registry, app.state.feature_store, app.state.scorer = registry, store, scorer
+    batcher = Batcher()
+    app.state.registry, app.state.feature_store, app.state.batcher = registry, store, batcher
     app.state.coverage = CoverageMonitor(settings.min_feature_coverage)
-    metrics.watch(registry, store, scorer, app.state.coverage)
+    metrics.watch(registry, store, batcher, app.state.coverage)
     reload_task = asyncio.create_task(_keep_loading(registry, settings.reload_interval))
     log.info(
         "serving from %s, features from %s%s (prefix %r)",
@@ -104,7 +95,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await reload_task
         metrics.unwatch()
         await store.aclose()
-        scorer.shutdown()
+        batcher.shutdown()
         registry.close()
 
 
@@ -115,18 +106,14 @@ async def _keep_loading(registry: ModelRegistry, interval: float) -> None:
         await registry.poll(interval)
 
 
-def _thread_configuring_loader(settings: Settings):  # noqa: ANN202 - returns a model_registry.Loader
-    """``load_model`` that first sets TensorFlow's thread pools (TF is imported only here)."""
-    configured = threading.Event()
-
-    def load(version_dir: Path) -> LoadedModel:
-        if not configured.is_set():
-            intra = settings.tf_intra_op_threads or available_cpus()
-            configure_threads(intra, settings.tf_inter_op_threads)
-            configured.set()
-        return load_model(version_dir, numpy_rows=settings.numpy_ranker_rows)
-
-    return load
+def _set_up_process() -> None:
+    """What the service's process needs before it serves: lean log records (an access line
+    per request), TensorFlow's C++ info lines off (it is imported when a version loads, if
+    the user has not chosen), and NumPy's BLAS on the calling thread: the scorer's products
+    are small, and a second BLAS thread would compete with the event loop."""
+    lean_records()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def _redacted(url: str) -> str:

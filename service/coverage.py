@@ -21,7 +21,7 @@ from types import MappingProxyType
 from model.contracts import export_format
 from service.errors import ServiceError
 from service.feature_store import FeatureStore
-from service.scorer import LoadedModel
+from service.loaded_model import LoadedModel
 
 log = logging.getLogger(__name__)
 

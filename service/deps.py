@@ -1,32 +1,29 @@
-"""Request dependencies, named like the types they give (FastAPI's ``Annotated`` pattern).
+"""Request dependencies, named like the types they give (FastAPI's ``Annotated`` pattern), and
+``DirectRoute``, the one route class that resolves them without FastAPI's request handler.
 
-All are ``async def``: a plain ``def`` dependency would cost a thread-pool hop per request.
-The scoring routes take one ``ScoringDep`` (model, store, scorer, settings together): each
-dependency costs a pass of FastAPI's solver per request. Tests replace ``get_scoring`` or the
-single-object dependencies via ``app.dependency_overrides``.
-
-Which version scores a request depends on its body (``user_id``, ``model_version``), which a
-dependency does not see: ``Scoring`` carries the serving versions read once, and the route
-calls ``Scoring.pick`` once it has the body.
+All dependencies are ``async def`` taking the request alone: a plain ``def`` would cost a
+thread-pool hop per request. Tests replace them through ``app.dependency_overrides``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated
 
-import numpy as np
 from fastapi import Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from starlette.datastructures import State
+from pydantic import BaseModel, ValidationError
 
+from service.batching import Batcher
 from service.coverage import CoverageMonitor
 from service.errors import ModelNotReady
 from service.feature_store import FeatureStore
-from service.metrics import SCORED_BY, Scored
-from service.model_registry import ModelRegistry, Serving
-from service.scorer import LoadedModel, Scorer
+from service.loaded_model import LoadedModel
+from service.metrics import Metrics
+from service.model_registry import Arm, ModelRegistry, Serving
 from service.settings import Settings
 
 
@@ -39,14 +36,10 @@ async def get_registry(request: Request) -> ModelRegistry:
 
 
 async def get_model(request: Request) -> LoadedModel:
-    """The version serving now, read once: a swap mid-request does not change it."""
-    return _current_model(request.app.state)
-
-
-def _current_model(state: State) -> LoadedModel:
-    model = state.registry.current
+    """The stable version, read once: a swap mid-request does not change it."""
+    model = request.app.state.registry.current
     if model is None:
-        raise _not_ready(state.settings)
+        raise _not_ready(request.app.state.settings)
     return model
 
 
@@ -64,91 +57,75 @@ async def get_coverage(request: Request) -> CoverageMonitor:
     return request.app.state.coverage
 
 
-async def get_scorer(request: Request) -> Scorer:
-    return request.app.state.scorer
-
-
 @dataclass(frozen=True)
 class Scoring:
-    """What a scoring request needs, resolved as one dependency (each costs a solver pass).
+    """What a scoring request needs, as one dependency. ``serving`` is read once: a swap
+    mid-request changes nothing. Which version scores a request depends on its body
+    (``user_id``, ``model_version``), hence ``pick``."""
 
-    ``model`` is the stable version; ``pick`` gives the one that scores a given user (by
-    pin, or by the rollout policy's canary share) and notes it for the per-version metrics.
-    """
-
-    model: LoadedModel
+    serving: Serving
     store: FeatureStore
-    scorer: Scorer
+    batcher: Batcher
+    metrics: Metrics
     settings: Settings
-    serving: Serving | None = None  # None: ``model`` alone serves
-    scope: dict[str, Any] | None = field(default=None, repr=False)  # the request's
 
-    def pick(self, user_id: int, pinned: int | None = None) -> LoadedModel:
-        """The version scoring ``user_id`` (``pinned``: that one, or VersionNotLoaded)."""
-        model, arm = (self.serving or Serving(self.model)).pick(user_id, pinned)
-        if self.scope is not None:
-            self.scope[SCORED_BY] = Scored(model.version, arm)
-        return model
-
-    def scored(self, probability: np.ndarray) -> None:
-        """Record the probabilities the picked version computed (for their histogram)."""
-        if self.scope is not None and SCORED_BY in self.scope:
-            self.scope[SCORED_BY].probability = probability
+    def pick(self, user_id: int, pinned: int | None = None) -> tuple[LoadedModel, Arm]:
+        """The version scoring ``user_id`` (``pinned``: that one, or VersionNotLoaded) and
+        how it was chosen."""
+        return self.serving.pick(user_id, pinned)
 
 
 async def get_scoring(request: Request) -> Scoring:
     state = request.app.state
-    serving: Serving = state.registry.serving  # read once: a swap mid-request changes nothing
+    serving: Serving = state.registry.serving
     if serving.stable is None:
         raise _not_ready(state.settings)
-    return Scoring(
-        serving.stable,
-        state.feature_store,
-        state.scorer,
-        state.settings,
-        serving,
-        request.scope,
-    )
+    return Scoring(serving, state.feature_store, state.batcher, state.metrics, state.settings)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
 FeatureStoreDep = Annotated[FeatureStore, Depends(get_feature_store)]
-ScorerDep = Annotated[Scorer, Depends(get_scorer)]
 CoverageDep = Annotated[CoverageMonitor, Depends(get_coverage)]
 ScoringDep = Annotated[Scoring, Depends(get_scoring)]
 
 
-class ScoringRoute(APIRoute):
-    """A route whose endpoint is ``async (request, scoring: ScoringDep) -> Response``, called
-    with ``get_scoring``'s value directly instead of through FastAPI's dependency solver (the
-    endpoint reads its body itself). An app that overrides ``get_scoring``, as tests do, gets
-    FastAPI's own handler, and FastAPI documents the route from the endpoint as any other.
+class DirectRoute(APIRoute):
+    """A route for an endpoint that takes one JSON body model and dependencies of the request
+    alone, called without FastAPI's request handler: the body is validated from its bytes in
+    one pydantic pass (errors located under ``body``, as FastAPI locates them), each
+    dependency (or its override in ``app.dependency_overrides``) is awaited with the request.
+    FastAPI documents the route from the endpoint like any other.
 
-    For /score, the hot route. An empty endpoint taking the request and this dependency cost
-    278 µs a request, 150 µs without the dependency and 77 µs as a plain Starlette route
-    (in-process through ASGI with the service's middleware, ad hoc, on a machine where a
-    100-candidate /score takes 1.6 ms).
+    The one seam of the service, for POST /score: FastAPI's handler (content-type check,
+    stdlib JSON, the dependency solver) cost about a sixth of its requests/s with one client
+    (benchmarks/results.md).
     """
 
-    def __init__(
-        self, path: str, endpoint: Callable[..., Awaitable[Response]], **kwargs: Any
-    ) -> None:
-        super().__init__(path, endpoint, **kwargs)
-        takes = self.dependant
-        needs = [d.call for d in takes.dependencies]
-        params = [*takes.path_params, *takes.query_params, *takes.header_params]
-        params += [*takes.cookie_params, *takes.body_params]
-        if needs != [get_scoring] or takes.request_param_name is None or params:
-            raise TypeError(f"{endpoint.__name__} must take (Request, ScoringDep) only")
-
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
-        endpoint, solved = self.endpoint, super().get_route_handler()
+        takes, endpoint = self.dependant, self.endpoint
+        other = [*takes.path_params, *takes.query_params, *takes.header_params]
+        bodies, providers = takes.body_params, [(d.name, d.call) for d in takes.dependencies]
+        model = bodies[0].field_info.annotation if len(bodies) == 1 else None
+        by_request = all(
+            list(inspect.signature(call).parameters) == ["request"] for _, call in providers
+        )
+        one_model = isinstance(model, type) and issubclass(model, BaseModel)
+        if other or takes.cookie_params or not one_model or not by_request:
+            raise TypeError(
+                f"{endpoint.__name__} must take one body model and dependencies of the request"
+            )
+        body_name = bodies[0].name
 
         async def handle(request: Request) -> Response:
-            if get_scoring in request.app.dependency_overrides:
-                return await solved(request)
-            return await endpoint(request, await get_scoring(request))
+            try:
+                body = model.model_validate_json(await request.body())
+            except ValidationError as exc:
+                errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+                raise RequestValidationError(errors) from None
+            overrides = request.app.dependency_overrides
+            values = {name: await overrides.get(call, call)(request) for name, call in providers}
+            return await endpoint(**{body_name: body}, **values)
 
         return handle

@@ -25,7 +25,7 @@ class Vocabulary(Protocol):
 
 
 class Outputs(Protocol):
-    """One row's explain outputs (``service.scorer.Explanation`` of one row)."""
+    """One row's explain outputs (``service.candidates.Explanation`` of one row)."""
 
     attention: np.ndarray
     contribution: np.ndarray

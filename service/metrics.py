@@ -5,10 +5,9 @@ template (``/score``, not ``/score?x``; a mount's path, ``/static/ui``, for ever
 under it), so label cardinality stays fixed. Gauges and counters owned by other objects
 (model version, Redis errors, reloads) are read at scrape time.
 
-Scoring routes note which version scored a request and the probabilities it returned
-(``Scored``, under ``SCORED_BY`` in the request scope); the middleware observes them once the
-response is sent, per version and arm, so a dashboard can compare a canary with stable.
-Probabilities are counted into buckets with NumPy: one call per request, not one per score.
+Scoring routes time their work per model version and arm (``Metrics.scoring``) and report
+the probabilities they returned, so a dashboard can compare a canary with stable.
+Probabilities are counted into buckets with NumPy, many requests at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,24 +33,20 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import access_log
+from service.batching import Batcher
 from service.coverage import CoverageMonitor
+from service.errors import ServiceError
 from service.feature_store import FeatureStore
 from service.model_registry import ModelRegistry
-from service.scorer import Scorer
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 PROBABILITY_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 
-SCORED_BY = "afm.scored_by"
-"""Request-scope key of the ``Scored`` a scoring route leaves for the metrics middleware."""
-
 
 @dataclass(slots=True)
-class Scored:
-    """Which version scored a request, how it was chosen, and the probabilities it computed."""
+class ScoredRequest:
+    """What a scoring route reports of its request: the probabilities it returned."""
 
-    version: int
-    arm: str  # stable | canary | pinned
     probability: np.ndarray | None = None
 
 
@@ -67,7 +63,7 @@ class Metrics:
         self.scored_seconds = Histogram(
             "afm_scored_request_duration_seconds",
             "Scoring requests by the model version that scored them and how it was chosen "
-            "(arm: stable, canary or pinned); the same timing as afm_request_duration_seconds.",
+            "(arm: stable, canary or pinned), from that choice to the reply built.",
             ["route", "version", "arm", "status"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
@@ -91,12 +87,12 @@ class Metrics:
         self,
         models: ModelRegistry,
         store: FeatureStore,
-        scorer: Scorer,
+        batcher: Batcher,
         coverage: CoverageMonitor,
     ) -> None:
         """Report the state of the objects a lifespan opened (replacing any earlier ones)."""
         self.unwatch()
-        state = _StateCollector(models, store, scorer, coverage)
+        state = _StateCollector(models, store, batcher, coverage)
         self.registry.register(state)  # collects once: raises before ``_state`` is set
         self._state = state
 
@@ -114,14 +110,26 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
-    def observe_scored(self, route: str, status: int, scored: Scored, seconds: float) -> None:
-        key = (route, str(scored.version), scored.arm, str(status))
-        child = self._scored_children.get(key)
-        if child is None:  # labels() takes a lock and builds a key: once per label set
-            child = self._scored_children[key] = self.scored_seconds.labels(*key)
-        child.observe(seconds)
-        if scored.probability is not None and status < 400:
-            self.probabilities.observe(key[1:3], scored.probability)
+    @contextmanager
+    def scoring(self, route: str, version: int, arm: str) -> Iterator[ScoredRequest]:
+        """Time the block as one scoring request of ``version`` chosen by ``arm``; its status is
+        200, or the status of the ``ServiceError`` (else 500) it raises. The probabilities
+        the block reports on the ``ScoredRequest`` count when it succeeds."""
+        start, scored, status = time.perf_counter(), ScoredRequest(), 500
+        try:
+            yield scored
+            status = 200
+        except ServiceError as exc:
+            status = exc.status
+            raise
+        finally:
+            key = (route, str(version), arm, str(status))
+            child = self._scored_children.get(key)
+            if child is None:  # labels() takes a lock and builds a key: once per label set
+                child = self._scored_children[key] = self.scored_seconds.labels(*key)
+            child.observe(time.perf_counter() - start)
+            if scored.probability is not None and status == 200:
+                self.probabilities.observe(key[1:3], scored.probability)
 
 
 class _ProbabilityHistogram(Collector):
@@ -178,12 +186,12 @@ class _StateCollector(Collector):
         self,
         models: ModelRegistry,
         store: FeatureStore,
-        scorer: Scorer,
+        batcher: Batcher,
         coverage: CoverageMonitor,
     ) -> None:
         self._models = models
         self._store = store
-        self._scorer = scorer
+        self._batcher = batcher
         self._coverage = coverage
 
     async def refresh(self) -> None:
@@ -228,13 +236,13 @@ class _StateCollector(Collector):
         yield reloads
         yield CounterMetricFamily(
             "afm_scoring_calls",
-            "Scoring calls made; requests queued meanwhile are merged into one call.",
-            value=self._scorer.calls_total,
+            "Scoring calls made; the requests of one event-loop iteration merge into one call.",
+            value=self._batcher.calls_total,
         )
         yield CounterMetricFamily(
             "afm_scoring_requests",
             "Scoring requests those calls served (divided by the calls: mean batch).",
-            value=self._scorer.requests_total,
+            value=self._batcher.requests_total,
         )
         coverage = GaugeMetricFamily(
             "afm_feature_coverage",
@@ -293,9 +301,6 @@ class ObservedRequestsMiddleware:
         if child is None:
             child = self._children[key] = self.histogram.labels(*key)
         child.observe(seconds)
-        scored = scope.get(SCORED_BY)
-        if scored is not None:
-            self.metrics.observe_scored(template, status, scored, seconds)
         if self.access_log and access_log.enabled():
             route_path = getattr(route, "path", None) or path  # a static file's, not its mount's
             access_log.log_request(scope["method"], route_path, status, seconds)

@@ -27,7 +27,7 @@ from typing import Literal
 from model.contracts import export_format, rollout
 from model.contracts.rollout import Role, RolloutPolicy
 from service.errors import VersionNotLoaded, first_line
-from service.scorer import LoadedModel
+from service.loaded_model import LoadedModel
 
 log = logging.getLogger(__name__)
 

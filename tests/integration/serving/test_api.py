@@ -18,6 +18,8 @@ from fastapi.testclient import TestClient
 from model.contracts import export_format
 from service import deps
 from service.app import create_app
+from service.routes import scoring
+from service.schemas import ScoreRequest
 from service.settings import Settings
 from tests.integration.serving.helpers import ServerThread, wait_ready, wait_until
 
@@ -93,30 +95,37 @@ def test_score_equals_saved_model(api: TestClient, reference, synthetic_users: d
     assert len(set(got.round(6))) > 1  # the model discriminates: not a constant
 
 
-def test_score_answers_as_through_the_dependency_solver(api: TestClient) -> None:
-    """/score calls ``get_scoring`` itself (``ScoringRoute``); an app overriding it gets
-    FastAPI's solver: with the override set to ``get_scoring`` itself, the answers are equal."""
+def test_score_answers_as_through_fastapis_own_handler(api: TestClient) -> None:
+    """/score's ``DirectRoute`` validates the body and resolves ``get_scoring`` itself; the
+    same endpoint on a plain route (FastAPI's handler and solver) answers alike."""
     bodies = [
         {"user_id": 3, "movie_ids": [1, 17, UNKNOWN_MOVIE], "explain": True},
-        {"user_id": 5, "movie_ids": [9, 2]},
+        {"user_id": 5, "movie_ids": [9, 2], "top_k": 1},
         {"user_id": 5, "movie_ids": []},  # an error answers alike too
+        {"user_id": "5", "movie_ids": [1], "extra": 1},
     ]
-    direct = [api.post("/score", json=body) for body in bodies]
-    api.app.dependency_overrides[deps.get_scoring] = deps.get_scoring
+    api.app.router.add_api_route("/score-plain", scoring.score, methods=["POST"])
     try:
-        solved = [api.post("/score", json=body) for body in bodies]
+        direct = [api.post("/score", json=body) for body in bodies]
+        plain = [api.post("/score-plain", json=body) for body in bodies]
     finally:
-        api.app.dependency_overrides.clear()
-    assert [r.status_code for r in direct] == [200, 200, 422]
-    assert [r.json() for r in direct] == [r.json() for r in solved]
+        api.app.router.routes.pop()
+    assert [r.status_code for r in direct] == [200, 200, 422, 422]
+    assert [r.json() for r in direct] == [
+        {**r.json(), "instance": "/score"} if "instance" in r.json() else r.json() for r in plain
+    ]
 
 
-def test_the_scoring_route_refuses_an_endpoint_it_could_not_call() -> None:
-    async def paged(http: Request, scoring: deps.ScoringDep, page: int = 0) -> Response:
+def test_the_direct_route_refuses_an_endpoint_it_could_not_call() -> None:
+    async def paged(request: ScoreRequest, scoring: deps.ScoringDep, page: int = 0) -> Response:
         return Response()
 
-    with pytest.raises(TypeError, match="paged must take"):
-        deps.ScoringRoute("/paged", paged, methods=["POST"])
+    async def raw(http: Request, scoring: deps.ScoringDep) -> Response:
+        return Response()
+
+    for endpoint in (paged, raw):
+        with pytest.raises(TypeError, match="must take one body model"):
+            deps.DirectRoute("/x", endpoint, methods=["POST"])
 
 
 def test_unknown_user_and_movie_are_flagged_and_scored(api: TestClient, reference) -> None:  # noqa: ANN001
@@ -151,8 +160,8 @@ def test_top_k_is_the_best_of_the_full_list(api: TestClient) -> None:
 def test_concurrent_requests_each_get_their_own_answer(
     trained_model_dir: Path, redis_url: str, loaded_prefix: str, reference, synthetic_users: dict
 ) -> None:  # noqa: ANN001
-    """Requests that queue behind a busy TensorFlow thread are scored in merged batches;
-    every reply must still be exactly its own request's."""
+    """Requests that resume in the same loop iteration are scored in merged calls; every
+    reply must still be exactly its own request's."""
     rng = np.random.default_rng(7)
     bodies = [
         {

@@ -7,7 +7,7 @@ import pytest
 
 from model.contracts import export_format
 from service import explanation
-from service.scorer import Explanation
+from service.candidates import Explanation
 
 FIELDS = export_format.ALL_FIELDS
 PAIRS = export_format.pairs(FIELDS)
@@ -75,7 +75,7 @@ def test_breakdown_names_values_and_adds_up() -> None:
 def test_a_multi_valued_value_is_known_when_every_part_is() -> None:
     from pathlib import Path
 
-    from service.scorer import LoadedModel
+    from service.loaded_model import LoadedModel
 
     model = LoadedModel(
         version=1,
@@ -83,8 +83,7 @@ def test_a_multi_valued_value_is_known_when_every_part_is() -> None:
         metadata=None,  # type: ignore[arg-type]
         fields=FIELDS,
         pairs=PAIRS,
-        score_fn=None,  # type: ignore[arg-type]
-        explain_fn=None,  # type: ignore[arg-type]
+        scorer=None,  # type: ignore[arg-type]
         vocabularies={"genres": frozenset({"Comedy", "Drama"}), "zip": frozenset({"48067"})},
     )
     assert model.known("genres", ["Comedy|Drama", "Drama", "Comedy|Horror", ""]) == [

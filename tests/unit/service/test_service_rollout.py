@@ -22,7 +22,7 @@ from service.metrics import PROBABILITY_BUCKETS, _ProbabilityHistogram
 from service.model_registry import ModelRegistry, Serving
 from service.settings import Settings
 from tests.integration.serving.helpers import schema_checked
-from tests.unit.service.test_service_routes import DirectScorer, FakeModel, FakeStore
+from tests.unit.service.test_service_routes import FakeModel, FakeStore
 
 
 def _fake(version_dir: Path) -> FakeModel:
@@ -210,7 +210,7 @@ def test_policy_arm_follows_the_user_hash() -> None:
         assert (model.version, arm) == ((4, "canary") if expected else (3, "stable"))
 
 
-# Routes and metrics on a real app, with fake models, Redis and scorer.
+# Routes and metrics on a real app, with fake models and Redis.
 
 
 @pytest.fixture
@@ -222,8 +222,8 @@ def app_with(tmp_path: Path) -> Iterator:
     app = create_app(Settings(model_dir=tmp_path / "none", reload_interval=0))
     with schema_checked(TestClient(app, raise_server_exceptions=False)) as client:
         state = app.state
-        state.metrics.watch(registry, state.feature_store, state.scorer, state.coverage)
-        state.registry, state.feature_store, state.scorer = registry, FakeStore(), DirectScorer()
+        state.metrics.watch(registry, state.feature_store, state.batcher, state.coverage)
+        state.registry, state.feature_store = registry, FakeStore()
         yield client, registry
 
 

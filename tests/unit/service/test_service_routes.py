@@ -11,17 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi import Request
 from fastapi.testclient import TestClient
 
 from model.contracts import export_format
 from model.contracts.feature_layout import FeatureSetMeta
 from service import deps
 from service.app import create_app
+from service.batching import Batcher
+from service.candidates import Candidates, Explanation, Scores
 from service.errors import FeaturesNotLoaded, FeatureStoreUnavailable
 from service.feature_store import FeatureRead, FeatureSetInfo
 from service.model_registry import Serving
 from service.schemas import ExplainResponse, FeatureSet, ScoreResponse
-from service.scorer import Candidates, Explanation, Scorer, Scores
 from service.settings import Settings
 from tests.integration.serving.helpers import schema_checked
 
@@ -75,9 +77,6 @@ class FakeModel:
         if field == "movie_id":
             return [v in self.known_movies for v in values]
         return [v != "" for v in values]
-
-    def in_numpy(self, rows: int) -> bool:
-        return False
 
     def score(self, candidates: Candidates) -> Scores:
         """Records each row's value of every field (``seen``) and the candidates as sent."""
@@ -134,11 +133,6 @@ class FakeRegistry:
         self.refused_versions = [8]
 
 
-class DirectScorer:
-    async def run(self, fn, candidates, in_numpy=False):  # noqa: ANN001, ANN201
-        return fn(candidates)
-
-
 @pytest.fixture
 def model() -> FakeModel:
     return FakeModel()
@@ -150,23 +144,27 @@ def store() -> FakeStore:
 
 
 def scoring_dep_model(model: FakeModel):  # noqa: ANN201
-    async def model_dep() -> FakeModel:
+    async def model_dep(request: Request) -> FakeModel:
         return model
 
     return model_dep
 
 
-def _client(tmp_path: Path, model: FakeModel | None, store: FakeStore, scorer=None, **settings):  # noqa: ANN001, ANN202
+def _client(tmp_path: Path, model: FakeModel | None, store: FakeStore, **settings):  # noqa: ANN003, ANN202
+    """The real app (its /score through ``DirectRoute``, as in production), with the model,
+    registry and store replaced through ``dependency_overrides``."""
     app = create_app(Settings(model_dir=tmp_path, reload_interval=0, **settings))
     registry = FakeRegistry(model)
+    state = app.state
 
-    async def registry_dep() -> FakeRegistry:
+    async def registry_dep(request: Request) -> FakeRegistry:
         return registry
 
-    async def scoring_dep() -> deps.Scoring:
-        return deps.Scoring(model, store, scorer or DirectScorer(), app.state.settings)  # type: ignore[arg-type]
+    async def scoring_dep(request: Request) -> deps.Scoring:
+        serving = Serving(model)  # type: ignore[arg-type]
+        return deps.Scoring(serving, store, Batcher(), state.metrics, state.settings)  # type: ignore[arg-type]
 
-    async def store_dep() -> FakeStore:
+    async def store_dep(request: Request) -> FakeStore:
         return store
 
     if model is not None:  # else the real dependency sees the lifespan's empty registry
@@ -414,24 +412,21 @@ def test_model_info_reports_metadata(client: TestClient) -> None:
     assert body["metadata"]["pairs"][0] == list(PAIRS[0])
 
 
-def test_tensorflow_failure_is_500_without_traceback(
-    tmp_path: Path, model: FakeModel, store: FakeStore
+def test_a_failing_scoring_call_is_500_without_traceback(
+    client: TestClient, model: FakeModel
 ) -> None:
     model.fail = True
-    scorer = Scorer(threads=1)
-    with _client(tmp_path, model, store, scorer=scorer) as c:
-        response = c.post("/score", json={"user_id": 1, "movie_ids": [1]})
-    scorer.shutdown()
+    response = client.post("/score", json={"user_id": 1, "movie_ids": [1]})
     problem = _assert_problem(response, 500, "failed to score")
     assert "tensor exploded" not in response.text
     assert problem["type"].endswith("scoring-failed")
 
 
-def test_unexpected_error_is_500_without_traceback(client: TestClient, model: FakeModel) -> None:
-    model.fail = True  # DirectScorer: the RuntimeError reaches the last-resort handler
+def test_unexpected_error_is_500_without_traceback(client: TestClient, store: FakeStore) -> None:
+    store.error = RuntimeError("socket exploded")  # reaches the last-resort handler
     response = client.post("/score", json={"user_id": 1, "movie_ids": [1]})
     _assert_problem(response, 500, "unexpected error")
-    assert "tensor exploded" not in response.text
+    assert "socket exploded" not in response.text
 
 
 def test_unknown_route_and_method_are_problems(client: TestClient) -> None:
@@ -459,7 +454,9 @@ def test_openapi_documents_examples_and_errors(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     score = spec["paths"]["/score"]["post"]
     assert {"413", "422", "503"} <= score["responses"].keys()
-    body_schema = score["requestBody"]["content"]["application/json"]["schema"]
+    ref = score["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref == "#/components/schemas/ScoreRequest"  # a named schema, for client generators
+    body_schema = spec["components"]["schemas"]["ScoreRequest"]
     assert body_schema["examples"] and body_schema["required"] == ["user_id", "movie_ids"]
     assert client.get("/docs").status_code == 200
 

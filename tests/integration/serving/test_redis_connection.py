@@ -1,4 +1,4 @@
-"""service.redis_pipeline against private redis-servers: one shared connection, one write for
+"""service.redis_connection against private redis-servers: one shared connection, one write for
 the commands of a loop iteration, error replies, scripts missing from the cache, AUTH and
 SELECT, and servers that freeze, drop the connection, stop and come back."""
 
@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from service.redis_pipeline import PipelinedConnection
+from service.redis_connection import PipelinedConnection
 from tests.integration.serving.helpers import RedisProcess, wait_until
 
 pytestmark = pytest.mark.integration
@@ -64,19 +64,6 @@ def test_commands_of_one_iteration_leave_in_one_write_on_one_connection(
     assert replies == [f"value {i}".encode() for i in range(50)]  # each its own, in order
     assert writes == 1
     assert _connections(private_redis) - before == 2  # ours, and the admin client counting
-
-
-def test_a_command_made_alone_leaves_at_once(private_redis: RedisProcess) -> None:
-    async def main() -> tuple[list, int]:
-        connection = PipelinedConnection(private_redis.url, timeout=2.0, alone=lambda: True)
-        assert await connection.call("PING") == b"PONG"
-        counting = _CountingTransport(connection._protocol.transport)
-        connection._protocol.transport = counting
-        replies = await asyncio.gather(*(connection.call("ECHO", str(i)) for i in range(3)))
-        connection.close()
-        return replies, counting.writes
-
-    assert asyncio.run(main()) == ([b"0", b"1", b"2"], 3)
 
 
 def test_an_error_reply_raises_and_the_connection_goes_on(private_redis: RedisProcess) -> None:

@@ -1,4 +1,5 @@
-"""Pure helpers: a request's candidates, ranking, readable pairs; settings from the environment."""
+"""Pure helpers: a request's candidates, the reply's order and numbers; settings from the
+environment."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import pytest
 from pydantic import ValidationError
 
 from model.contracts import export_format
-from service.ranking import (
-    UNKNOWN_VALUE,
-    candidates,
-    ranked_indices,
-    score_entries,
-    scores_json,
-)
-from service.scorer import Candidates
+from service.candidates import UNKNOWN_VALUE, Candidates
+from service.routes.scoring import _shortest, ranked_indices
 from service.settings import Settings
+
+candidates = Candidates.of_request
+
+
+def columns(rows: Candidates, fields: list[str] | tuple[str, ...]) -> dict[str, list[str]]:
+    return {f: [rows.value(f, row) for row in range(len(rows))] for f in fields}
+
 
 PAIRS = export_format.pairs(export_format.SEED_FIELDS)
 MOVIES = {
@@ -33,24 +35,24 @@ def test_candidates_hold_the_user_once_and_each_movie() -> None:
     assert rows.users == {"user_id": ["12"], **{f: [v] for f, v in features.items()}}
     assert rows.movie_ids == [3, 1, 3] and rows.movies is MOVIES
     assert rows.user_index.tolist() == [0, 0, 0]
-    columns = rows.columns(export_format.ALL_FIELDS)
-    assert columns["zip"] == ["02139"] * 3
-    assert columns["genres"] == ["Comedy|Romance", "Animation|Children's|Comedy", "Comedy|Romance"]
-    assert columns["year"] == ["1995"] * 3
+    values = columns(rows, export_format.ALL_FIELDS)
+    assert values["zip"] == ["02139"] * 3
+    assert values["genres"] == ["Comedy|Romance", "Animation|Children's|Comedy", "Comedy|Romance"]
+    assert values["year"] == ["1995"] * 3
 
 
 def test_candidates_hold_exactly_the_model_fields() -> None:
     rows = candidates(export_format.SEED_FIELDS, 12, None, [3], MOVIES)
     assert list(rows.users) == list(export_format.USER_FIELDS)
-    assert list(rows.columns(export_format.SEED_FIELDS)) == list(export_format.SEED_FIELDS)
+    assert list(columns(rows, export_format.SEED_FIELDS)) == list(export_format.SEED_FIELDS)
 
 
 def test_unknown_user_and_movie_get_values_outside_every_vocabulary() -> None:
     rows = candidates(export_format.ALL_FIELDS, 12, None, [3, 99], MOVIES)
     assert rows.users["user_id"] == ["12"]
     assert all(rows.users[f] == [UNKNOWN_VALUE] for f in ("gender", "age", "occupation", "zip"))
-    assert rows.columns(["genres"])["genres"] == ["Comedy|Romance", UNKNOWN_VALUE]
-    assert rows.columns(["movie_id"])["movie_id"] == ["3", "99"]  # the raw value: its decimal
+    assert columns(rows, ["genres"])["genres"] == ["Comedy|Romance", UNKNOWN_VALUE]
+    assert columns(rows, ["movie_id"])["movie_id"] == ["3", "99"]  # the raw value: its decimal
 
 
 def test_merged_candidates_renumber_their_users() -> None:
@@ -58,7 +60,7 @@ def test_merged_candidates_renumber_their_users() -> None:
     second = candidates(export_format.SEED_FIELDS, 2, {"zip": "2"}, [1], MOVIES)
     merged = Candidates.concat([first, second])
     assert merged.users["zip"] == ["1", "2"] and merged.user_index.tolist() == [0, 0, 1]
-    assert merged.columns(["user_id", "movie_id"]) == {
+    assert columns(merged, ["user_id", "movie_id"]) == {
         "user_id": ["1", "1", "2"],
         "movie_id": ["3", "1", "1"],
     }
@@ -67,7 +69,7 @@ def test_merged_candidates_renumber_their_users() -> None:
 
 
 def test_ranked_indices_keep_request_order_without_top_k() -> None:
-    assert ranked_indices(np.array([0.1, 0.9, 0.5]), None) == [0, 1, 2]
+    assert list(ranked_indices(np.array([0.1, 0.9, 0.5]), None)) == [0, 1, 2]
 
 
 def test_ranked_indices_take_the_top_k_with_stable_ties() -> None:
@@ -83,50 +85,27 @@ def test_ranked_indices_equal_a_full_stable_sort(seed: int) -> None:
         assert ranked_indices(probability, top_k) == full[:top_k]
 
 
-def test_score_entries_follow_top_k_and_carry_explanations() -> None:
-    probability = np.array([0.2, 0.9, 0.5], dtype=np.float32)
-    entries = score_entries([7, 8, 9], probability, [True, False, True], 2, lambda i: {"row": i})
-    assert [(e["movie_id"], e["movie_known"], e["row"]) for e in entries] == [
-        (8, False, 1),
-        (9, True, 2),
-    ]
-    assert entries[0]["probability"] == pytest.approx(0.9)
-
-
-@pytest.mark.parametrize("top_k", [None, 1, 3, 50])
-def test_scores_json_is_the_list_of_entries(top_k: int | None) -> None:
+def test_probabilities_are_written_as_their_float32_values() -> None:
     rng = np.random.default_rng(3)
-    movie_ids = rng.integers(1, 2**40, size=40).tolist()
-    probability = rng.random(40, dtype=np.float32)
+    probability = rng.random(200, dtype=np.float32)
     probability[[5, 9]] = [0.0, 1.0]
-    known = rng.random(40) < 0.7
-    fragment = scores_json(movie_ids, probability, known, top_k)
-    reply = orjson.loads(orjson.dumps({"scores": fragment}))
-    order = range(40) if top_k is None else ranked_indices(probability, top_k)
-    assert reply["scores"] == [
-        {"movie_id": movie_ids[i], "probability": reply["scores"][n]["probability"],
-         "movie_known": bool(known[i])}
-        for n, i in enumerate(order)
-    ]  # fmt: skip
-    got = np.array([entry["probability"] for entry in reply["scores"]], dtype=np.float32)
-    np.testing.assert_array_equal(got, probability[list(order)])  # float32, exactly
-
-
-def test_scores_json_of_no_candidates_is_an_empty_list() -> None:
-    fragment = scores_json([], np.zeros(0, np.float32), np.zeros(0, bool), None)
-    assert orjson.dumps({"scores": fragment}) == b'{"scores":[]}'
+    shortest = _shortest(probability)
+    reply = orjson.loads(orjson.dumps(shortest))
+    np.testing.assert_array_equal(np.array(reply, dtype=np.float32), probability)  # exactly
+    assert max(len(orjson.dumps(value)) for value in shortest) <= 14  # not float64's 19 digits
+    assert orjson.dumps(_shortest(np.zeros(0, np.float32))) == b"[]"
 
 
 def test_settings_read_afm_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AFM_MODEL_DIR", str(tmp_path))
     monkeypatch.setenv("AFM_MAX_CANDIDATES", "50")
     monkeypatch.setenv("AFM_REDIS_TIMEOUT", "0.1")
-    monkeypatch.setenv("AFM_NUMPY_RANKER_ROWS", "0")
+    monkeypatch.setenv("AFM_REDIS_CLUSTER", "true")
     settings = Settings()
     assert settings.model_dir == tmp_path
     assert settings.max_candidates == 50 and settings.redis_timeout == 0.1
     assert settings.redis_prefix == "afm:"
-    assert settings.numpy_ranker_rows == 0
+    assert settings.redis_cluster is True
 
 
 @pytest.mark.parametrize(
@@ -134,9 +113,8 @@ def test_settings_read_afm_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     [
         ("max_candidates", 0),
         ("redis_timeout", 0),
-        ("scoring_threads", 0),
         ("max_body_bytes", 10),
-        ("numpy_ranker_rows", -1),
+        ("redis_max_connections", 0),
     ],
 )
 def test_settings_refuse_unsafe_values(tmp_path: Path, name: str, value: float) -> None:

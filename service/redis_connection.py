@@ -3,40 +3,27 @@
 Redis answers each connection's commands in the order they arrive, so concurrent requests
 can share a connection: each command's reply future waits in a FIFO and is resolved when its
 reply comes back. The commands issued during one event-loop iteration leave in one write at
-its end, and replies that arrive together resume their requests in one iteration, where the
-scorer merges their scoring calls (``service.scorer``). Writing every command at once when
-none was in flight made the service 18 % slower with eight clients, as the commands of an
-iteration then left in two writes and their requests came back apart (1,880 against 2,282
-requests/s at 100 candidates); but a request alone in the server gains nothing by waiting
-for the iteration's end (30 µs of a 0.6 ms request in-process), so its command leaves at
-once. hiredis parses the replies.
-
-The service reads its users through this and everything else through redis-py. Against
-redis-py's pooled client (one connection per command in flight, checked out and back), a
-user read took 87 against 135 µs alone and 123 against 398 µs for eight at once (median,
-``EVALSHA`` of the user script on a local Redis, uvloop, ad hoc). With eight clients at 100
-candidates this, and the merged scoring calls it allows, took the service from 1,638 to
-2,389 requests/s (``benchmarks/serve_latency.py``, see docs/service.md).
+its end, so requests whose replies arrive together resume in one iteration, where the
+batcher merges their scoring calls (``service.batching``). hiredis parses the replies. Against
+redis-py's pooled client (a connection checked out and back per command, each reply read
+apart) this serves a third more requests/s at eight concurrent clients (see
+benchmarks/results.md).
 
 Failures raise redis-py's exceptions, as its client would: ``ConnectionError`` when Redis
 cannot be reached or the connection drops (every command waiting on it fails), and
 ``ResponseError`` for an error reply. A command unanswered ``timeout`` seconds after it was
 asked for (its connect included) raises ``TimeoutError``: the connection is then presumed
 dead (a frozen server, a vanished host), every command waiting on it fails the same way, and
-the next command opens a new one, as redis-py drops a connection that timed out. One timer
-per connection, set for the oldest unanswered command, keeps that time: an ``asyncio.timeout``
-around each command added 20 µs to an await of 9 µs (a loop under uvloop, ad hoc, on a
-machine where a 100-candidate /score takes 1.6 ms). A command
-cancelled by its caller keeps its place in the FIFO, and its reply is dropped when it comes.
-The URL forms are redis-py's (``redis://``, ``rediss://``, ``unix://``, with
-username, password and database).
+the next command opens a new one. One timer per connection, set for the oldest unanswered
+command, keeps that time. A command cancelled by its caller keeps its place in the FIFO, and
+its reply is dropped when it comes. The URL forms are redis-py's (``redis://``,
+``rediss://``, ``unix://``, with username, password and database).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -47,19 +34,13 @@ from redis.exceptions import ConnectionError, ResponseError
 Arg = bytes | str | int
 
 
-def _never() -> bool:
-    return False
-
-
 class PipelinedConnection:
     """Commands over one lazily opened connection to the Redis at ``url``; ``timeout``
-    bounds the connect and tells a dead connection (see the module docstring). A command
-    made while ``alone()`` (no other request in the server to add one) leaves at once."""
+    bounds the connect and tells a dead connection (see the module docstring)."""
 
-    def __init__(self, url: str, timeout: float, alone: Callable[[], bool] = _never) -> None:
+    def __init__(self, url: str, timeout: float) -> None:
         self._options = parse_url(url)
         self._timeout = timeout
-        self._alone = alone
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
 
@@ -70,7 +51,7 @@ class PipelinedConnection:
         protocol = self._protocol
         if protocol is None or protocol.lost is not None:
             protocol = await self._connected()
-        reply = await protocol.request(args, deadline, at_once=self._alone())
+        reply = await protocol.request(args, deadline)
         if isinstance(reply, ResponseError):
             raise reply
         return reply
@@ -171,11 +152,9 @@ class _Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(ConnectionError(f"Connection closed by Redis: {exc or 'end of stream'}"))
 
-    def request(
-        self, args: tuple[Arg, ...], deadline: float, at_once: bool = False
-    ) -> asyncio.Future:
+    def request(self, args: tuple[Arg, ...], deadline: float) -> asyncio.Future:
         """The future of ``args``'s reply, due by ``deadline`` (loop time); the command leaves
-        with the others of this loop iteration, in one write at its end, or ``at_once``."""
+        with the others of this loop iteration, in one write at its end."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if self.lost is not None:
@@ -184,9 +163,6 @@ class _Protocol(asyncio.Protocol):
         self.waiting.append((future, deadline))
         if self.timer is None:
             self.timer = loop.call_at(deadline, self._expire)
-        if at_once and not self.unsent:
-            self.transport.write(_command(args))
-            return future
         if not self.unsent:
             loop.call_soon(self._flush)
         self.unsent.append(_command(args))

@@ -1,0 +1,136 @@
+"""What a scoring call takes and gives: the candidates of one or more requests, their scores
+and explanations. Plain data, NumPy arrays; no I/O."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.contracts import export_format
+
+UNKNOWN_VALUE = ""
+"""Sent for every feature Redis does not know (a user or movie without features): in no
+vocabulary, so the model's out-of-vocabulary value."""
+
+_NONE: Mapping[str, str] = {}
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One call's rows: each user once, each candidate's movie by id.
+
+    ``users``: each user field -> one raw value per user; ``user_index``: int32, each
+    candidate's row in ``users``; ``movie_ids``: each candidate's movie id, as requested (an
+    integer; its raw value is its decimal string); ``movies``: the feature set's movie table
+    (id string -> raw movie fields), where the other movie fields come from. Calls on the
+    same movie table merge (``concat``), their user rows renumbered.
+    """
+
+    users: Mapping[str, Sequence[str]]
+    user_index: np.ndarray
+    movie_ids: Sequence[int]
+    movies: Mapping[str, Mapping[str, str]]
+
+    @classmethod
+    def of_request(
+        cls,
+        fields: Sequence[str],
+        user_id: int,
+        user_features: Mapping[str, str] | None,
+        movie_ids: Sequence[int],
+        movies: Mapping[str, Mapping[str, str]],
+    ) -> Candidates:
+        """One request's rows for a model of ``fields``: the user's raw features once (None:
+        a user Redis does not know), each candidate's movie id, and the movie table."""
+        user_fields, _ = export_format.rank_sides(fields)
+        user = user_features or _NONE
+        users = {
+            name: [str(user_id) if name == export_format.USER_ID else user.get(name, UNKNOWN_VALUE)]
+            for name in user_fields
+        }
+        return cls(users, np.zeros(len(movie_ids), dtype=np.int32), movie_ids, movies)
+
+    def __len__(self) -> int:
+        return len(self.movie_ids)
+
+    def value(self, field_name: str, row: int) -> str:
+        """Candidate ``row``'s raw value of ``field_name``."""
+        if field_name in self.users:
+            return self.users[field_name][int(self.user_index[row])]
+        movie_id = str(self.movie_ids[row])
+        if field_name == export_format.MOVIE_ID:
+            return movie_id
+        return self.movies.get(movie_id, _NONE).get(field_name, UNKNOWN_VALUE)
+
+    def mergeable(self, other: Candidates) -> bool:
+        return other.movies is self.movies
+
+    @classmethod
+    def concat(cls, parts: Sequence[Candidates]) -> Candidates:
+        offsets = np.cumsum([0, *(len(next(iter(p.users.values()))) for p in parts[:-1])])
+        return cls(
+            users={f: _chain(p.users[f] for p in parts) for f in parts[0].users},
+            user_index=np.concatenate(
+                [p.user_index + offset for p, offset in zip(parts, offsets, strict=True)]
+            ).astype(np.int32),
+            movie_ids=_chain(p.movie_ids for p in parts),
+            movies=parts[0].movies,
+        )
+
+
+def _chain(lists: Iterable[Sequence]) -> list:
+    return list(itertools.chain.from_iterable(lists))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A scoring call's click probabilities, and whether the model was trained on each
+    candidate's movie id."""
+
+    probability: np.ndarray  # float32 [batch]
+    movie_known: np.ndarray  # bool [batch]
+
+    def __getitem__(self, rows: slice) -> Scores:
+        return Scores(self.probability[rows], self.movie_known[rows])
+
+
+EXPLAIN_OUTPUTS: dict[str, str] = {
+    "probability": export_format.OUTPUT_PROBABILITY,
+    "attention": export_format.OUTPUT_ATTENTION,
+    "contribution": export_format.OUTPUT_CONTRIBUTION,
+    "bias": export_format.OUTPUT_BIAS,
+    "linear": export_format.OUTPUT_LINEAR,
+    "logit": export_format.OUTPUT_LOGIT,
+}
+"""Explanation attribute -> the contract's output it holds."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Every term of the logit: logit = bias + sum(linear) + sum(contribution); and
+    ``movie_known`` as in ``Scores``."""
+
+    probability: np.ndarray  # float32 [batch]
+    attention: np.ndarray  # float32 [batch, pairs], rows sum to 1
+    contribution: np.ndarray  # float32 [batch, pairs], each pair's term in the logit
+    bias: np.ndarray  # float32 [batch], w0
+    linear: np.ndarray  # float32 [batch, fields], each field's linear term
+    logit: np.ndarray  # float32 [batch]
+    movie_known: np.ndarray  # bool [batch]
+
+    @classmethod
+    def of_outputs(cls, outputs: Mapping[str, np.ndarray], movie_known: np.ndarray) -> Explanation:
+        """From the explain outputs by their contract names."""
+        return cls(
+            **{name: np.asarray(outputs[key]) for name, key in EXPLAIN_OUTPUTS.items()},
+            movie_known=movie_known,
+        )
+
+    def __getitem__(self, rows: slice) -> Explanation:
+        return Explanation(
+            **{name: getattr(self, name)[rows] for name in EXPLAIN_OUTPUTS},
+            movie_known=self.movie_known[rows],
+        )
