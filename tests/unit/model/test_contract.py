@@ -11,13 +11,7 @@ def test_names_clients_depend_on_are_spelled_out() -> None:
     """A rename here breaks every client and exported model: it must fail a test."""
     assert export_format.SIGNATURE_SCORE == "serving_default"
     assert export_format.SIGNATURE_EXPLAIN == "explain"
-    assert export_format.SIGNATURE_ITEMS == "items"
-    assert export_format.SIGNATURE_RANK == "rank"
-    assert export_format.SIGNATURE_RANK_EXPLAIN == "rank_explain"
-    assert export_format.SIGNATURE_RANK_WEIGHTS == "rank_weights"
-    assert export_format.INPUT_USER_INDEX == "user_index"
-    assert export_format.INPUT_ITEMS == export_format.OUTPUT_ITEMS == "items"
-    assert export_format.INPUT_ITEM_INDEX == "item_index"
+    assert export_format.SIGNATURE_WEIGHTS == "weights"
     assert export_format.OUTPUT_PROBABILITY == "probability"
     assert export_format.OUTPUT_ATTENTION == "attention"
     assert export_format.OUTPUT_CONTRIBUTION == "contribution"
@@ -26,23 +20,26 @@ def test_names_clients_depend_on_are_spelled_out() -> None:
     assert export_format.OUTPUT_LOGIT == "logit"
     assert (
         export_format.OUTPUT_FIELD_TABLE,
-        export_format.OUTPUT_USER_OFFSETS,
-        export_format.OUTPUT_PAIR_KERNEL,
+        export_format.OUTPUT_FIELD_OFFSETS,
+        export_format.OUTPUT_ATTENTION_KERNEL,
         export_format.OUTPUT_ATTENTION_BIAS,
         export_format.OUTPUT_ATTENTION_PROJECTION,
+        export_format.OUTPUT_PROJECTION,
         export_format.OUTPUT_PAIR_BIAS,
         export_format.OUTPUT_PAIR_SCALE,
         export_format.OUTPUT_USES_ATTENTION,
     ) == (
         "field_table",
-        "user_offsets",
-        "pair_kernel",
+        "field_offsets",
+        "attention_kernel",
         "attention_bias",
         "attention_projection",
+        "projection",
         "pair_bias",
         "pair_scale",
         "uses_attention",
     )
+    assert export_format.OUTPUT_BAG_TABLES == {"genres": "bag_table_genres"}
     assert export_format.METADATA_FILE == "metadata.json"
     assert export_format.VOCABULARIES_FILE == "vocabularies.json"
     assert export_format.FIELD_SETS == {
@@ -50,7 +47,7 @@ def test_names_clients_depend_on_are_spelled_out() -> None:
         "all": ("user_id", "gender", "age", "occupation", "zip", "movie_id", "year", "genres"),
     }
     assert export_format.MULTI_VALUED == {"genres": "|"}
-    assert export_format.FORMAT_VERSION == 2
+    assert export_format.FORMAT_VERSION == 3
 
 
 def test_rank_sides_split_user_fields_from_movie_fields() -> None:
@@ -128,11 +125,18 @@ def _write_metadata(directory: Path, **changes: object) -> None:
     (directory / export_format.METADATA_FILE).write_text(json.dumps(_metadata(**changes)))
 
 
-def test_a_newer_format_or_an_unknown_field_set_is_refused(tmp_path: Path) -> None:
-    _write_metadata(tmp_path, format_version=1)  # six fixed fields: still readable
-    assert export_format.read_metadata(tmp_path).format_version == 1
+def test_an_older_or_newer_format_or_an_unknown_field_set_is_refused(tmp_path: Path) -> None:
     _write_metadata(tmp_path, format_version=3)
-    with pytest.raises(ValueError, match="format_version 3 is newer than this reader's 2"):
+    assert export_format.read_metadata(tmp_path).format_version == 3
+    for older in (1, 2):  # no weights signature: the service keeps what it serves
+        _write_metadata(tmp_path, format_version=older)
+        with pytest.raises(ValueError, match=f"format_version {older} was exported by an older"):
+            export_format.read_metadata(tmp_path)
+    with pytest.raises(ValueError, match="train a new version") as refused:
+        export_format.read_metadata(tmp_path)
+    assert "\n" not in str(refused.value)  # one line, for the service's log
+    _write_metadata(tmp_path, format_version=4)
+    with pytest.raises(ValueError, match="format_version 4 is newer than this reader's 3"):
         export_format.read_metadata(tmp_path)
     _write_metadata(tmp_path, fields=["user_id", "movie_id"], pairs=[["user_id", "movie_id"]])
     with pytest.raises(ValueError, match="unknown field set"):
