@@ -108,6 +108,7 @@ def load_model(version_dir: Path) -> LoadedModel:
     columns = {f: tf.constant([rows.value(f, r) for r in range(len(rows))]) for f in fields}
     expected = saved.signatures[export_format.SIGNATURE_EXPLAIN](**columns)
     explained = model.explain(rows)
+    model._item_tables.clear()  # the check's movie table is no feature set's
     worst = max(
         float(np.abs(getattr(explained, name) - expected[output].numpy()).max())
         for name, output in EXPLAIN_OUTPUTS.items()

@@ -1,13 +1,11 @@
-"""The service's scoring paths (the NumPy ranker and the rank signatures, merged requests)
-equal the contract signatures on real six- and eight-field exports, and versions without rank
-signatures serve."""
+"""The service's scoring (the NumPy scorer of the version's weights, requests merged) equals
+the contract signatures on real six- and eight-field exports; a version whose scorer would
+disagree, or of an older format, is refused at load."""
 
 from __future__ import annotations
 
-import gc
-import logging
+import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +14,10 @@ import tensorflow as tf
 
 from model.contracts import export_format
 from model.data.movielens import FeatureSet
-from service.ranker import Ranker
-from service.ranking import candidates
-from service.scorer import (
-    EXPLAIN_OUTPUTS,
-    Candidates,
-    LoadedModel,
-    configure_threads,
-    load_model,
-    ranker_check_rows,
-    with_checked_ranker,
-)
+from service.candidates import EXPLAIN_OUTPUTS, Candidates
+from service.loaded_model import LoadedModel, check_rows, load_model
+
+candidates = Candidates.of_request
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +65,7 @@ def assert_same(model: LoadedModel, version_dir: Path, features: FeatureSet) -> 
     for name, output in EXPLAIN_OUTPUTS.items():
         np.testing.assert_allclose(getattr(explained, name), expected[output], atol=1e-5)
     np.testing.assert_allclose(model.score(rows).probability, expected["probability"], atol=1e-5)
-    # one request alone (one user: the ranker's single-product path)
+    # one request alone (one user: the scorer's single-product path)
     first = Candidates(
         {f: values[:1] for f, values in rows.users.items()},
         rows.user_index[:26],
@@ -89,7 +80,7 @@ def assert_same(model: LoadedModel, version_dir: Path, features: FeatureSet) -> 
         model.score(first).probability, expected["probability"][:26], atol=1e-5
     )
     assert np.ptp(expected["probability"]) > 1e-3  # the rows really differ
-    # movie_known: from the item table's flags, or the vocabulary without one
+    # movie_known: the item table's flags
     known = model.known(export_format.MOVIE_ID, [str(m) for m in rows.movie_ids])
     assert model.score(rows).movie_known.tolist() == known and True in known and False in known
     assert explained.movie_known.tolist() == known
@@ -98,34 +89,43 @@ def assert_same(model: LoadedModel, version_dir: Path, features: FeatureSet) -> 
 def test_the_service_path_equals_the_contract_signatures(
     version_dir: Path, synthetic_feature_set: FeatureSet
 ) -> None:
-    model = load_model(version_dir)
-    assert model.items_fn is not None and model.ranker is not None  # NumPy scores
-    assert_same(model, version_dir, synthetic_feature_set)
-    assert_same(replace(model, ranker=None), version_dir, synthetic_feature_set)  # TensorFlow
-    rows = requests(synthetic_feature_set)
-    assert model._ranker_for(rows) is model.ranker
-    assert replace(model, numpy_rows=len(rows) - 1)._ranker_for(rows) is None  # too many rows
-    assert load_model(version_dir, numpy_rows=0).ranker is None  # AFM_NUMPY_RANKER_ROWS=0
+    assert_same(load_model(version_dir), version_dir, synthetic_feature_set)
 
 
-def test_a_ranker_that_disagrees_with_the_signatures_is_not_used(
-    version_dir: Path, caplog: pytest.LogCaptureFixture
+def _copy(version_dir: Path, target: Path) -> Path:
+    shutil.copytree(version_dir, target)
+    return target
+
+
+def test_a_version_whose_scorer_disagrees_with_its_signatures_is_refused(
+    version_dir: Path, tmp_path: Path
 ) -> None:
-    """load_model checks the NumPy ranker against the rank signatures; a wrong weight (here
-    the attention network's, doubled) sends the version back to TensorFlow, with a warning."""
+    """load_model checks the NumPy scorer against the explain signature; vocabularies that
+    do not match the SavedModel's own lookups (two values swapped) make them disagree."""
+    broken = _copy(version_dir, tmp_path / "1")
+    path = broken / export_format.VOCABULARIES_FILE
+    vocabularies = json.loads(path.read_text())
+    movies = vocabularies[export_format.MOVIE_ID]
+    movies[0], movies[1] = movies[1], movies[0]
+    path.write_text(json.dumps(vocabularies))
+    with pytest.raises(ValueError, match="differs from the SavedModel's explain signature"):
+        load_model(broken)
+    assert load_model(version_dir).version == 1  # the untouched export loads
+
+
+def test_a_version_of_an_older_format_is_refused(version_dir: Path, tmp_path: Path) -> None:
+    older = _copy(version_dir, tmp_path / "1")
+    path = older / export_format.METADATA_FILE
+    metadata = json.loads(path.read_text())
+    path.write_text(json.dumps({**metadata, "format_version": 2}))
+    with pytest.raises(ValueError, match="older afm-ctr"):
+        load_model(older)
+
+
+def test_the_load_check_covers_known_and_unknown_movies(version_dir: Path) -> None:
     model = load_model(version_dir)
-    weights = model.saved_model.signatures[export_format.SIGNATURE_RANK_WEIGHTS]()
-    wrong = {name: value.numpy() for name, value in weights.items()}
-    wrong[export_format.OUTPUT_PAIR_KERNEL] = 2 * wrong[export_format.OUTPUT_PAIR_KERNEL]
     vocabularies = export_format.read_vocabularies(version_dir, model.fields)
-    broken = replace(model, ranker=Ranker(model.fields, wrong, vocabularies))
-    with caplog.at_level(logging.WARNING, logger="service.scorer"):
-        checked = with_checked_ranker(broken, vocabularies)
-    assert checked.ranker is None
-    assert "scoring through TensorFlow" in caplog.text
-    assert with_checked_ranker(model, vocabularies).ranker is model.ranker
-    # the check reaches the item table's known movie rows as well as the unknown one
-    known = model.score(ranker_check_rows(model.fields, vocabularies)).movie_known.tolist()
+    known = model.score(check_rows(model.fields, vocabularies)).movie_known.tolist()
     assert known.count(True) == len(known) - 1 and not known[-1]
 
 
@@ -134,44 +134,18 @@ def test_an_item_table_is_built_once_per_movie_table(
 ) -> None:
     model = load_model(version_dir)
     rows = requests(synthetic_feature_set)
-    table = model.item_table(rows.movies)
-    assert model.item_table(rows.movies) is table
+    model.score(rows)
+    (table,) = model._item_tables
+    model.explain(rows)
+    assert list(model._item_tables) == [table]  # the same movie table: the same item table
     # every movie of the table and every movie id the model knows has a row; then the unknown
     vocabulary = model.vocabularies[export_format.MOVIE_ID]
     ids = set(rows.movies) | vocabulary
-    assert set(table.rows) == {int(m) for m in ids}  # the synthetic ids are all decimal
-    assert table.tensor.shape[0] == len(ids) + 1 == len(table.known)
+    assert len(table.known) == len(ids) + 1
     assert table.index([10**12]).tolist() == [len(ids)]
     # a row is flagged known exactly when the model was trained on its movie id
-    assert {m for m in ids if table.known[table.rows[int(m)]]} == vocabulary
+    index = table.index([int(m) for m in ids])
+    assert {m for m, row in zip(ids, index.tolist(), strict=True) if table.known[row]} == vocabulary
     assert not table.known[-1]
-    other = model.item_table(dict(rows.movies))  # another feature set: its own table
-    assert other is not table
-
-
-def test_a_version_without_rank_signatures_is_served_from_the_contract_ones(
-    version_dir: Path, synthetic_feature_set: FeatureSet, tmp_path: Path
-) -> None:
-    """As exported before the rank signatures existed: only the two contract signatures."""
-    loaded = tf.saved_model.load(str(version_dir))
-    older = tmp_path / "1"
-    kept = (export_format.SIGNATURE_SCORE, export_format.SIGNATURE_EXPLAIN)
-    tf.saved_model.save(loaded, str(older), signatures={s: loaded.signatures[s] for s in kept})
-    for name in (export_format.METADATA_FILE, export_format.VOCABULARIES_FILE):
-        shutil.copy(version_dir / name, older / name)
-
-    model = load_model(older)
-    assert set(model.saved_model.signatures) == set(kept) and model.items_fn is None
-    assert_same(model, older, synthetic_feature_set)
-
-
-def test_configure_threads_keeps_blas_on_one_thread() -> None:
-    from threadpoolctl import threadpool_info, threadpool_limits
-
-    with threadpool_limits(limits=2, user_api="blas"):  # restores the limits afterwards
-        configure_threads(1, 1)
-        blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
-        assert blas, "NumPy's BLAS not found"
-        assert all(pool["num_threads"] == 1 for pool in blas)
-        assert gc.get_freeze_count() > 0  # TensorFlow's import, exempt from collection
-    gc.unfreeze()
+    model.score(candidates(model.fields, 1, None, [1], dict(rows.movies)))  # another feature set
+    assert len(model._item_tables) == 2 and model._item_tables[1] is not table
