@@ -15,40 +15,46 @@ from model.config import AFMConfig, DataConfig, TrainConfig
 from model.contracts.export_format import (
     ALL_FIELDS,
     FIELD_SETS,
+    FORMAT_VERSION,
+    METADATA_FILE,
+    MOVIE_ID,
     MULTI_VALUED,
     OUTPUT_ATTENTION,
+    OUTPUT_BAG_TABLES,
     OUTPUT_BIAS,
     OUTPUT_CONTRIBUTION,
-    OUTPUT_ITEMS,
+    OUTPUT_FIELD_OFFSETS,
+    OUTPUT_FIELD_TABLE,
     OUTPUT_LINEAR,
     OUTPUT_LOGIT,
     OUTPUT_PROBABILITY,
     SIGNATURE_EXPLAIN,
-    SIGNATURE_ITEMS,
-    SIGNATURE_RANK,
-    SIGNATURE_RANK_EXPLAIN,
-    SIGNATURE_RANK_WEIGHTS,
     SIGNATURE_SCORE,
+    SIGNATURE_WEIGHTS,
     VOCABULARIES_FILE,
     list_versions,
     pairs,
     rank_sides,
     read_metadata,
 )
+from model.contracts.numpy_scorer import NumpyScorer
 from model.data.dataset import PAD, LabeledRows, PreparedData
 from model.data.protocols import prepare
 from model.data.synth import write_synthetic
 from model.errors import AfmError
 from model.export import savedmodel as export_module
+from model.export.signatures import build_archive
 from model.network.afm import build_afm
 from model.training.train import CURVE_FILE, METRICS_FILE, FitResult, export_trained, fit
-from service.ranker import Ranker
 
 pytestmark = pytest.mark.integration
 
 AFM = AFMConfig(embedding_dim=8, attention_factor=4, oov_rate=0.05)
 TRAIN = TrainConfig(epochs=2, batch_size=1024, seed=5)
-OOV = {field: f"never-seen-{field}" for field in ALL_FIELDS} | {"genres": "Comedy|never-seen"}
+OOV = {field: f"never-seen-{field}" for field in ALL_FIELDS} | {
+    "movie_id": "987654",  # a movie id the service can be asked for: an integer
+    "genres": "Comedy|never-seen",
+}
 
 
 @pytest.fixture(scope="module")
@@ -159,67 +165,71 @@ def test_both_signatures_equal_the_in_memory_model(loaded, fitted: FitResult, da
     np.testing.assert_allclose(explain[OUTPUT_ATTENTION].sum(axis=1), 1.0, rtol=1e-5)
 
 
-def rank_inputs(loaded, raw: dict[str, np.ndarray], fields) -> tuple:
-    """``raw``'s rows as the rank signatures take them: each distinct user once (user field
-    -> values), each candidate's user row, the items signature's table of each distinct
-    movie, each candidate's row in it."""
+def numpy_explain(loaded, raw: dict[str, np.ndarray], fields, vocabularies) -> dict:
+    """``raw``'s rows through the NumpyScorer on the version's weights signature: each
+    distinct user once, each movie in an item table by its id. A movie id met again with
+    other movie fields goes to another table: one call per table, merged back in row order."""
+    weights = {
+        name: value.numpy() for name, value in loaded.signatures[SIGNATURE_WEIGHTS]().items()
+    }
+    scorer = NumpyScorer(fields, weights, {f: [str(v) for v in vocabularies[f]] for f in fields})
     user_fields, item_fields = rank_sides(fields)
-
-    def distinct(side: list[str]) -> tuple[list[tuple], list[int]]:
-        rows = list(zip(*(raw[f] for f in side), strict=True))
-        unique = list(dict.fromkeys(rows))
-        assert 1 < len(unique) < len(rows)  # several, some candidates sharing one
-        return unique, [unique.index(r) for r in rows]
-
-    users, user_index = distinct(user_fields)
-    movies, item_index = distinct(item_fields)
-    items = loaded.signatures[SIGNATURE_ITEMS](
-        **{f: tf.constant([m[i] for m in movies]) for i, f in enumerate(item_fields)}
-    )[OUTPUT_ITEMS].numpy()
-    by_field = {f: [str(u[i]) for u in users] for i, f in enumerate(user_fields)}
-    return by_field, np.array(user_index, np.int32), items, np.array(item_index, np.int32)
-
-
-def rank_call(loaded, name: str, raw: dict[str, np.ndarray], fields) -> dict[str, np.ndarray]:
-    """``raw``'s rows through rank signature ``name``."""
-    users, user_index, items, item_index = rank_inputs(loaded, raw, fields)
-    inputs = {f: tf.constant(values) for f, values in users.items()}
-    inputs |= {"user_index": user_index, "items": items, "item_index": item_index}
-    return {name: value.numpy() for name, value in loaded.signatures[name](**inputs).items()}
-
-
-def numpy_rank(loaded, raw: dict[str, np.ndarray], fields, vocabularies) -> dict[str, np.ndarray]:
-    """``raw``'s rows through the service's NumPy ranker, on the version's rank weights."""
-    weights = loaded.signatures[SIGNATURE_RANK_WEIGHTS]()
-    ranker = Ranker(
-        fields,
-        {name: value.numpy() for name, value in weights.items()},
-        {f: [str(v) for v in values] for f, values in vocabularies.items()},
-    )
-    users, user_index, items, item_index = rank_inputs(loaded, raw, fields)
-    return ranker.explain(users, user_index, ranker.item_rows(items), item_index)
+    users = list(zip(*(raw[f] for f in user_fields), strict=True))
+    distinct = list(dict.fromkeys(users))
+    assert 1 < len(distinct) < len(users)  # several users, some with several candidates
+    user_index = np.array([distinct.index(user) for user in users], np.int32)
+    tables: list[dict[str, dict[str, str]]] = []
+    groups: list[list[int]] = []
+    for row, movie in enumerate(raw[MOVIE_ID].tolist()):
+        features = {f: str(raw[f][row]) for f in item_fields if f != MOVIE_ID}
+        fits = (n for n, table in enumerate(tables) if table.get(movie, features) == features)
+        n = next(fits, len(tables))
+        if n == len(tables):
+            tables.append({})
+            groups.append([])
+        tables[n][movie] = features
+        groups[n].append(row)
+    by_field = {f: [str(user[i]) for user in distinct] for i, f in enumerate(user_fields)}
+    merged: dict[str, np.ndarray] = {}
+    for table, rows in zip(tables, groups, strict=True):
+        items = scorer.item_table(table)
+        item_index = items.index([int(raw[MOVIE_ID][row]) for row in rows])
+        part = scorer.explain(by_field, user_index[rows], items, item_index)
+        for name, value in part.items():
+            merged.setdefault(name, np.empty((len(users), *value.shape[1:]), value.dtype))
+            merged[name][rows] = value
+    return merged
 
 
-def test_rank_signatures_equal_the_contract_signatures(loaded, fitted: FitResult, data) -> None:
+def test_the_signatures_are_score_explain_and_weights(loaded, fitted: FitResult) -> None:
+    assert set(loaded.signatures) == {SIGNATURE_SCORE, SIGNATURE_EXPLAIN, SIGNATURE_WEIGHTS}
+    weights = loaded.signatures[SIGNATURE_WEIGHTS]()
+    single = [f for f in fitted.fields if f not in MULTI_VALUED]
+    rows = sum(len(fitted.vocabularies[f]) + 1 for f in single)
+    assert weights[OUTPUT_FIELD_TABLE].shape == (rows, AFM.embedding_dim + 1)
+    assert weights[OUTPUT_FIELD_OFFSETS].shape == (len(single),)
+    for f in set(fitted.fields) & set(MULTI_VALUED):
+        bag = (len(fitted.vocabularies[f]) + 1, AFM.embedding_dim + 1)
+        assert weights[OUTPUT_BAG_TABLES[f]].shape == bag
+
+
+def test_the_weights_signature_in_numpy_equals_the_explain_signature(
+    loaded, fitted: FitResult, data
+) -> None:
     fields = fitted.fields
     raw = raw_batch(data, fields, 60)
     explain = call(loaded.signatures[SIGNATURE_EXPLAIN], raw)
-    ranked = rank_call(loaded, SIGNATURE_RANK_EXPLAIN, raw, fields)
-    in_numpy = numpy_rank(loaded, raw, fields, fitted.vocabularies)
-    assert set(ranked) == set(explain) == set(in_numpy)
+    in_numpy = numpy_explain(loaded, raw, fields, fitted.vocabularies)
+    assert set(in_numpy) == set(explain)
     for name, value in explain.items():
-        np.testing.assert_allclose(ranked[name], value, atol=1e-5, err_msg=name)
         np.testing.assert_allclose(in_numpy[name], value, atol=1e-5, err_msg=name)
     assert np.abs(explain[OUTPUT_ATTENTION] - 1 / len(pairs(fields))).max() > 1e-3  # trained h
-    score = rank_call(loaded, SIGNATURE_RANK, raw, fields)
-    assert set(score) == {OUTPUT_PROBABILITY}
-    np.testing.assert_allclose(score[OUTPUT_PROBABILITY], explain[OUTPUT_PROBABILITY], atol=1e-5)
 
 
 @pytest.mark.parametrize(
     "variant", [{"use_attention": False}, {"pair_bias": False, "fm_init": False}]
 )
-def test_rank_signature_of_other_architectures(data, variant: dict, tmp_path: Path) -> None:
+def test_the_weights_of_other_architectures(data, variant: dict, tmp_path: Path) -> None:
     """The FM ablation and an AFM without pair offsets or FM start, weights drawn at random."""
     config = replace(AFM, **variant)
     fields = FIELD_SETS[config.fields]
@@ -227,14 +237,12 @@ def test_rank_signature_of_other_architectures(data, variant: dict, tmp_path: Pa
     model = build_afm(fields, {f: len(v) + 1 for f, v in vocabularies.items()}, config)
     rng = np.random.default_rng(3)
     model.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in model.get_weights()])
-    export_module.build_archive(model, fields, vocabularies).write_out(str(tmp_path), verbose=False)
+    build_archive(model, fields, vocabularies).write_out(str(tmp_path), verbose=False)
     loaded = tf.saved_model.load(str(tmp_path))
     raw = raw_batch(data, fields, 30)
     explain = call(loaded.signatures[SIGNATURE_EXPLAIN], raw)
-    ranked = rank_call(loaded, SIGNATURE_RANK_EXPLAIN, raw, fields)
-    in_numpy = numpy_rank(loaded, raw, fields, vocabularies)
+    in_numpy = numpy_explain(loaded, raw, fields, vocabularies)
     for name, value in explain.items():
-        np.testing.assert_allclose(ranked[name], value, atol=1e-5, err_msg=name)
         np.testing.assert_allclose(in_numpy[name], value, atol=1e-5, err_msg=name)
 
 
@@ -271,7 +279,7 @@ def test_metadata_follows_the_contract(model_dir: Path, fitted: FitResult, data,
     version_dir = model_dir / "1"
     meta = read_metadata(version_dir)
     assert meta.version == 1
-    assert meta.format_version == 2
+    assert meta.format_version == FORMAT_VERSION
     assert meta.fields == list(FIELD_SETS[afm.fields])
     assert meta.pairs == [list(pair) for pair in pairs(FIELD_SETS[afm.fields])]
     assert meta.hyperparameters["model"]["fields"] == afm.fields
@@ -292,6 +300,13 @@ def test_metadata_follows_the_contract(model_dir: Path, fitted: FitResult, data,
     metrics = json.loads((version_dir / METRICS_FILE).read_text())
     assert len(metrics["history"]) == meta.metrics["epochs_run"]
     assert (version_dir / CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_version_of_an_older_format_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    metadata = json.loads((model_dir / "1" / METADATA_FILE).read_text())
+    (tmp_path / METADATA_FILE).write_text(json.dumps(metadata | {"format_version": 2}))
+    with pytest.raises(ValueError, match="exported by an older afm-ctr.*train a new version"):
+        read_metadata(tmp_path)
 
 
 def test_exported_version_is_one_and_no_temporary_directory_is_left(model_dir: Path) -> None:
