@@ -29,7 +29,7 @@ Rules both halves rely on:
 * ``SIGNATURE_WEIGHTS`` takes nothing and returns every weight of the model, so that a
   reader can compute the ``SIGNATURE_EXPLAIN`` outputs outside TensorFlow from raw strings
   and ``vocabularies.json`` (``model/contracts/numpy_scorer.py`` does, tested to 1e-5). With
-  embedding size k, attention factor t and P = len(pairs):
+  embedding size k, attention factor t and P = len(pairs) (``weights_outputs`` lists them):
 
   - ``OUTPUT_FIELD_TABLE`` [rows, k + 1] float32: the single-valued fields' table, each id's
     vector v (k) and linear weight w (1) side by side; field f's id i is row
@@ -132,6 +132,23 @@ VOCABULARIES_FILE = "vocabularies.json"
 FORMAT_VERSION = 3
 """1: six fixed fields. 2: the field set is the version's own (``fields``). 3: one
 ``weights`` signature instead of the ``items`` and ``rank*`` signatures."""
+
+
+def weights_outputs(fields: tuple[str, ...] | list[str]) -> list[str]:
+    """The names of the ``SIGNATURE_WEIGHTS`` outputs of a version with ``fields``."""
+    return [
+        OUTPUT_FIELD_TABLE,
+        OUTPUT_FIELD_OFFSETS,
+        *(OUTPUT_BAG_TABLES[f] for f in fields if f in MULTI_VALUED),
+        OUTPUT_ATTENTION_KERNEL,
+        OUTPUT_ATTENTION_BIAS,
+        OUTPUT_ATTENTION_PROJECTION,
+        OUTPUT_PROJECTION,
+        OUTPUT_PAIR_BIAS,
+        OUTPUT_PAIR_SCALE,
+        OUTPUT_BIAS,
+        OUTPUT_USES_ATTENTION,
+    ]
 
 
 class ModelMetadata(BaseModel):

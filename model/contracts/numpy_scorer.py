@@ -293,20 +293,7 @@ class NumpyScorer:
 
 def _check(fields: tuple[str, ...], single: list[str], weights: Mapping[str, np.ndarray]) -> None:
     """ValueError unless ``weights`` holds every array ``fields`` need, of the right length."""
-    names = [
-        export_format.OUTPUT_FIELD_TABLE,
-        export_format.OUTPUT_FIELD_OFFSETS,
-        *(export_format.OUTPUT_BAG_TABLES[f] for f in fields if f in export_format.MULTI_VALUED),
-        export_format.OUTPUT_ATTENTION_KERNEL,
-        export_format.OUTPUT_ATTENTION_BIAS,
-        export_format.OUTPUT_ATTENTION_PROJECTION,
-        export_format.OUTPUT_PROJECTION,
-        export_format.OUTPUT_PAIR_BIAS,
-        export_format.OUTPUT_PAIR_SCALE,
-        export_format.OUTPUT_BIAS,
-        export_format.OUTPUT_USES_ATTENTION,
-    ]
-    missing = [name for name in names if name not in weights]
+    missing = [name for name in export_format.weights_outputs(fields) if name not in weights]
     if missing:
         raise ValueError(f"the weights lack {missing}")
     if len(weights[export_format.OUTPUT_FIELD_OFFSETS]) != len(single):

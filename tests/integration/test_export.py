@@ -36,6 +36,7 @@ from model.contracts.export_format import (
     pairs,
     rank_sides,
     read_metadata,
+    weights_outputs,
 )
 from model.contracts.numpy_scorer import NumpyScorer
 from model.data.dataset import PAD, LabeledRows, PreparedData
@@ -204,6 +205,7 @@ def numpy_explain(loaded, raw: dict[str, np.ndarray], fields, vocabularies) -> d
 def test_the_signatures_are_score_explain_and_weights(loaded, fitted: FitResult) -> None:
     assert set(loaded.signatures) == {SIGNATURE_SCORE, SIGNATURE_EXPLAIN, SIGNATURE_WEIGHTS}
     weights = loaded.signatures[SIGNATURE_WEIGHTS]()
+    assert sorted(weights) == sorted(weights_outputs(fitted.fields))
     single = [f for f in fitted.fields if f not in MULTI_VALUED]
     rows = sum(len(fitted.vocabularies[f]) + 1 for f in single)
     assert weights[OUTPUT_FIELD_TABLE].shape == (rows, AFM.embedding_dim + 1)

@@ -18,28 +18,20 @@ def test_names_clients_depend_on_are_spelled_out() -> None:
     assert export_format.OUTPUT_BIAS == "bias"
     assert export_format.OUTPUT_LINEAR == "linear"
     assert export_format.OUTPUT_LOGIT == "logit"
-    assert (
-        export_format.OUTPUT_FIELD_TABLE,
-        export_format.OUTPUT_FIELD_OFFSETS,
-        export_format.OUTPUT_ATTENTION_KERNEL,
-        export_format.OUTPUT_ATTENTION_BIAS,
-        export_format.OUTPUT_ATTENTION_PROJECTION,
-        export_format.OUTPUT_PROJECTION,
-        export_format.OUTPUT_PAIR_BIAS,
-        export_format.OUTPUT_PAIR_SCALE,
-        export_format.OUTPUT_USES_ATTENTION,
-    ) == (
+    assert export_format.weights_outputs(export_format.ALL_FIELDS) == [
         "field_table",
         "field_offsets",
+        "bag_table_genres",
         "attention_kernel",
         "attention_bias",
         "attention_projection",
         "projection",
         "pair_bias",
         "pair_scale",
+        "bias",
         "uses_attention",
-    )
-    assert export_format.OUTPUT_BAG_TABLES == {"genres": "bag_table_genres"}
+    ]
+    assert "bag_table_genres" not in export_format.weights_outputs(export_format.SEED_FIELDS)
     assert export_format.METADATA_FILE == "metadata.json"
     assert export_format.VOCABULARIES_FILE == "vocabularies.json"
     assert export_format.FIELD_SETS == {

@@ -9,19 +9,8 @@ import pytest
 import tensorflow as tf
 
 from model.config import AFMConfig
-from model.contracts.export_format import (
-    ALL_FIELDS,
-    MOVIE_ID,
-    OUTPUT_ATTENTION,
-    OUTPUT_BIAS,
-    OUTPUT_CONTRIBUTION,
-    OUTPUT_LINEAR,
-    OUTPUT_LOGIT,
-    OUTPUT_PROBABILITY,
-    SEED_FIELDS,
-    pairs,
-    rank_sides,
-)
+from model.contracts import export_format
+from model.contracts.export_format import ALL_FIELDS, MOVIE_ID, SEED_FIELDS, pairs, rank_sides
 from model.contracts.numpy_scorer import ItemTable, NumpyScorer
 from model.export.signatures import build_lookups, model_inputs
 from model.export.weights import afm_weights
@@ -111,18 +100,28 @@ def test_explain_and_score_equal_the_keras_model(fields: tuple[str, ...], varian
     for name, difference in max_differences(got, want).items():
         assert difference < 1e-5, name
     np.testing.assert_allclose(
-        scorer.score(users, USER_INDEX, items, item_index), want[OUTPUT_PROBABILITY], atol=1e-5
+        scorer.score(users, USER_INDEX, items, item_index),
+        want[export_format.OUTPUT_PROBABILITY],
+        atol=1e-5,
     )
-    assert got[OUTPUT_ATTENTION].shape == got[OUTPUT_CONTRIBUTION].shape == (10, len(pairs(fields)))
-    assert got[OUTPUT_LINEAR].shape == (10, len(fields))
-    parts = got[OUTPUT_BIAS] + got[OUTPUT_LINEAR].sum(1) + got[OUTPUT_CONTRIBUTION].sum(1)
-    np.testing.assert_allclose(parts, got[OUTPUT_LOGIT], atol=1e-5)
+    assert (
+        got[export_format.OUTPUT_ATTENTION].shape
+        == got[export_format.OUTPUT_CONTRIBUTION].shape
+        == (10, len(pairs(fields)))
+    )
+    assert got[export_format.OUTPUT_LINEAR].shape == (10, len(fields))
+    parts = (
+        got[export_format.OUTPUT_BIAS]
+        + got[export_format.OUTPUT_LINEAR].sum(1)
+        + got[export_format.OUTPUT_CONTRIBUTION].sum(1)
+    )
+    np.testing.assert_allclose(parts, got[export_format.OUTPUT_LOGIT], atol=1e-5)
     if variant == "fm-ablation":
-        assert (got[OUTPUT_ATTENTION] == 1).all()
+        assert (got[export_format.OUTPUT_ATTENTION] == 1).all()
     else:
-        np.testing.assert_allclose(got[OUTPUT_ATTENTION].sum(1), 1, rtol=1e-5)
+        np.testing.assert_allclose(got[export_format.OUTPUT_ATTENTION].sum(1), 1, rtol=1e-5)
         uniform = 1 / len(pairs(fields))
-        assert got[OUTPUT_ATTENTION].max() > 3 * uniform  # far from uniform
+        assert got[export_format.OUTPUT_ATTENTION].max() > 3 * uniform  # far from uniform
 
 
 @pytest.mark.parametrize("fields", [SEED_FIELDS, ALL_FIELDS], ids=["six", "eight"])
