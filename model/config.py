@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 Dataset = Literal["ml-1m", "ml-100k", "synthetic"]
 Protocol = Literal["next-item", "rating"]
@@ -29,6 +29,11 @@ class DataConfig:
     valid_file: Path | None = None
     test_file: Path | None = None
     holdout_movies: float = 0.0  # share of movies kept out of training (cold-start check)
+
+
+def as_record(config: DataConfig) -> dict[str, Any]:
+    """``config`` as metadata.json and manifest.json record it: a JSON-able dict, paths as text."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
 
 
 DEFAULT_OOV_RATE: dict[str, float] = {"seed": 0.0, "all": 0.05}

@@ -9,7 +9,9 @@ cluster and this process's task::
     {"cluster": {"worker": ["host0:port", "host1:port"]}, "task": {"type": "worker", "index": 0}}
 
 The chief (task type ``chief``, or worker 0 when the cluster has none) exports the version;
-the other workers finish with the chief's last collective step and exit 0.
+the other workers finish with the chief's last collective step and exit 0. Only prepared rows
+train on a cluster (``afm-ctr train --prepared``): each worker reads its own shards, where
+rows read in memory would have every worker train alone and export a version of its own.
 
 Keras 3's ``Model.fit`` does not run under this strategy (it all-reduces the first batch to
 build the model and reduces scalar logs along axis 0: keras-team/keras#20329,
@@ -66,6 +68,15 @@ def cluster_from_env(environ: dict[str, str] | None = None) -> Cluster | None:
     )
 
 
+def in_memory_refusal(cluster: Cluster) -> AfmError:
+    """The error for rows read in memory on a cluster: what happens, and what to run instead."""
+    return AfmError(
+        f"{TF_CONFIG} names a cluster of {cluster.workers} training tasks, and without "
+        "--prepared each would train alone and export its own version; write the rows once "
+        "with `afm-ctr prepare --out DIR`, then run `afm-ctr train --prepared DIR` on every worker"
+    )
+
+
 def make_strategy() -> Any:
     """MultiWorkerMirroredStrategy over TF_CONFIG, ring all-reduce (CPU: no NCCL).
 
@@ -78,6 +89,23 @@ def make_strategy() -> Any:
         implementation=tf.distribute.experimental.CommunicationImplementation.RING
     )
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+@dataclass(frozen=True)
+class MultiWorker:
+    """This process's task in a TF_CONFIG cluster, and the strategy spanning the cluster."""
+
+    cluster: Cluster
+    strategy: Any
+
+    @classmethod
+    def join(cls, cluster: Cluster) -> MultiWorker:
+        """Start the collective runtime (``make_strategy``): before any other TensorFlow op."""
+        return cls(cluster, make_strategy())
+
+    def mean(self, values: list[float]) -> list[float]:
+        """``all_mean``: every worker must call it with as many values."""
+        return all_mean(self.strategy, values)
 
 
 class StepRunner:

@@ -1,14 +1,20 @@
-"""The trainer's pure parts: metrics, epoch batching, refusal of unusable splits."""
+"""The trainer's parts: metrics, epoch batching, the epoch loop's early stopping, refusal of
+unusable splits."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import keras
 import numpy as np
 import pytest
 
 from model.config import AFMConfig, TrainConfig
 from model.data.dataset import LabeledRows, PreparedData
 from model.errors import AfmError
-from model.training.train import epoch_dataset, epoch_rows, fit, log_loss, roc_auc
+from model.training.metrics import log_loss, roc_auc
+from model.training.rows import InMemoryRows, epoch_dataset, epoch_rows
+from model.training.train import fit, run_epochs
 
 
 def brute_force_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -65,7 +71,7 @@ def test_epoch_dataset_yields_whole_batches_of_distinct_rows(rows: int, batch: i
 @pytest.mark.parametrize("rows", [10, 3])
 def test_epoch_dataset_runs_without_autotuning(rows: int) -> None:
     # autotuning made about one epoch in three stall ~0.6 s at its end
-    # (model.training.train.epoch_dataset)
+    # (model.training.rows.epoch_dataset)
     inputs = {"ids": np.arange(rows, dtype=np.int32)[:, None]}
     batches = epoch_dataset(inputs, np.zeros(rows, np.float32), 4, np.random.default_rng(0))
     assert batches.options().autotune.enabled is False
@@ -116,4 +122,52 @@ def test_a_split_with_one_label_is_refused_before_training() -> None:
     with pytest.raises(
         AfmError, match=r"validation split \(3 rows\) needs both positive and negative"
     ):
-        fit(tiny_data([1, 1, 1]), AFMConfig(), TrainConfig())
+        fit(InMemoryRows(tiny_data([1, 1, 1]), "all"), AFMConfig(), TrainConfig())
+
+
+def scripted_run(valid_aucs: list[float], epochs: int, patience: int):
+    """``run_epochs`` over a one-weight model whose weight is the epoch number after each
+    epoch, validated with ``valid_aucs`` in turn: (history, best epoch, final weight, epochs
+    trained)."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    trained = []
+
+    def runs() -> Iterator[dict[str, float]]:
+        for epoch in range(1, len(valid_aucs) + 1):
+            model.set_weights([np.full((1, 1), epoch, np.float32)])
+            trained.append(epoch)
+            yield {"loss": 0.5, "auc": 0.5, "examples_per_second": 1.0, "seconds": 1.0}
+
+    validations = iter(valid_aucs)
+
+    def validate() -> dict[str, float]:
+        return {"auc": next(validations), "logloss": 0.5}
+
+    train = TrainConfig(epochs=epochs, patience=patience)
+    history, best = run_epochs(model, runs(), validate, train)
+    return history, best, float(model.get_weights()[0][0, 0]), trained
+
+
+def test_training_stops_after_patience_epochs_without_a_better_auc() -> None:
+    history, best, weight, trained = scripted_run([0.8, 0.9, 0.85, 0.88, 0.95], 10, 2)
+    assert trained == [1, 2, 3, 4]  # epoch 5 never runs
+    assert [r.valid_auc for r in history] == [0.8, 0.9, 0.85, 0.88]
+    assert best == 2 and weight == 2.0  # the best epoch's weights are restored
+
+
+def test_an_equal_auc_is_not_better() -> None:
+    history, best, weight, _ = scripted_run([0.9, 0.9, 0.9, 0.9], 10, 2)
+    assert len(history) == 3 and best == 1 and weight == 1.0
+
+
+def test_aucs_closer_than_float32_resolves_still_count_as_better() -> None:
+    # Keras's EarlyStopping compares with ops.greater, in float32, where these are all 0.9
+    history, best, weight, _ = scripted_run([0.9, 0.9 + 1e-9, 0.9 + 2e-9], 3, 1)
+    assert len(history) == 3 and best == 3 and weight == 3.0
+
+
+def test_without_early_stop_every_epoch_runs_once_and_the_best_is_kept() -> None:
+    history, best, weight, trained = scripted_run([0.7, 0.9, 0.8, 0.85], 3, 5)
+    assert trained == [1, 2, 3]
+    assert [r.epoch for r in history] == [1, 2, 3]
+    assert best == 2 and weight == 2.0
