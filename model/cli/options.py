@@ -1,0 +1,78 @@
+"""What the ``afm-ctr`` commands share: option types, defaults, and the one-line failure.
+
+Each option carries its help and environment variable (``AFM_*``), so a container sets env
+where a person passes flags.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from model.config import Dataset, FieldSet, Protocol
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATASET: Dataset = "ml-1m"  # as compose's DATASET; `synthetic` works offline
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # the service's default too (service/settings.py)
+
+DatasetOpt = Annotated[
+    Dataset | None,
+    typer.Option(help="ml-1m (downloaded once), ml-100k or synthetic.", envvar="AFM_DATASET"),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Dataset folder or zip. Default: download (ml-1m) or synthesize into the cache.",
+        envvar="AFM_DATA_DIR",
+    ),
+]
+CacheDirOpt = Annotated[
+    Path, typer.Option(help="Where downloads and generated data are kept.", envvar="AFM_CACHE_DIR")
+]
+RedisUrlOpt = Annotated[
+    str, typer.Option(help="Redis holding the user features.", envvar="AFM_REDIS_URL")
+]
+ProtocolOpt = Annotated[Protocol, typer.Option(envvar="AFM_PROTOCOL")]
+NegativesOpt = Annotated[int, typer.Option(min=1, help="Negatives per positive (next-item).")]
+TrainFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Seed rows: user_id gender age occupation zip movie_id label, tab-separated."
+    ),
+]
+ValidFileOpt = Annotated[Path | None, typer.Option(help="Seed rows for validation.")]
+TestFileOpt = Annotated[Path | None, typer.Option(help="Seed rows for the test.")]
+FieldsOpt = Annotated[
+    FieldSet | None,
+    typer.Option(
+        help="seed: user_id gender age occupation zip movie_id; all: also the movie's year "
+        "and genres. Default: all for a dataset, seed for seed row files."
+    ),
+]
+HoldoutMoviesOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=0.99,
+        help="Keep this share of movies out of training; the test reports their AUC.",
+    ),
+]
+SeedOpt = Annotated[int, typer.Option(help="Seeds sampling, splits and initialisation.")]
+RedisClusterOpt = Annotated[
+    bool,
+    typer.Option(
+        "--redis-cluster",
+        help="--redis-url names any node of a Redis Cluster (docs/service.md#redis-cluster).",
+        envvar="AFM_REDIS_CLUSTER",
+    ),
+]
+
+
+def fail(exc: Exception) -> typer.Exit:
+    """Log ``exc`` as one error line; raise the result ``from None``: exit 1, no traceback."""
+    log.error("%s", exc)
+    return typer.Exit(code=1)

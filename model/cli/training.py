@@ -1,0 +1,338 @@
+"""The data and training commands: synth, train, prepare, load-features.
+
+Each builds its configs from the flags and calls one function; TensorFlow is imported inside
+the commands, after ``logs.quiet_tensorflow_import``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from model.cli import logs
+from model.cli.options import (
+    DEFAULT_DATASET,
+    DEFAULT_REDIS_URL,
+    CacheDirOpt,
+    DataDirOpt,
+    DatasetOpt,
+    FieldsOpt,
+    HoldoutMoviesOpt,
+    NegativesOpt,
+    ProtocolOpt,
+    RedisClusterOpt,
+    RedisUrlOpt,
+    SeedOpt,
+    TestFileOpt,
+    TrainFileOpt,
+    ValidFileOpt,
+    fail,
+)
+from model.config import (
+    DEFAULT_OOV_RATE,
+    SYNTHETIC_DEFAULTS,
+    AFMConfig,
+    DataConfig,
+    Dataset,
+    FieldSet,
+    Protocol,
+    TrainConfig,
+    as_record,
+)
+from model.contracts.feature_layout import DEFAULT_PREFIX
+from model.errors import AfmError
+
+if TYPE_CHECKING:
+    from model.data.shards import Manifest
+
+_SIZE = SYNTHETIC_DEFAULTS
+
+
+def synth(
+    out: Annotated[Path, typer.Option(help="Folder to write users.dat, movies.dat, ratings.dat.")],
+    users: Annotated[int, typer.Option(min=10, help="Number of users.")] = _SIZE["users"],
+    movies: Annotated[int, typer.Option(min=10, help="Number of movies.")] = _SIZE["movies"],
+    ratings: Annotated[int, typer.Option(min=100, help="Number of ratings.")] = _SIZE["ratings"],
+    seed: Annotated[int, typer.Option(help="Random seed; equal seeds give equal files.")] = _SIZE[
+        "seed"
+    ],
+) -> None:
+    """Write a synthetic dataset in ML-1M format with planted, learnable structure."""
+    from model.data.synth import write_synthetic
+
+    try:
+        write_synthetic(out, users=users, movies=movies, ratings=ratings, seed=seed)
+    except AfmError as exc:
+        raise fail(exc) from None
+    typer.echo(f"wrote {ratings} ratings of {users} users on {movies} movies to {out}")
+
+
+def train(
+    model_dir: Annotated[
+        Path,
+        typer.Option(help="Export root; a new numbered version is added.", envvar="AFM_MODEL_DIR"),
+    ],
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = DataConfig.cache_dir,
+    protocol: ProtocolOpt = DataConfig.protocol,
+    negatives: NegativesOpt = DataConfig.negatives,
+    train_file: TrainFileOpt = None,
+    valid_file: ValidFileOpt = None,
+    test_file: TestFileOpt = None,
+    prepared: Annotated[
+        Path | None,
+        typer.Option(
+            help="A directory from `afm-ctr prepare`: stream its rows instead of reading a "
+            "dataset. With TF_CONFIG naming a cluster, train on every worker "
+            "(docs/training.md#multi-worker-training).",
+            envvar="AFM_PREPARED",
+        ),
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = TrainConfig.epochs,
+    batch_size: Annotated[int, typer.Option(min=1)] = TrainConfig.batch_size,
+    learning_rate: Annotated[float, typer.Option(min=0.0)] = TrainConfig.learning_rate,
+    patience: Annotated[
+        int, typer.Option(min=1, help="Early-stopping patience on validation AUC.")
+    ] = TrainConfig.patience,
+    embedding_dim: Annotated[
+        int, typer.Option(min=1, help="k, the embedding size.")
+    ] = AFMConfig.embedding_dim,
+    attention_factor: Annotated[
+        int, typer.Option(min=1, help="t, the attention network's hidden size.")
+    ] = AFMConfig.attention_factor,
+    dropout: Annotated[
+        float, typer.Option(min=0.0, max=0.99, help="Dropout on the pooled vector.")
+    ] = AFMConfig.dropout,
+    l2_attention: Annotated[
+        float, typer.Option(min=0.0, help="L2 on the attention matrix W.")
+    ] = AFMConfig.l2_attention,
+    no_attention: Annotated[
+        bool, typer.Option("--no-attention", help="FM ablation: every pair weighs 1.")
+    ] = False,
+    fm_init: Annotated[
+        bool,
+        typer.Option(
+            help="Start the AFM as the FM: h = 0, pooled vector scaled by the pair count. "
+            "--no-fm-init: the paper's plain softmax average."
+        ),
+    ] = AFMConfig.fm_init,
+    pair_bias: Annotated[
+        bool,
+        typer.Option(
+            help="Add a learned score offset c_ij per pair to the attention (global pair "
+            "importance on top of the per-example attention)."
+        ),
+    ] = AFMConfig.pair_bias,
+    l2_pair_bias: Annotated[
+        float, typer.Option(min=0.0, help="L2 on the per-pair attention offsets c.")
+    ] = AFMConfig.l2_pair_bias,
+    fields: FieldsOpt = None,
+    oov_rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=0.99,
+            help="Share of rows in which a new user, zip or movie, or an unknown user, is "
+            "simulated (ids trained as out-of-vocabulary). Default: 0.05 with --fields all, "
+            "0 with seed.",
+        ),
+    ] = None,
+    holdout_movies: HoldoutMoviesOpt = DataConfig.holdout_movies,
+    seed: SeedOpt = TrainConfig.seed,
+) -> None:
+    """Train an AFM and export it as a new version under --model-dir."""
+    from model.training.distributed import cluster_from_env, in_memory_refusal
+
+    try:
+        cluster = cluster_from_env()
+    except AfmError as exc:
+        raise fail(exc) from None
+    manifest, data_config = None, None
+    if prepared is not None:
+        given = [flag for flag, value in (("--dataset", dataset), ("--data-dir", data_dir),
+                 ("--train-file", train_file), ("--valid-file", valid_file),
+                 ("--test-file", test_file)) if value is not None]  # fmt: skip
+        if given:
+            raise typer.BadParameter(f"--prepared holds the rows already; drop {given[0]}")
+        manifest = _manifest(prepared, fields)
+        fields = manifest.field_set
+    elif cluster is not None:  # every worker would train alone and export a version
+        raise fail(in_memory_refusal(cluster))
+    else:
+        data_config, fields = _data_config(
+            dataset, data_dir, cache_dir, protocol, negatives, (train_file, valid_file, test_file),
+            fields, holdout_movies, seed,
+        )  # fmt: skip
+    afm_config = AFMConfig(
+        fields=fields,
+        oov_rate=DEFAULT_OOV_RATE[fields] if oov_rate is None else oov_rate,
+        embedding_dim=embedding_dim,
+        attention_factor=attention_factor,
+        dropout=dropout,
+        l2_attention=l2_attention,
+        use_attention=not no_attention,
+        fm_init=fm_init,
+        pair_bias=pair_bias,
+        l2_pair_bias=l2_pair_bias,
+    )
+    train_config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        patience=patience,
+        seed=seed,
+    )
+    logs.quiet_tensorflow_import()
+    from model.data.protocols import prepare as prepare_rows
+    from model.training.rows import InMemoryRows, ShardedRows
+    from model.training.train import train_and_export
+
+    try:
+        if manifest is not None:
+            rows = ShardedRows(manifest)
+        else:
+            rows = InMemoryRows(prepare_rows(data_config), fields, data_config)
+        version_dir = train_and_export(rows, afm_config, train_config, model_dir, cluster)
+    except AfmError as exc:
+        raise fail(exc) from None
+    if version_dir is None:
+        typer.echo(f"worker {cluster.index} of {cluster.workers} done; the chief exports")
+        return
+    typer.echo(f"exported {version_dir}")
+
+
+def _manifest(prepared: Path, fields: FieldSet | None) -> Manifest:
+    """The manifest of ``prepared``, refused if it holds rows for other ``fields``."""
+    logs.quiet_tensorflow_import()  # model.data.shards imports Keras
+    from model.data.shards import Manifest
+
+    try:
+        manifest = Manifest.load(prepared)
+    except AfmError as exc:
+        raise fail(exc) from None
+    if fields is not None and fields != manifest.field_set:
+        raise typer.BadParameter(
+            f"the prepared rows are for --fields {manifest.field_set}; prepare again "
+            f"with --fields {fields}"
+        )
+    return manifest
+
+
+def _data_config(
+    dataset: Dataset | None,
+    data_dir: Path | None,
+    cache_dir: Path,
+    protocol: Protocol,
+    negatives: int,
+    seed_files: tuple[Path | None, Path | None, Path | None],
+    fields: FieldSet | None,
+    holdout_movies: float,
+    seed: int,
+) -> tuple[DataConfig, FieldSet]:
+    """The DataConfig and field set the data flags ask for (train and prepare share them)."""
+    if any(seed_files) and not all(seed_files):
+        raise typer.BadParameter("give all three of --train-file, --valid-file, --test-file")
+    if all(seed_files) and dataset is not None:
+        raise typer.BadParameter(
+            "give --dataset (ml-1m, ml-100k, synthetic) or the three seed row files, not both"
+        )
+    if not all(seed_files):
+        dataset = dataset or DEFAULT_DATASET
+    if fields is None:
+        fields = "seed" if all(seed_files) else "all"
+    elif fields == "all" and all(seed_files):
+        raise typer.BadParameter(
+            "seed row files carry no year or genres; use --fields seed (the default for them)"
+        )
+    train_file, valid_file, test_file = seed_files
+    config = DataConfig(
+        dataset=dataset,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        protocol=protocol,
+        negatives=negatives,
+        seed=seed,
+        train_file=train_file,
+        valid_file=valid_file,
+        test_file=test_file,
+        holdout_movies=holdout_movies,
+    )
+    return config, fields
+
+
+def prepare(
+    out: Annotated[Path, typer.Option(help="New directory for the shards and manifest.json.")],
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = DataConfig.cache_dir,
+    protocol: ProtocolOpt = DataConfig.protocol,
+    negatives: NegativesOpt = DataConfig.negatives,
+    train_file: TrainFileOpt = None,
+    valid_file: ValidFileOpt = None,
+    test_file: TestFileOpt = None,
+    fields: FieldsOpt = None,
+    holdout_movies: HoldoutMoviesOpt = DataConfig.holdout_movies,
+    seed: SeedOpt = DataConfig.seed,
+    shards: Annotated[
+        int, typer.Option(min=1, help="Training shard files: at least the number of workers.")
+    ] = 8,
+) -> None:
+    """Write the training, validation and test rows as TFRecord shards with a manifest, for
+    `afm-ctr train --prepared DIR` (streamed, or on several workers)."""
+    data_config, fields = _data_config(
+        dataset, data_dir, cache_dir, protocol, negatives, (train_file, valid_file, test_file),
+        fields, holdout_movies, seed,
+    )  # fmt: skip
+    logs.quiet_tensorflow_import()
+    from model.data.protocols import prepare as prepare_rows
+    from model.data.shards import write_prepared
+
+    try:
+        data = prepare_rows(data_config)
+        config = as_record(data_config)
+        manifest = write_prepared(data, fields, out, shards=shards, seed=seed, data_config=config)
+    except AfmError as exc:
+        raise fail(exc) from None
+    parts = ", ".join(f"{k} {v['rows']:,}" for k, v in manifest.summary().items())
+    typer.echo(f"wrote {parts} rows ({fields} fields, {shards} training shards) to {out}")
+
+
+def load_features(
+    redis_url: RedisUrlOpt = DEFAULT_REDIS_URL,
+    dataset: DatasetOpt = DEFAULT_DATASET,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = DataConfig.cache_dir,
+    prefix: Annotated[
+        str, typer.Option(help="Key prefix of the feature set.", envvar="AFM_REDIS_PREFIX")
+    ] = DEFAULT_PREFIX,
+    redis_cluster: RedisClusterOpt = False,
+) -> None:
+    """Write every user's and movie's features and what the load is (source, value labels,
+    most rated movies, sample users) to Redis as a new namespace, then switch to it
+    atomically."""
+    from model.data.load_features import load_features as load
+    from model.data.movielens import load_feature_set
+
+    config = DataConfig(dataset=dataset, data_dir=data_dir, cache_dir=cache_dir)
+    try:
+        loaded = load_feature_set(config)
+        user_count, movie_count = load(
+            loaded.users,
+            loaded.movies,
+            redis_url=redis_url,
+            prefix=prefix,
+            source=loaded.source,
+            labels=loaded.labels,
+            popular=loaded.popular,
+            sample_users=loaded.sample_users,
+            cluster=redis_cluster,
+        )
+    except AfmError as exc:
+        raise fail(exc) from None
+    typer.echo(
+        f"loaded {user_count} users and {movie_count} movies of {loaded.source} into "
+        f"{redis_url} under prefix {prefix!r}"
+    )

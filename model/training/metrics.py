@@ -1,0 +1,51 @@
+"""Training metrics: exact AUC and logloss in NumPy, and the per-epoch record metrics.json keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch of metrics.json's ``history``: Keras's running training loss and AUC, the
+    exact validation AUC and logloss after the epoch, and the epoch's speed and duration."""
+
+    epoch: int  # 1-based
+    train_loss: float
+    train_auc: float
+    valid_auc: float
+    valid_logloss: float
+    examples_per_second: float
+    seconds: float
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Exact ROC AUC (Mann-Whitney U), ties in ``scores`` counted as half."""
+    labels = np.asarray(labels) > 0.5
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = np.asarray(scores)[order]
+    # average 1-based rank of each run of equal scores
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    run_ranks = first + (counts + 1) / 2.0
+    ranks = np.empty(len(scores), dtype=np.float64)
+    ranks[order] = np.repeat(run_ranks, counts)
+    rank_sum = ranks[labels].sum()
+    return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy, probabilities clipped to [eps, 1 - eps] as Keras does."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """``{"auc": ..., "logloss": ...}``: the pair metrics.json reports for every split."""
+    return {"auc": roc_auc(labels, probabilities), "logloss": log_loss(labels, probabilities)}
