@@ -73,7 +73,8 @@ def child(mode: str, source: Path, steps: int) -> dict:
     from model.config import AFMConfig, DataConfig, TrainConfig
     from model.contracts.export_format import FIELD_SETS
     from model.network.afm import build_afm
-    from model.training.train import compiled_trainer, epoch_dataset
+    from model.training.rows import epoch_dataset
+    from model.training.train import compiled_trainer
 
     afm, train = AFMConfig(), TrainConfig(batch_size=BATCH, seed=1)
     fields = FIELD_SETS[afm.fields]

@@ -8,11 +8,11 @@ Sources:
              with 10 negatives: ~11M training rows (the article's setting)
   ml-1m      the shared ML-1M copy (../shared/data/ml-1m-notime), rating protocol: ~0.6M rows
 
-Model and training settings are the reference's: embedding 16, attention factor 8, batch 4096
-(DeepCTR's AFM: ~2.5e5 examples/s on this machine). The trainer is the one ``afm-ctr train``
-uses (``model.training.train.compiled_trainer`` and ``epoch_dataset``). A warm-up pass of a few
-batches traces and XLA-compiles the step first (once per process in a real run too); then
-each timed epoch is one full, shuffled pass.
+Model and training settings are the reference's: embedding 16, attention factor 8, batch 4096.
+The trainer is the one ``afm-ctr train`` uses (``model.training.train.compiled_trainer`` and
+``model.training.rows.epoch_dataset``). A warm-up pass of a few batches traces and
+XLA-compiles the step first (once per process in a real run too); then each timed epoch is
+one full, shuffled pass.
 
 Reported: examples/s by wall clock (the figure to compare), CPU seconds per 1M examples (less
 sensitive to other processes on a shared machine), the load average before and after, and
@@ -77,7 +77,8 @@ def main() -> None:
     from model.config import AFMConfig, TrainConfig
     from model.contracts.export_format import FIELD_SETS
     from model.network.afm import build_afm
-    from model.training.train import compiled_trainer, epoch_dataset
+    from model.training.rows import epoch_dataset
+    from model.training.train import compiled_trainer
 
     afm = AFMConfig(fields=args.fields, embedding_dim=16, attention_factor=8)
     fields = FIELD_SETS[afm.fields]

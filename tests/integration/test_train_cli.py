@@ -87,7 +87,7 @@ def test_verbose_shows_debug_lines_and_tensorflow_notices(
     synthetic_dir: Path, tmp_path: Path
 ) -> None:
     stderr = _train_tiny(synthetic_dir, tmp_path, "-v")
-    assert re.search(r" model\.train: debug: model AFMConfig\(", stderr), stderr
+    assert re.search(r" model\.training\.train: debug: model AFMConfig\(", stderr), stderr
     assert any(notice in stderr for notice in TENSORFLOW_NOTICES), stderr
 
 

@@ -1,3 +1,5 @@
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,26 +55,26 @@ def test_train_rejects_bad_flag_combinations(args: list[str], message: str, tmp_
 def test_load_features_and_serve_default_to_the_same_redis() -> None:
     import inspect
 
-    from model.cli import main as cli
+    from model.cli import options, serving, training
 
     defaults = {
-        name: inspect.signature(getattr(cli, name)).parameters["redis_url"].default
-        for name in ("load_features", "serve")
+        command.__name__: inspect.signature(command).parameters["redis_url"].default
+        for command in (training.load_features, serving.serve)
     }
-    assert set(defaults.values()) == {cli.DEFAULT_REDIS_URL}
+    assert set(defaults.values()) == {options.DEFAULT_REDIS_URL}
     from service.settings import Settings
 
-    assert Settings.model_fields["redis_url"].default == cli.DEFAULT_REDIS_URL
+    assert Settings.model_fields["redis_url"].default == options.DEFAULT_REDIS_URL
 
 
 def test_every_command_defaults_to_the_same_dataset() -> None:
     import inspect
 
-    from model.cli import main as cli
+    from model.cli import options, serving, training
 
-    for name in ("load_features", "up"):
-        assert inspect.signature(getattr(cli, name)).parameters["dataset"].default == "ml-1m"
-    assert cli.DEFAULT_DATASET == "ml-1m"
+    for command in (training.load_features, serving.up):
+        assert inspect.signature(command).parameters["dataset"].default == "ml-1m"
+    assert options.DEFAULT_DATASET == "ml-1m"
     compose = (Path(__file__).resolve().parents[3] / "compose.yaml").read_text()
     assert "AFM_DATASET: ${DATASET:-ml-1m}" in compose
 
@@ -86,3 +88,25 @@ def test_the_console_script_keeps_the_exit_code_and_freezes_objects_for_a_quick_
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert out.strip() == "code 2 frozen True"
+
+
+def test_train_without_prepared_rows_refuses_a_tf_config_cluster(tmp_path: Path) -> None:
+    # Each worker would read the data, train alone and export a version of its own.
+    tf_config = {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}
+    code = (
+        "import sys; from typer.testing import CliRunner; from model.cli.main import app;"
+        "r = CliRunner().invoke(app, sys.argv[1:]); print(r.output); print('exit', r.exit_code,"
+        "'TF-LOADED' if 'tensorflow' in sys.modules else 'TF-NOT-LOADED')"
+    )
+    args = ["train", "--dataset", "synthetic", "--data-dir", str(tmp_path / "no-data"),
+            "--model-dir", str(tmp_path / "models")]  # fmt: skip
+    env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "COLUMNS": "300"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env
+    ).stdout
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out
+    assert "`afm-ctr prepare" in errors[0] and "--prepared" in errors[0]
+    assert "Traceback" not in out
+    assert out.strip().endswith("exit 1 TF-NOT-LOADED")
+    assert not (tmp_path / "models").exists()

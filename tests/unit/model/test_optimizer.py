@@ -54,3 +54,32 @@ def test_dense_gradients_take_keras_adam_step() -> None:
         _run(Adam(learning_rate=0.01), gradients),
         _run(keras.optimizers.Adam(learning_rate=0.01), gradients),
     )
+
+
+def _train_lookup(optimizer: keras.optimizers.Optimizer, steps: int) -> list[np.ndarray]:
+    """``steps`` steps of a lookup table (its gradient a tf.IndexedSlices, ids repeating) and a
+    dense kernel through one optimizer, as in training; then every variable and every
+    optimizer variable (step count, both moments of both)."""
+    rng = np.random.default_rng(3)
+    table = keras.Variable(rng.normal(size=(8, 4)).astype("float32"))
+    kernel = keras.Variable(rng.normal(size=(4, 1)).astype("float32"))
+    for _ in range(steps):
+        ids = tf.constant(rng.integers(0, 6, size=10), tf.int32)  # rows 6 and 7 never hit
+        target = tf.constant(rng.normal(size=(10, 1)).astype("float32"))
+        with tf.GradientTape() as tape:
+            predicted = tf.matmul(tf.gather(table.value, ids), kernel.value)  # (10, 1)
+            loss = tf.reduce_mean(tf.square(predicted - target))
+        gradients = tape.gradient(loss, [table.value, kernel.value])
+        assert isinstance(gradients[0], tf.IndexedSlices)
+        optimizer.apply(gradients, [table, kernel])
+    return [table.numpy(), kernel.numpy(), *(v.numpy() for v in optimizer.variables)]
+
+
+def test_sparse_and_dense_steps_keep_every_parameter_and_moment_equal_to_keras_adam() -> None:
+    ours = _train_lookup(Adam(learning_rate=0.05), steps=6)
+    keras_own = _train_lookup(keras.optimizers.Adam(learning_rate=0.05), steps=6)
+    assert len(ours) == len(keras_own) == 2 + 6  # iterations, learning rate, m and v of both
+    for mine, reference in zip(ours, keras_own, strict=True):
+        np.testing.assert_allclose(mine, reference, rtol=0, atol=1e-6)
+    assert not np.allclose(ours[0][:6], _train_lookup(Adam(learning_rate=0.05), steps=0)[0][:6])
+    np.testing.assert_array_equal(ours[0][6:], _train_lookup(Adam(learning_rate=0.05), 0)[0][6:])
