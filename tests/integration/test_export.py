@@ -46,6 +46,7 @@ from model.errors import AfmError
 from model.export import savedmodel as export_module
 from model.export.signatures import build_archive
 from model.network.afm import build_afm
+from model.training.rows import InMemoryRows
 from model.training.train import CURVE_FILE, METRICS_FILE, FitResult, export_trained, fit
 
 pytestmark = pytest.mark.integration
@@ -76,16 +77,14 @@ def afm(request: pytest.FixtureRequest) -> AFMConfig:
 
 
 @pytest.fixture(scope="module")
-def fitted(data: PreparedData, afm: AFMConfig) -> FitResult:
-    return fit(data, afm, TRAIN)
+def fitted(data: PreparedData, data_config: DataConfig, afm: AFMConfig) -> FitResult:
+    return fit(InMemoryRows(data, afm.fields, data_config), afm, TRAIN)
 
 
 @pytest.fixture(scope="module")
-def model_dir(
-    fitted: FitResult, data: PreparedData, data_config: DataConfig, afm: AFMConfig, tmp_path_factory
-) -> Path:
+def model_dir(fitted: FitResult, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("models")
-    export_trained(fitted, data, afm, TRAIN, root, data_config)
+    export_trained(fitted, root)
     return root
 
 
@@ -376,7 +375,8 @@ def test_failed_export_leaves_nothing_behind(fitted: FitResult, tmp_path: Path) 
 def test_seeded_training_is_reproducible(data: PreparedData) -> None:
     config = replace(TRAIN, epochs=1)
     small = replace(data, train=rows_slice(data.train, 3 * TRAIN.batch_size))  # one batch shape
-    first, second = fit(small, AFM, config), fit(small, AFM, config)  # eight fields, OOV drops
+    rows = InMemoryRows(small, AFM.fields)
+    first, second = fit(rows, AFM, config), fit(rows, AFM, config)  # eight fields, OOV drops
     for a, b in zip(first.model.get_weights(), second.model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert first.metrics == second.metrics
