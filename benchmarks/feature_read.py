@@ -1,6 +1,7 @@
 """``FeatureStore.read`` on one Redis and on a Redis Cluster: median µs per read.
 
-One process, the service's redis-py asyncio client (hiredis) on uvloop as under uvicorn.
+One process, the service's clients (its pipelined connection on one Redis, redis-py's cluster
+client on a cluster; hiredis) on uvloop as under uvicorn.
 ``--reads`` sequential reads of random users per store, the stores taking turns read by
 read (each user read by every store, in rotating order), so background load hits them
 alike; reported is the median of each store's reads (and p99), next to a plain HGETALL on

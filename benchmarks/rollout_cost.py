@@ -11,7 +11,7 @@ policies as ``afm-ctr rollout`` does. Prints one markdown table of VmRSS (``/pro
 after each step.
 
 Time: what a request pays for the canary choice (``rollout.in_canary``) and for the
-per-version metrics (``Metrics.observe_scored``, with 10 to 1,000 probabilities), each the
+per-version metrics (``Metrics.scoring``, with 10 to 1,000 probabilities), each the
 mean of 20,000 calls.
 """
 
@@ -45,14 +45,13 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from model.contracts import export_format, rollout
     from model.contracts.rollout import RolloutPolicy
+    from service.loaded_model import load_model
     from service.model_registry import ModelRegistry
-    from service.scorer import configure_threads, load_model
 
     newest = export_format.latest_version(args.model_dir)
     if newest is None:
         sys.exit(f"error: no version under {args.model_dir}")
     source = args.model_dir / str(newest)
-    configure_threads(1, 1)
     rows: list[tuple[str, str, float]] = [("TensorFlow imported, nothing loaded", "", rss_mib())]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,7 +97,7 @@ def print_time_per_request(calls: int = 20_000) -> None:
     import numpy as np
 
     from model.contracts.rollout import in_canary
-    from service.metrics import Metrics, Scored
+    from service.metrics import Metrics
 
     def mean_us(fn) -> float:  # noqa: ANN001
         return timeit.timeit(fn, number=calls) / calls * 1e6
@@ -107,9 +106,13 @@ def print_time_per_request(calls: int = 20_000) -> None:
     print("\n| per request | µs |\n|---|---|")
     print(f"| canary choice (in_canary) | {mean_us(lambda: in_canary(123_456, 4, 5)):.1f} |")
     for n in (10, 100, 1000):
-        scored = Scored(4, "canary", np.random.default_rng(0).random(n).astype(np.float32))
-        cost = mean_us(lambda s=scored: metrics.observe_scored("/score", 200, s, 0.001))
-        print(f"| per-version metrics, {n} candidates | {cost:.1f} |")
+        probability = np.random.default_rng(0).random(n).astype(np.float32)
+
+        def observe(p: np.ndarray = probability) -> None:
+            with metrics.scoring("/score", 4, "canary") as scored:
+                scored.probability = p
+
+        print(f"| per-version metrics, {n} candidates | {mean_us(observe):.1f} |")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 For 1, 100 and 1000 candidates at concurrency 1 and 8: p50/p99 latency and requests/s, each
 the median of ``--rounds`` runs that alternate between the servers measured; then an
 in-process breakdown of one request's parts (parsing, the store's read, building candidates,
-scoring with the NumPy ranker and through TensorFlow, ranking and JSON) for each model.
+scoring, ordering and JSON) for each model.
 
 Servers, all on the same feature set in Redis (users and movies, ``load_features``):
 
@@ -23,7 +23,7 @@ Servers, all on the same feature set in Redis (users and movies, ``load_features
     .venv/bin/python benchmarks/serve_latency.py --fields seed,all --bare --rounds 5 \
         --candidates 100 1000
     .venv/bin/python benchmarks/serve_latency.py --candidates 100 --concurrency 8 \
-        --variant two:AFM_SCORING_THREADS=2
+        --variant quiet:AFM_ACCESS_LOG=false
     .venv/bin/python benchmarks/serve_latency.py --model-dir DIR --model-dir DIR2 \
         --data-dir DIR --breakdown-only
 
@@ -458,10 +458,8 @@ def _breakdown(
     import uvloop
 
     from service.feature_store import FeatureStore
-    from service.ranking import candidates
-    from service.scorer import Scorer, configure_threads, load_model
+    from service.loaded_model import load_model
 
-    configure_threads(1, 1)
     models = {name: load_model(_latest(model_dirs[name])) for name in args.served}
 
     def median_us(fn, repeat: int = 300) -> float:  # noqa: ANN001
@@ -474,7 +472,7 @@ def _breakdown(
         return sorted(times)[len(times) // 2] * 1e6
 
     async def redis_us() -> tuple[float, float, object]:
-        """(plain HGETALL, the store's read) medians, same client library, and one read."""
+        """(redis-py HGETALL, the store's read) medians, and one read."""
         store = FeatureStore.connect(args.redis_url, PREFIX, timeout=1.0)
         plain = aioredis.Redis.from_url(args.redis_url)
         namespace = (await plain.get(f"{PREFIX}current")).decode()
@@ -492,43 +490,26 @@ def _breakdown(
         await plain.aclose()
         return _median_us(plain_times[100:]), _median_us(store_times[100:]), read
 
-    async def pooled_us(model, rows) -> float:  # noqa: ANN001
-        """Median of the score call handed to the scoring thread and awaited, as the
-        route does it. Not interleaved with direct calls: TensorFlow is slower when the
-        calling thread keeps changing, which never happens in the service."""
-        scorer = Scorer(threads=1)
-        times = []
-        for _ in range(350):
-            start = time.perf_counter()
-            await scorer.run(model.score, rows)
-            times.append(time.perf_counter() - start)
-        scorer.shutdown()
-        return _median_us(times[50:])
-
-    # uvloop, as under uvicorn: the thread hand-off is cheaper than on asyncio's default loop.
-    plain_us, store_us, read = uvloop.run(redis_us())
-    print(f"\nRedis, median µs: plain HGETALL {plain_us:.0f}, store read (EVALSHA) {store_us:.0f}"
+    plain_us, store_us, read = uvloop.run(redis_us())  # uvloop, as under uvicorn
+    print(f"\nRedis, median µs: redis-py HGETALL {plain_us:.0f}, store read {store_us:.0f}"
           f"; load average {_load_average()}")  # fmt: skip
     for name, model in models.items():
 
         def build_table(model=model) -> None:  # noqa: ANN001
-            model.item_table(dict(read.movies))  # a new movie table: built, never cached
+            model.scorer.item_table(dict(read.movies))  # a new movie table each time
 
         build_ms = median_us(build_table, repeat=5) / 1000
         print(f"item table of {len(read.movies)} movies, {name}: {build_ms:.1f} ms to build")
     print("\nWhere the time goes (median µs per request, in-process, one thread):")
     print("| fields | candidates | parse+validate | store read | build candidates |", end="")
-    print(" score (NumPy) | score (TensorFlow) | rank+serialize | score via pool |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(" score (NumPy) | explain (NumPy) | order+serialize |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, model in models.items():
         for n in args.candidates:
-            parse, build, np_time, tf_time, out = _breakdown_row(
+            parse, build, score, explain, out = _breakdown_row(
                 model, n, users[0], movies, read, median_us
             )
-            ids = [int(m) for m in movies[:n]]
-            rows = candidates(model.fields, int(users[0]), read.user, ids, read.movies)
-            pooled = uvloop.run(pooled_us(model, rows))
-            cells = (parse, store_us, build, np_time, tf_time, out, pooled)
+            cells = (parse, store_us, build, score, explain, out)
             print(
                 f"| {name} ({len(model.fields)}) | {n} | "
                 + " | ".join(f"{c:.0f}" for c in cells)
@@ -541,27 +522,29 @@ def _median_us(times: list[float]) -> float:
 
 
 def _breakdown_row(model, n: int, user: str, movies: list[str], read, median_us) -> tuple:  # noqa: ANN001
-    """(parse+validate, build candidates, score with the NumPy ranker, score through the rank
-    signature, rank+serialize) medians, as the route does them, with the user's features and
-    the movie table from a real ``FeatureStore.read``."""
-    from dataclasses import replace
-
+    """(parse+validate, build candidates, score, explain, order+serialize) medians, as the
+    route does them, with the user's features and the movie table from a real
+    ``FeatureStore.read``."""
     import orjson
 
-    from service.ranking import candidates, scores_json
+    from service.candidates import Candidates
+    from service.routes.scoring import ranked_indices, score_entries
     from service.schemas import ScoreRequest
 
     body = orjson.dumps({"user_id": int(user), "movie_ids": [int(m) for m in movies[:n]]})
     request = ScoreRequest.model_validate_json(body)
 
-    def rows_of():  # noqa: ANN202
-        return candidates(model.fields, request.user_id, read.user, request.movie_ids, read.movies)
+    def rows_of() -> Candidates:
+        return Candidates.of_request(
+            model.fields, request.user_id, read.user, request.movie_ids, read.movies
+        )
 
     rows = rows_of()
     scored = model.score(rows)
 
     def respond() -> bytes:
-        scores = scores_json(request.movie_ids, scored.probability, scored.movie_known, None)
+        order = ranked_indices(scored.probability, request.top_k)
+        scores = score_entries(request.movie_ids, scored, order)
         reply = {"user_id": 1, "model_version": 1, "user_known": True, "scores": scores}
         return orjson.dumps(reply)
 
@@ -569,7 +552,7 @@ def _breakdown_row(model, n: int, user: str, movies: list[str], read, median_us)
         median_us(lambda: ScoreRequest.model_validate_json(body)),
         median_us(rows_of),
         median_us(lambda: model.score(rows), repeat=200),
-        median_us(lambda: replace(model, ranker=None).score(rows), repeat=200),
+        median_us(lambda: model.explain(rows), repeat=200),
         median_us(respond),
     )
 

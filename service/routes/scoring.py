@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from service import explanation
-from service.candidates import Candidates, Explanation
+from service.candidates import Candidates, Explanation, Scores
 from service.deps import DirectRoute, ScoringDep
 from service.errors import InvalidRequest
 from service.feature_store import FeatureRead
@@ -64,12 +64,7 @@ async def score(request: ScoreRequest, scoring: ScoringDep) -> Response:
             result = await scoring.batcher.run(model.score, rows)
         scored.probability = result.probability
         order = ranked_indices(result.probability, request.top_k)
-        ids, probability = request.movie_ids, _shortest(result.probability)
-        known = result.movie_known.tolist()
-        entries = [
-            {"movie_id": ids[i], "probability": probability[i], "movie_known": known[i]}
-            for i in order
-        ]
+        entries = score_entries(request.movie_ids, result, order)
         if request.explain:
             for entry, i in zip(entries, order, strict=True):
                 entry.update(_explanation(model, rows, i, result, features))
@@ -140,6 +135,15 @@ def ranked_indices(probability: np.ndarray, top_k: int | None) -> Sequence[int]:
     ties = np.flatnonzero(probability == kth)[: top_k - len(above)]  # the first ones
     chosen = np.concatenate([above, ties])
     return chosen[np.argsort(-probability[chosen], kind="stable")].tolist()
+
+
+def score_entries(movie_ids: Sequence[int], scores: Scores, order: Sequence[int]) -> list[dict]:
+    """The reply's ``scores`` entries, rows in ``order``."""
+    probability, known = _shortest(scores.probability), scores.movie_known.tolist()
+    return [
+        {"movie_id": movie_ids[i], "probability": probability[i], "movie_known": known[i]}
+        for i in order
+    ]
 
 
 def _shortest(probability: np.ndarray) -> list[float]:
