@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from model.errors import AfmError
@@ -104,8 +105,23 @@ class MultiWorker:
         return cls(cluster, make_strategy())
 
     def mean(self, values: list[float]) -> list[float]:
-        """``all_mean``: every worker must call it with as many values."""
-        return all_mean(self.strategy, values)
+        """The mean of ``values`` over all workers (a collective: every worker must call it,
+        with as many values)."""
+        import tensorflow as tf
+
+        return [float(v) for v in self._mean(tf.constant(values, dtype=tf.float64)).numpy()]
+
+    @cached_property
+    def _mean(self) -> Any:
+        """One tf.function for every ``mean``: traced once per length of ``values``."""
+        import tensorflow as tf
+
+        @tf.function
+        def reduce(local: tf.Tensor) -> tf.Tensor:
+            per_replica = self.strategy.run(tf.identity, args=(local,))
+            return self.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
+        return reduce
 
 
 class StepRunner:
@@ -160,15 +176,3 @@ class StepRunner:
         for done in range(0, steps, STEPS_PER_CALL):
             self._steps(iterator, tf.constant(min(STEPS_PER_CALL, steps - done)))
         return float(self.loss.result()), float(self.auc.result())
-
-
-def all_mean(strategy: Any, values: list[float]) -> list[float]:
-    """The mean of ``values`` over all workers (a collective: every worker must call it)."""
-    import tensorflow as tf
-
-    @tf.function
-    def reduce(local: tf.Tensor) -> tf.Tensor:
-        per_replica = strategy.run(tf.identity, args=(local,))
-        return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
-
-    return [float(v) for v in reduce(tf.constant(values, dtype=tf.float64)).numpy()]
