@@ -29,10 +29,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
 from model.contracts import export_format
+
+_NO_FIELDS: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,10 +142,7 @@ class NumpyScorer:
         known_ids = self._ids[export_format.MOVIE_ID]
         ids = [*movies, *(movie for movie in known_ids if movie not in movies)]
         sides = np.stack(  # (M, I, k + 1): each movie field's [v | w]
-            [
-                self._embed(f, [_movie_value(movies, movie, f) for movie in ids] + [""])
-                for f in self._item_fields
-            ],
+            [self._embed(f, _movie_values(movies, ids, f)) for f in self._item_fields],
             axis=1,
         )
         k = self._k
@@ -209,11 +209,13 @@ class NumpyScorer:
         ids, table = self._ids[field], self._tables[field]
         if field not in export_format.MULTI_VALUED:
             return table[[ids.get(value, 0) for value in values]]
-        counts = np.zeros((len(values), len(table)), np.float32)  # (n, ids): each id's count
-        for row, joined in enumerate(values):
+        distinct = {joined: row for row, joined in enumerate(dict.fromkeys(values))}  # few
+        counts = np.zeros((len(distinct), len(table)), np.float32)  # each id's count
+        for row, joined in enumerate(distinct):
             for part in export_format.split_values(field, joined) or [""]:
                 counts[row, ids.get(part, 0)] += 1
-        return (counts @ table) / counts.sum(axis=1, keepdims=True)
+        means = (counts @ table) / counts.sum(axis=1, keepdims=True)
+        return means[[distinct[joined] for joined in values]]
 
     def _pairs(
         self,
@@ -313,11 +315,14 @@ def _sides(
     return [side.index(a) for a, _ in side_pairs], [side.index(b) for _, b in side_pairs]
 
 
-def _movie_value(movies: Mapping[str, Mapping[str, str]], movie_id: str, field: str) -> str:
-    """Movie ``movie_id``'s raw value of a movie field; ``""`` when unknown."""
+def _movie_values(
+    movies: Mapping[str, Mapping[str, str]], movie_ids: Sequence[str], field: str
+) -> list[str]:
+    """Each movie's raw value of a movie field (``""`` where unknown), then the unknown
+    movie's ``""``."""
     if field == export_format.MOVIE_ID:
-        return movie_id
-    return movies.get(movie_id, {}).get(field, "")
+        return [*movie_ids, ""]
+    return [*(movies.get(movie, _NO_FIELDS).get(field, "") for movie in movie_ids), ""]
 
 
 def _decimal(movie_id: str) -> bool:
