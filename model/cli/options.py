@@ -1,4 +1,5 @@
-"""What the ``afm-ctr`` commands share: option types, defaults, and the one-line failure.
+"""What the ``afm-ctr`` commands share: option types, defaults, option groups and the
+one-line failure.
 
 Each option carries its help and environment variable (``AFM_*``), so a container sets env
 where a person passes flags.
@@ -6,9 +7,13 @@ where a person passes flags.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -76,3 +81,33 @@ def fail(exc: Exception) -> typer.Exit:
     """Log ``exc`` as one error line; raise the result ``from None``: exit 1, no traceback."""
     log.error("%s", exc)
     return typer.Exit(code=1)
+
+
+def with_option_groups(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with its option groups spelled out for Typer, which has none of its own
+    (fastapi/typer#153).
+
+    A parameter of ``command`` annotated with a dataclass whose fields are options (their
+    ``Annotated`` types and defaults, as a command's parameters are written) stands, in its
+    place, for those options; ``command`` gets them back as one instance of the dataclass.
+    Called directly, the options of a group default as its fields do.
+    """
+    groups: dict[str, tuple[type, list[inspect.Parameter]]] = {}
+    parameters: list[inspect.Parameter] = []
+    for parameter in inspect.signature(command, eval_str=True).parameters.values():
+        group = parameter.annotation
+        if dataclasses.is_dataclass(group) and isinstance(group, type):
+            options = list(inspect.signature(group, eval_str=True).parameters.values())
+            groups[parameter.name] = (group, options)
+            parameters += options
+        else:
+            parameters.append(parameter)
+
+    @functools.wraps(command)
+    def grouped(**kwargs: Any) -> None:
+        for name, (group, options) in groups.items():
+            kwargs[name] = group(**{o.name: kwargs.pop(o.name, o.default) for o in options})
+        command(**kwargs)
+
+    grouped.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    return grouped

@@ -6,6 +6,7 @@ the commands, after ``logs.quiet_tensorflow_import``.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -29,15 +30,14 @@ from model.cli.options import (
     TrainFileOpt,
     ValidFileOpt,
     fail,
+    with_option_groups,
 )
 from model.config import (
     DEFAULT_OOV_RATE,
     SYNTHETIC_DEFAULTS,
     AFMConfig,
     DataConfig,
-    Dataset,
     FieldSet,
-    Protocol,
     TrainConfig,
     as_record,
 )
@@ -69,19 +69,84 @@ def synth(
     typer.echo(f"wrote {ratings} ratings of {users} users on {movies} movies to {out}")
 
 
+@dataclass(frozen=True)
+class DataFlags:
+    """Where the rows come from: the data flags train and prepare share."""
+
+    dataset: DatasetOpt = None
+    data_dir: DataDirOpt = None
+    cache_dir: CacheDirOpt = DataConfig.cache_dir
+    protocol: ProtocolOpt = DataConfig.protocol
+    negatives: NegativesOpt = DataConfig.negatives
+    train_file: TrainFileOpt = None
+    valid_file: ValidFileOpt = None
+    test_file: TestFileOpt = None
+
+
+@dataclass(frozen=True)
+class TrainingFlags:
+    """TrainConfig's flags, but the seed (which seeds the data too)."""
+
+    epochs: Annotated[int, typer.Option(min=1)] = TrainConfig.epochs
+    batch_size: Annotated[int, typer.Option(min=1)] = TrainConfig.batch_size
+    learning_rate: Annotated[float, typer.Option(min=0.0)] = TrainConfig.learning_rate
+    patience: Annotated[
+        int, typer.Option(min=1, help="Early-stopping patience on validation AUC.")
+    ] = TrainConfig.patience
+
+
+@dataclass(frozen=True)
+class ModelFlags:
+    """AFMConfig's flags, but the field set and the OOV rate (which default by field set)."""
+
+    embedding_dim: Annotated[int, typer.Option(min=1, help="k, the embedding size.")] = (
+        AFMConfig.embedding_dim
+    )
+    attention_factor: Annotated[
+        int, typer.Option(min=1, help="t, the attention network's hidden size.")
+    ] = AFMConfig.attention_factor
+    dropout: Annotated[
+        float, typer.Option(min=0.0, max=0.99, help="Dropout on the pooled vector.")
+    ] = AFMConfig.dropout
+    l2_attention: Annotated[float, typer.Option(min=0.0, help="L2 on the attention matrix W.")] = (
+        AFMConfig.l2_attention
+    )
+    no_attention: Annotated[
+        bool, typer.Option("--no-attention", help="FM ablation: every pair weighs 1.")
+    ] = False
+    fm_init: Annotated[
+        bool,
+        typer.Option(
+            help="Start the AFM as the FM: h = 0, pooled vector scaled by the pair count. "
+            "--no-fm-init: the paper's plain softmax average."
+        ),
+    ] = AFMConfig.fm_init
+    pair_bias: Annotated[
+        bool,
+        typer.Option(
+            help="Add a learned score offset c_ij per pair to the attention (global pair "
+            "importance on top of the per-example attention)."
+        ),
+    ] = AFMConfig.pair_bias
+    l2_pair_bias: Annotated[
+        float, typer.Option(min=0.0, help="L2 on the per-pair attention offsets c.")
+    ] = AFMConfig.l2_pair_bias
+
+    def config(self, fields: FieldSet, oov_rate: float | None) -> AFMConfig:
+        flags = {k: v for k, v in asdict(self).items() if k != "no_attention"}
+        oov_rate = DEFAULT_OOV_RATE[fields] if oov_rate is None else oov_rate
+        return AFMConfig(
+            fields=fields, oov_rate=oov_rate, use_attention=not self.no_attention, **flags
+        )
+
+
+@with_option_groups
 def train(
     model_dir: Annotated[
         Path,
         typer.Option(help="Export root; a new numbered version is added.", envvar="AFM_MODEL_DIR"),
     ],
-    dataset: DatasetOpt = None,
-    data_dir: DataDirOpt = None,
-    cache_dir: CacheDirOpt = DataConfig.cache_dir,
-    protocol: ProtocolOpt = DataConfig.protocol,
-    negatives: NegativesOpt = DataConfig.negatives,
-    train_file: TrainFileOpt = None,
-    valid_file: ValidFileOpt = None,
-    test_file: TestFileOpt = None,
+    data: DataFlags = DataFlags(),
     prepared: Annotated[
         Path | None,
         typer.Option(
@@ -91,44 +156,8 @@ def train(
             envvar="AFM_PREPARED",
         ),
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = TrainConfig.epochs,
-    batch_size: Annotated[int, typer.Option(min=1)] = TrainConfig.batch_size,
-    learning_rate: Annotated[float, typer.Option(min=0.0)] = TrainConfig.learning_rate,
-    patience: Annotated[
-        int, typer.Option(min=1, help="Early-stopping patience on validation AUC.")
-    ] = TrainConfig.patience,
-    embedding_dim: Annotated[
-        int, typer.Option(min=1, help="k, the embedding size.")
-    ] = AFMConfig.embedding_dim,
-    attention_factor: Annotated[
-        int, typer.Option(min=1, help="t, the attention network's hidden size.")
-    ] = AFMConfig.attention_factor,
-    dropout: Annotated[
-        float, typer.Option(min=0.0, max=0.99, help="Dropout on the pooled vector.")
-    ] = AFMConfig.dropout,
-    l2_attention: Annotated[
-        float, typer.Option(min=0.0, help="L2 on the attention matrix W.")
-    ] = AFMConfig.l2_attention,
-    no_attention: Annotated[
-        bool, typer.Option("--no-attention", help="FM ablation: every pair weighs 1.")
-    ] = False,
-    fm_init: Annotated[
-        bool,
-        typer.Option(
-            help="Start the AFM as the FM: h = 0, pooled vector scaled by the pair count. "
-            "--no-fm-init: the paper's plain softmax average."
-        ),
-    ] = AFMConfig.fm_init,
-    pair_bias: Annotated[
-        bool,
-        typer.Option(
-            help="Add a learned score offset c_ij per pair to the attention (global pair "
-            "importance on top of the per-example attention)."
-        ),
-    ] = AFMConfig.pair_bias,
-    l2_pair_bias: Annotated[
-        float, typer.Option(min=0.0, help="L2 on the per-pair attention offsets c.")
-    ] = AFMConfig.l2_pair_bias,
+    training: TrainingFlags = TrainingFlags(),
+    model: ModelFlags = ModelFlags(),
     fields: FieldsOpt = None,
     oov_rate: Annotated[
         float | None,
@@ -152,39 +181,19 @@ def train(
         raise fail(exc) from None
     manifest, data_config = None, None
     if prepared is not None:
-        given = [flag for flag, value in (("--dataset", dataset), ("--data-dir", data_dir),
-                 ("--train-file", train_file), ("--valid-file", valid_file),
-                 ("--test-file", test_file)) if value is not None]  # fmt: skip
+        rows_flags = ("dataset", "data_dir", "train_file", "valid_file", "test_file")
+        given = [name for name in rows_flags if getattr(data, name) is not None]
         if given:
-            raise typer.BadParameter(f"--prepared holds the rows already; drop {given[0]}")
+            flag = given[0].replace("_", "-")
+            raise typer.BadParameter(f"--prepared holds the rows already; drop --{flag}")
         manifest = _manifest(prepared, fields)
         fields = manifest.field_set
     elif cluster is not None:  # every worker would train alone and export a version
         raise fail(in_memory_refusal(cluster))
     else:
-        data_config, fields = _data_config(
-            dataset, data_dir, cache_dir, protocol, negatives, (train_file, valid_file, test_file),
-            fields, holdout_movies, seed,
-        )  # fmt: skip
-    afm_config = AFMConfig(
-        fields=fields,
-        oov_rate=DEFAULT_OOV_RATE[fields] if oov_rate is None else oov_rate,
-        embedding_dim=embedding_dim,
-        attention_factor=attention_factor,
-        dropout=dropout,
-        l2_attention=l2_attention,
-        use_attention=not no_attention,
-        fm_init=fm_init,
-        pair_bias=pair_bias,
-        l2_pair_bias=l2_pair_bias,
-    )
-    train_config = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        patience=patience,
-        seed=seed,
-    )
+        data_config, fields = _data_config(data, fields, holdout_movies, seed)
+    afm_config = model.config(fields, oov_rate)
+    train_config = TrainConfig(**asdict(training), seed=seed)
     logs.quiet_tensorflow_import()
     from model.data.protocols import prepare as prepare_rows
     from model.training.rows import InMemoryRows, ShardedRows
@@ -222,17 +231,10 @@ def _manifest(prepared: Path, fields: FieldSet | None) -> Manifest:
 
 
 def _data_config(
-    dataset: Dataset | None,
-    data_dir: Path | None,
-    cache_dir: Path,
-    protocol: Protocol,
-    negatives: int,
-    seed_files: tuple[Path | None, Path | None, Path | None],
-    fields: FieldSet | None,
-    holdout_movies: float,
-    seed: int,
+    data: DataFlags, fields: FieldSet | None, holdout_movies: float, seed: int
 ) -> tuple[DataConfig, FieldSet]:
     """The DataConfig and field set the data flags ask for (train and prepare share them)."""
+    dataset, seed_files = data.dataset, (data.train_file, data.valid_file, data.test_file)
     if any(seed_files) and not all(seed_files):
         raise typer.BadParameter("give all three of --train-file, --valid-file, --test-file")
     if all(seed_files) and dataset is not None:
@@ -247,32 +249,14 @@ def _data_config(
         raise typer.BadParameter(
             "seed row files carry no year or genres; use --fields seed (the default for them)"
         )
-    train_file, valid_file, test_file = seed_files
-    config = DataConfig(
-        dataset=dataset,
-        data_dir=data_dir,
-        cache_dir=cache_dir,
-        protocol=protocol,
-        negatives=negatives,
-        seed=seed,
-        train_file=train_file,
-        valid_file=valid_file,
-        test_file=test_file,
-        holdout_movies=holdout_movies,
-    )
-    return config, fields
+    flags = {**asdict(data), "dataset": dataset}
+    return DataConfig(**flags, seed=seed, holdout_movies=holdout_movies), fields
 
 
+@with_option_groups
 def prepare(
     out: Annotated[Path, typer.Option(help="New directory for the shards and manifest.json.")],
-    dataset: DatasetOpt = None,
-    data_dir: DataDirOpt = None,
-    cache_dir: CacheDirOpt = DataConfig.cache_dir,
-    protocol: ProtocolOpt = DataConfig.protocol,
-    negatives: NegativesOpt = DataConfig.negatives,
-    train_file: TrainFileOpt = None,
-    valid_file: ValidFileOpt = None,
-    test_file: TestFileOpt = None,
+    data: DataFlags = DataFlags(),
     fields: FieldsOpt = None,
     holdout_movies: HoldoutMoviesOpt = DataConfig.holdout_movies,
     seed: SeedOpt = DataConfig.seed,
@@ -282,18 +266,15 @@ def prepare(
 ) -> None:
     """Write the training, validation and test rows as TFRecord shards with a manifest, for
     `afm-ctr train --prepared DIR` (streamed, or on several workers)."""
-    data_config, fields = _data_config(
-        dataset, data_dir, cache_dir, protocol, negatives, (train_file, valid_file, test_file),
-        fields, holdout_movies, seed,
-    )  # fmt: skip
+    data_config, fields = _data_config(data, fields, holdout_movies, seed)
     logs.quiet_tensorflow_import()
     from model.data.protocols import prepare as prepare_rows
     from model.data.shards import write_prepared
 
     try:
-        data = prepare_rows(data_config)
+        rows = prepare_rows(data_config)
         config = as_record(data_config)
-        manifest = write_prepared(data, fields, out, shards=shards, seed=seed, data_config=config)
+        manifest = write_prepared(rows, fields, out, shards=shards, seed=seed, data_config=config)
     except AfmError as exc:
         raise fail(exc) from None
     parts = ", ".join(f"{k} {v['rows']:,}" for k, v in manifest.summary().items())

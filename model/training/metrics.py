@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,22 @@ class EpochRecord:
     valid_logloss: float
     examples_per_second: float
     seconds: float
+
+    @classmethod
+    def from_logs(cls, epoch: int, logs: Mapping[str, float]) -> EpochRecord:
+        """The record of Keras's epoch ``logs`` (0-based ``epoch``, as callbacks get it)."""
+        return cls(epoch + 1, **{name: float(logs[key]) for name, key in LOG_KEYS.items()})
+
+
+LOG_KEYS = {
+    "train_loss": "loss",
+    "train_auc": "auc",
+    "valid_auc": "val_auc",
+    "valid_logloss": "val_logloss",
+    "examples_per_second": "examples_per_second",
+    "seconds": "seconds",
+}
+"""EpochRecord's fields after ``epoch``, and the keys of the epoch logs that fill them."""
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -228,16 +228,7 @@ class EpochLog(keras.callbacks.Callback):
         self.records: list[EpochRecord] = []
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        record = EpochRecord(
-            epoch=epoch + 1,
-            train_loss=logs["loss"],
-            train_auc=logs["auc"],
-            valid_auc=logs["val_auc"],
-            valid_logloss=logs["val_logloss"],
-            examples_per_second=logs["examples_per_second"],
-            seconds=logs["seconds"],
-        )
+        record = EpochRecord.from_logs(epoch, logs or {})
         self.records.append(record)
         log.info(
             f"epoch {record.epoch}/{self.epochs}  loss {record.train_loss:.4f}  "
