@@ -1,1 +1,2 @@
-"""Fitting an AFM: the training loop, its optimizer and multi-worker training."""
+"""Fitting an AFM: the training loop (``train``) over its row sources (``rows``), with its
+metrics, curve, progress bar, optimizer and multi-worker training (``distributed``)."""

@@ -97,16 +97,15 @@ def fit(
     if afm.fields != rows.field_set:
         raise AfmError(f"the rows are for --fields {rows.field_set}, not {afm.fields}")
     keras.utils.set_random_seed(train.seed)
-    fields, vocabularies = rows.fields, rows.vocabularies
-    sizes = {f: len(vocabularies[f]) + 1 for f in fields}
-    model = build_afm(fields, sizes, afm, seed=train.seed)  # the one exported
+    sizes = {f: len(rows.vocabularies[f]) + 1 for f in rows.fields}
+    model = build_afm(rows.fields, sizes, afm, seed=train.seed)  # the one exported
     log.debug("model %s; training %s", afm, train)
     if workers is None:
         trainer = evaluator = compiled_trainer(model, train)
         runs = _fit_epochs(trainer, rows.epochs(train.batch_size, train.seed), train)
     else:
         with workers.strategy.scope():
-            trainer = compiled_trainer(build_afm(fields, sizes, afm, seed=train.seed), train)
+            trainer = compiled_trainer(build_afm(rows.fields, sizes, afm, seed=train.seed), train)
         evaluator = probability_model(model)  # plain variables: predicts with no collective
         epochs = rows.worker_epochs(workers, train.batch_size, train.seed)
         runs = _step_epochs(StepRunner(workers.strategy, trainer, train.batch_size), epochs)
@@ -133,21 +132,26 @@ def fit(
     test = rows.predict(evaluator, "test")
     return FitResult(
         model=model,
-        fields=fields,
-        vocabularies=vocabularies,
+        fields=rows.fields,
+        vocabularies=rows.vocabularies,
         history=history,
         best_epoch=best_epoch,
         metrics=_final_metrics(history, best_epoch, valid, test, rows.held_out_movies),
-        metadata={
-            "hyperparameters": {
-                "model": asdict(afm),
-                "training": asdict(train),
-                "data": rows.data_config,
-            },
-            "protocol": rows.protocol,
-            "data": {**rows.data_record(), "workers": cluster.workers if cluster else 1},
-        },
+        metadata=_metadata(rows, afm, train, cluster.workers if cluster else 1),
     )
+
+
+def _metadata(rows: RowSource, afm: AFMConfig, train: TrainConfig, workers: int) -> dict:
+    """metadata.json's record of the run: the configs used, the protocol, the data."""
+    return {
+        "hyperparameters": {
+            "model": asdict(afm),
+            "training": asdict(train),
+            "data": rows.data_config,
+        },
+        "protocol": rows.protocol,
+        "data": {**rows.data_record(), "workers": workers},
+    }
 
 
 def _check_splits(summary: Mapping[str, Mapping[str, int]]) -> None:
