@@ -47,6 +47,8 @@ class Scored(NamedTuple):
 
 
 class RowSource(Protocol):
+    """What ``fit`` asks of its rows; ``InMemoryRows`` and ``ShardedRows`` are the two."""
+
     field_set: str  # a key of contract.FIELD_SETS
     where: str  # for the log: "in memory", "streamed from DIR"
     protocol: str
