@@ -58,7 +58,9 @@ def main() -> None:
         USER_FIELDS,
     )
     from model.data.protocols import prepare
-    from model.training.train import export_trained, fit, roc_auc
+    from model.training.metrics import roc_auc
+    from model.training.rows import InMemoryRows
+    from model.training.train import export_trained, fit
 
     data_config = DataConfig(
         dataset=args.dataset,
@@ -80,10 +82,10 @@ def main() -> None:
             if args.learning_rate is not None:
                 train = replace(train, learning_rate=args.learning_rate)
             start = time.perf_counter()
-            result = fit(data, afm, train)
+            result = fit(InMemoryRows(data, fields, data_config), afm, train)
             wall = time.perf_counter() - start
             with tempfile.TemporaryDirectory() as tmp:
-                version = export_trained(result, data, afm, train, Path(tmp), data_config)
+                version = export_trained(result, Path(tmp))
                 score = tf.saved_model.load(str(version)).signatures[SIGNATURE_SCORE]
                 raw = data.raw(data.test, FIELD_SETS[fields])
                 for field in USER_FIELDS[1:]:

@@ -137,17 +137,6 @@ def configure(*, verbose: bool = False, fmt: LogFormat = "text", timestamps: boo
     logging.captureWarnings(True)
 
 
-def lean_records() -> None:
-    """Leave out of every log record what no formatter here prints: the calling file and line
-    (a walk up the stack per record), and the thread and process names (the logging
-    documentation's "Optimization" settings). An access line took 5.1 instead of 6.7 µs
-    (timeit, text format)."""
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
-
-
 def active_dict_config() -> dict:
     """``dict_config`` of what ``configure`` set up, read back from the root logger (for
     uvicorn, which applies it again in each worker process)."""
