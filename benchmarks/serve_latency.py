@@ -528,7 +528,7 @@ def _breakdown_row(model, n: int, user: str, movies: list[str], read, median_us)
     import orjson
 
     from service.candidates import Candidates
-    from service.routes.scoring import ranked_indices, score_entries
+    from service.routes.scoring import ranked_indices, scores_json
     from service.schemas import ScoreRequest
 
     body = orjson.dumps({"user_id": int(user), "movie_ids": [int(m) for m in movies[:n]]})
@@ -544,7 +544,7 @@ def _breakdown_row(model, n: int, user: str, movies: list[str], read, median_us)
 
     def respond() -> bytes:
         order = ranked_indices(scored.probability, request.top_k)
-        scores = score_entries(request.movie_ids, scored, order)
+        scores = scores_json(request.movie_ids, scored, order)
         reply = {"user_id": 1, "model_version": 1, "user_known": True, "scores": scores}
         return orjson.dumps(reply)
 

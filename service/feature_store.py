@@ -66,6 +66,8 @@ always suffices in practice."""
 _T = TypeVar("_T")
 _NO_MOVIES: Mapping[str, Mapping[str, str]] = MappingProxyType({})
 RawHash = Mapping[bytes, bytes]
+_READ_USER_SHA = hashlib.sha1(feature_layout.READ_USER_SCRIPT.encode()).hexdigest()
+_READ_MOVIES_SHA = hashlib.sha1(feature_layout.READ_MOVIES_SCRIPT.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -130,11 +132,11 @@ class SingleRedis:
         return await self._connection.call(b"GET", self._pointer)
 
     async def user(self, user_id: int | str) -> tuple[bytes | None, RawHash]:
-        reply = await self._evalsha(feature_layout.READ_USER_SCRIPT, [user_id])
+        reply = await self._evalsha(feature_layout.READ_USER_SCRIPT, _READ_USER_SHA, [user_id])
         return (None, {}) if reply is None else (reply[0], _hash(reply[1]))
 
     async def tables(self) -> tuple[bytes | None, RawHash, RawHash]:
-        reply = await self._evalsha(feature_layout.READ_MOVIES_SCRIPT, [])
+        reply = await self._evalsha(feature_layout.READ_MOVIES_SCRIPT, _READ_MOVIES_SHA, [])
         if reply is None:
             return None, {}, {}
         namespace, movies, meta = reply
@@ -143,8 +145,7 @@ class SingleRedis:
     async def close(self) -> None:
         self._connection.close()
 
-    async def _evalsha(self, script: str, args: list[int | str]) -> list | None:
-        sha = hashlib.sha1(script.encode()).hexdigest()
+    async def _evalsha(self, script: str, sha: str, args: list[int | str]) -> list | None:
         return await self._connection.evalsha(script, sha, [self._pointer], args)
 
 

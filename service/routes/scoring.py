@@ -64,16 +64,24 @@ async def score(request: ScoreRequest, scoring: ScoringDep) -> Response:
             result = await scoring.batcher.run(model.score, rows)
         scored.probability = result.probability
         order = ranked_indices(result.probability, request.top_k)
-        entries = score_entries(request.movie_ids, result, order)
         if request.explain:
-            for entry, i in zip(entries, order, strict=True):
-                entry.update(_explanation(model, rows, i, result, features))
+            known = result.movie_known.tolist()
+            scores: Any = [
+                {
+                    "movie_id": request.movie_ids[i],
+                    "movie_known": known[i],
+                    **_explanation(model, rows, i, result, features),
+                }
+                for i in order
+            ]
+        else:
+            scores = scores_json(request.movie_ids, result, order)
         return _json(
             {
                 "user_id": request.user_id,
                 "model_version": model.version,
                 "user_known": features.user is not None,
-                "scores": entries,
+                "scores": scores,
             }
         )
 
@@ -137,19 +145,32 @@ def ranked_indices(probability: np.ndarray, top_k: int | None) -> Sequence[int]:
     return chosen[np.argsort(-probability[chosen], kind="stable")].tolist()
 
 
-def score_entries(movie_ids: Sequence[int], scores: Scores, order: Sequence[int]) -> list[dict]:
-    """The reply's ``scores`` entries, rows in ``order``."""
-    probability, known = _shortest(scores.probability), scores.movie_known.tolist()
-    return [
-        {"movie_id": movie_ids[i], "probability": probability[i], "movie_known": known[i]}
-        for i in order
-    ]
+_ENTRY = b'{"movie_id":'
+_PROBABILITY = b',"probability":'
+_KNOWN = (b',"movie_known":false},', b',"movie_known":true},')
 
 
-def _shortest(probability: np.ndarray) -> list[float]:
-    """Each float32 probability as the shortest decimal that reads back as it (0.1234567,
-    not 0.12345670163631439): the precision it was computed in, and a smaller reply."""
-    return orjson.loads(orjson.dumps(probability, option=orjson.OPT_SERIALIZE_NUMPY))
+def scores_json(movie_ids: Sequence[int], scores: Scores, order: Sequence[int]) -> orjson.Fragment:
+    """The reply's ``scores`` list without explanations, rows in ``order``, serialised:
+    ``[{"movie_id": ..., "probability": ..., "movie_known": ...}, ...]``, each probability the
+    shortest decimal of its float32 value (the precision it was computed in).
+
+    orjson writes the ids and the probabilities as two arrays, and the entries are spliced
+    from their pieces: no dict per entry. A dict per entry through ``orjson.dumps`` cost an
+    eighth of the requests/s at 1,000 candidates with one client (benchmarks/results.md).
+    """
+    n = len(order)
+    if n == 0:
+        return orjson.Fragment(b"[]")
+    index = np.asarray(order, dtype=np.intp)
+    pieces = [_ENTRY] * (5 * n)
+    pieces[1::5] = orjson.dumps([movie_ids[i] for i in order])[1:-1].split(b",")
+    pieces[2::5] = [_PROBABILITY] * n
+    values = np.ascontiguousarray(scores.probability[index], np.float32)  # orjson's native type
+    pieces[3::5] = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+    pieces[4::5] = [_KNOWN[known] for known in scores.movie_known[index].tolist()]
+    pieces[0], pieces[-1] = b"[" + _ENTRY, pieces[-1][:-1] + b"]"  # no comma after the last
+    return orjson.Fragment(b"".join(pieces))
 
 
 def _explanation(

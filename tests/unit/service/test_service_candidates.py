@@ -11,8 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from model.contracts import export_format
-from service.candidates import UNKNOWN_VALUE, Candidates
-from service.routes.scoring import _shortest, ranked_indices
+from service.candidates import UNKNOWN_VALUE, Candidates, Scores
+from service.routes.scoring import ranked_indices, scores_json
 from service.settings import Settings
 
 candidates = Candidates.of_request
@@ -85,15 +85,30 @@ def test_ranked_indices_equal_a_full_stable_sort(seed: int) -> None:
         assert ranked_indices(probability, top_k) == full[:top_k]
 
 
-def test_probabilities_are_written_as_their_float32_values() -> None:
+@pytest.mark.parametrize("top_k", [None, 1, 3, 50])
+def test_scores_json_is_the_list_of_entries(top_k: int | None) -> None:
     rng = np.random.default_rng(3)
-    probability = rng.random(200, dtype=np.float32)
+    movie_ids = rng.integers(1, 2**40, size=40).tolist()
+    probability = rng.random(40, dtype=np.float32)
     probability[[5, 9]] = [0.0, 1.0]
-    shortest = _shortest(probability)
-    reply = orjson.loads(orjson.dumps(shortest))
-    np.testing.assert_array_equal(np.array(reply, dtype=np.float32), probability)  # exactly
-    assert max(len(orjson.dumps(value)) for value in shortest) <= 14  # not float64's 19 digits
-    assert orjson.dumps(_shortest(np.zeros(0, np.float32))) == b"[]"
+    known = rng.random(40) < 0.7
+    order = ranked_indices(probability, top_k)
+    reply = orjson.loads(
+        orjson.dumps({"scores": scores_json(movie_ids, Scores(probability, known), order)})
+    )
+    assert reply["scores"] == [
+        {"movie_id": movie_ids[i], "probability": reply["scores"][n]["probability"],
+         "movie_known": bool(known[i])}
+        for n, i in enumerate(order)
+    ]  # fmt: skip
+    got = np.array([entry["probability"] for entry in reply["scores"]], dtype=np.float32)
+    np.testing.assert_array_equal(got, probability[list(order)])  # float32, exactly
+    assert max(len(orjson.dumps(entry["probability"])) for entry in reply["scores"]) <= 14
+
+
+def test_scores_json_of_no_candidates_is_an_empty_list() -> None:
+    empty = Scores(np.zeros(0, np.float32), np.zeros(0, bool))
+    assert orjson.dumps({"scores": scores_json([], empty, [])}) == b'{"scores":[]}'
 
 
 def test_settings_read_afm_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
