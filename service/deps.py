@@ -99,7 +99,7 @@ class DirectRoute(APIRoute):
     FastAPI documents the route from the endpoint like any other.
 
     The one seam of the service, for POST /score: FastAPI's handler (content-type check,
-    stdlib JSON, the dependency solver) cost about a sixth of its requests/s with one client
+    stdlib JSON, the dependency solver) cost 7-9 % of its requests/s with one client
     (benchmarks/results.md).
     """
 
