@@ -218,32 +218,36 @@ class _StateCollector(Collector):
             "Share of users (percent) the loaded canary scores; 0 without one.",
             value=serving.percent,
         )
-        yield CounterMetricFamily(
-            "afm_rollout_policy_errors",
-            "Times the rollout policy file was found broken and ignored (last good one kept).",
-            value=self._models.policy_errors,
-        )
-        yield CounterMetricFamily(
-            "afm_redis_errors",
-            "Feature reads that failed or timed out.",
-            value=self._store.errors_total,
-        )
+        counters = [
+            (
+                "afm_rollout_policy_errors",
+                "Times the rollout policy file was found broken and ignored (last good one kept).",
+                self._models.policy_errors,
+            ),
+            (
+                "afm_redis_errors",
+                "Feature reads that failed or timed out.",
+                self._store.errors_total,
+            ),
+            (
+                "afm_scoring_calls",
+                "Scoring calls made; the requests of one event-loop iteration merge into one call.",
+                self._batcher.calls_total,
+            ),
+            (
+                "afm_scoring_requests",
+                "Scoring requests those calls served (divided by the calls: mean batch).",
+                self._batcher.requests_total,
+            ),
+        ]
+        for name, documentation, value in counters:
+            yield CounterMetricFamily(name, documentation, value=value)
         reloads = CounterMetricFamily(
             "afm_model_loads", "Model versions loaded or refused.", labels=["outcome"]
         )
         for outcome, count in self._models.reloads.items():
             reloads.add_metric([outcome], count)
         yield reloads
-        yield CounterMetricFamily(
-            "afm_scoring_calls",
-            "Scoring calls made; the requests of one event-loop iteration merge into one call.",
-            value=self._batcher.calls_total,
-        )
-        yield CounterMetricFamily(
-            "afm_scoring_requests",
-            "Scoring requests those calls served (divided by the calls: mean batch).",
-            value=self._batcher.requests_total,
-        )
         coverage = GaugeMetricFamily(
             "afm_feature_coverage",
             "Share of loaded users (movie_id: movies) whose value of the field the served "
