@@ -1,12 +1,12 @@
-"""Find, load, warm and atomically swap the serving versions under the model directory.
+"""Find, load, check and atomically swap the serving versions under the model directory.
 
 What serves is one immutable ``Serving`` (stable, optional canary and its share of users,
 previous stable), swapped as a single reference: a request reads it once and keeps its
 ``LoadedModel`` to the end, so a swap never changes the model under a request in flight.
-Versions are loaded on a dedicated thread (never the scoring pool, never the event loop) and
-serve only after warming succeeded. A version that fails is logged once and not retried
-unless its directory is replaced (its mtime changes); what serves keeps serving, so a broken
-version is never promoted.
+Versions are loaded on a dedicated thread (never the event loop, where requests score) and
+serve only after ``load_model``'s check succeeded. A version that fails is logged once and
+not retried unless its directory is replaced (its mtime changes); what serves keeps serving,
+so a broken version is never promoted.
 
 Without a rollout policy file (``model/contracts/rollout.py``) the newest loadable version serves
 everyone and the one it replaced stays loaded as ``previous``. With one, the registry follows
