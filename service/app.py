@@ -14,9 +14,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
+from prometheus_client import disable_created_metrics
+from starlette.middleware.cors import CORSMiddleware
 from threadpoolctl import threadpool_limits
 
+from service import openapi
 from service.access_log import lean_records
+from service.auth import API_KEY_HEADER, ApiKeyDep, ApiKeys
 from service.batching import Batcher
 from service.body_limit import BodySizeLimitMiddleware
 from service.coverage import CoverageMonitor
@@ -26,6 +30,7 @@ from service.loaded_model import load_model
 from service.metrics import Metrics, ObservedRequestsMiddleware
 from service.model_registry import ModelRegistry
 from service.routes import ops, scoring, ui
+from service.schemas import UNAUTHORIZED
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -52,11 +57,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
-    app.include_router(scoring.router)
-    app.include_router(ops.router)
+    openapi.document(app)
+    # The API behind the key when keys are configured; without keys, nothing on its path.
+    protected: dict = {}
+    if settings.accepted_api_keys:
+        app.state.api_keys = ApiKeys(settings.accepted_api_keys)
+        protected = {"dependencies": [ApiKeyDep], "responses": {401: UNAUTHORIZED}}
+    app.include_router(scoring.router, **protected)
+    app.include_router(ops.router, **protected)
+    app.include_router(ops.probes)
     app.include_router(ui.router)
+    metrics.expect(
+        api_routes=[
+            (method, route.path)
+            for router in (scoring.router, ops.router)
+            for route in router.routes
+            for method in getattr(route, "methods", ())
+        ],
+        probe_routes=[getattr(route, "path", "") for route in ops.probes.routes],
+    )
     ui.mount_static(app)
-    # Outermost last: the size limit runs before routing; the observer times (and logs) all.
+    # Outermost last: CORS answers preflights before routing, the size limit runs before
+    # routing, the observer times (and logs) all.
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", API_KEY_HEADER, "Content-Type"],
+            expose_headers=["Retry-After", "WWW-Authenticate"],
+        )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ObservedRequestsMiddleware, metrics=metrics, access_log=settings.access_log)
     return app
@@ -108,10 +138,13 @@ async def _keep_loading(registry: ModelRegistry, interval: float) -> None:
 
 def _set_up_process() -> None:
     """What the service's process needs before it serves: lean log records (an access line
-    per request), TensorFlow's C++ info lines off (it is imported when a version loads, if
-    the user has not chosen), and NumPy's BLAS on the calling thread: the scorer's products
-    are small, and a second BLAS thread would compete with the event loop."""
+    per request), no ``*_created`` series in /metrics (prometheus_client's process-wide
+    switch: a timestamp per series that dashboards do not query), TensorFlow's C++ info
+    lines off (it is imported when a version loads, if the user has not chosen), and NumPy's
+    BLAS on the calling thread: the scorer's products are small, and a second BLAS thread
+    would compete with the event loop."""
     lean_records()
+    disable_created_metrics()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     threadpool_limits(limits=1, user_api="blas")
 

@@ -1,7 +1,7 @@
 """Request dependencies, named like the types they give (FastAPI's ``Annotated`` pattern), and
 ``DirectRoute``, the one route class that resolves them without FastAPI's request handler.
 
-All dependencies are ``async def`` taking the request alone: a plain ``def`` would cost a
+All dependencies are ``async def`` taking the request: a plain ``def`` would cost a
 thread-pool hop per request. Tests replace them through ``app.dependency_overrides``.
 """
 
@@ -10,11 +10,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import get_dependant
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, _effective_route_context_var
 from pydantic import BaseModel, ValidationError
 
 from service.batching import Batcher
@@ -92,40 +94,129 @@ ScoringDep = Annotated[Scoring, Depends(get_scoring)]
 
 
 class DirectRoute(APIRoute):
-    """A route for an endpoint that takes one JSON body model and dependencies of the request
-    alone, called without FastAPI's request handler: the body is validated from its bytes in
-    one pydantic pass (errors located under ``body``, as FastAPI locates them), each
-    dependency (or its override in ``app.dependency_overrides``) is awaited with the request.
+    """A route for an endpoint that takes one JSON body model and dependencies, called
+    without FastAPI's request handler: each dependency (or its override in
+    ``app.dependency_overrides``) is awaited with the request and the values of its own
+    dependencies (FastAPI's security schemes among them), each resolved once per request as
+    FastAPI caches them; the route's, its router's and its inclusion's dependencies
+    (``dependencies=[...]``) run first, as in FastAPI. Then the body is validated from its
+    bytes in one pydantic pass (errors located under ``body``, as FastAPI locates them).
     FastAPI documents the route from the endpoint like any other.
 
     The one seam of the service, for POST /score: FastAPI's handler (content-type check,
     stdlib JSON, the dependency solver) cost 7-9 % of its requests/s with one client
-    (benchmarks/results.md).
+    (benchmarks/results.md). A dependency must be an ``async def`` whose parameters are the
+    request and other such dependencies; anything else is refused when the route is built.
     """
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
-        takes, endpoint = self.dependant, self.endpoint
+        takes, endpoint = _served_dependant(self), self.endpoint
         other = [*takes.path_params, *takes.query_params, *takes.header_params]
-        bodies, providers = takes.body_params, [(d.name, d.call) for d in takes.dependencies]
+        bodies = takes.body_params
         model = bodies[0].field_info.annotation if len(bodies) == 1 else None
-        by_request = all(
-            list(inspect.signature(call).parameters) == ["request"] for _, call in providers
-        )
         one_model = isinstance(model, type) and issubclass(model, BaseModel)
-        if other or takes.cookie_params or not one_model or not by_request:
+        if other or takes.cookie_params or not one_model or _special_params(takes):
             raise TypeError(
                 f"{endpoint.__name__} must take one body model and dependencies of the request"
             )
+        providers = tuple(_provider(dependency) for dependency in takes.dependencies)
         body_name = bodies[0].name
 
         async def handle(request: Request) -> Response:
+            values = await _resolve(providers, request, {})
             try:
                 body = model.model_validate_json(await request.body())
             except ValidationError as exc:
                 errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
                 raise RequestValidationError(errors) from None
-            overrides = request.app.dependency_overrides
-            values = {name: await overrides.get(call, call)(request) for name, call in providers}
             return await endpoint(**{body_name: body}, **values)
 
         return handle
+
+
+@dataclass(frozen=True, slots=True)
+class _Provider:
+    """One dependency as ``DirectRoute`` calls it: the request goes to the parameters named
+    in ``request_names``, and each of ``needs`` (resolved first) to its own parameter."""
+
+    name: str | None  # None: a route or router dependency, run for its effect only
+    call: Callable[..., Awaitable[Any]]
+    request_names: tuple[str, ...]
+    needs: tuple[_Provider, ...]
+    use_cache: bool
+
+
+def _provider(dependant: Dependant) -> _Provider:
+    call = dependant.call
+    takes_more = [
+        *dependant.path_params,
+        *dependant.query_params,
+        *dependant.header_params,
+        *dependant.cookie_params,
+        *dependant.body_params,
+    ]
+    is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(
+        getattr(call, "__call__", None)  # noqa: B004  # a security scheme: an object
+    )
+    if takes_more or _special_params(dependant) or not is_async:
+        name = getattr(call, "__name__", type(call).__name__)
+        raise TypeError(
+            f"{name} must be an async function of the request and of dependencies like it"
+        )
+    request_names = (dependant.request_param_name, dependant.http_connection_param_name)
+    return _Provider(
+        dependant.name,
+        call,  # type: ignore[arg-type]  # checked above
+        tuple(name for name in request_names if name),
+        tuple(_provider(need) for need in dependant.dependencies),
+        dependant.use_cache,
+    )
+
+
+def _special_params(dependant: Dependant) -> bool:
+    """Whether it takes what DirectRoute does not give: a response, background tasks, a
+    websocket, security scopes."""
+    return any(
+        (
+            dependant.response_param_name,
+            dependant.background_tasks_param_name,
+            dependant.websocket_param_name,
+            dependant.security_scopes_param_name,
+        )
+    )
+
+
+async def _resolve(
+    providers: tuple[_Provider, ...], request: Request, cache: dict[Callable, Any]
+) -> dict[str, Any]:
+    """The named values of ``providers`` for this request (``cache``: values already
+    resolved in it, by the dependency's function, as FastAPI's cache keys them)."""
+    values: dict[str, Any] = {}
+    overrides = request.app.dependency_overrides
+    for provider in providers:
+        key = provider.call
+        if provider.use_cache and key in cache:
+            value = cache[key]
+        else:
+            used = provider
+            if key in overrides:  # built per request, as FastAPI does: overrides are for tests
+                override = get_dependant(path="", call=overrides[key], name=provider.name)
+                used = _provider(override)
+            kwargs = await _resolve(used.needs, request, cache) if used.needs else {}
+            for name in used.request_names:
+                kwargs[name] = request
+            value = cache[key] = await used.call(**kwargs)
+        if provider.name is not None:
+            values[provider.name] = value
+    return values
+
+
+def _served_dependant(route: APIRoute) -> Dependant:
+    """The route's dependant as served: FastAPI builds an included route's handler with the
+    inclusion's dependencies (``include_router(..., dependencies=...)``) in a context it
+    hands to ``get_route_handler`` through a context variable, which its own ``APIRoute``
+    reads the same way (fastapi.routing, pinned in pyproject.toml)."""
+    context = _effective_route_context_var.get()
+    if context is not None and context.original_route is route:
+        return context.dependant
+    return route.dependant

@@ -28,6 +28,7 @@ class ServiceError(Exception):
     status: ClassVar[int] = 500
     title: ClassVar[str] = "Internal error"
     slug: ClassVar[str] = "internal"
+    headers: ClassVar[dict[str, str]] = {}
     retry_after: int | None = None
 
     def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
@@ -91,6 +92,16 @@ class InvalidRequest(ServiceError):
     slug = "invalid-request"
 
 
+class Unauthorized(ServiceError):
+    """No API key, or one the service was not given (``AFM_API_KEYS``, ``AFM_API_KEYS_FILE``).
+    The detail never repeats the key sent."""
+
+    status = 401
+    title = "API key required"
+    slug = "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="afm-ctr"'}
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     title = "Request body too large"
@@ -112,6 +123,7 @@ def problem_response(
     slug: str | None = None,
     retry_after: int | None = None,
     errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + slug if slug else "about:blank",
@@ -122,7 +134,8 @@ def problem_response(
     }
     if errors is not None:
         body["errors"] = errors
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    if retry_after is not None:
+        headers = {**(headers or {}), "Retry-After": str(retry_after)}
     return Response(orjson.dumps(body), status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
@@ -158,6 +171,7 @@ async def _service_error(request: Request, exc: Exception) -> Response:
         request.url.path,
         slug=exc.slug,
         retry_after=exc.retry_after,
+        headers=exc.headers,
     )
 
 
@@ -211,27 +225,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    _document_problems(app)
-
-
-def _document_problems(app: FastAPI) -> None:
-    """OpenAPI lists error bodies under the media type they are sent with.
-
-    FastAPI documents every ``responses={...: {"model": Problem}}`` as ``application/json``;
-    the handlers above send ``application/problem+json``, and a schema-driven client or
-    fuzzer checks the content type against the schema.
-    """
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        schema = generate()  # FastAPI caches it: the rewrite below runs on the cached copy
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
-                for response in operation.get("responses", {}).values():
-                    content = response.get("content", {})
-                    body = content.get("application/json", {}).get("schema", {})
-                    if body.get("$ref", "").endswith("/Problem"):
-                        response["content"] = {PROBLEM_MEDIA_TYPE: content.pop("application/json")}
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -2,8 +2,11 @@
 
 Request latency is observed by a pure ASGI middleware, labelled by the matched route
 template (``/score``, not ``/score?x``; a mount's path, ``/static/ui``, for every file
-under it), so label cardinality stays fixed. Gauges and counters owned by other objects
-(model version, Redis errors, reloads) are read at scrape time.
+under it), so label cardinality stays fixed. Health checks and scrapes have their own
+histogram, so they do not dilute the request rate and latency of the API; the API routes'
+series for 200, 500 and 503 exist from the start, so an error ratio reads 0, not "no data".
+Gauges and counters owned by other objects (model version, Redis errors, reloads) are read
+at scrape time.
 
 Scoring routes time their work per model version and arm (``Metrics.scoring``) and report
 the probabilities they returned, so a dashboard can compare a canary with stable.
@@ -39,6 +42,9 @@ from service.errors import ServiceError
 from service.feature_store import FeatureStore
 from service.model_registry import ModelRegistry
 
+EXPECTED_STATUSES = ("200", "500", "503")
+"""The statuses whose series each API route has from the start: an error-ratio query
+finds its 5xx series at 0 instead of no data."""
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 PROBABILITY_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 
@@ -68,6 +74,15 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.probe_seconds = Histogram(
+            "afm_probe_request_duration_seconds",
+            "Health checks and scrapes (/healthz, /readyz, /metrics), kept out of "
+            "afm_request_duration_seconds.",
+            ["route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._probe_routes: frozenset[str] = frozenset()
         self._scored_children: dict[tuple[str, str, str, str], Histogram] = {}
         self.probabilities = _ProbabilityHistogram()
         self.registry.register(self.probabilities)
@@ -82,6 +97,20 @@ class Metrics:
             "HTTP requests being handled now (this scrape included).",
             registry=self.registry,
         ).set_function(lambda: self.in_flight)
+
+    def expect(self, api_routes: Iterable[tuple[str, str]], probe_routes: Iterable[str]) -> None:
+        """Create the series of each API route (method, path) for ``EXPECTED_STATUSES``, and
+        time ``probe_routes`` apart."""
+        for method, route in api_routes:
+            for status in EXPECTED_STATUSES:
+                self.request_seconds.labels(method, route, status)
+        self._probe_routes = frozenset(probe_routes)
+
+    def request_series(self, method: str, route: str, status: str) -> Histogram:
+        """The histogram child a request is observed in: its route's, or a probe's."""
+        if route in self._probe_routes:
+            return self.probe_seconds.labels(route, status)
+        return self.request_seconds.labels(method, route, status)
 
     def watch(
         self,
@@ -262,8 +291,9 @@ class _StateCollector(Collector):
 
 class ObservedRequestsMiddleware:
     """Time each HTTP request once, from receipt to its response sent (or its failure: 500 if
-    no response had started): the duration goes into ``afm_request_duration_seconds`` under
-    the route template and status and, with ``access_log``, into the request's line
+    no response had started): the duration goes into ``afm_request_duration_seconds`` (a
+    probe's into ``afm_probe_request_duration_seconds``) under the route template and status
+    and, with ``access_log``, into the request's line
     (``service.access_log``). One layer for both, outermost, so a 413 from the size limit is
     counted and logged too. Keeps ``Metrics.in_flight``."""
 
@@ -271,7 +301,6 @@ class ObservedRequestsMiddleware:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
-        self.histogram = metrics.request_seconds
         self._children: dict[tuple[str, str, str], Histogram] = {}  # labels() is not free
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -303,7 +332,7 @@ class ObservedRequestsMiddleware:
         key = (scope["method"], template, str(status))
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self.histogram.labels(*key)
+            child = self._children[key] = self.metrics.request_series(*key)
         child.observe(seconds)
         if self.access_log and access_log.enabled():
             route_path = getattr(route, "path", None) or path  # a static file's, not its mount's

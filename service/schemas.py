@@ -10,7 +10,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-Id = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+ID_MAX = 2**63 - 1
+"""The largest id: a signed 64-bit integer."""
+
+Id = Annotated[StrictInt, Field(ge=0, le=ID_MAX)]
 
 
 class ScoreRequest(BaseModel):
@@ -233,6 +236,11 @@ class Readiness(BaseModel):
     coverage_reason: str | None = Field(None, description="Why coverage is low, when it is.")
 
 
+class FieldError(BaseModel):
+    field: str = Field(description="Where: `body.movie_ids[1]`, `query.user_id`, `body`.")
+    message: str
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details, the body of every error response."""
 
@@ -258,4 +266,29 @@ class Problem(BaseModel):
     status: int
     detail: str
     instance: str
-    errors: list[dict[str, str]] | None = None
+    errors: list[FieldError] | None = Field(
+        None, description="With 422: every invalid field and what is wrong with it."
+    )
+
+
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+"""The header of every 503, as OpenAPI declares a response header."""
+
+UNAVAILABLE = {
+    "model": Problem,
+    "description": "No model loaded yet, or Redis down, slow or empty; retry after "
+    "`Retry-After` seconds.",
+    "headers": RETRY_AFTER,
+}
+UNAUTHORIZED = {
+    "model": Problem,
+    "description": "No API key, or not one of this service's (see the security schemes).",
+    "headers": {
+        "WWW-Authenticate": {"description": "The scheme to use.", "schema": {"type": "string"}}
+    },
+}

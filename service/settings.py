@@ -6,19 +6,24 @@ No module-level instance: ``create_app(settings)`` takes one (tests pass their o
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.contracts.feature_layout import DEFAULT_PREFIX, check_cluster_prefix
 
 
 class Settings(BaseSettings):
-    """Bounds live on the fields, so a bad environment fails at startup with the field named."""
+    """Bounds live on the fields, so a bad environment fails at startup with the field named
+    (and not its value: it may be a key or a password)."""
 
-    model_config = SettingsConfigDict(env_prefix="AFM_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="AFM_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     model_dir: Path = Field(description="Export root; the newest version under it is served.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding user features.")
@@ -57,12 +62,81 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         True, description="One log line per request (method, route, status, milliseconds)."
     )
+    api_keys: SecretStr | None = Field(
+        None,
+        description="API keys, comma-separated; with api_keys_file, either file's or these "
+        "keys are accepted. None: no authentication.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="A file of API keys, one a line (a mounted secret); read at startup."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Origins (scheme://host[:port], comma-separated, or *) whose pages may call "
+        "the API from a browser. None: no CORS headers.",
+    )
+    _accepted_keys: tuple[str, ...] = PrivateAttr(())
+
+    @property
+    def accepted_api_keys(self) -> tuple[str, ...]:
+        """Every key a request may send; empty: authentication is off."""
+        return self._accepted_keys
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        return _split(value) if isinstance(value, str) else value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: scheme://host[:port] with no path, "
+                    "e.g. https://app.example.com"
+                )
+        return origins
+
+    @model_validator(mode="after")
+    def _read_api_keys(self) -> Settings:
+        keys = _split(self.api_keys.get_secret_value()) if self.api_keys else []
+        if self.api_keys_file is not None:
+            keys += _read_keys(self.api_keys_file)
+        for key in keys:
+            if not _KEY.fullmatch(key):  # the key itself never goes into a message
+                raise ValueError(
+                    "an API key may hold only printable ASCII without spaces or commas"
+                )
+        self._accepted_keys = tuple(dict.fromkeys(keys))
+        return self
 
     @model_validator(mode="after")
     def _cluster_prefix(self) -> Settings:
         if self.redis_cluster:
             check_cluster_prefix(self.redis_prefix)  # ValueError: a validation error
         return self
+
+
+_ORIGIN = re.compile(r"https?://[^/\s]+")
+_KEY = re.compile(r"[!-+\--~]+")  # printable ASCII but space and comma
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _read_keys(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read the API keys file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"the API keys file {path} is not UTF-8 text") from None
+    keys = [line.strip() for line in lines if line.strip()]
+    if not keys:  # an empty secret must not turn authentication off
+        raise ValueError(f"the API keys file {path} holds no key")
+    return keys
 
 
 @lru_cache

@@ -1,4 +1,6 @@
-"""Operations: the model in use, liveness, readiness and Prometheus metrics."""
+"""Operations: the model in use and the feature set (``router``, behind the API key when
+keys are configured); liveness, readiness and Prometheus metrics (``probes``, always open:
+orchestrators and scrapers send no key)."""
 
 from __future__ import annotations
 
@@ -9,21 +11,23 @@ from fastapi.responses import Response
 
 from service.deps import CoverageDep, FeatureStoreDep, ModelDep, RegistryDep, SettingsDep
 from service.schemas import (
+    RETRY_AFTER,
+    UNAVAILABLE,
     CoverageReport,
     FeatureSet,
     Health,
     LoadedVersion,
     ModelInfo,
     Movie,
-    Problem,
     Readiness,
     Rollout,
 )
 
 router = APIRouter(tags=["operations"])
+probes = APIRouter(tags=["operations"])
 
 
-@router.get("/model", responses={503: {"model": Problem}})
+@router.get("/model", responses={503: UNAVAILABLE})
 async def model_info(
     model: ModelDep, registry: RegistryDep, store: FeatureStoreDep, coverage: CoverageDep
 ) -> ModelInfo:
@@ -55,7 +59,7 @@ async def model_info(
     )
 
 
-@router.get("/feature-set", responses={503: {"model": Problem}})
+@router.get("/feature-set", responses={503: UNAVAILABLE})
 async def feature_set(store: FeatureStoreDep) -> FeatureSet:
     """What `afm-ctr load-features` loaded: its source, counts, sample users and the most
     rated movies (a recommender's cold-start candidates, and the explanation page's)."""
@@ -75,13 +79,16 @@ async def feature_set(store: FeatureStoreDep) -> FeatureSet:
     )
 
 
-@router.get("/healthz")
+@probes.get("/healthz")
 async def healthz() -> Health:
     """Alive: the process answers. Says nothing about the model or Redis (see /readyz)."""
     return Health()
 
 
-@router.get("/readyz", responses={503: {"model": Readiness, "description": "Not ready."}})
+@probes.get(
+    "/readyz",
+    responses={503: {"model": Readiness, "description": "Not ready.", "headers": RETRY_AFTER}},
+)
 async def readyz(
     registry: RegistryDep,
     store: FeatureStoreDep,
@@ -109,7 +116,7 @@ async def readyz(
     )
 
 
-@router.get("/metrics", include_in_schema=False)
+@probes.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     """Prometheus text format: request latency per route, Redis errors, model version,
     feature coverage."""

@@ -21,25 +21,27 @@ from service.deps import DirectRoute, ScoringDep
 from service.errors import InvalidRequest
 from service.feature_store import FeatureRead
 from service.loaded_model import LoadedModel
-from service.schemas import ExplainResponse, Problem, ScoreRequest, ScoreResponse
+from service.schemas import (
+    ID_MAX,
+    UNAVAILABLE,
+    ExplainResponse,
+    Problem,
+    ScoreRequest,
+    ScoreResponse,
+)
 
 router = APIRouter(tags=["scoring"])
-
-Id = Annotated[int, Query(ge=0, le=2**63 - 1)]
 
 ERRORS = {
     404: {
         "model": Problem,
         "description": "`model_version` is not loaded; `detail` lists the loaded versions.",
     },
-    413: {"model": Problem, "description": "Body larger than max_body_bytes."},
     422: {"model": Problem, "description": "Invalid request; `errors` names each field."},
     500: {"model": Problem, "description": "The model failed; the request was valid."},
-    503: {
-        "model": Problem,
-        "description": "No model, or Redis down, slow or empty; retry after `Retry-After` s.",
-    },
+    503: UNAVAILABLE,
 }
+"""The errors of both routes; /score, which takes a body, adds 413."""
 
 
 async def score(request: ScoreRequest, scoring: ScoringDep) -> Response:
@@ -92,18 +94,21 @@ router.add_api_route(
     methods=["POST"],
     route_class_override=DirectRoute,
     response_model=ScoreResponse,
-    responses=ERRORS,
+    responses={
+        **ERRORS,
+        413: {"model": Problem, "description": "Body larger than AFM_MAX_BODY_BYTES."},
+    },
 )
 
 
 @router.get("/explain", response_model=ExplainResponse, responses=ERRORS)
 async def explain(
-    user_id: Annotated[int, Query(ge=0, le=2**63 - 1, examples=[1])],
-    movie_id: Annotated[int, Query(ge=0, le=2**63 - 1, examples=[1193])],
+    user_id: Annotated[int, Query(ge=0, le=ID_MAX, examples=[1])],
+    movie_id: Annotated[int, Query(ge=0, le=ID_MAX, examples=[1193])],
     scoring: ScoringDep,
     model_version: Annotated[
         int | None,
-        Query(ge=0, le=2**63 - 1, description="Explain with this loaded version (pinned)."),
+        Query(ge=0, le=ID_MAX, description="Explain with this loaded version (pinned)."),
     ] = None,
 ) -> Response:
     """Why the model scores `movie_id` for `user_id` as it does: each field's value with a
