@@ -19,6 +19,9 @@ app = typer.Typer(
     help="Attentional Factorization Machines for click-through-rate scoring.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Click's plain help: rich's option table cuts long option names short ("--attention-fac…")
+    # in an 80-column terminal; click's puts the help under a long name instead.
+    rich_markup_mode=None,
 )
 COMMANDS = (
     training.synth,

@@ -41,6 +41,9 @@ CacheDirOpt = Annotated[
 RedisUrlOpt = Annotated[
     str, typer.Option(help="Redis holding the user features.", envvar="AFM_REDIS_URL")
 ]
+PrefixOpt = Annotated[
+    str, typer.Option(help="Key prefix of the feature set.", envvar="AFM_REDIS_PREFIX")
+]
 ProtocolOpt = Annotated[Protocol, typer.Option(envvar="AFM_PROTOCOL")]
 NegativesOpt = Annotated[int, typer.Option(min=1, help="Negatives per positive (next-item).")]
 TrainFileOpt = Annotated[

@@ -7,7 +7,13 @@ loads features and serves in one command.
 
 from __future__ import annotations
 
+import errno
+import http.client
+import logging
 import os
+import socket
+import threading
+import urllib.parse
 from pathlib import Path
 from typing import Annotated
 
@@ -19,13 +25,24 @@ from model.cli.options import (
     DEFAULT_REDIS_URL,
     CacheDirOpt,
     DataDirOpt,
+    PrefixOpt,
     RedisClusterOpt,
     RedisUrlOpt,
     fail,
 )
 from model.cli.training import load_features, train
 from model.config import DataConfig, Dataset
-from model.errors import AfmError
+from model.contracts.feature_layout import DEFAULT_PREFIX
+from model.errors import AfmError, DownloadError
+
+log = logging.getLogger(__name__)
+
+
+HostOpt = Annotated[str, typer.Option(help="Address to listen on.", envvar="AFM_HOST")]
+PortOpt = Annotated[
+    int, typer.Option(min=1, max=65535, help="Port to listen on.", envvar="AFM_PORT")
+]
+READY_POLL_SECONDS = 0.5  # between the GET /readyz that wait for the service to be ready
 
 
 def serve(
@@ -34,30 +51,124 @@ def serve(
         typer.Option(help="Export root to serve the newest version of.", envvar="AFM_MODEL_DIR"),
     ],
     redis_url: RedisUrlOpt = DEFAULT_REDIS_URL,
-    host: Annotated[str, typer.Option(envvar="AFM_HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="AFM_PORT")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, envvar="AFM_WORKERS")] = 1,
+    prefix: PrefixOpt = DEFAULT_PREFIX,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Server processes (uvicorn workers).", envvar="AFM_WORKERS")
+    ] = 1,
     redis_cluster: RedisClusterOpt = False,
 ) -> None:
     """Run the scoring API (uvicorn). Every flag is also an AFM_* environment variable."""
+    try:
+        check_port_free(host, port)
+    except AfmError as exc:
+        raise fail(exc) from None
+    run_service(
+        model_dir=model_dir,
+        redis_url=redis_url,
+        prefix=prefix,
+        redis_cluster=redis_cluster,
+        host=host,
+        port=port,
+        workers=workers,
+    )
+    log.info("stopped the service on %s", local_url(host, port))
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise AfmError, naming --port and AFM_PORT, if ``host:port`` cannot be listened on:
+    found before anything is trained or loaded, not by uvicorn once everything is."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn binds
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # uvicorn sets it too
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise AfmError(
+                    f"port {port} on {host} is in use by another program; "
+                    "pick another with --port or AFM_PORT"
+                ) from None
+            raise AfmError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another "
+                "port with --port or AFM_PORT, or address with --host or AFM_HOST"
+            ) from None
+
+
+def run_service(
+    *,
+    model_dir: Path,
+    redis_url: str,
+    prefix: str,
+    redis_cluster: bool,
+    host: str,
+    port: int,
+    workers: int = 1,
+    example: bool = False,
+) -> None:
+    """uvicorn serving the app until Ctrl-C. Once GET /readyz answers 200, logs the address
+    (and with ``example``, a request to try)."""
     import uvicorn
 
     # Workers are separate processes that build the app from the environment.
     os.environ["AFM_MODEL_DIR"] = str(model_dir)
     os.environ["AFM_REDIS_URL"] = redis_url
+    os.environ["AFM_REDIS_PREFIX"] = prefix
     os.environ["AFM_REDIS_CLUSTER"] = "1" if redis_cluster else "0"
     if workers == 1:  # the app loads models in a thread, while uvicorn writes to stderr
         logs.quiet_tensorflow_import()
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        # None: keep main()'s setup; worker processes apply it again from the dict.
-        log_config=None if workers == 1 else logs.active_dict_config(),
-        access_log=False,  # the app writes its own access line (service/access_log.py)
+    stopped = threading.Event()
+    announcer = threading.Thread(
+        target=_announce_when_ready,
+        args=(local_url(host, port), example, stopped),
+        name="announce-when-ready",
+        daemon=True,
     )
+    announcer.start()
+    try:
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            # None: keep main()'s setup; worker processes apply it again from the dict.
+            log_config=None if workers == 1 else logs.active_dict_config(),
+            access_log=False,  # the app writes its own access line (service/access_log.py)
+        )
+    finally:
+        stopped.set()
+        announcer.join()
+
+
+def local_url(host: str, port: int) -> str:
+    """The URL of the service from this machine (a wildcard address is reached on loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _announce_when_ready(url: str, example: bool, stopped: threading.Event) -> None:
+    """Log where the service is once GET /readyz answers 200; return quietly on ``stopped``."""
+    address = urllib.parse.urlsplit(url)
+    while not stopped.wait(READY_POLL_SECONDS):
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=2)
+        try:
+            connection.request("GET", "/readyz")
+            status = connection.getresponse().status
+        except (OSError, http.client.HTTPException):  # not listening yet, or stopping
+            continue
+        finally:
+            connection.close()
+        if status == 200:
+            log.info("serving %s  (page: /ui, API docs: /docs; Ctrl-C stops)", url)
+            if example:
+                log.info(
+                    "try: curl -s -X POST %s/score -H 'content-type: application/json' "
+                    '-d \'{"user_id": 1, "movie_ids": [1, 2, 3]}\'',
+                    url,
+                )
+            return
 
 
 def rollout(
@@ -159,8 +270,9 @@ def up(
             envvar="AFM_REDIS_URL",
         ),
     ] = None,
-    host: Annotated[str, typer.Option(envvar="AFM_HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="AFM_PORT")] = 8000,
+    prefix: PrefixOpt = DEFAULT_PREFIX,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
     redis_cluster: RedisClusterOpt = False,
 ) -> None:
     """Train a first version if --model-dir has none, load the features, serve. Ctrl-C stops
@@ -171,6 +283,8 @@ def up(
     if redis_cluster and redis_url is None:
         raise fail(AfmError("--redis-cluster needs --redis-url naming a node of the cluster"))
     try:
+        check_port_free(host, port)
+        _fetch(DataConfig(dataset=dataset, data_dir=data_dir, cache_dir=cache_dir))
         with redis_for(redis_url, cache_dir) as url:
             if latest_version(model_dir) is None:
                 train(model_dir=model_dir, dataset=dataset, data_dir=data_dir, cache_dir=cache_dir)
@@ -179,20 +293,39 @@ def up(
                 dataset=dataset,
                 data_dir=data_dir,
                 cache_dir=cache_dir,
+                prefix=prefix,
                 redis_cluster=redis_cluster,
             )
-            typer.echo(
-                f"serving http://{host}:{port}  (page: /ui, API docs: /docs; Ctrl-C stops)\n"
-                f"try: curl -s -X POST http://{host}:{port}/score -H 'content-type: "
-                'application/json\' -d \'{"user_id": 1, "movie_ids": [1, 2, 3]}\'',
-                err=True,
-            )
-            serve(
+            run_service(
                 model_dir=model_dir,
                 redis_url=url,
+                prefix=prefix,
+                redis_cluster=redis_cluster,
                 host=host,
                 port=port,
-                redis_cluster=redis_cluster,
+                example=True,
             )
     except AfmError as exc:
         raise fail(exc) from None
+    if redis_url is None:
+        log.info(
+            "stopped the service on %s and the embedded Redis (its data stays in %s)",
+            local_url(host, port),
+            cache_dir / "redis",
+        )
+    else:
+        log.info("stopped the service on %s", local_url(host, port))
+
+
+def _fetch(config: DataConfig) -> None:
+    """Download the dataset if it is not at hand yet (reading its users), before anything
+    starts: offline, the one error line then offers the dataset that needs no network."""
+    from model.data.movielens import load_users
+
+    try:
+        load_users(config)
+    except DownloadError as exc:
+        raise AfmError(
+            f"{exc}; or, offline, use the synthetic dataset: --dataset synthetic "
+            "(make up DATASET=synthetic)"
+        ) from None

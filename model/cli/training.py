@@ -22,6 +22,7 @@ from model.cli.options import (
     FieldsOpt,
     HoldoutMoviesOpt,
     NegativesOpt,
+    PrefixOpt,
     ProtocolOpt,
     RedisClusterOpt,
     RedisUrlOpt,
@@ -286,9 +287,7 @@ def load_features(
     dataset: DatasetOpt = DEFAULT_DATASET,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = DataConfig.cache_dir,
-    prefix: Annotated[
-        str, typer.Option(help="Key prefix of the feature set.", envvar="AFM_REDIS_PREFIX")
-    ] = DEFAULT_PREFIX,
+    prefix: PrefixOpt = DEFAULT_PREFIX,
     redis_cluster: RedisClusterOpt = False,
 ) -> None:
     """Write every user's and movie's features and what the load is (source, value labels,

@@ -1,10 +1,14 @@
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from model.cli.main import app
@@ -110,3 +114,73 @@ def test_train_without_prepared_rows_refuses_a_tf_config_cluster(tmp_path: Path)
     assert "Traceback" not in out
     assert out.strip().endswith("exit 1 TF-NOT-LOADED")
     assert not (tmp_path / "models").exists()
+
+
+def _command_names() -> list[str]:
+    return list(typer.main.get_command(app).commands)
+
+
+@pytest.mark.parametrize("command", ["", *_command_names()])
+def test_help_at_80_columns_shows_every_option_name_whole(command: str) -> None:
+    args = [command, "--help"] if command else ["--help"]
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(app, args)
+    assert result.exit_code == 0, result.output
+    click_command = typer.main.get_command(app)
+    if command:
+        click_command = click_command.commands[command]
+    names = [n for p in click_command.params for n in (*p.opts, *p.secondary_opts)]
+    assert names
+    for name in names:
+        assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", result.output), (
+            f"{name} not whole in:\n{result.output}"
+        )
+    assert max(len(line) for line in result.output.splitlines()) <= 80, result.output
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port another program listens on."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        yield other.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["serve", "up"])
+def test_serve_and_up_refuse_a_busy_port_before_loading_anything(
+    command: str, busy_port: int, tmp_path: Path
+) -> None:
+    args = [command, "--model-dir", str(tmp_path / "models"), "--port", str(busy_port)]
+    if command == "up":
+        args += ["--dataset", "synthetic", "--cache-dir", str(tmp_path / "cache")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.output
+    assert f"port {busy_port} on 127.0.0.1 is in use" in errors[0]
+    assert "--port" in errors[0] and "AFM_PORT" in errors[0]
+    assert "Traceback" not in result.output and "serving" not in result.output
+    assert list(tmp_path.iterdir()) == []  # no data synthesized, nothing trained, no Redis
+
+
+def test_up_offline_suggests_the_synthetic_dataset(tmp_path: Path) -> None:
+    with socket.socket() as closed:  # bound, never listening: every connection is refused
+        closed.bind(("127.0.0.1", 0))
+        mirror = f"http://127.0.0.1:{closed.getsockname()[1]}/"
+        result = CliRunner(env={"AFM_MOVIELENS_URL": mirror, "COLUMNS": "300"}).invoke(
+            app,
+            ["up", "--dataset", "ml-1m", "--model-dir", str(tmp_path / "models"),
+             "--cache-dir", str(tmp_path / "cache"), "--port", str(_free_port())],
+        )  # fmt: skip
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.output
+    assert "cannot fetch the checksum" in errors[0]
+    assert "--dataset synthetic" in errors[0] and "make up DATASET=synthetic" in errors[0]
+    assert not (tmp_path / "models").exists() and not (tmp_path / "cache" / "redis").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
