@@ -12,11 +12,12 @@ import httpx
 import numpy as np
 import pytest
 import tensorflow as tf
-from fastapi import Request, Response
+from fastapi import Depends, Request, Response
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from model.contracts import export_format
-from service import deps
+from service import auth, deps
 from service.app import create_app
 from service.routes import scoring
 from service.schemas import ScoreRequest
@@ -116,6 +117,45 @@ def test_score_answers_as_through_fastapis_own_handler(api: TestClient) -> None:
     ]
 
 
+def test_a_key_check_answers_as_through_fastapis_own_handler(api: TestClient) -> None:
+    """The API key dependency, with its security schemes as sub-dependencies, on /score's
+    ``DirectRoute`` and on a plain route: the same answers, keyed or not."""
+    api.app.state.api_keys = auth.ApiKeys(("key-1",))
+    router = api.app.router
+    for path, route_class in (("/score-direct", deps.DirectRoute), ("/score-plain", APIRoute)):
+        router.add_api_route(
+            path,
+            scoring.score,
+            methods=["POST"],
+            dependencies=[auth.ApiKeyDep],
+            route_class_override=route_class,
+        )
+    body, bad_body = {"user_id": 3, "movie_ids": [1, 17]}, {"user_id": -1, "movie_ids": []}
+    cases = [
+        (body, {}),
+        (body, {"X-API-Key": "key-2"}),
+        (body, {"Authorization": "Basic key-1"}),
+        (bad_body, {}),  # the key is checked before the body, by FastAPI too
+        (body, {"X-API-Key": "key-1"}),
+        (body, {"Authorization": "Bearer key-1"}),
+        (bad_body, {"Authorization": "Bearer key-1"}),
+    ]
+    try:
+        direct = [api.post("/score-direct", json=b, headers=h) for b, h in cases]
+        plain = [api.post("/score-plain", json=b, headers=h) for b, h in cases]
+    finally:
+        del router.routes[-2:], api.app.state.api_keys
+    assert [r.status_code for r in direct] == [401, 401, 401, 401, 200, 200, 422]
+    assert [r.status_code for r in plain] == [r.status_code for r in direct]
+    assert [r.headers.get("www-authenticate") for r in plain] == [
+        r.headers.get("www-authenticate") for r in direct
+    ]
+    instance = {"instance": "/score-direct"}
+    assert [r.json() for r in direct] == [
+        {**r.json(), **instance} if "instance" in r.json() else r.json() for r in plain
+    ]
+
+
 def test_the_direct_route_refuses_an_endpoint_it_could_not_call() -> None:
     async def paged(request: ScoreRequest, scoring: deps.ScoringDep, page: int = 0) -> Response:
         return Response()
@@ -126,6 +166,18 @@ def test_the_direct_route_refuses_an_endpoint_it_could_not_call() -> None:
     for endpoint in (paged, raw):
         with pytest.raises(TypeError, match="must take one body model"):
             deps.DirectRoute("/x", endpoint, methods=["POST"])
+
+    def blocking(request: Request) -> None:  # a plain def would need a thread
+        return None
+
+    async def paging(request: Request, page: int = 0) -> None:
+        return None
+
+    for dependency in (blocking, paging):
+        with pytest.raises(TypeError, match="must be an async function of the request"):
+            deps.DirectRoute(
+                "/x", scoring.score, methods=["POST"], dependencies=[Depends(dependency)]
+            )
 
 
 def test_unknown_user_and_movie_are_flagged_and_scored(api: TestClient, reference) -> None:  # noqa: ANN001
