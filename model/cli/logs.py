@@ -24,6 +24,9 @@ _TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
 _QUIET_TF_LOG_LEVEL = "2"  # TensorFlow's C++ errors still show; info and warnings do not
 _LOUD_LOGGERS = ("absl", "h5py", "matplotlib", "PIL", "tensorflow")
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+# uvicorn's general logger is "uvicorn.error": shown as "uvicorn", its start and stop lines
+# being no errors.
+_SHOWN_NAMES = {"uvicorn.error": "uvicorn"}
 
 
 class HumanFormatter(logging.Formatter):
@@ -52,7 +55,7 @@ class HumanFormatter(logging.Formatter):
                 red_or_yellow = "31" if record.levelno >= logging.ERROR else "33"
                 text = f"\x1b[{red_or_yellow}m{text}\x1b[0m"
         if self.timestamps:
-            text = f"{self._time(record)} {record.name}: {text}"
+            text = f"{self._time(record)} {_SHOWN_NAMES.get(record.name, record.name)}: {text}"
         if record.exc_info:
             text = f"{text}\n{self.formatException(record.exc_info)}"
         return text

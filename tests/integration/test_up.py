@@ -97,6 +97,8 @@ def test_up_trains_loads_serves_and_stops_everything(synthetic_dir: Path, tmp_pa
         _stop(process)
     text = output.finish()
     assert process.returncode == 0, text
+    assert "uvicorn.error" not in text  # uvicorn's start and stop lines are not errors
+    assert "uvicorn: Started server process" in text
     lines = output.lines
     serving = next(i for i, line in enumerate(lines) if f"serving {url}" in line)
     assert f"try: curl -s -X POST {url}/score" in lines[serving + 1]
