@@ -34,13 +34,35 @@ function el(tag, attrs = {}, ...children) {
 
 class ProblemError extends Error {}
 
-/** The JSON body of a 2xx answer; otherwise throws with the problem's title and detail. */
-async function api(path, options = {}) {
+// With API keys configured (AFM_API_KEYS), the API answers 401 without one: the page asks
+// for a key, keeps it for this tab (sessionStorage) and sends it as X-API-Key.
+const KEY_STORAGE = "afm-ctr-api-key";
+let askingForKey = null; // one prompt shared by the calls answered 401 together
+
+function askForKey() {
+  askingForKey ??= new Promise((resolve) => {
+    const key = (window.prompt("This service needs an API key. It is kept for this tab only.") || "").trim();
+    if (key) sessionStorage.setItem(KEY_STORAGE, key);
+    askingForKey = null;
+    resolve(key);
+  });
+  return askingForKey;
+}
+
+/** The JSON body of a 2xx answer; otherwise throws with the problem's title and detail.
+ *  A 401 asks for a key once and tries again with it. */
+async function api(path, options = {}, keyJustGiven = false) {
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  const headers = { ...options.headers, ...(key ? { "X-API-Key": key } : {}) };
   let response;
   try {
-    response = await fetch(path, options);
+    response = await fetch(path, { ...options, headers });
   } catch (error) {
     throw new ProblemError(`The service did not answer ${path} (${error.message}).`);
+  }
+  if (response.status === 401 && !keyJustGiven) {
+    sessionStorage.removeItem(KEY_STORAGE); // none, or one the service no longer accepts
+    if (await askForKey()) return api(path, options, true);
   }
   const type = response.headers.get("content-type") || "";
   const body = type.includes("json") ? await response.json() : null;

@@ -19,9 +19,11 @@ import httpx
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.integration.serving.helpers import ServerThread
+from service.settings import Settings
+from tests.integration.serving.helpers import ServerThread, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -203,3 +205,33 @@ def test_metrics_name_the_page_routes(http: httpx.Client) -> None:
     )
     assert {"/", "/ui", "/static/ui", "/static/docs", "/docs", "/openapi.json"} <= routes
     assert "unmatched" not in routes
+
+
+def test_page_asks_for_an_api_key_once_and_keeps_it(
+    browser: WebDriver, trained_model_dir: Path, redis_url: str, loaded_prefix: str
+) -> None:
+    """Last: it leaves the browser on another server. With keys configured, the page's
+    first call gets 401; it asks for a key, ranks with it, and asks no more in this tab."""
+    settings = Settings(
+        model_dir=trained_model_dir,
+        redis_url=redis_url,
+        redis_prefix=loaded_prefix,
+        api_keys="ui-key-1",
+    )
+    with ServerThread(settings) as keyed:
+        wait_until(lambda: httpx.get(f"{keyed.url}/readyz").status_code == 200, what="ready")
+        browser.get(f"{keyed.url}/ui")
+        WebDriverWait(browser, 30).until(expected_conditions.alert_is_present())
+        prompt = browser.switch_to.alert
+        assert "API key" in prompt.text
+        prompt.send_keys("ui-key-1")
+        prompt.accept()
+        wait_for(browser, "body[data-state=ready]")
+        assert browser.find_elements(By.CSS_SELECTOR, "#ranking tbody tr")
+        stored = browser.execute_script("return sessionStorage.getItem('afm-ctr-api-key')")
+        assert stored == "ui-key-1"
+
+        browser.get(f"{keyed.url}/ui")  # the same tab: the key is still there
+        wait_for(browser, "body[data-state=ready]")
+        assert not expected_conditions.alert_is_present()(browser)
+        assert all("401" in entry["message"] for entry in console_errors(browser))
