@@ -27,7 +27,8 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 first_score() {  # poll until /score answers 200; bounded
   for _ in $(seq 1 3000); do
     if curl -fsS -o /dev/null -X POST "http://127.0.0.1:$API_PORT/score" \
-         -H 'content-type: application/json' -d '{"user_id": 1, "movie_ids": [1, 2, 3]}'; then
+         -H 'content-type: application/json' -H "X-API-Key: ${API_KEY-afm-example-key-change-me}" \
+         -d '{"user_id": 1, "movie_ids": [1, 2, 3]}'; then
       return 0
     fi
     sleep 0.1

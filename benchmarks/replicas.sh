@@ -37,6 +37,7 @@ trap 'compose down -v --timeout 5 >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 cat > "$work/score.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-API-Key"] = "${API_KEY-afm-example-key-change-me}"
 local ids = {}
 for i = 1, $CANDIDATES do ids[i] = tostring(i) end
 wrk.body = '{"user_id": 1, "movie_ids": [' .. table.concat(ids, ",") .. ']}'

@@ -43,6 +43,11 @@ SMALL_RUN = {
 }
 
 
+API_KEY = "afm-example-key-change-me"
+"""compose.yaml's default API key; the stack's API routes need it."""
+AUTH = {"X-API-Key": API_KEY}
+
+
 def _docker_answers(env: dict[str, str]) -> bool:
     if shutil.which("docker", path=env.get("PATH")) is None:
         return False

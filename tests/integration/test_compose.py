@@ -15,7 +15,13 @@ import httpx
 import pytest
 
 from model.contracts import export_format
-from tests.integration.compose_helpers import READY_TIMEOUT, UP_TIMEOUT, Stack, running_stack
+from tests.integration.compose_helpers import (
+    AUTH,
+    READY_TIMEOUT,
+    UP_TIMEOUT,
+    Stack,
+    running_stack,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers, pytest.mark.slow]
 
@@ -34,8 +40,13 @@ def test_trainer_exits_zero_and_api_is_healthy(stack: Stack) -> None:
 
 
 def test_score_through_published_port(stack: Stack) -> None:
+    keyless = httpx.post(f"{stack.base_url}/score", json={"user_id": 1, "movie_ids": [1]})
+    assert keyless.status_code == 401, keyless.text  # compose turns API keys on by default
     response = httpx.post(
-        f"{stack.base_url}/score", json={"user_id": 1, "movie_ids": [1, 2, 3]}, timeout=10
+        f"{stack.base_url}/score",
+        json={"user_id": 1, "movie_ids": [1, 2, 3]},
+        headers=AUTH,
+        timeout=10,
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -46,7 +57,7 @@ def test_score_through_published_port(stack: Stack) -> None:
 
 
 def test_explain_through_published_port(stack: Stack) -> None:
-    response = httpx.get(f"{stack.base_url}/explain?user_id=1&movie_id=2", timeout=10)
+    response = httpx.get(f"{stack.base_url}/explain?user_id=1&movie_id=2", headers=AUTH, timeout=10)
     assert response.status_code == 200, response.text
     pairs = response.json()["pairs"]
     assert sorted(tuple(pair["fields"]) for pair in pairs) == sorted(
@@ -62,7 +73,7 @@ def test_second_trainer_run_keeps_the_model(stack: Stack) -> None:
     assert trainer.returncode == 0, trainer.stdout
     assert "not training" in trainer.stdout
     assert "loading user features" in trainer.stdout
-    model = httpx.get(f"{stack.base_url}/model", timeout=10).json()
+    model = httpx.get(f"{stack.base_url}/model", headers=AUTH, timeout=10).json()
     assert model["version"] == 1
 
 
@@ -71,7 +82,10 @@ def test_retrain_rolls_out_a_new_version_without_downtime(stack: Stack) -> None:
     request = {"user_id": 1, "movie_ids": [1, 2, 3]}
     versions_seen: set[int] = set()
     failures: list[str] = []
-    with ThreadPoolExecutor(max_workers=1) as pool, httpx.Client(base_url=stack.base_url) as client:
+    with (
+        ThreadPoolExecutor(max_workers=1) as pool,
+        httpx.Client(base_url=stack.base_url, headers=AUTH) as client,
+    ):
         retrain = pool.submit(stack.run_trainer, "AFM_RETRAIN=1")
         deadline = time.monotonic() + UP_TIMEOUT + READY_TIMEOUT
         while time.monotonic() < deadline and 2 not in versions_seen:

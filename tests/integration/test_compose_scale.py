@@ -22,6 +22,8 @@ import httpx
 import pytest
 
 from tests.integration.compose_helpers import (
+    API_KEY,
+    AUTH,
     READY_TIMEOUT,
     UP_TIMEOUT,
     Stack,
@@ -53,7 +55,7 @@ class Scaled:
         until every pair of ``until`` was seen or READY_TIMEOUT passed."""
         seen: set[tuple[str, int]] = set()
         deadline = time.monotonic() + READY_TIMEOUT
-        with httpx.Client(base_url=self.lb_url, timeout=10) as client:
+        with httpx.Client(base_url=self.lb_url, headers=AUTH, timeout=10) as client:
             while not until <= seen and time.monotonic() < deadline:
                 response = client.get("/model")
                 if response.status_code == 200:
@@ -85,7 +87,7 @@ def scoring_load(url: str, clients: int, pause: float) -> Iterator[Load]:
     load, stop = Load(), threading.Event()
 
     def client() -> None:
-        with httpx.Client(base_url=url, timeout=30) as http:
+        with httpx.Client(base_url=url, headers=AUTH, timeout=30) as http:
             while not stop.is_set():
                 try:
                     response = http.post("/score", json=SCORE)
@@ -119,7 +121,7 @@ def scaled() -> Iterator[Scaled]:
 def test_three_replicas_answer_through_the_load_balancer(scaled: Scaled) -> None:
     hosts = scaled.hostnames()
     assert len(hosts) == 3 and len(set(hosts.values())) == 3, hosts
-    response = httpx.post(f"{scaled.lb_url}/score", json=SCORE, timeout=10)
+    response = httpx.post(f"{scaled.lb_url}/score", json=SCORE, headers=AUTH, timeout=10)
     assert response.status_code == 200 and response.json()["model_version"] == 1
     # /metrics names its replica too (the fixture already saw each one's /model).
     metrics = httpx.get(f"{scaled.lb_url}/metrics", timeout=10).text
@@ -136,6 +138,7 @@ def test_sigterm_finishes_the_request_in_flight(scaled: Scaled) -> None:
     in_flight = http.client.HTTPConnection(host, int(port), timeout=60)
     in_flight.putrequest("POST", "/score")
     in_flight.putheader("content-type", "application/json")
+    in_flight.putheader("x-api-key", API_KEY)
     in_flight.putheader("content-length", str(len(body)))
     in_flight.endheaders(body[:10])  # headers and the start of the body: the request has begun
     time.sleep(1)  # let uvicorn read them before the signal (an ordering aid, not a timing check)
