@@ -6,7 +6,7 @@ guessed at. The candidate-count bound comes from Settings, so it is checked in t
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
@@ -37,6 +37,13 @@ class ScoreRequest(BaseModel):
         None,
         description="Score with this loaded version (see /model); 404 if it is not loaded. "
         "Default: the rollout policy's choice for this user.",
+    )
+    unknown_movies: Literal["last", "drop", "score"] = Field(
+        "last",
+        description="What to do with a candidate the service knows nothing about (the model "
+        "was not trained on its id and the feature set has no features for it, so its score "
+        "says nothing about the movie): `last` lists it after every other candidate, in "
+        "request order; `drop` leaves it out; `score` ranks it by its score like the others.",
     )
 
 
@@ -103,6 +110,11 @@ class ScoreResponse(BaseModel):
     model_version: int
     user_known: bool = Field(description="False: no features in Redis; scored with OOV values.")
     scores: list[MovieScore]
+    unknown_movies: list[int] = Field(
+        default_factory=list,
+        description="The candidates the service knows nothing about (see the request's "
+        "`unknown_movies`), in request order.",
+    )
 
 
 class ExplainResponse(Breakdown):

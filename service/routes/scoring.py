@@ -7,7 +7,7 @@ scores per request would cost more than scoring them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -65,7 +65,8 @@ async def score(request: ScoreRequest, scoring: ScoringDep) -> Response:
         else:
             result = await scoring.batcher.run(model.score, rows)
         scored.probability = result.probability
-        order = ranked_indices(result.probability, request.top_k)
+        unknown = unknown_rows(request.movie_ids, result.movie_known, features.movies)
+        order = reply_order(result.probability, unknown, request.top_k, request.unknown_movies)
         if request.explain:
             known = result.movie_known.tolist()
             scores: Any = [
@@ -84,6 +85,7 @@ async def score(request: ScoreRequest, scoring: ScoringDep) -> Response:
                 "model_version": model.version,
                 "user_known": features.user is not None,
                 "scores": scores,
+                "unknown_movies": [request.movie_ids[i] for i in unknown.tolist()],
             }
         )
 
@@ -133,6 +135,34 @@ async def explain(
                 **_explanation(model, rows, 0, explained, features),
             }
         )
+
+
+def unknown_rows(
+    movie_ids: Sequence[int], movie_known: np.ndarray, movies: Mapping[str, object]
+) -> np.ndarray:
+    """The rows of the candidates the service knows nothing about: the model was not trained
+    on the movie's id and the feature set has no features for it. Ascending."""
+    unknown = [i for i in np.flatnonzero(~movie_known).tolist() if str(movie_ids[i]) not in movies]
+    return np.array(unknown, dtype=np.intp)
+
+
+def reply_order(
+    probability: np.ndarray, unknown: np.ndarray, top_k: int | None, policy: str
+) -> Sequence[int]:
+    """Row order of the reply: request order, or the ``top_k`` best (``ranked_indices``),
+    with the ``unknown`` rows after all others (``last``), left out (``drop``), or ranked
+    like the others (``score``)."""
+    if policy == "score" or not len(unknown):
+        return ranked_indices(probability, top_k)
+    others = np.ones(len(probability), dtype=bool)
+    others[unknown] = False
+    groups = [np.flatnonzero(others), *([unknown] if policy == "last" else [])]
+    order = [
+        row
+        for rows in groups
+        for row in rows[np.asarray(ranked_indices(probability[rows], top_k), np.intp)].tolist()
+    ]
+    return order if top_k is None else order[:top_k]
 
 
 def ranked_indices(probability: np.ndarray, top_k: int | None) -> Sequence[int]:

@@ -226,7 +226,9 @@ function renderRanking() {
       el("td", { class: "genres", text: movieGenres(score) }),
       el("td", { class: "num probability", text: fixed(score.probability, PROBABILITY_DIGITS) }),
     );
-    if (!score.movie_known) row.querySelector(".title").append(el("span", { class: "oov", text: " new" }));
+    const unknown = (state.response.unknown_movies || []).includes(score.movie_id);
+    const note = unknown ? " unknown: no features, not in training; listed last" : " new";
+    if (!score.movie_known) row.querySelector(".title").append(el("span", { class: "oov", text: note }));
     row.setAttribute("aria-selected", String(score.movie_id === state.selected));
     row.addEventListener("click", () => select(score.movie_id));
     row.addEventListener("keydown", (event) => {

@@ -164,6 +164,20 @@ def test_heatmap_shows_the_explain_weights(page: WebDriver, http: httpx.Client) 
         save_screenshot(page, Path(target))
 
 
+def test_a_movie_nothing_is_known_about_is_listed_last_and_says_so(page: WebDriver) -> None:
+    page.find_element(By.ID, "candidates").send_keys(", 987654")  # no model id, no features
+    top_k = page.find_element(By.ID, "top-k")
+    top_k.clear()
+    top_k.send_keys("50")  # every candidate
+    page.find_element(By.ID, "score-button").click()
+    wait_for(page, "body[data-state=ready]")
+    rows = page.find_elements(By.CSS_SELECTOR, "#ranking tbody tr")
+    assert rows[-1].get_attribute("data-movie-id") == "987654"
+    assert "unknown: no features, not in training" in rows[-1].text
+    assert all("unknown" not in row.text for row in rows[:-1])
+    assert console_errors(page) == []
+
+
 def test_errors_show_the_problem_detail(page: WebDriver, http: httpx.Client) -> None:
     user_box = page.find_element(By.ID, "user-id")
     user_box.clear()

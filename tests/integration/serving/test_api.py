@@ -85,7 +85,8 @@ def test_ready_and_serving_version_one(api: TestClient, trained_model_dir: Path)
 
 def test_score_equals_saved_model(api: TestClient, reference, synthetic_users: dict) -> None:  # noqa: ANN001
     movies = [1, 17, 200, 5, UNKNOWN_MOVIE, 42]
-    body = api.post("/score", json={"user_id": 3, "movie_ids": movies}).json()
+    request = {"user_id": 3, "movie_ids": movies, "unknown_movies": "score"}  # request order
+    body = api.post("/score", json=request).json()
     expected = reference(export_format.SIGNATURE_SCORE, _user_row(synthetic_users, 3), 3, movies)
     assert body["user_known"] is True and body["model_version"] == 1
     assert [s["movie_id"] for s in body["scores"]] == movies
@@ -182,8 +183,10 @@ def test_the_direct_route_refuses_an_endpoint_it_could_not_call() -> None:
 
 def test_unknown_user_and_movie_are_flagged_and_scored(api: TestClient, reference) -> None:  # noqa: ANN001
     movies = [UNKNOWN_MOVIE, 7]
-    body = api.post("/score", json={"user_id": UNKNOWN_USER, "movie_ids": movies}).json()
+    request = {"user_id": UNKNOWN_USER, "movie_ids": movies, "unknown_movies": "score"}
+    body = api.post("/score", json=request).json()
     assert body["user_known"] is False
+    assert body["unknown_movies"] == [UNKNOWN_MOVIE]  # no model id, no features in Redis
     assert [s["movie_known"] for s in body["scores"]] == [False, True]
     expected = reference(export_format.SIGNATURE_SCORE, None, UNKNOWN_USER, movies)
     got = [s["probability"] for s in body["scores"]]
@@ -220,6 +223,7 @@ def test_concurrent_requests_each_get_their_own_answer(
             "user_id": int(user),
             "movie_ids": rng.integers(1, 400, size=int(rng.integers(1, 60))).tolist(),
             "explain": bool(i % 3 == 0),
+            "unknown_movies": "score",  # request order: ids above the synthetic 200 are unknown
         }
         for i, user in enumerate(rng.integers(1, 300, size=48))
     ]

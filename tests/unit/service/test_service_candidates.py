@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from model.contracts import export_format
 from service.candidates import UNKNOWN_VALUE, Candidates, Scores
-from service.routes.scoring import ranked_indices, scores_json
+from service.routes.scoring import ranked_indices, reply_order, scores_json, unknown_rows
 from service.settings import Settings
 
 candidates = Candidates.of_request
@@ -141,3 +141,36 @@ def test_settings_need_a_model_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AFM_MODEL_DIR", raising=False)
     with pytest.raises(ValidationError, match="model_dir"):
         Settings()
+
+
+def test_unknown_rows_are_those_neither_the_model_nor_the_feature_set_knows() -> None:
+    known = np.array([True, False, False, True])
+    rows = unknown_rows([7, 8, 9, 10], known, {"8": {"year": "1995"}})
+    assert rows.tolist() == [2]  # 8 has features; 7 and 10 are known to the model
+
+
+@pytest.mark.parametrize(
+    ("policy", "top_k", "expected"),
+    [
+        ("last", None, [0, 2, 4, 1, 3]),  # the others in request order, then the unknown
+        ("last", 3, [4, 2, 0]),  # the others ranked; the unknown only after them
+        ("last", 4, [4, 2, 0, 1]),  # the unknown ranked among themselves
+        ("drop", None, [0, 2, 4]),
+        ("drop", 10, [4, 2, 0]),
+        ("score", 2, [1, 3]),  # ranked like the others
+        ("score", None, [0, 1, 2, 3, 4]),
+    ],
+)
+def test_reply_order_puts_unknown_movies_last_drops_or_scores_them(
+    policy: str, top_k: int | None, expected: list[int]
+) -> None:
+    probability = np.array([0.1, 0.9, 0.2, 0.8, 0.3], dtype=np.float32)
+    unknown = np.array([1, 3], dtype=np.intp)
+    assert list(reply_order(probability, unknown, top_k, policy)) == expected
+
+
+def test_reply_order_without_unknown_movies_is_the_ranking() -> None:
+    probability = np.array([0.1, 0.9, 0.2], dtype=np.float32)
+    none = np.array([], dtype=np.intp)
+    for policy in ("last", "drop", "score"):
+        assert list(reply_order(probability, none, 2, policy)) == [1, 2]

@@ -210,7 +210,8 @@ def test_scores_come_back_in_request_order(client: TestClient, model: FakeModel)
 def test_candidates_carry_their_item_features_from_the_store(
     client: TestClient, model: FakeModel
 ) -> None:
-    body = client.post("/score", json={"user_id": 1, "movie_ids": [5, 1193]}).json()
+    body = {"user_id": 1, "movie_ids": [5, 1193], "unknown_movies": "score"}
+    body = client.post("/score", json=body).json()
     assert [s["movie_known"] for s in body["scores"]] == [False, True]
     columns = model.seen[-1]
     assert list(columns) == list(FIELDS)  # exactly the version's fields
@@ -228,6 +229,32 @@ def test_top_k_returns_the_best_sorted(client: TestClient) -> None:
 def test_top_k_larger_than_candidates_returns_all_sorted(client: TestClient) -> None:
     body = client.post("/score", json={"user_id": 1, "movie_ids": [5, 900], "top_k": 10}).json()
     assert [s["movie_id"] for s in body["scores"]] == [900, 5]
+
+
+@pytest.mark.parametrize(
+    ("policy", "top_k", "expected"),
+    [
+        (None, None, [661, 1193, 42, 7]),  # the default: unknown movies last, request order
+        ("drop", None, [661, 1193]),
+        ("score", None, [42, 661, 7, 1193]),
+        (None, 3, [1193, 661, 42]),  # 42 and 7 only after the known, best first
+    ],
+)
+def test_movies_nothing_is_known_about_follow_the_requested_policy(
+    client: TestClient, policy: str | None, top_k: int | None, expected: list[int]
+) -> None:
+    """42 and 7: neither the model (known 1193, 661) nor the feature set (1193) knows them."""
+    body = {"user_id": 1, "movie_ids": [42, 661, 7, 1193], "top_k": top_k}
+    if policy is not None:
+        body["unknown_movies"] = policy
+    reply = client.post("/score", json=body).json()
+    assert [s["movie_id"] for s in reply["scores"]] == expected
+    assert reply["unknown_movies"] == [42, 7]
+
+
+def test_an_unknown_policy_name_is_422(client: TestClient) -> None:
+    body = {"user_id": 1, "movie_ids": [1], "unknown_movies": "first"}
+    _assert_problem(client.post("/score", json=body), 422, "last")
 
 
 def test_unknown_user_scored_with_oov_values(client: TestClient, model: FakeModel) -> None:
