@@ -102,8 +102,8 @@ function movieGenres(score) {
 
 /**
  * Background for an attention weight, diverging around an equal share of the pairs: white is
- * exactly 1 / pairs, blue more, orange less. The darkest blue is the largest weight and the
- * darkest orange the smallest, unless they are within a quarter of an equal share of it (so
+ * exactly 1 / pairs, blue more, grey less (red and green mean a contribution's sign, below).
+ * The darkest blue is the largest weight and the darkest grey the smallest, unless they are within a quarter of an equal share of it (so
  * nearly uniform attention stays nearly white). Returns the colour and its strength in [0, 1].
  */
 function weightColour(weight, equalShare, smallest, largest) {
@@ -112,7 +112,7 @@ function weightColour(weight, equalShare, smallest, largest) {
   const t = above
     ? (weight - equalShare) / Math.max(largest - equalShare, floor)
     : (equalShare - weight) / Math.max(equalShare - smallest, floor);
-  const to = above ? [8, 48, 107] : [166, 54, 3];
+  const to = above ? [8, 48, 107] : [96, 96, 96];
   const rgb = [255, 255, 255].map((c, i) => Math.round(c + (to[i] - c) * t));
   return { colour: `rgb(${rgb.join(",")})`, strength: t };
 }
@@ -186,7 +186,8 @@ function renderStatus() {
   if (response) parts.push(`model version ${response.model_version}`);
   if (state.featureSet) {
     const fs = state.featureSet;
-    parts.push(`features: ${fs.source || "unnamed feature set"}`);
+    // The dataset's name; not where the server read it from ("ml-1m at /data/ml-1m").
+    parts.push(`features: ${(fs.source || "unnamed feature set").split(" at ")[0]}`);
     if (fs.users != null) parts.push(`${fs.users} users, ${fs.movies} movies`);
   }
   if (parts.length) $("status").textContent = parts.join(" · ");
@@ -222,8 +223,8 @@ function renderRanking() {
         class: score.movie_id === state.selected ? "selected" : "",
       },
       el("td", { class: "rank", text: String(index + 1) }),
-      el("td", { class: "title", text: movieTitle(score) }),
-      el("td", { class: "genres", text: movieGenres(score) }),
+      el("td", { class: "title", text: movieTitle(score), title: movieTitle(score) }),
+      el("td", { class: "genres", text: movieGenres(score), title: movieGenres(score) }),
       el("td", { class: "num probability", text: fixed(score.probability, PROBABILITY_DIGITS) }),
     );
     const unknown = (state.response.unknown_movies || []).includes(score.movie_id);
@@ -305,7 +306,7 @@ function renderHeatmap(score) {
   table.append(body);
   $("heatmap-caption").textContent =
     `Attention weight of each field pair; the ${score.pairs.length} weights sum to 1. ` +
-    `White: an equal share (${fixed(equalShare, WEIGHT_DIGITS)}); blue: more, orange: less ` +
+    `White: an equal share (${fixed(equalShare, WEIGHT_DIGITS)}); blue: more, grey: less ` +
     `(largest ${fixed(largest, WEIGHT_DIGITS)}, smallest ${fixed(smallest, WEIGHT_DIGITS)}). ` +
     "Hover a cell for its contribution to the logit.";
 }

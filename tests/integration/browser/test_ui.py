@@ -95,7 +95,12 @@ def test_page_ranks_as_score_does(page: WebDriver, http: httpx.Client) -> None:
     for row, score in zip(rows, answer, strict=True):
         probability = row.find_element(By.CSS_SELECTOR, ".probability").text
         assert shown(probability, score["probability"], PROBABILITY_DIGITS), (row.text, score)
-        assert row.find_element(By.CSS_SELECTOR, ".title").text == titles[score["movie_id"]]
+        title = row.find_element(By.CSS_SELECTOR, ".title")
+        assert title.text == titles[score["movie_id"]]
+        assert title.get_attribute("title") == titles[score["movie_id"]]  # in full on hover
+    status = page.find_element(By.ID, "status").text
+    assert feature_set["source"].split(" at ")[0] in status
+    assert " at /" in feature_set["source"] and "/" not in status  # no server path on the page
     assert console_errors(page) == []
 
 
