@@ -49,7 +49,9 @@ async def score(request: ScoreRequest, scoring: ScoringDep) -> Response:
 
     An unknown user or movie is scored with out-of-vocabulary features and flagged
     `user_known` / `movie_known: false`; a movie only Redis knows is scored from its genres
-    and year. With `explain: true` every score also carries its explanation, as `/explain`.
+    and year; a movie neither knows is listed in `unknown_movies` and placed as
+    `unknown_movies` in the request says (after the others by default). With `explain: true`
+    every score also carries its explanation, as `/explain`.
     """
     count, limit = len(request.movie_ids), scoring.settings.max_candidates
     if count > limit:
