@@ -253,10 +253,6 @@ class FeatureStore:
         return cls(keys, prefix, retry_after)
 
     @property
-    def prefix(self) -> str:
-        return self._prefix
-
-    @property
     def movies_loaded(self) -> int:
         """Movies in the in-process table (0 before the first read); no Redis call."""
         return len(self._table.movies) if self._table is not None else 0

@@ -21,7 +21,7 @@ from types import ModuleType
 import numpy as np
 
 from model.contracts import export_format
-from model.contracts.numpy_scorer import ItemTable, NumpyScorer
+from model.contracts.numpy_scorer import ItemTable, NumpyScorer, requestable_id
 from service.candidates import EXPLAIN_OUTPUTS, UNKNOWN_VALUE, Candidates, Explanation, Scores
 
 CHECK_TOLERANCE = 1e-5
@@ -126,7 +126,7 @@ def check_rows(fields: Sequence[str], vocabularies: Mapping[str, Sequence[str]])
     (requested by integer id) each with known values of every other movie field, so the
     item table's rows differ, and an unknown movie."""
     users, movies = export_format.rank_sides(tuple(fields))
-    ids = [movie for movie in vocabularies[export_format.MOVIE_ID] if _decimal(movie)][:32]
+    ids = [movie for movie in vocabularies[export_format.MOVIE_ID] if requestable_id(movie)][:32]
     others = [f for f in movies if f != export_format.MOVIE_ID]
     table = {
         movie: {f: vocabularies[f][n % len(vocabularies[f])] for f in others}
@@ -138,11 +138,6 @@ def check_rows(fields: Sequence[str], vocabularies: Mapping[str, Sequence[str]])
         movie_ids=[*map(int, ids), UNKNOWN_MOVIE],
         movies=table,
     )
-
-
-def _decimal(movie_id: str) -> bool:
-    """Whether ``movie_id`` is how a requested integer id reads: "12", not "012" or "x"."""
-    return movie_id.isdecimal() and movie_id == str(int(movie_id))
 
 
 @cache

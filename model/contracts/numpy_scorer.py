@@ -155,7 +155,7 @@ class NumpyScorer:
         return ItemTable(
             movies=movies,
             known=np.array([movie in known_ids for movie in ids] + [False]),
-            rows={int(movie): row for row, movie in enumerate(ids) if _decimal(movie)},
+            rows={int(movie): row for row, movie in enumerate(ids) if requestable_id(movie)},
             vectors=sides,
             rest=np.concatenate(rest, axis=1),
         )
@@ -325,7 +325,7 @@ def _movie_values(
     return [*(movies.get(movie, _NO_FIELDS).get(field, "") for movie in movie_ids), ""]
 
 
-def _decimal(movie_id: str) -> bool:
+def requestable_id(movie_id: str) -> bool:
     """Whether ``movie_id`` is how a requested integer id reads: "12", not "012" or "x"."""
     return movie_id.isdecimal() and movie_id == str(int(movie_id))
 
