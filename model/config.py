@@ -8,7 +8,7 @@ from typing import Any, Literal, get_args
 
 Dataset = Literal["ml-1m", "ml-100k", "synthetic"]
 Protocol = Literal["next-item", "rating"]
-FieldSet = Literal["seed", "all"]  # contract.FIELD_SETS
+FieldSet = Literal["seed", "all", "history"]  # contract.FIELD_SETS
 DATASETS: tuple[str, ...] = get_args(Dataset)
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 

@@ -46,7 +46,18 @@ Rules both halves rely on:
     float32 (s), ``OUTPUT_BIAS`` float32 (w0) and ``OUTPUT_USES_ATTENTION`` bool. Without
     attention t = 0.
 
+  - With HISTORY_FIELD: ``OUTPUT_HISTORY_QUERY`` [k] float32 (q) and
+    ``OUTPUT_HISTORY_RECENCY`` [HISTORY_LENGTH] float32 (r); the field's bag table holds the
+    watched movies' vectors u and linear weights w.
+
   Ids are as in vocabularies.json (value i -> id i + 1; anything else, and ``""`` -> 0).
+  HISTORY_FIELD's [v | w] is not a mean but attention over the watched movies, keyed by the
+  candidate: with the raw string split on its separator, part j (j < HISTORY_LENGTH; empty
+  parts skipped, an unknown one id 0, no part at all the single id 0 at position 0) having
+  the row [u_j | w_j], and m the candidate's movie_id vector v,
+  beta_j = softmax over the row's parts of (q^T (m ⊙ u_j) + r_j), v = sum_j beta_j u_j and
+  w = sum_j beta_j w_j. The explain signature then also returns
+  ``OUTPUT_HISTORY_ATTENTION`` [batch, HISTORY_LENGTH], beta by position (0 where no part).
   With x_ij = v_i ⊙ v_j for each pair of fields (i, j) in ``pairs`` order:
   a_ij = softmax over a row's pairs of (h^T ReLU(K^T x_ij + b) + c_ij), or 1 without
   attention; contribution_ij = s * a_ij * p^T x_ij; linear_f = w_f; bias = w0;
@@ -80,9 +91,25 @@ ITEM_FIELDS: tuple[str, ...] = ("year", "genres")
 ALL_FIELDS: tuple[str, ...] = (*SEED_FIELDS, *ITEM_FIELDS)
 """Eight fields (28 pairs). Multi-valued fields come last (the model embeds them apart)."""
 
-FIELD_SETS: dict[str, tuple[str, ...]] = {"seed": SEED_FIELDS, "all": ALL_FIELDS}
+HISTORY_FIELD = "watched"
+"""What the user watched, most recent first: movie ids joined by "|" ("50|1|181"); "" for a
+user with no history. Only the first HISTORY_LENGTH parts count. It is a user's feature, but
+its vector depends on the candidate: attention over the watched movies keyed by the
+candidate's movie vector (the equation is under ``SIGNATURE_WEIGHTS`` below)."""
 
-MULTI_VALUED: dict[str, str] = {"genres": "|"}
+HISTORY_LENGTH = 20
+"""How many of the most recent watched movies a version reads (and the feature store keeps)."""
+
+HISTORY_FIELDS: tuple[str, ...] = (*ALL_FIELDS, HISTORY_FIELD)
+"""All eight fields and the watched movies (nine fields, 36 pairs)."""
+
+FIELD_SETS: dict[str, tuple[str, ...]] = {
+    "seed": SEED_FIELDS,
+    "all": ALL_FIELDS,
+    "history": HISTORY_FIELDS,
+}
+
+MULTI_VALUED: dict[str, str] = {"genres": "|", HISTORY_FIELD: "|"}
 """Field -> separator of its values, as in ML-1M's movies.dat ("Animation|Comedy")."""
 
 USER_ID, MOVIE_ID = "user_id", "movie_id"
@@ -127,6 +154,9 @@ OUTPUT_PROJECTION = "projection"
 OUTPUT_PAIR_BIAS = "pair_bias"
 OUTPUT_PAIR_SCALE = "pair_scale"
 OUTPUT_USES_ATTENTION = "uses_attention"
+OUTPUT_HISTORY_QUERY = "history_query"
+OUTPUT_HISTORY_RECENCY = "history_recency"
+OUTPUT_HISTORY_ATTENTION = "history_attention"
 METADATA_FILE = "metadata.json"
 VOCABULARIES_FILE = "vocabularies.json"
 FORMAT_VERSION = 3
@@ -148,6 +178,7 @@ def weights_outputs(fields: tuple[str, ...] | list[str]) -> list[str]:
         OUTPUT_PAIR_SCALE,
         OUTPUT_BIAS,
         OUTPUT_USES_ATTENTION,
+        *((OUTPUT_HISTORY_QUERY, OUTPUT_HISTORY_RECENCY) if HISTORY_FIELD in fields else ()),
     ]
 
 
