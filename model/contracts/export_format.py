@@ -135,6 +135,14 @@ def rank_sides(fields: tuple[str, ...] | list[str]) -> tuple[list[str], list[str
     return users, list(fields[len(users) :])
 
 
+def user_inputs(fields: tuple[str, ...] | list[str]) -> list[str]:
+    """The fields whose raw values come with the user, not the movie: the user fields, then
+    HISTORY_FIELD if the version has it (a user's feature, though its vector depends on the
+    candidate, so ``rank_sides`` counts it on the movie side)."""
+    users, _ = rank_sides(fields)
+    return [*users, *(f for f in fields if f == HISTORY_FIELD)]
+
+
 SIGNATURE_SCORE = "serving_default"
 SIGNATURE_EXPLAIN = "explain"
 SIGNATURE_WEIGHTS = "weights"
