@@ -44,11 +44,12 @@ models, which know nothing of a new movie but its id, keep the plain recipe."""
 
 @dataclass(frozen=True)
 class AFMConfig:
-    fields: FieldSet = "all"  # "seed": the six seed-row fields; "all": + the movie's year, genres
+    fields: FieldSet = "all"  # "seed": six seed-row fields; "all": + year, genres; "history": + watched
     embedding_dim: int = 16  # k
     attention_factor: int = 8  # t
     dropout: float = 0.0  # on the pooled vector; 0.2 and 0.5 measured worse (docs/training.md)
     l2_attention: float = 1e-4  # L2 on W only; 1e-2 and up leave no per-example attention
+    l2_embedding: float = 0.0  # L2 on the embedding tables (DeepCTR's l2_reg_embedding)
     use_attention: bool = True  # False: the FM ablation, every pair weighs 1
     fm_init: bool = True  # h = 0 and the pooled vector scaled by P: the AFM starts as the FM
     pair_bias: bool = True  # c_ij: a learned score offset per pair (global pair importance)

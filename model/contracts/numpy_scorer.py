@@ -19,6 +19,11 @@ a movie field (5 of 15 pairs with the seed fields, 15 of 28 with all eight); the
 runs over all P pairs. A candidate's interaction term is s * sum_ij a_ij (p^T (v_i ⊙ v_j)),
 the sum of its pairs' contributions: p^T of the pooled vector, regrouped.
 
+The watched movies (``HISTORY_FIELD``) are a user's feature whose [v | w] depends on the
+candidate: per call, each user's watched movies are looked up once, and each candidate's
+attention over them (keyed by its movie vector) pools them into one more movie-side field, so
+it pairs with the user fields in the same folded product and with each movie field apart.
+
 Arrays are pair-major, (pairs, candidates): the softmax over a candidate's pairs, and every
 element-wise step before it, then run along rows of N candidates instead of rows of 15 or 28
 pairs, where NumPy spends more on each row than on its elements.
@@ -83,6 +88,8 @@ class NumpyScorer:
     ) -> None:
         self.fields: tuple[str, ...] = tuple(fields)
         user_fields, item_fields = export_format.rank_sides(self.fields)
+        self._history = export_format.HISTORY_FIELD in item_fields
+        item_fields = [f for f in item_fields if f != export_format.HISTORY_FIELD]
         single = [f for f in self.fields if f not in export_format.MULTI_VALUED]
         _check(self.fields, single, weights)
 
@@ -120,17 +127,27 @@ class NumpyScorer:
         self._hidden_projection = array(export_format.OUTPUT_ATTENTION_PROJECTION).reshape(1, -1)
         self._scale = np.float32(weights[export_format.OUTPUT_PAIR_SCALE])
         self._bias = np.float32(weights[export_format.OUTPUT_BIAS])
+        if self._history:
+            watched = export_format.HISTORY_FIELD
+            self._watched_ids = {v: i + 1 for i, v in enumerate(vocabularies[watched])}
+            self._watched_table = array(export_format.OUTPUT_BAG_TABLES[watched])  # [u | w]
+            self._query = array(export_format.OUTPUT_HISTORY_QUERY)  # q (k,)
+            self._recency = array(export_format.OUTPUT_HISTORY_RECENCY)  # r (HISTORY_LENGTH,)
+            self._movie = item_fields.index(export_format.MOVIE_ID)
 
-        # Pair rows here: user pairs, user x movie pairs (user field major), movie pairs;
-        # ``_back`` puts them into ``pairs(fields)`` order.
+        # Pair rows here: user pairs, user x movie pairs (user field major; the watched
+        # movies count as the last movie field), movie pairs, then each movie field with the
+        # watched movies; ``_back`` puts them into ``pairs(fields)`` order.
         self._user_fields, self._item_fields, self._i = user_fields, item_fields, len(item_fields)
         user_pairs, item_pairs = export_format.pairs(user_fields), export_format.pairs(item_fields)
         self._user_sides = _sides(user_fields, user_pairs)
         self._item_sides = _sides(item_fields, item_pairs)
         self._item_pairs = len(item_pairs)
-        cross = [(a, b) for a in user_fields for b in item_fields]
+        watched = [export_format.HISTORY_FIELD] if self._history else []
+        cross = [(a, b) for a in user_fields for b in (*item_fields, *watched)]
+        history_pairs = [(a, b) for b in watched for a in item_fields]
         every = export_format.pairs(self.fields)
-        order = [every.index(p) for p in (*user_pairs, *cross, *item_pairs)]
+        order = [every.index(p) for p in (*user_pairs, *cross, *item_pairs, *history_pairs)]
         self._pair_bias = array(export_format.OUTPUT_PAIR_BIAS)[order][:, None]  # c (P, 1)
         self._back = np.argsort(order)
 
@@ -168,7 +185,7 @@ class NumpyScorer:
         item_index: np.ndarray,
     ) -> np.ndarray:
         """The click probabilities alone, float32 (N,); arguments as ``explain``."""
-        weights, total, terms, linear = self._pairs(users, user_index, items, item_index)
+        weights, total, terms, linear, _ = self._pairs(users, user_index, items, item_index)
         pooled = np.einsum("pn,pn->n", weights, terms) / total
         return _sigmoid(self._bias + linear.sum(axis=0) + self._scale * pooled)
 
@@ -181,18 +198,21 @@ class NumpyScorer:
     ) -> dict[str, np.ndarray]:
         """The explain outputs by their contract names: ``probability`` (N,), ``attention``
         and ``contribution`` (N, P) in ``pairs(fields)`` order, ``bias`` (N,), ``linear``
-        (N, F) in field order and ``logit`` (N,).
+        (N, F) in field order and ``logit`` (N,); with the watched movies also
+        ``history_attention`` (N, HISTORY_LENGTH).
 
         Args:
-            users: each user field -> (B,) raw strings, one row per user.
+            users: each of ``export_format.user_inputs(fields)`` -> (B,) raw strings, one row
+                per user.
             user_index: (N,) int32, each candidate's user row.
             items: the movie table's ``item_table``.
             item_index: (N,) int32, each candidate's row of ``items`` (``ItemTable.index``).
         """
-        weights, total, terms, linear = self._pairs(users, user_index, items, item_index)
+        weights, total, terms, linear, watched = self._pairs(users, user_index, items, item_index)
         attention = weights / total
         contribution = attention * terms * self._scale
         logit = self._bias + linear.sum(axis=0) + contribution.sum(axis=0)
+        history = {} if watched is None else {export_format.OUTPUT_HISTORY_ATTENTION: watched}
         return {
             export_format.OUTPUT_PROBABILITY: _sigmoid(logit),
             export_format.OUTPUT_ATTENTION: attention.T[:, self._back],
@@ -200,6 +220,7 @@ class NumpyScorer:
             export_format.OUTPUT_BIAS: np.full(len(logit), self._bias, np.float32),
             export_format.OUTPUT_LINEAR: linear.T,
             export_format.OUTPUT_LOGIT: logit,
+            **history,
         }
 
     def _embed(self, field: str, values: Sequence[str]) -> np.ndarray:
@@ -223,9 +244,10 @@ class NumpyScorer:
         user_index: np.ndarray,
         items: ItemTable,
         item_index: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray | float, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray | float, np.ndarray, np.ndarray, np.ndarray | None]:
         """Pair-major parts of the logit: (P, N) attention weights before normalising,
-        their (N,) totals, the (P, N) projections p^T (v_i ⊙ v_j), the (F, N) linear terms."""
+        their (N,) totals, the (P, N) projections p^T (v_i ⊙ v_j), the (F, N) linear terms;
+        and the (N, HISTORY_LENGTH) attention over the watched movies (None without)."""
         k, t, i = self._k, self._t, self._i
         rows = np.array(  # (B, U) rows of the field table
             [
@@ -240,6 +262,17 @@ class NumpyScorer:
         u, n, pu = len(self._user_fields), len(item_index), len(left)
         vectors = np.take(items.vectors, item_index, axis=0)  # (N, I, k + 1)
         rest = np.take(items.rest, item_index, axis=0).T  # (I + 2 * movie pairs, N)
+        runs = [(0, slice(0, n))] if len(rows) == 1 else _runs(user_index)
+        watched = beta = None
+        if self._history:  # one more movie-side field, (N, k + 1): [v | w]
+            watched, beta = self._watched(users[export_format.HISTORY_FIELD], runs, vectors)
+            history_scores, history_terms = self._pair_scores(
+                vectors[:, :, :k] * watched[:, None, :k]
+            )  # (N, I) each: the movie fields x watched pairs
+            linear_watched = watched[:, k].copy()
+            watched[:, k] = 1.0
+            vectors = np.concatenate([vectors, watched[:, None, :]], axis=1)
+            i += 1
         # The user x movie pairs: W (u ⊙ v) = (u[:, None] * W^T)^T v, and p likewise. Each
         # user's vectors are folded into [W^T | p] once, and one (U * (t + 1), k + 1) @
         # (k + 1, N * I) product per user gives its candidates' hidden layers (the bias
@@ -249,7 +282,6 @@ class NumpyScorer:
         folded[..., :k] = user_vectors[:, :, None, :] * self._kernel.T
         folded[..., k] = self._bias_column
         folded = folded.reshape(len(rows), u * (t + 1), k + 1)
-        runs = [(0, slice(0, n))] if len(rows) == 1 else _runs(user_index)
         if len(runs) == 1:  # one user
             product = np.matmul(folded[runs[0][0]], vectors.reshape(n * i, k + 1).T)
         else:
@@ -258,9 +290,11 @@ class NumpyScorer:
                 part = vectors[run].reshape(-1, k + 1).T
                 product[:, run.start * i : run.stop * i] = np.matmul(folded[user], part)
         product = product.reshape(u, t + 1, n * i)  # [hidden (t); projection] per user field
-        scores = np.empty((pu + u * i + self._item_pairs, n), np.float32)
+        history_pairs = self._i if self._history else 0
+        scores = np.empty((pu + u * i + self._item_pairs + history_pairs, n), np.float32)
         terms = np.empty_like(scores)
         cross = slice(pu, pu + u * i)
+        movie_pairs = slice(cross.stop, cross.stop + self._item_pairs)
         if self._attention:
             hidden = np.maximum(product[:, :t], 0, out=product[:, :t])
             _pair_major(scores[cross], np.matmul(self._hidden_projection, hidden)[:, 0], i)
@@ -270,16 +304,43 @@ class NumpyScorer:
             scores[:pu, run] = user_scores[user, :, None]
             terms[:pu, run] = user_terms[user, :, None]
             linear[:u, run] = user_linear[user, :, None]
-        linear[u:] = rest[:i]
+        linear[u : u + self._i] = rest[: self._i]
         if self._item_pairs:
-            scores[cross.stop :] = rest[i : i + self._item_pairs]
-            terms[cross.stop :] = rest[i + self._item_pairs :]
+            scores[movie_pairs] = rest[self._i : self._i + self._item_pairs]
+            terms[movie_pairs] = rest[self._i + self._item_pairs :]
+        if self._history:
+            linear[-1] = linear_watched
+            scores[movie_pairs.stop :] = history_scores.T
+            terms[movie_pairs.stop :] = history_terms.T
         if not self._attention:  # the FM ablation: every weight 1
-            return np.ones_like(terms), 1.0, terms, linear
+            return np.ones_like(terms), 1.0, terms, linear, beta
         scores += self._pair_bias
         scores -= scores.max(axis=0)
         np.exp(scores, out=scores)
-        return scores, scores.sum(axis=0), terms, linear
+        return scores, scores.sum(axis=0), terms, linear, beta
+
+    def _watched(
+        self, joined: Sequence[str], runs: list[tuple[int, slice]], vectors: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each candidate's [v | w] of the watched movies, (N, k + 1), and its attention over
+        them, (N, HISTORY_LENGTH): beta = softmax(q^T (m ⊙ u_j) + r_j) over the present
+        parts, m the candidate's movie vector (``vectors``' movie_id column)."""
+        k, n = self._k, len(vectors)
+        ids = _history_ids(joined, self._watched_ids)  # (B, HISTORY_LENGTH), -1 past the end
+        keys = vectors[:, self._movie, :k] * self._query  # (N, k): m ⊙ q
+        beta = np.empty((n, export_format.HISTORY_LENGTH), np.float32)
+        pooled = np.empty((n, k + 1), np.float32)
+        for user, run in runs:
+            present = ids[user] >= 0
+            rows = self._watched_table[ids[user][present]]  # (H, k + 1): [u_j | w_j]
+            logits = keys[run] @ rows[:, :k].T + self._recency[present]  # (n_run, H)
+            logits -= logits.max(axis=1, keepdims=True)
+            weights = np.exp(logits)
+            weights /= weights.sum(axis=1, keepdims=True)
+            beta[run] = 0.0
+            beta[run][:, present] = weights
+            pooled[run] = weights @ rows
+        return pooled, beta
 
     def _pair_scores(self, products: np.ndarray) -> list[np.ndarray]:
         """[(n, p) attention scores without c, (n, p) projections p^T x] of pairs' products
@@ -323,6 +384,23 @@ def _movie_values(
     if field == export_format.MOVIE_ID:
         return [*movie_ids, ""]
     return [*(movies.get(movie, _NO_FIELDS).get(field, "") for movie in movie_ids), ""]
+
+
+def _history_ids(joined: Sequence[str], vocabulary: Mapping[str, int]) -> np.ndarray:
+    """(B, HISTORY_LENGTH) int: each row's first HISTORY_LENGTH parts' ids by position (an
+    unknown part 0), -1 at empty parts and past the end; no part at all is the single id 0."""
+    length, separator = (
+        export_format.HISTORY_LENGTH,
+        export_format.MULTI_VALUED[export_format.HISTORY_FIELD],
+    )
+    ids = np.full((len(joined), length), -1, np.intp)
+    for row, value in enumerate(joined):
+        for j, part in enumerate(value.split(separator)[:length]):
+            if part:
+                ids[row, j] = vocabulary.get(part, 0)
+        if (ids[row] < 0).all():
+            ids[row, 0] = 0
+    return ids
 
 
 def requestable_id(movie_id: str) -> bool:

@@ -17,6 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from model.contracts.export_format import (
+    HISTORY_FIELD,
+    HISTORY_LENGTH,
     MULTI_VALUED,
     OUTPUT_PROBABILITY,
     SIGNATURE_EXPLAIN,
@@ -64,6 +66,14 @@ def bag_ids(lookup: keras.layers.StringLookup, joined: tf.Tensor, separator: str
     return tf.where(tf.logical_and(empty, first), 0, ids)
 
 
+def history_ids(lookup: keras.layers.StringLookup, joined: tf.Tensor) -> tf.Tensor:
+    """(batch, HISTORY_LENGTH) int32 ids of the first HISTORY_LENGTH watched movies, as
+    ``bag_ids`` (PAD past the last, the single id 0 for no history): the width the model was
+    built with, so position j is always the j-th most recent."""
+    ids = bag_ids(lookup, joined, MULTI_VALUED[HISTORY_FIELD])[:, :HISTORY_LENGTH]
+    return tf.pad(ids, [[0, 0], [0, HISTORY_LENGTH - tf.shape(ids)[1]]], constant_values=PAD)
+
+
 def model_inputs(
     lookups: Mapping[str, keras.layers.StringLookup], raw: Mapping[str, tf.Tensor]
 ) -> dict[str, tf.Tensor]:
@@ -73,7 +83,12 @@ def model_inputs(
     return {
         # (batch, S) int32 ids in field order
         SINGLE_INPUT: tf.stack([tf.cast(lookups[f](raw[f]), tf.int32) for f in single], axis=1),
-        **{f: bag_ids(lookups[f], raw[f], MULTI_VALUED[f]) for f in multi},
+        **{
+            f: history_ids(lookups[f], raw[f])
+            if f == HISTORY_FIELD
+            else bag_ids(lookups[f], raw[f], MULTI_VALUED[f])
+            for f in multi
+        },
     }
 
 

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from model.contracts.export_format import (
+    HISTORY_FIELD,
     OUTPUT_ATTENTION_BIAS,
     OUTPUT_ATTENTION_KERNEL,
     OUTPUT_ATTENTION_PROJECTION,
@@ -19,6 +20,8 @@ from model.contracts.export_format import (
     OUTPUT_BIAS,
     OUTPUT_FIELD_OFFSETS,
     OUTPUT_FIELD_TABLE,
+    OUTPUT_HISTORY_QUERY,
+    OUTPUT_HISTORY_RECENCY,
     OUTPUT_PAIR_BIAS,
     OUTPUT_PAIR_SCALE,
     OUTPUT_PROJECTION,
@@ -52,10 +55,19 @@ def afm_weights(model: keras.Model, fields: Sequence[str]) -> dict[str, tf.Tenso
         pair_bias = tf.convert_to_tensor(attention.attention_pair_bias)
     else:
         pair_bias = tf.zeros([num_pairs])
+    history = {}
+    if HISTORY_FIELD in fields:
+        layer = model.get_layer("history")
+        history = {
+            OUTPUT_BAG_TABLES[HISTORY_FIELD]: tf.concat([layer.embeddings, layer.linear], axis=1),
+            OUTPUT_HISTORY_QUERY: tf.convert_to_tensor(layer.query),
+            OUTPUT_HISTORY_RECENCY: tf.convert_to_tensor(layer.recency),
+        }
     return {
         OUTPUT_FIELD_TABLE: table(),
         OUTPUT_FIELD_OFFSETS: tf.constant(embedding.offsets, tf.int32),
-        **{OUTPUT_BAG_TABLES[f]: table(f"_{f}") for f in multi},
+        **{OUTPUT_BAG_TABLES[f]: table(f"_{f}") for f in multi if f != HISTORY_FIELD},
+        **history,
         OUTPUT_ATTENTION_KERNEL: kernel,
         OUTPUT_ATTENTION_BIAS: hidden_bias,
         OUTPUT_ATTENTION_PROJECTION: hidden_projection,

@@ -14,7 +14,9 @@ field (see ``model/export/signatures.py``), and training feeds the same ids from
 ``PreparedData.encode``.
 The field set (``contract.FIELD_SETS``) decides the inputs: single-valued fields arrive
 together as one ``(batch, S)`` id matrix, each multi-valued field (genres) as its own
-``(batch, L)`` padded id matrix, embedded as the mean of its values.
+``(batch, L)`` padded id matrix, embedded as the mean of its values. The watched movies
+(``HISTORY_FIELD``, last when present) arrive as a ``(batch, HISTORY_LENGTH)`` id matrix and
+are embedded by attention keyed by the candidate's movie vector (``HistoryAttention``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ import keras
 
 from model.config import AFMConfig
 from model.contracts.export_format import (
+    HISTORY_FIELD,
+    HISTORY_LENGTH,
+    MOVIE_ID,
     MULTI_VALUED,
     OUTPUT_ATTENTION,
     OUTPUT_BIAS,
     OUTPUT_CONTRIBUTION,
+    OUTPUT_HISTORY_ATTENTION,
     OUTPUT_LINEAR,
     OUTPUT_LOGIT,
     OUTPUT_PROBABILITY,
@@ -39,6 +45,7 @@ from model.network.layers import (
     AttentionPooling,
     BagEmbedding,
     FieldEmbedding,
+    HistoryAttention,
     IdDropout,
     LogitSum,
     PairwiseInteraction,
@@ -72,18 +79,29 @@ def build_afm(
         a dict: ``probability`` ``(batch,)``, ``attention`` ``(batch, P)`` and
         ``contribution`` ``(batch, P)`` with P = len(pairs(fields)), columns in pairs order;
         ``bias`` ``(batch,)`` (w0), ``linear`` ``(batch, F)`` (each field's w term) and
-        ``logit`` ``(batch,)``, so that logit = bias + sum(linear) + sum(contribution).
+        ``logit`` ``(batch,)``, so that logit = bias + sum(linear) + sum(contribution);
+        with the watched movies also ``history_attention`` ``(batch, HISTORY_LENGTH)``.
         Dropout and id dropout act only with ``training=True``.
     """
     single, multi = split_fields(fields)
     if list(fields) != single + multi:
         raise ValueError(f"multi-valued fields must come last. Received: {list(fields)}")
+    history = HISTORY_FIELD in fields
+    if history and (fields[-1] != HISTORY_FIELD or MOVIE_ID not in single):
+        raise ValueError(f"{HISTORY_FIELD} must come last, with {MOVIE_ID}. Received: {fields}")
     missing = [f for f in fields if f not in vocab_sizes]
     if missing:
         raise ValueError(f"vocabulary sizes missing for fields {missing}")
     sizes = [int(vocab_sizes[f]) for f in single]
+    bags = [f for f in multi if f != HISTORY_FIELD]  # embedded as means
+    regularizer = keras.regularizers.L2(config.l2_embedding) if config.l2_embedding else None
     ids_input = keras.Input(shape=(len(single),), dtype="int32", name=SINGLE_INPUT)
-    bag_inputs = {f: keras.Input(shape=(None,), dtype="int32", name=f) for f in multi}
+    bag_inputs = {
+        f: keras.Input(
+            shape=(HISTORY_LENGTH if f == HISTORY_FIELD else None,), dtype="int32", name=f
+        )
+        for f in multi
+    }
     ids = IdDropout(
         config.oov_rate,
         [[single.index(f) for f in group] for group in OOV_GROUPS],
@@ -91,21 +109,45 @@ def build_afm(
         name="oov_dropout",
     )(ids_input)
 
-    def embed(dim: int, initializer: object, name: str) -> keras.KerasTensor:
-        """(batch, F, dim): single-valued fields from one table, then each bag's mean."""
-        parts = [FieldEmbedding(sizes, dim, embeddings_initializer=initializer, name=name)(ids)]
-        for f in multi:
-            bag = BagEmbedding(
-                int(vocab_sizes[f]), dim, embeddings_initializer=initializer, name=f"{name}_{f}"
-            )
+    def embed(dim: int, initializer: object, name: str) -> list[keras.KerasTensor]:
+        """[(batch, S, dim), then (batch, 1, dim) per bag]: single-valued fields from one
+        table, then each bag's mean (the linear weights, dim 1, go unregularised)."""
+        kwargs = {"embeddings_initializer": initializer}
+        if dim > 1:
+            kwargs["embeddings_regularizer"] = regularizer
+        parts = [FieldEmbedding(sizes, dim, name=name, **kwargs)(ids)]
+        for f in bags:
+            bag = BagEmbedding(int(vocab_sizes[f]), dim, name=f"{name}_{f}", **kwargs)
             parts.append(bag(bag_inputs[f]))
+        return parts
+
+    vectors = embed(
+        config.embedding_dim, keras.initializers.RandomNormal(stddev=0.01, seed=seed), "embedding"
+    )
+    weights = embed(1, "zeros", "linear")
+    outputs = {}
+    if history:
+        watched = HistoryAttention(
+            int(vocab_sizes[HISTORY_FIELD]),
+            config.embedding_dim,
+            HISTORY_LENGTH,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.01, seed=seed + 5),
+            embeddings_regularizer=regularizer,
+            name="history",
+        )
+        movie = vectors[0][:, single.index(MOVIE_ID), :]  # (batch, k): the candidate's m
+        vector, weight, outputs[OUTPUT_HISTORY_ATTENTION] = watched(
+            [movie, bag_inputs[HISTORY_FIELD]]
+        )
+        vectors.append(vector)
+        weights.append(weight)
+
+    def joined(parts: list[keras.KerasTensor]) -> keras.KerasTensor:
         return parts[0] if len(parts) == 1 else keras.layers.Concatenate(axis=1)(parts)
 
-    embeddings = embed(
-        config.embedding_dim, keras.initializers.RandomNormal(stddev=0.01, seed=seed), "embedding"
-    )  # (batch, F, k)
+    embeddings = joined(vectors)  # (batch, F, k)
     linear_terms = keras.layers.Reshape((len(fields),), name="linear_terms")(
-        embed(1, "zeros", "linear")
+        joined(weights)
     )  # (batch, F): w_{x_f}
     pairs = PairwiseInteraction(jit_compile_training=True, name="pairwise")(
         embeddings
@@ -154,6 +196,7 @@ def build_afm(
             OUTPUT_BIAS: bias,
             OUTPUT_LINEAR: linear_terms,
             OUTPUT_LOGIT: logit,
+            **outputs,
         },
         name="afm",
     )

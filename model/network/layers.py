@@ -4,6 +4,7 @@ One layer, one job:
 
 * ``FieldEmbedding``: per-field embeddings from one concatenated table (one gather).
 * ``BagEmbedding``: a multi-valued field's embedding, the mean over its values.
+* ``HistoryAttention``: the watched movies' embedding, weighed by relevance to the candidate.
 * ``IdDropout``: ids dropped to out-of-vocabulary in training, so the OOV rows learn.
 * ``LogitSum``: w0 + sum_f w_f + the interaction term.
 * ``PairwiseInteraction``: the element-wise products v_i ⊙ v_j of every field pair.
@@ -38,6 +39,10 @@ def _check_sizes(vocab_sizes: Sequence[int]) -> list[int]:
     return sizes
 
 
+def _serialize(regularizer: keras.regularizers.Regularizer | None) -> dict | None:
+    return keras.regularizers.serialize(regularizer) if regularizer else None
+
+
 def _compiled_for_training(fn: Any, enabled: bool, training: bool | None) -> Any:
     """``fn`` XLA-compiled for training steps when ``enabled``, ``fn`` itself otherwise.
 
@@ -69,6 +74,7 @@ class FieldEmbedding(keras.layers.Layer):
         vocab_sizes: list of int, the number of ids of each field (id 0 included).
         output_dim: int, the embedding size (k in the paper; 1 gives the linear weights w_i).
         embeddings_initializer: initializer of the table. Defaults to ``"uniform"``.
+        embeddings_regularizer: regularizer of the table. Defaults to None.
 
     Call:
         ids: int tensor ``(batch, F)``, field f's id in column f.
@@ -85,6 +91,7 @@ class FieldEmbedding(keras.layers.Layer):
         vocab_sizes: Sequence[int],
         output_dim: int,
         embeddings_initializer: Any = "uniform",
+        embeddings_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -93,6 +100,7 @@ class FieldEmbedding(keras.layers.Layer):
             raise ValueError(f"`output_dim` must be a positive integer. Received: {output_dim}")
         self.output_dim = int(output_dim)
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
         self.offsets = np.cumsum([0, *self.vocab_sizes[:-1]]).astype("int32")
 
     def build(self, input_shape: tuple) -> None:
@@ -105,6 +113,7 @@ class FieldEmbedding(keras.layers.Layer):
             name="embeddings",
             shape=(sum(self.vocab_sizes), self.output_dim),
             initializer=self.embeddings_initializer,
+            regularizer=self.embeddings_regularizer,
         )
 
     def call(self, ids: Any) -> Any:
@@ -123,6 +132,7 @@ class FieldEmbedding(keras.layers.Layer):
                 "vocab_sizes": self.vocab_sizes,
                 "output_dim": self.output_dim,
                 "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+                "embeddings_regularizer": _serialize(self.embeddings_regularizer),
             }
         )
         return config
@@ -142,6 +152,7 @@ class BagEmbedding(keras.layers.Layer):
         vocab_size: int, the number of ids (id 0 included).
         output_dim: int, the embedding size (1 gives the field's linear weight).
         embeddings_initializer: initializer of the table. Defaults to ``"uniform"``.
+        embeddings_regularizer: regularizer of the table. Defaults to None.
 
     Call:
         ids: int tensor ``(batch, L)``, L >= 1 the longest value set of the batch.
@@ -157,6 +168,7 @@ class BagEmbedding(keras.layers.Layer):
         vocab_size: int,
         output_dim: int,
         embeddings_initializer: Any = "uniform",
+        embeddings_regularizer: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -165,6 +177,7 @@ class BagEmbedding(keras.layers.Layer):
             raise ValueError(f"`output_dim` must be a positive integer. Received: {output_dim}")
         self.output_dim = int(output_dim)
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
 
     def build(self, input_shape: tuple) -> None:
         if len(input_shape) != 2:
@@ -175,6 +188,7 @@ class BagEmbedding(keras.layers.Layer):
             name="embeddings",
             shape=(self.vocab_size, self.output_dim),
             initializer=self.embeddings_initializer,
+            regularizer=self.embeddings_regularizer,
         )
 
     def call(self, ids: Any) -> Any:
@@ -196,6 +210,104 @@ class BagEmbedding(keras.layers.Layer):
                 "vocab_size": self.vocab_size,
                 "output_dim": self.output_dim,
                 "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+                "embeddings_regularizer": _serialize(self.embeddings_regularizer),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class HistoryAttention(keras.layers.Layer):
+    """What the user watched, as one field whose vector depends on the candidate.
+
+        beta_j = softmax over the watched movies j of (q^T (m ⊙ u_j) + r_j)
+        v = sum_j beta_j u_j,    w = sum_j beta_j w_j
+
+    m is the candidate's movie vector, u_j and w_j the watched movie's vector and linear
+    weight (a table of its own: a movie as something watched plays another role than a movie
+    as a candidate), r_j a learned offset per position (0 = most recent). Each watched movie
+    weighs by its relevance to the candidate, as in DIN (Zhou et al., KDD 2018), not by a
+    plain mean. q and r start at zero, so the untrained field is the history's mean.
+
+    Args:
+        vocab_size: int, the number of watched-movie ids (id 0 included).
+        output_dim: int, the embedding size k.
+        history_length: int, positions per row (the id matrix's width).
+        embeddings_initializer: initializer of the u table. Defaults to ``"uniform"``.
+        embeddings_regularizer: regularizer of the u table. Defaults to None.
+
+    Call:
+        ``[candidate, ids]``: float ``(batch, k)`` and int ``(batch, history_length)``, ids
+        padded with -1 (masked out); a row needs at least one id (0 for no history).
+        returns: ``(vector, linear, attention)``: float ``(batch, 1, k)``, ``(batch, 1, 1)``
+        and ``(batch, history_length)`` (beta, 0 at padding).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        output_dim: int,
+        history_length: int,
+        embeddings_initializer: Any = "uniform",
+        embeddings_regularizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.vocab_size = _check_sizes([vocab_size])[0]
+        self.output_dim = int(output_dim)
+        self.history_length = int(history_length)
+        if self.output_dim < 1 or self.history_length < 1:
+            raise ValueError(
+                "`output_dim` and `history_length` must be positive integers. "
+                f"Received: {output_dim}, {history_length}"
+            )
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
+
+    def build(self, input_shape: list) -> None:
+        self.embeddings = self.add_weight(
+            name="embeddings",
+            shape=(self.vocab_size, self.output_dim),
+            initializer=self.embeddings_initializer,
+            regularizer=self.embeddings_regularizer,
+        )  # u
+        self.linear = self.add_weight(
+            name="linear", shape=(self.vocab_size, 1), initializer="zeros"
+        )  # w
+        self.query = self.add_weight(
+            name="query", shape=(self.output_dim,), initializer="zeros"
+        )  # q
+        self.recency = self.add_weight(
+            name="recency", shape=(self.history_length,), initializer="zeros"
+        )  # r
+
+    def call(self, inputs: list) -> tuple[Any, Any, Any]:
+        candidate, ids = inputs
+        ids = ops.cast(ids, "int32")
+        present = ids >= 0  # (batch, L)
+        rows = ops.maximum(ids, 0)
+        vectors = ops.take(self.embeddings, rows, axis=0)  # (batch, L, k): u_j
+        # (batch, L): q^T (m ⊙ u_j) + r_j, padding pushed out of the softmax
+        scores = ops.einsum("bk,blk->bl", candidate * self.query, vectors) + self.recency
+        scores = ops.where(present, scores, ops.full_like(scores, -1e9))
+        attention = ops.softmax(scores, axis=-1) * ops.cast(present, scores.dtype)
+        vector = ops.einsum("bl,blk->bk", attention, vectors)  # (batch, k)
+        linear = ops.sum(attention * ops.take(self.linear, rows, axis=0)[..., 0], axis=1)
+        return ops.expand_dims(vector, 1), ops.reshape(linear, (-1, 1, 1)), attention
+
+    def compute_output_shape(self, input_shape: list) -> tuple[tuple, tuple, tuple]:
+        batch = input_shape[1][0]
+        return (batch, 1, self.output_dim), (batch, 1, 1), (batch, self.history_length)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "vocab_size": self.vocab_size,
+                "output_dim": self.output_dim,
+                "history_length": self.history_length,
+                "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+                "embeddings_regularizer": _serialize(self.embeddings_regularizer),
             }
         )
         return config

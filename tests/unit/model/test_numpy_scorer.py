@@ -10,7 +10,16 @@ import tensorflow as tf
 
 from model.config import AFMConfig
 from model.contracts import export_format
-from model.contracts.export_format import ALL_FIELDS, MOVIE_ID, SEED_FIELDS, pairs, rank_sides
+from model.contracts.export_format import (
+    ALL_FIELDS,
+    HISTORY_FIELD,
+    HISTORY_FIELDS,
+    HISTORY_LENGTH,
+    MOVIE_ID,
+    SEED_FIELDS,
+    pairs,
+    user_inputs,
+)
 from model.contracts.numpy_scorer import ItemTable, NumpyScorer
 from model.export.signatures import build_lookups, model_inputs
 from model.export.weights import afm_weights
@@ -25,6 +34,7 @@ VOCABULARIES = {
     "movie_id": ["1", "2", "3", "5", "8"],
     "year": ["1995", "1999", "2000"],
     "genres": ["Action", "Comedy", "Drama", "Horror"],
+    HISTORY_FIELD: ["1", "2", "3", "5", "8"],
 }
 CONFIG = AFMConfig(embedding_dim=6, attention_factor=4)
 VARIANTS = {
@@ -40,6 +50,9 @@ USERS = {  # three users: known, partly unknown ("" and unseen values), wholly u
     "age": ["25", "18", "0"],
     "occupation": ["7", "5", ""],
     "zip": ["48067", "00000", ""],
+    # most recent first: a short history; none; more than HISTORY_LENGTH parts, with an
+    # unknown movie and an empty part
+    HISTORY_FIELD: ["3|1|5", "", "|".join(["8", "99", "", "2", *["1", "3"] * 12])],
 }
 MOVIES = {  # the movie table: raw fields by id
     "1": {"year": "1995", "genres": "Comedy|Drama"},
@@ -76,10 +89,13 @@ def keras_outputs(model, fields: tuple[str, ...], raw: dict[str, list[str]]) -> 
 def candidate_rows(fields: tuple[str, ...], user_index, movie_ids) -> dict[str, list[str]]:
     """Each candidate's raw strings, as the scorer should see them: an id outside the table
     but in the vocabulary has its other fields unknown; an id in neither is wholly unknown."""
-    user_fields, item_fields = rank_sides(fields)
-    raw = {f: [USERS[f][u] for u in user_index] for f in user_fields}
-    for f in item_fields:
-        raw[f] = [str(m) if f == MOVIE_ID else MOVIES.get(str(m), {}).get(f, "") for m in movie_ids]
+    users = user_inputs(fields)
+    raw = {f: [USERS[f][u] for u in user_index] for f in users}
+    for f in fields:
+        if f not in users:
+            raw[f] = [
+                str(m) if f == MOVIE_ID else MOVIES.get(str(m), {}).get(f, "") for m in movie_ids
+            ]
     return raw
 
 
@@ -88,13 +104,18 @@ def max_differences(got: dict, want: dict) -> dict[str, float]:
     return {name: float(np.abs(got[name] - want[name]).max()) for name in want}
 
 
+FIELD_SETS = pytest.mark.parametrize(
+    "fields", [SEED_FIELDS, ALL_FIELDS, HISTORY_FIELDS], ids=["six", "eight", "history"]
+)
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("fields", [SEED_FIELDS, ALL_FIELDS], ids=["six", "eight"])
+@FIELD_SETS
 def test_explain_and_score_equal_the_keras_model(fields: tuple[str, ...], variant: str) -> None:
     scorer, model = scorer_and_model(fields, variant)
     items = scorer.item_table(MOVIES)
     item_index = items.index(MOVIE_IDS)
-    users = {f: USERS[f] for f in rank_sides(fields)[0]}
+    users = {f: USERS[f] for f in user_inputs(fields)}
     got = scorer.explain(users, USER_INDEX, items, item_index)
     want = keras_outputs(model, fields, candidate_rows(fields, USER_INDEX, MOVIE_IDS))
     for name, difference in max_differences(got, want).items():
@@ -124,11 +145,11 @@ def test_explain_and_score_equal_the_keras_model(fields: tuple[str, ...], varian
         assert got[export_format.OUTPUT_ATTENTION].max() > 3 * uniform  # far from uniform
 
 
-@pytest.mark.parametrize("fields", [SEED_FIELDS, ALL_FIELDS], ids=["six", "eight"])
+@FIELD_SETS
 def test_one_user_alone_scores_as_in_a_merged_call(fields: tuple[str, ...]) -> None:
     scorer, model = scorer_and_model(fields, "afm", seed=1)
     items = scorer.item_table(MOVIES)
-    users = {f: USERS[f][1:2] for f in rank_sides(fields)[0]}
+    users = {f: USERS[f][1:2] for f in user_inputs(fields)}
     user_index = np.zeros(len(MOVIE_IDS), np.int32)
     got = scorer.explain(users, user_index, items, items.index(MOVIE_IDS))
     want = keras_outputs(model, fields, candidate_rows(fields, user_index + 1, MOVIE_IDS))
@@ -155,3 +176,18 @@ def test_weights_missing_an_array_are_refused() -> None:
     del weights["bag_table_genres"]
     with pytest.raises(ValueError, match="bag_table_genres"):
         NumpyScorer(ALL_FIELDS, weights, VOCABULARIES)
+
+
+def test_history_attention_is_over_the_watched_movies_and_follows_the_candidate() -> None:
+    scorer, _ = scorer_and_model(HISTORY_FIELDS, "afm", seed=2)
+    items = scorer.item_table(MOVIES)
+    users = {f: USERS[f] for f in user_inputs(HISTORY_FIELDS)}
+    user_index = np.array([0, 0, 0, 1, 2], np.int32)
+    got = scorer.explain(users, user_index, items, items.index([1, 2, 8, 1, 1]))
+    beta = got[export_format.OUTPUT_HISTORY_ATTENTION]
+    assert beta.shape == (5, HISTORY_LENGTH)
+    np.testing.assert_allclose(beta.sum(axis=1), 1, rtol=1e-5)
+    assert (beta[:3, 3:] == 0).all()  # three watched movies
+    assert beta[3].tolist() == [1.0] + [0.0] * (HISTORY_LENGTH - 1)  # no history: id 0 alone
+    assert beta[4, 2] == 0 and (beta[4] > 0).sum() == HISTORY_LENGTH - 1  # the empty part
+    assert np.abs(beta[0] - beta[1]).max() > 1e-3  # another candidate, other weights
