@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import keras
 import numpy as np
@@ -11,9 +12,13 @@ import pytest
 from model.config import AFMConfig
 from model.contracts.export_format import (
     ALL_FIELDS,
+    HISTORY_FIELD,
+    HISTORY_FIELDS,
+    HISTORY_LENGTH,
     OUTPUT_ATTENTION,
     OUTPUT_BIAS,
     OUTPUT_CONTRIBUTION,
+    OUTPUT_HISTORY_ATTENTION,
     OUTPUT_LINEAR,
     OUTPUT_LOGIT,
     OUTPUT_PROBABILITY,
@@ -217,3 +222,48 @@ def test_fm_init_starts_as_the_fm(fields: tuple[str, ...]) -> None:
     np.testing.assert_allclose(
         got[OUTPUT_CONTRIBUTION], want[OUTPUT_CONTRIBUTION], rtol=1e-4, atol=1e-6
     )
+
+
+HISTORY_SIZES = {**SIZES, HISTORY_FIELD: 11}
+
+
+def history_inputs(n: int) -> dict:
+    """``random_ids`` plus the watched movies: a full history, a short one, none."""
+    inputs = random_ids(n)
+    rng = np.random.default_rng(1)
+    watched = rng.integers(0, HISTORY_SIZES[HISTORY_FIELD], (n, HISTORY_LENGTH)).astype("int32")
+    watched[1::3, 4:] = -1
+    watched[2::3] = -1
+    watched[2::3, 0] = 0
+    return {**inputs, HISTORY_FIELD: watched}
+
+
+def test_history_model_saves_loads_and_explains_the_watched_movies(tmp_path) -> None:
+    model = build_afm(HISTORY_FIELDS, HISTORY_SIZES, CONFIG)
+    randomize(model)
+    inputs = history_inputs(9)
+    got = outputs(model, inputs)
+    assert got[OUTPUT_ATTENTION].shape == (9, len(pairs(HISTORY_FIELDS)))
+    beta = got[OUTPUT_HISTORY_ATTENTION]
+    np.testing.assert_allclose(beta.sum(axis=1), 1.0, rtol=1e-5)
+    assert (beta[1::3, 4:] == 0).all()
+    np.testing.assert_allclose(beta[2::3, 0], 1.0, rtol=1e-6)  # no history: id 0 alone
+    path = tmp_path / "afm.keras"
+    model.save(path)
+    restored = outputs(keras.saving.load_model(path), inputs)
+    for name, value in got.items():
+        np.testing.assert_allclose(restored[name], value, rtol=1e-6, err_msg=name)
+
+
+def test_embedding_l2_regularises_the_vector_tables_only() -> None:
+    plain = build_afm(HISTORY_FIELDS, HISTORY_SIZES, CONFIG)
+    assert len(plain.losses) == 1  # the attention matrix's own L2
+    model = build_afm(HISTORY_FIELDS, HISTORY_SIZES, replace(CONFIG, l2_embedding=1e-3))
+    # the field table, the genres table and the watched movies' table; no linear weights
+    assert len(model.losses) == 4
+
+
+def test_the_watched_movies_must_come_last() -> None:
+    fields = (*SEED_FIELDS, HISTORY_FIELD, "year", "genres")
+    with pytest.raises(ValueError, match="must come last"):
+        build_afm(fields, HISTORY_SIZES, CONFIG)

@@ -13,6 +13,7 @@ from model.network.layers import (
     AttentionPooling,
     BagEmbedding,
     FieldEmbedding,
+    HistoryAttention,
     IdDropout,
     LogitSum,
     PairwiseInteraction,
@@ -80,6 +81,45 @@ def test_bag_embedding_is_the_mean_of_the_present_values() -> None:
     np.testing.assert_allclose(
         out[:, 0], [(table[1] + table[2]) / 2, table[3], table[0], table[1:].mean(0)]
     )
+
+
+def test_history_attention_weighs_the_watched_movies_by_the_candidate() -> None:
+    layer = HistoryAttention(5, output_dim=2, history_length=3)
+    layer.build([(None, 2), (None, 3)])
+    table = RNG.normal(size=(5, 2)).astype("float32")
+    linear = RNG.normal(size=(5, 1)).astype("float32")
+    query, recency = np.array([1.5, -0.5], "float32"), np.array([0.3, 0.0, -0.2], "float32")
+    for variable, value in zip(
+        (layer.embeddings, layer.linear, layer.query, layer.recency),
+        (table, linear, query, recency),
+        strict=True,
+    ):
+        variable.assign(value)
+    candidates = RNG.normal(size=(3, 2)).astype("float32")
+    ids = np.array([[1, 2, 4], [3, -1, 2], [0, -1, -1]], "int32")
+    vector, weight, attention = (keras.ops.convert_to_numpy(t) for t in layer([candidates, ids]))
+    assert vector.shape == (3, 1, 2) and weight.shape == (3, 1, 1) and attention.shape == (3, 3)
+    for row in range(3):
+        present = ids[row] >= 0
+        scores = (candidates[row] * query) @ table[ids[row][present]].T + recency[present]
+        beta = np.exp(scores - scores.max())
+        beta /= beta.sum()
+        want = np.zeros(3, "float32")
+        want[present] = beta
+        np.testing.assert_allclose(attention[row], want, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(vector[row, 0], beta @ table[ids[row][present]], rtol=1e-5)
+        np.testing.assert_allclose(
+            weight[row, 0, 0], beta @ linear[ids[row][present], 0], rtol=1e-5
+        )
+    other = keras.ops.convert_to_numpy(layer([candidates[::-1], ids])[2])
+    assert np.abs(other[0] - attention[0]).max() > 1e-3  # another candidate, other weights
+
+
+def test_history_attention_starts_as_the_mean() -> None:
+    layer = HistoryAttention(5, output_dim=2, history_length=3)
+    ids = np.array([[1, 2, -1]], "int32")
+    attention = keras.ops.convert_to_numpy(layer([np.ones((1, 2), "float32"), ids])[2])
+    np.testing.assert_allclose(attention, [[0.5, 0.5, 0.0]])
 
 
 def test_id_dropout_drops_whole_groups_and_only_in_training() -> None:
@@ -212,6 +252,8 @@ def test_xla_compiled_training_path_equals_the_plain_path() -> None:
     [
         FieldEmbedding([4, 2, 7], output_dim=3, name="emb"),
         BagEmbedding(19, output_dim=3, name="bag"),
+        FieldEmbedding([4, 2], output_dim=3, embeddings_regularizer="l2", name="emb_l2"),
+        HistoryAttention(9, output_dim=3, history_length=4, embeddings_regularizer="l2"),
         IdDropout(0.1, groups=[[0], [0, 5]], seed=3, name="oov"),
         LogitSum(name="logit"),
         PairwiseInteraction(jit_compile_training=True, name="pairs"),
@@ -240,6 +282,7 @@ def test_config_round_trip(layer: keras.layers.Layer) -> None:
         (lambda: PairwiseInteraction()(np.ones((2, 4))), r"\(batch, fields >= 2, k\)"),
         (lambda: FieldEmbedding([3, 2], 4)(np.ones((2, 3), "int32")), r"ids of shape \(batch, 2\)"),
         (lambda: BagEmbedding(0, 4), r"`vocab_sizes` .* Received: \[0\]"),
+        (lambda: HistoryAttention(9, 4, 0), r"`history_length` .* Received: 4, 0"),
         (lambda: IdDropout(1.0, [[0]]), r"`rate` must be in \[0, 1\). Received: 1.0"),
         (lambda: IdDropout(0.1, [[3]])(np.ones((2, 3), "int32")), r"`groups` must index 3"),
     ],
