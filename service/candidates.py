@@ -3,6 +3,7 @@ and explanations. Plain data, NumPy arrays; no I/O."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ _NONE: Mapping[str, str] = {}
 class Candidates:
     """One call's rows: each user once, each candidate's movie by id.
 
-    ``users``: each user field -> one raw value per user; ``user_index``: int32, each
+    ``users``: each field whose value comes with the user (``export_format.user_inputs``:
+    the user fields, and HISTORY_FIELD for a history version) -> one raw value per user;
+    ``user_index``: int32, each
     candidate's row in ``users``; ``movie_ids``: each candidate's movie id, as requested (an
     integer; its raw value is its decimal string); ``movies``: the feature set's movie table
     (id string -> raw movie fields), where the other movie fields come from. Calls on the
@@ -44,12 +47,12 @@ class Candidates:
         movies: Mapping[str, Mapping[str, str]],
     ) -> Candidates:
         """One request's rows for a model of ``fields``: the user's raw features once (None:
-        a user Redis does not know), each candidate's movie id, and the movie table."""
-        user_fields, _ = export_format.rank_sides(fields)
+        a user Redis does not know), each candidate's movie id, and the movie table. A
+        history version's watched movies come with the user, from the same Redis read."""
         user = user_features or _NONE
         users = {
             name: [str(user_id) if name == export_format.USER_ID else user.get(name, UNKNOWN_VALUE)]
-            for name in user_fields
+            for name in export_format.user_inputs(fields)
         }
         return cls(users, np.zeros(len(movie_ids), dtype=np.int32), movie_ids, movies)
 
@@ -105,13 +108,25 @@ EXPLAIN_OUTPUTS: dict[str, str] = {
     "linear": export_format.OUTPUT_LINEAR,
     "logit": export_format.OUTPUT_LOGIT,
 }
-"""Explanation attribute -> the contract's output it holds."""
+"""Explanation attribute -> the contract's output it holds, for every version."""
+
+HISTORY_OUTPUTS: dict[str, str] = {"history_attention": export_format.OUTPUT_HISTORY_ATTENTION}
+"""The same, for the outputs only a version with HISTORY_FIELD has."""
+
+
+def explain_outputs(fields: Sequence[str]) -> dict[str, str]:
+    """Explanation attribute -> contract output, for a version of ``fields``: what its
+    explain signature returns and the NumPy scorer must match."""
+    if export_format.HISTORY_FIELD in fields:
+        return {**EXPLAIN_OUTPUTS, **HISTORY_OUTPUTS}
+    return EXPLAIN_OUTPUTS
 
 
 @dataclass(frozen=True)
 class Explanation:
     """Every term of the logit: logit = bias + sum(linear) + sum(contribution); and
-    ``movie_known`` as in ``Scores``."""
+    ``movie_known`` as in ``Scores``. A history version also says how each candidate
+    attended to the user's watched movies (``history_attention``; None for other versions)."""
 
     probability: np.ndarray  # float32 [batch]
     attention: np.ndarray  # float32 [batch, pairs], rows sum to 1
@@ -120,17 +135,26 @@ class Explanation:
     linear: np.ndarray  # float32 [batch, fields], each field's linear term
     logit: np.ndarray  # float32 [batch]
     movie_known: np.ndarray  # bool [batch]
+    history_attention: np.ndarray | None = None  # float32 [batch, HISTORY_LENGTH], beta by position
 
     @classmethod
-    def of_outputs(cls, outputs: Mapping[str, np.ndarray], movie_known: np.ndarray) -> Explanation:
-        """From the explain outputs by their contract names."""
+    def of_outputs(
+        cls, fields: Sequence[str], outputs: Mapping[str, np.ndarray], movie_known: np.ndarray
+    ) -> Explanation:
+        """From the explain outputs of a version of ``fields``, by their contract names;
+        KeyError if one the version must have is missing."""
         return cls(
-            **{name: np.asarray(outputs[key]) for name, key in EXPLAIN_OUTPUTS.items()},
+            **{name: np.asarray(outputs[key]) for name, key in explain_outputs(fields).items()},
             movie_known=movie_known,
         )
 
-    def __getitem__(self, rows: slice) -> Explanation:
-        return Explanation(
-            **{name: getattr(self, name)[rows] for name in EXPLAIN_OUTPUTS},
-            movie_known=self.movie_known[rows],
+    def __getitem__(self, rows: slice | int) -> Explanation:
+        """The rows ``rows`` of every array (a slice keeps them 2-D, an int gives one row)."""
+        return dataclasses.replace(
+            self,
+            **{
+                item.name: getattr(self, item.name)[rows]
+                for item in dataclasses.fields(self)
+                if getattr(self, item.name) is not None
+            },
         )

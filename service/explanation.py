@@ -2,7 +2,9 @@
 
 Pure functions over one request's columns and the explain signature's outputs. Labels come
 from the loaded feature set (documented codes such as ML-1M's age groups, movie titles);
-a value without a label is shown as it is, a missing one as UNKNOWN_LABEL.
+a value without a label is shown as it is, a missing one as UNKNOWN_LABEL. A history
+version's watched movies are labelled by the candidate's attention over them: the ones it
+attends to most name the field ("Fargo (1996), Heat (1995), Clerks (1994), …").
 """
 
 from __future__ import annotations
@@ -12,9 +14,21 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from model.contracts.export_format import MOVIE_ID, MULTI_VALUED, split_values
+from model.contracts.export_format import (
+    HISTORY_FIELD,
+    HISTORY_LENGTH,
+    MOVIE_ID,
+    MULTI_VALUED,
+    split_values,
+)
+from model.contracts.numpy_scorer import requestable_id
 
 UNKNOWN_LABEL = "unknown"
+NOTHING_WATCHED = "nothing yet"
+"""HISTORY_FIELD's label for a user without watched movies."""
+WATCHED_SHOWN = 3
+"""Titles in HISTORY_FIELD's label; "…" follows when the user watched more."""
+MORE = "…"
 
 Labels = Mapping[str, Mapping[str, str]]
 """field -> raw value -> readable label."""
@@ -33,6 +47,7 @@ class Outputs(Protocol):
     linear: np.ndarray
     logit: np.ndarray
     probability: np.ndarray
+    history_attention: np.ndarray | None
 
 
 def label(field: str, value: str, labels: Labels, movies: Mapping[str, Mapping[str, str]]) -> str:
@@ -53,17 +68,81 @@ def features(
     model: Vocabulary,
     labels: Labels,
     movies: Mapping[str, Mapping[str, str]],
+    seen: Sequence[Mapping[str, Any]] = (),
 ) -> list[dict[str, Any]]:
-    """``{"field", "value", "label", "known"}`` for each field, in field order."""
+    """``{"field", "value", "label", "known"}`` for each field, in field order; HISTORY_FIELD's
+    label is ``watched_label(seen)``, ``seen`` being the row's ``watched``."""
     return [
         {
             "field": field,
             "value": value,
-            "label": label(field, value, labels, movies),
+            "label": (
+                watched_label(seen)
+                if field == HISTORY_FIELD
+                else label(field, value, labels, movies)
+            ),
             "known": model.known(field, [value])[0],
         }
         for field, value in zip(fields, values, strict=True)
     ]
+
+
+def watched(
+    value: str,
+    attention: np.ndarray,
+    model: Vocabulary,
+    movies: Mapping[str, Mapping[str, str]],
+) -> list[dict[str, Any]]:
+    """The movies of a raw HISTORY_FIELD ``value`` that the model reads (the first
+    HISTORY_LENGTH), with one candidate's ``attention`` (HISTORY_ATTENTION's row, beta by
+    position), most attended first, ties most recent first, so a page can show what the
+    candidate was compared with: ``{"movie_id", "title", "position", "weight", "known"}``.
+    Parts no request could name ("x", "012") are left out, as in /feature-set."""
+    ids = split_values(HISTORY_FIELD, value)[:HISTORY_LENGTH]
+    weights = attention[: len(ids)].tolist()
+    known = model.known(HISTORY_FIELD, ids)
+    order = sorted(range(len(ids)), key=lambda j: -weights[j])  # stable: ties by position
+    return [
+        {
+            "movie_id": int(ids[j]),
+            "title": label(MOVIE_ID, ids[j], {}, movies),
+            "position": j,
+            "weight": weights[j],
+            "known": known[j],
+        }
+        for j in order
+        if requestable_id(ids[j])
+    ]
+
+
+def watched_label(seen: Sequence[Mapping[str, Any]]) -> str:
+    """HISTORY_FIELD's label for one candidate: the titles of its ``watched`` it attends to
+    most, MORE when there are others; NOTHING_WATCHED without any."""
+    if not seen:
+        return NOTHING_WATCHED
+    titles = [entry["title"] for entry in seen[:WATCHED_SHOWN]]
+    return ", ".join([*titles, MORE] if len(seen) > WATCHED_SHOWN else titles)
+
+
+def explain(
+    fields: Sequence[str],
+    pairs: Sequence[tuple[str, str]],
+    values: Sequence[str],
+    row: Outputs,
+    model: Vocabulary,
+    labels: Labels,
+    movies: Mapping[str, Mapping[str, str]],
+) -> dict[str, Any]:
+    """One prediction for people: its ``features`` labelled and its logit's parts
+    (``breakdown``), and for a history version the ``watched`` movies by its attention.
+
+    ``values`` are the row's raw values in field order, ``row`` its explain outputs."""
+    if row.history_attention is None:
+        return breakdown(fields, pairs, row, features(fields, values, model, labels, movies))
+    history = values[list(fields).index(HISTORY_FIELD)]
+    seen = watched(history, row.history_attention, model, movies)
+    described = features(fields, values, model, labels, movies, seen)
+    return {**breakdown(fields, pairs, row, described), "watched": seen}
 
 
 def breakdown(

@@ -22,13 +22,22 @@ import numpy as np
 
 from model.contracts import export_format
 from model.contracts.numpy_scorer import ItemTable, NumpyScorer, requestable_id
-from service.candidates import EXPLAIN_OUTPUTS, UNKNOWN_VALUE, Candidates, Explanation, Scores
+from service.candidates import (
+    UNKNOWN_VALUE,
+    Candidates,
+    Explanation,
+    Scores,
+    explain_outputs,
+)
 
 CHECK_TOLERANCE = 1e-5
 """Largest difference allowed between the NumPy scorer and the explain signature at load."""
 
 UNKNOWN_MOVIE = -1
 """A movie id no request can carry (ids are >= 0): no movie table or vocabulary has it."""
+
+UNKNOWN_WATCHED = ("unknown-movie-1", "unknown-movie-2")
+"""Watched movie ids no vocabulary has, for the check rows' histories."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,7 +79,7 @@ class LoadedModel:
         """Every term of each candidate's logit, as the explain signature gives them."""
         table, index = self._rows(candidates)
         outputs = self.scorer.explain(candidates.users, candidates.user_index, table, index)
-        return Explanation.of_outputs(outputs, table.known[index])
+        return Explanation.of_outputs(self.fields, outputs, table.known[index])
 
     def _rows(self, candidates: Candidates) -> tuple[ItemTable, np.ndarray]:
         """The item table of the candidates' movie table (built once per table: the movie
@@ -111,7 +120,7 @@ def load_model(version_dir: Path) -> LoadedModel:
     model._item_tables.clear()  # the check's movie table is no feature set's
     worst = max(
         float(np.abs(getattr(explained, name) - expected[output].numpy()).max())
-        for name, output in EXPLAIN_OUTPUTS.items()
+        for name, output in explain_outputs(fields).items()
     )
     if not worst <= CHECK_TOLERANCE:  # a NaN fails too
         raise ValueError(
@@ -122,22 +131,54 @@ def load_model(version_dir: Path) -> LoadedModel:
 
 
 def check_rows(fields: Sequence[str], vocabularies: Mapping[str, Sequence[str]]) -> Candidates:
-    """The rows ``load_model`` compares on: an unknown and a known user, up to 32 known movies
-    (requested by integer id) each with known values of every other movie field, so the
-    item table's rows differ, and an unknown movie."""
-    users, movies = export_format.rank_sides(tuple(fields))
+    """The rows ``load_model`` compares on: users taking turns (``check_users``), up to 32
+    known movies (requested by integer id) each with known values of every other movie
+    field, so the item table's rows differ, and an unknown movie."""
+    inputs = export_format.user_inputs(fields)
     ids = [movie for movie in vocabularies[export_format.MOVIE_ID] if requestable_id(movie)][:32]
-    others = [f for f in movies if f != export_format.MOVIE_ID]
+    others = [f for f in fields if f not in inputs and f != export_format.MOVIE_ID]
     table = {
         movie: {f: vocabularies[f][n % len(vocabularies[f])] for f in others}
         for n, movie in enumerate(ids)
     }
+    users = check_users(inputs, vocabularies)
+    count = len(next(iter(users.values())))
     return Candidates(
-        users={f: [UNKNOWN_VALUE, vocabularies[f][0]] for f in users},
-        user_index=np.arange(len(ids) + 1, dtype=np.int32) % 2,
+        users=users,
+        user_index=np.arange(len(ids) + 1, dtype=np.int32) % count,
         movie_ids=[*map(int, ids), UNKNOWN_MOVIE],
         movies=table,
     )
+
+
+def check_users(
+    inputs: Sequence[str], vocabularies: Mapping[str, Sequence[str]]
+) -> dict[str, list[str]]:
+    """The check's users: an unknown and a known one; with HISTORY_FIELD, each of the
+    ``check_histories`` in turn, so every kind of history meets known and unknown users."""
+    plain = [f for f in inputs if f != export_format.HISTORY_FIELD]
+    if len(plain) == len(inputs):
+        return {f: [UNKNOWN_VALUE, vocabularies[f][0]] for f in plain}
+    histories = check_histories(vocabularies[export_format.HISTORY_FIELD])
+    turns = range(len(histories))
+    users = {f: [vocabularies[f][0] if n % 2 else UNKNOWN_VALUE for n in turns] for f in plain}
+    return {**users, export_format.HISTORY_FIELD: histories}
+
+
+def check_histories(watched: Sequence[str]) -> list[str]:
+    """Raw watched strings of every kind a request may bring: none, a few known movies,
+    known and unknown ones with empty parts, only unknown ones, and more than
+    HISTORY_LENGTH (the rest must not count)."""
+    join = export_format.MULTI_VALUED[export_format.HISTORY_FIELD].join
+    known = [watched[n % len(watched)] for n in range(export_format.HISTORY_LENGTH + 5)]
+    return [
+        UNKNOWN_VALUE,
+        join(known[:3]),
+        join([known[3], UNKNOWN_WATCHED[0], "", known[4], UNKNOWN_WATCHED[1]]),
+        join(UNKNOWN_WATCHED),
+        join(known[::-1]),
+        join(known[5:6]),
+    ]
 
 
 @cache

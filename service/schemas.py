@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from model.contracts.export_format import HISTORY_LENGTH
+
 ID_MAX = 2**63 - 1
 """The largest id: a signed 64-bit integer."""
 
@@ -65,6 +67,42 @@ class PairWeight(BaseModel):
     contribution: float = Field(description="The pair's term in the logit.")
 
 
+class WatchedMovie(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "movie_id": 608,
+                    "title": "Fargo (1996)",
+                    "position": 2,
+                    "weight": 0.41,
+                    "known": True,
+                }
+            ]
+        }
+    )
+
+    movie_id: int
+    title: str = Field(description="The feature set's title; the movie id where it has none.")
+    position: int = Field(
+        description="Where the user's history has it: 0 is the most recent. Only the "
+        f"{HISTORY_LENGTH} most recent count."
+    )
+    weight: float = Field(
+        description="How much this candidate attends to it (beta); a prediction's weights sum to 1."
+    )
+    known: bool = Field(
+        description="False: not in the training data (the model reads an unknown movie)."
+    )
+
+
+WATCHED = (
+    "With a version trained on what users watched (field set `history`): the user's most "
+    "recent watched movies, the one this candidate attends to most first; the `watched` "
+    "field's label names the first three. Absent for other versions."
+)
+
+
 class Breakdown(BaseModel):
     """One prediction taken apart: bias + sum(linear) + sum(pair contributions) = logit."""
 
@@ -73,6 +111,7 @@ class Breakdown(BaseModel):
     linear: dict[str, float] = Field(description="Each field's own term w_f in the logit.")
     features: list[FeatureValue] = Field(description="The model's fields, in field order.")
     pairs: list[PairWeight] = Field(description="Every field pair, heaviest weight first.")
+    watched: list[WatchedMovie] | None = Field(None, description=WATCHED)
 
 
 class MovieScore(BaseModel):
@@ -87,6 +126,7 @@ class MovieScore(BaseModel):
     linear: dict[str, float] | None = Field(None, description="With explain, as in /explain.")
     features: list[FeatureValue] | None = Field(None, description="With explain.")
     pairs: list[PairWeight] | None = Field(None, description="With explain: by weight, descending.")
+    watched: list[WatchedMovie] | None = Field(None, description=f"With explain. {WATCHED}")
 
 
 class ScoreResponse(BaseModel):
@@ -150,7 +190,76 @@ class ExplainResponse(Breakdown):
                             "contribution": 0.6,
                         },
                     ],
-                }
+                },
+                {
+                    "user_id": 1,
+                    "movie_id": 1196,
+                    "model_version": 4,
+                    "probability": 0.71,
+                    "logit": 0.9,
+                    "bias": -1.2,
+                    "linear": {"movie_id": 0.9, "watched": 0.4},
+                    "user_known": True,
+                    "movie_known": True,
+                    "features": [
+                        {
+                            "field": "movie_id",
+                            "value": "1196",
+                            "label": "Star Wars: Episode V - The Empire Strikes Back (1980)",
+                            "known": True,
+                        },
+                        {
+                            "field": "watched",
+                            "value": "1210|2762|608|260",
+                            "label": "Star Wars: Episode VI - Return of the Jedi (1983), "
+                            "Star Wars: Episode IV - A New Hope (1977), Fargo (1996), …",
+                            "known": True,
+                        },
+                    ],
+                    "pairs": [
+                        {
+                            "fields": ["movie_id", "watched"],
+                            "values": ["1196", "1210|2762|608|260"],
+                            "labels": [
+                                "Star Wars: Episode V - The Empire Strikes Back (1980)",
+                                "Star Wars: Episode VI - Return of the Jedi (1983), "
+                                "Star Wars: Episode IV - A New Hope (1977), Fargo (1996), …",
+                            ],
+                            "weight": 0.22,
+                            "contribution": 0.7,
+                        },
+                    ],
+                    "watched": [
+                        {
+                            "movie_id": 1210,
+                            "title": "Star Wars: Episode VI - Return of the Jedi (1983)",
+                            "position": 0,
+                            "weight": 0.46,
+                            "known": True,
+                        },
+                        {
+                            "movie_id": 260,
+                            "title": "Star Wars: Episode IV - A New Hope (1977)",
+                            "position": 3,
+                            "weight": 0.38,
+                            "known": True,
+                        },
+                        {
+                            "movie_id": 608,
+                            "title": "Fargo (1996)",
+                            "position": 2,
+                            "weight": 0.1,
+                            "known": True,
+                        },
+                        {
+                            "movie_id": 2762,
+                            "title": "Sixth Sense, The (1999)",
+                            "position": 1,
+                            "weight": 0.06,
+                            "known": True,
+                        },
+                    ],
+                },
             ]
         }
     )

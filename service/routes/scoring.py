@@ -213,10 +213,11 @@ def scores_json(movie_ids: Sequence[int], scores: Scores, order: Sequence[int]) 
 def _explanation(
     model: LoadedModel, rows: Candidates, row: int, explained: Explanation, read: FeatureRead
 ) -> dict[str, Any]:
-    """Row ``row``'s features with labels and its logit's parts."""
+    """Row ``row`` explained for people (``explanation.explain``)."""
     values = [rows.value(field, row) for field in model.fields]
-    described = explanation.features(model.fields, values, model, read.meta.labels, read.movies)
-    return explanation.breakdown(model.fields, model.pairs, explained[row], described)
+    return explanation.explain(
+        model.fields, model.pairs, values, explained[row], model, read.meta.labels, read.movies
+    )
 
 
 def _json(body: dict) -> Response:
