@@ -93,25 +93,27 @@ def watched(
     model: Vocabulary,
     movies: Mapping[str, Mapping[str, str]],
 ) -> list[dict[str, Any]]:
-    """The movies of a raw HISTORY_FIELD ``value`` that the model reads (the first
-    HISTORY_LENGTH), with one candidate's ``attention`` (HISTORY_ATTENTION's row, beta by
-    position), most attended first, ties most recent first, so a page can show what the
-    candidate was compared with: ``{"movie_id", "title", "position", "weight", "known"}``.
-    Parts no request could name ("x", "012") are left out, as in /feature-set."""
-    ids = split_values(HISTORY_FIELD, value)[:HISTORY_LENGTH]
-    weights = attention[: len(ids)].tolist()
-    known = model.known(HISTORY_FIELD, ids)
-    order = sorted(range(len(ids)), key=lambda j: -weights[j])  # stable: ties by position
+    """The movies of a raw HISTORY_FIELD ``value`` that the model reads, with one candidate's
+    ``attention`` over them, most attended first (ties: most recent first), so a page can
+    show what the candidate was compared with: ``{"movie_id", "title", "position", "weight",
+    "known"}``.
+
+    ``attention`` is the row's HISTORY_ATTENTION: beta by position, the position of a part
+    in the raw string (an empty part keeps its place, weight 0), the first HISTORY_LENGTH
+    only. Parts no request could name ("", "x", "012") are left out, as in /feature-set."""
+    parts = value.split(MULTI_VALUED[HISTORY_FIELD])[:HISTORY_LENGTH]
+    shown = [j for j, part in enumerate(parts) if requestable_id(part)]
+    weights = attention.tolist()
+    known = dict(zip(shown, model.known(HISTORY_FIELD, [parts[j] for j in shown]), strict=True))
     return [
         {
-            "movie_id": int(ids[j]),
-            "title": label(MOVIE_ID, ids[j], {}, movies),
+            "movie_id": int(parts[j]),
+            "title": label(MOVIE_ID, parts[j], {}, movies),
             "position": j,
             "weight": weights[j],
             "known": known[j],
         }
-        for j in order
-        if requestable_id(ids[j])
+        for j in sorted(shown, key=lambda j: -weights[j])  # stable: ties by position
     ]
 
 

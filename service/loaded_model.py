@@ -133,7 +133,8 @@ def load_model(version_dir: Path) -> LoadedModel:
 def check_rows(fields: Sequence[str], vocabularies: Mapping[str, Sequence[str]]) -> Candidates:
     """The rows ``load_model`` compares on: users taking turns (``check_users``), up to 32
     known movies (requested by integer id) each with known values of every other movie
-    field, so the item table's rows differ, and an unknown movie."""
+    field, so the item table's rows differ, and an unknown movie; the movies again while a
+    user is left without one."""
     inputs = export_format.user_inputs(fields)
     ids = [movie for movie in vocabularies[export_format.MOVIE_ID] if requestable_id(movie)][:32]
     others = [f for f in fields if f not in inputs and f != export_format.MOVIE_ID]
@@ -143,10 +144,12 @@ def check_rows(fields: Sequence[str], vocabularies: Mapping[str, Sequence[str]])
     }
     users = check_users(inputs, vocabularies)
     count = len(next(iter(users.values())))
+    movie_ids = [*map(int, ids), UNKNOWN_MOVIE]
+    rows = max(len(movie_ids), count)  # every user has a candidate, even with few movies
     return Candidates(
         users=users,
-        user_index=np.arange(len(ids) + 1, dtype=np.int32) % count,
-        movie_ids=[*map(int, ids), UNKNOWN_MOVIE],
+        user_index=np.arange(rows, dtype=np.int32) % count,
+        movie_ids=[movie_ids[n % len(movie_ids)] for n in range(rows)],
         movies=table,
     )
 
