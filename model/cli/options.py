@@ -58,7 +58,8 @@ FieldsOpt = Annotated[
     FieldSet | None,
     typer.Option(
         help="seed: user_id gender age occupation zip movie_id; all: also the movie's year "
-        "and genres. Default: all for a dataset, seed for seed row files."
+        "and genres; history: all, and the user's last 20 watched movies (before each "
+        "row; not with seed row files). Default: all for a dataset, seed for seed row files."
     ),
 ]
 HoldoutMoviesOpt = Annotated[

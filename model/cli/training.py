@@ -135,7 +135,8 @@ class ModelFlags:
 
     def config(self, fields: FieldSet, oov_rate: float | None) -> AFMConfig:
         flags = {k: v for k, v in asdict(self).items() if k != "no_attention"}
-        oov_rate = DEFAULT_OOV_RATE[fields] if oov_rate is None else oov_rate
+        if oov_rate is None:  # the history set is all eight fields and more: all's rate
+            oov_rate = DEFAULT_OOV_RATE.get(fields, DEFAULT_OOV_RATE["all"])
         return AFMConfig(
             fields=fields, oov_rate=oov_rate, use_attention=not self.no_attention, **flags
         )
@@ -166,8 +167,8 @@ def train(
             min=0.0,
             max=0.99,
             help="Share of rows in which a new user, zip or movie, or an unknown user, is "
-            "simulated (ids trained as out-of-vocabulary). Default: 0.05 with --fields all, "
-            "0 with seed.",
+            "simulated (ids trained as out-of-vocabulary). Default: 0.05 with --fields all "
+            "or history, 0 with seed.",
         ),
     ] = None,
     holdout_movies: HoldoutMoviesOpt = DataConfig.holdout_movies,
@@ -204,7 +205,8 @@ def train(
         if manifest is not None:
             rows = ShardedRows(manifest)
         else:
-            rows = InMemoryRows(prepare_rows(data_config), fields, data_config)
+            data_rows = prepare_rows(data_config, history=fields == "history")
+            rows = InMemoryRows(data_rows, fields, data_config)
         version_dir = train_and_export(rows, afm_config, train_config, model_dir, cluster)
     except AfmError as exc:
         raise fail(exc) from None
@@ -250,6 +252,11 @@ def _data_config(
         raise typer.BadParameter(
             "seed row files carry no year or genres; use --fields seed (the default for them)"
         )
+    elif fields == "history" and all(seed_files):
+        raise typer.BadParameter(
+            "seed row files carry no history (what each user watched before a row); "
+            "use --fields seed (the default for them)"
+        )
     flags = {**asdict(data), "dataset": dataset}
     return DataConfig(**flags, seed=seed, holdout_movies=holdout_movies), fields
 
@@ -273,7 +280,7 @@ def prepare(
     from model.data.shards import write_prepared
 
     try:
-        rows = prepare_rows(data_config)
+        rows = prepare_rows(data_config, history=fields == "history")
         config = as_record(data_config)
         manifest = write_prepared(rows, fields, out, shards=shards, seed=seed, data_config=config)
     except AfmError as exc:

@@ -2,17 +2,29 @@
 
 Rows never carry strings: a row is (user index, movie index, label) into small tables of raw
 string values. That keeps ML-1M with 10 negatives (~11M rows) at a few hundred MB and lets
-every step be a vectorised NumPy operation.
+every step be a vectorised NumPy operation. What the user watched before a row (HISTORY_FIELD)
+is one more index, into a table of distinct history strings that rows share (the negatives of
+a positive, the rows of one user at one time), built only when a field set asks for it.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
-from model.contracts.export_format import MOVIE_ID, MULTI_VALUED, USER_FIELDS, split_values
+from model.contracts.export_format import (
+    HISTORY_FIELD,
+    HISTORY_LENGTH,
+    MOVIE_ID,
+    MULTI_VALUED,
+    USER_FIELDS,
+    split_values,
+)
+from model.errors import AfmError
 
 USER_COLUMNS: tuple[str, ...] = USER_FIELDS  # user_id, gender, age, occupation, zip
 MOVIE_COLUMNS: tuple[str, ...] = (MOVIE_ID, "title", "year", "genres")
@@ -39,14 +51,26 @@ class Ratings:
         return self.movies[MOVIE_ID]
 
 
+NO_HISTORY = (
+    "these rows carry no history (what each user watched before them); seed row files "
+    "never do, and a dataset's rows have one only when prepared for --fields history"
+)
+
+
 @dataclass(frozen=True)
 class LabeledRows:
     user_idx: np.ndarray  # int32 (n,)
     movie_idx: np.ndarray  # int32 (n,)
     label: np.ndarray  # float32 (n,), 0.0 or 1.0
+    history_idx: np.ndarray | None = None  # int32 (n,): row into PreparedData.histories
 
     def __len__(self) -> int:
         return len(self.label)
+
+    def take(self, at: np.ndarray) -> LabeledRows:
+        """The rows ``at`` (indices or a boolean mask), every index column kept aligned."""
+        history = None if self.history_idx is None else self.history_idx[at]
+        return LabeledRows(self.user_idx[at], self.movie_idx[at], self.label[at], history)
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,9 @@ class PreparedData:
     source: str
     extra: dict = field(default_factory=dict)  # protocol details recorded in metadata.json
     held_out_movies: np.ndarray | None = None  # movie rows kept out of train and valid
+    histories: np.ndarray | None = None
+    """Distinct raw HISTORY_FIELD values (object array of str, "" for no history), picked
+    by ``LabeledRows.history_idx``; None when the rows were prepared without history."""
 
     @property
     def movie_ids(self) -> np.ndarray:
@@ -69,6 +96,10 @@ class PreparedData:
 
     def table(self, name: str) -> tuple[np.ndarray, str]:
         """The raw value of field ``name`` per table row, and which index picks the row."""
+        if name == HISTORY_FIELD:
+            if self.histories is None:
+                raise AfmError(NO_HISTORY)
+            return self.histories, "history_idx"
         if name in self.users:
             return self.users[name], "user_idx"
         return self.movies[name], "movie_idx"
@@ -87,6 +118,10 @@ class PreparedData:
         vocab = {}
         for name in fields:
             values, index = self.table(name)
+            if name == HISTORY_FIELD:
+                at = _seen(_index_of(self.train, index), len(values))
+                vocab[name] = _history_vocabulary(values[at])
+                continue
             values = np.unique(values[seen[index]])
             if name in MULTI_VALUED:
                 values = np.unique([v for joined in values for v in split_values(name, joined)])
@@ -101,13 +136,20 @@ class PreparedData:
         Single-valued fields become one int32 column each (unseen values map to 0), stacked
         in ``fields`` order; each MULTI_VALUED field becomes an int32 (n, longest) matrix of
         its values' ids, padded with PAD (a movie without values gets the OOV id 0 alone).
+        HISTORY_FIELD is always (n, HISTORY_LENGTH) wide, as the exported signature makes it
+        (``history_codes``).
         """
         single = []
         inputs = {}
         for name in fields:
             values, index = self.table(name)
-            at = getattr(rows, index)
-            if name in MULTI_VALUED:
+            at = _index_of(rows, index)
+            if name == HISTORY_FIELD:  # encode each distinct history once
+                distinct = _seen(at, len(values))
+                position = np.zeros(len(values), dtype=np.int64)
+                position[distinct] = np.arange(len(distinct))
+                inputs[name] = history_codes(values[distinct], vocabularies[name])[position[at]]
+            elif name in MULTI_VALUED:
                 inputs[name] = _bag_codes(values, vocabularies[name], name)[at]
             else:
                 single.append(_codes(values, vocabularies[name])[at])
@@ -118,7 +160,7 @@ class PreparedData:
         raw = {}
         for name in fields:
             values, index = self.table(name)
-            raw[name] = values[getattr(rows, index)]
+            raw[name] = values[_index_of(rows, index)]
         return raw
 
     def summary(self) -> dict[str, dict[str, int]]:
@@ -142,6 +184,56 @@ def _bag_codes(values: np.ndarray, vocabulary: np.ndarray, name: str) -> np.ndar
     for row, bag in enumerate(bags):
         codes[row, : len(bag)] = bag
     return codes
+
+
+HISTORY_CHUNK = 1 << 16
+"""Histories split at once while encoding: bounds the Python strings alive (~1.3M parts)."""
+
+
+def history_codes(histories: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
+    """int32 (len(histories), HISTORY_LENGTH): per raw HISTORY_FIELD string, the ids of its
+    first HISTORY_LENGTH non-empty parts (vocabulary index + 1, unknown 0), then PAD; a
+    history without parts is the single id 0 in column 0, as the exported signature reads it.
+    """
+    codes = np.full((len(histories), HISTORY_LENGTH), PAD, dtype=np.int32)
+    lookup = pd.Index(np.asarray(vocabulary, dtype=object))
+    for start in range(0, len(histories), HISTORY_CHUNK):
+        row, column, parts = _history_parts(histories[start : start + HISTORY_CHUNK])
+        codes[start + row, column] = lookup.get_indexer(parts) + 1  # -1 (unknown) -> 0
+    codes[codes[:, 0] == PAD, 0] = 0
+    return codes
+
+
+def _history_vocabulary(histories: np.ndarray) -> np.ndarray:
+    """Sorted distinct parts among the first HISTORY_LENGTH of each history."""
+    found = [
+        np.asarray(pd.unique(_history_parts(histories[start : start + HISTORY_CHUNK])[2]), str)
+        for start in range(0, len(histories), HISTORY_CHUNK)
+    ]
+    return np.unique(np.concatenate(found)) if found else np.array([], dtype=str)
+
+
+def _history_parts(histories: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column, part) of every non-empty part among the first HISTORY_LENGTH of each
+    raw history: one C-level split per string, the rest vectorised."""
+    split = [text.split(MULTI_VALUED[HISTORY_FIELD]) for text in histories.tolist()]
+    lengths = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+    parts = np.fromiter(itertools.chain.from_iterable(split), dtype=object, count=lengths.sum())
+    row = np.repeat(np.arange(len(split)), lengths)
+    kept = parts != ""
+    kept_so_far = np.cumsum(kept)
+    before_row = np.concatenate(([0], kept_so_far))[np.cumsum(lengths) - lengths]
+    column = kept_so_far - 1 - before_row[row]
+    kept &= column < HISTORY_LENGTH
+    return row[kept], column[kept], parts[kept]
+
+
+def _index_of(rows: LabeledRows, index: str) -> np.ndarray:
+    """Column ``index`` of ``rows``; AfmError when the rows lack it (no history)."""
+    at = getattr(rows, index)
+    if at is None:
+        raise AfmError(NO_HISTORY)
+    return at
 
 
 def _seen(index: np.ndarray, size: int) -> np.ndarray:

@@ -11,7 +11,18 @@ out in groups of ``1 + negatives``: the positive, then its negatives.
 ``rating``. rating >= 4 -> 1, rating <= 2 -> 0, rating 3 dropped; a seeded random 80/10/10
 split of the remaining rows.
 
-All randomness comes from ``np.random.default_rng(config.seed)``; no per-row Python loops.
+With ``history`` (``--fields history``) every row also gets what its user watched before it
+(``model.data.history``), at most HISTORY_LENGTH movies, most recent first:
+
+* next-item: the user's ratings strictly earlier than the row's positive (its negatives share
+  it), whatever the split: a test row may see the validation movie, never its own.
+* rating, timestamped data: the user's *training* rows strictly earlier than the row, so no
+  row sees its own movie, a validation or a test rating.
+* rating, all timestamps equal (ml-1m-notime): a seeded random order of the user's training
+  movies, the row's own left out.
+
+All randomness comes from ``np.random.default_rng(config.seed)`` (history samples from their
+own stream, so the rows are the same with or without them); no per-row Python loops.
 """
 
 from __future__ import annotations
@@ -25,7 +36,9 @@ import numpy as np
 import pandas as pd
 
 from model.config import DataConfig
+from model.contracts.export_format import HISTORY_LENGTH
 from model.data.dataset import MOVIE_COLUMNS, USER_COLUMNS, LabeledRows, PreparedData, Ratings
+from model.data.history import all_equal, histories_before, movie_rank, sampled_histories
 from model.data.movielens import load_ratings
 from model.data.parsing import parse_categorical
 from model.errors import AfmError, MalformedInput
@@ -36,21 +49,29 @@ HELD_OUT_MIN_RATINGS = 3  # first item (never a positive) + valid + test
 RATING_POSITIVE, RATING_NEGATIVE = 4, 2  # >= 4 positive, <= 2 negative, 3 dropped
 SPLIT_SHARES = (0.8, 0.1, 0.1)
 SEED_ROW_FIELDS = 7  # user_id gender age occupation zip movie_id label
+SEED_ROWS_WITHOUT_HISTORY = (
+    "seed row files carry no history (what each user watched before a row); "
+    "use --fields seed (the default for them)"
+)
+HISTORY_SEED_STREAM = 3  # np.random.default_rng([seed, 3]): the rating protocol's samples
 _MAX_REJECTION_ROUNDS = 64
 _DENSE_CELLS = 1 << 28  # users x movies up to which 'rated' is a bitmap (256 MB)
 
 
-def prepare(config: DataConfig) -> PreparedData:
-    """Rows for training, validation and test, as ``config`` asks (seed files or a protocol)."""
+def prepare(config: DataConfig, *, history: bool = False) -> PreparedData:
+    """Rows for training, validation and test, as ``config`` asks (seed files or a protocol);
+    with ``history``, each row's watched movies too (``--fields history`` needs them)."""
     if config.train_file or config.valid_file or config.test_file:
+        if history:
+            raise AfmError(SEED_ROWS_WITHOUT_HISTORY)
         return read_seed_rows(config)
     clock = _Stage()
     ratings = load_ratings(config)
     clock.done(f"read {len(ratings.rating):,} ratings ({ratings.source})")
     if config.protocol == "next-item":
-        data = next_item(ratings, negatives=config.negatives, seed=config.seed)
+        data = next_item(ratings, negatives=config.negatives, seed=config.seed, history=history)
     elif config.protocol == "rating":
-        data = rating_threshold(ratings, seed=config.seed)
+        data = rating_threshold(ratings, seed=config.seed, history=history)
     else:
         raise AfmError(f"unknown protocol {config.protocol!r}; expected next-item or rating")
     parts = ", ".join(f"{k} {v['rows']:,} rows" for k, v in data.summary().items())
@@ -77,8 +98,7 @@ def hold_out_movies(data: PreparedData, *, share: float, seed: int) -> PreparedD
     held = np.sort(rng.choice(rated, size=max(1, round(share * len(rated))), replace=False))
 
     def without(rows: LabeledRows) -> LabeledRows:
-        keep = ~np.isin(rows.movie_idx, held)
-        return LabeledRows(rows.user_idx[keep], rows.movie_idx[keep], rows.label[keep])
+        return rows.take(~np.isin(rows.movie_idx, held))
 
     return dataclasses.replace(
         data,
@@ -96,7 +116,9 @@ def hold_out_movies(data: PreparedData, *, share: float, seed: int) -> PreparedD
 # ---------------------------------------------------------------- next-item
 
 
-def next_item(ratings: Ratings, *, negatives: int, seed: int) -> PreparedData:
+def next_item(
+    ratings: Ratings, *, negatives: int, seed: int, history: bool = False
+) -> PreparedData:
     """Leave-last-out positives with ``negatives`` unrated movies each; see the module doc."""
     if negatives < 1:
         raise AfmError(f"negatives must be at least 1, got {negatives}")
@@ -108,7 +130,7 @@ def next_item(ratings: Ratings, *, negatives: int, seed: int) -> PreparedData:
         )
     rng = np.random.default_rng(seed)
     user, movie = ratings.user_idx, ratings.movie_idx
-    order = np.lexsort((_movie_rank(ratings.movie_ids)[movie], ts, user))
+    order = np.lexsort((movie_rank(ratings.movie_ids)[movie], ts, user))
     user, movie = user[order], movie[order]
 
     counts = np.bincount(user, minlength=len(ratings.users["user_id"]))
@@ -131,18 +153,30 @@ def next_item(ratings: Ratings, *, negatives: int, seed: int) -> PreparedData:
             "so no negative exists for next-item; remove that user or use --protocol rating"
         )
     splits = {}
-    for name, mask in (("train", train), ("valid", valid), ("test", test)):
+    masks = {"train": train, "valid": valid, "test": test}
+    for name, mask in masks.items():
         splits[name] = sampler.rows(user[mask], movie[mask], negatives, rng)
     clock.done(
         f"sampled {negatives} negatives for each of {int(position.astype(bool).sum()):,} positives"
     )
+    histories, history_extra = None, {}
+    if history:
+        histories, splits = _next_item_histories(ratings, order, masks, splits, 1 + negatives)
+        history_extra = {
+            "history": f"the user's ratings strictly before the positive, most recent first "
+            f"(ties: the higher movie id first), at most {HISTORY_LENGTH}",
+            "histories": len(histories),
+        }
+        clock.done(f"{len(histories):,} distinct histories")
     return PreparedData(
         users=ratings.users,
         movies=ratings.movies,
         **splits,
         protocol="next-item",
         source=ratings.source,
+        histories=histories,
         extra={
+            **history_extra,
             "negatives": negatives,
             "seed": seed,
             "group_size": 1 + negatives,
@@ -153,6 +187,35 @@ def next_item(ratings: Ratings, *, negatives: int, seed: int) -> PreparedData:
             "rejection_rounds": sampler.rounds,
         },
     )
+
+
+def _next_item_histories(
+    ratings: Ratings,
+    order: np.ndarray,
+    masks: dict[str, np.ndarray],
+    splits: dict[str, LabeledRows],
+    group_size: int,
+) -> tuple[np.ndarray, dict[str, LabeledRows]]:
+    """Each positive's history (its ratings in ``order``, by split ``masks``) on its whole
+    group of rows: the negatives of a positive share it."""
+    positive = np.flatnonzero(masks["train"] | masks["valid"] | masks["test"])
+    histories, at = histories_before(
+        ratings.user_idx,
+        ratings.movie_idx,
+        ratings.timestamp,
+        ratings.movie_ids,
+        pool=np.arange(len(order)),
+        rows=order[positive],
+    )
+    by_position = np.zeros(len(order), dtype=np.int32)
+    by_position[positive] = at
+    with_history = {
+        name: dataclasses.replace(
+            splits[name], history_idx=np.repeat(by_position[mask], group_size)
+        )
+        for name, mask in masks.items()
+    }
+    return histories, with_history
 
 
 class _NegativeSampler:
@@ -226,19 +289,10 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
     return values[np.concatenate(([True], values[1:] != values[:-1]))]
 
 
-def _movie_rank(movie_ids: np.ndarray) -> np.ndarray:
-    """Sort rank of each movie id: numeric when every id is an integer, else as text."""
-    ids = np.asarray(movie_ids, dtype=str)
-    keys = ids.astype(np.int64) if np.char.isdigit(ids).all() else ids
-    rank = np.empty(len(ids), dtype=np.int64)
-    rank[np.argsort(keys, kind="stable")] = np.arange(len(ids))
-    return rank
-
-
 # ---------------------------------------------------------------- rating
 
 
-def rating_threshold(ratings: Ratings, *, seed: int) -> PreparedData:
+def rating_threshold(ratings: Ratings, *, seed: int, history: bool = False) -> PreparedData:
     """Binary labels from star ratings with a seeded random 80/10/10 split."""
     keep = (ratings.rating >= RATING_POSITIVE) | (ratings.rating <= RATING_NEGATIVE)
     rows = np.flatnonzero(keep)
@@ -250,21 +304,26 @@ def rating_threshold(ratings: Ratings, *, seed: int) -> PreparedData:
     n_valid = round(SPLIT_SHARES[1] * len(rows))
     bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid)}
     bounds["test"] = (n_train + n_valid, len(rows))
-    splits = {}
+    splits, parts = {}, {}
     for name, (lo, hi) in bounds.items():
-        part = rows[lo:hi]
+        parts[name] = part = rows[lo:hi]
         splits[name] = LabeledRows(
             user_idx=ratings.user_idx[part].astype(np.int32),
             movie_idx=ratings.movie_idx[part].astype(np.int32),
             label=(ratings.rating[part] >= RATING_POSITIVE).astype(np.float32),
         )
+    histories, history_extra = None, {}
+    if history:
+        histories, splits, history_extra = _rating_histories(ratings, parts, splits, seed)
     return PreparedData(
         users=ratings.users,
         movies=ratings.movies,
         **splits,
         protocol="rating",
         source=ratings.source,
+        histories=histories,
         extra={
+            **history_extra,
             "seed": seed,
             "positive": f"rating >= {RATING_POSITIVE}",
             "negative": f"rating <= {RATING_NEGATIVE}",
@@ -273,6 +332,38 @@ def rating_threshold(ratings: Ratings, *, seed: int) -> PreparedData:
             "ratings": len(ratings.rating),
         },
     )
+
+
+def _rating_histories(
+    ratings: Ratings, parts: dict[str, np.ndarray], splits: dict[str, LabeledRows], seed: int
+) -> tuple[np.ndarray, dict[str, LabeledRows], dict[str, object]]:
+    """Histories from each user's training rows only (ratings ``parts["train"]``): those
+    strictly earlier when the data has time, else a seeded sample without the row's own."""
+    rows = np.concatenate(list(parts.values()))
+    columns = (ratings.user_idx, ratings.movie_idx)
+    if all_equal(ratings.timestamp):
+        rng = np.random.default_rng([seed, HISTORY_SEED_STREAM])
+        histories, at = sampled_histories(
+            *columns, ratings.movie_ids, pool=parts["train"], rows=rows, rng=rng
+        )
+        rule = (
+            f"timestamps all equal: a seeded random order of the user's training movies "
+            f"without the row's own, at most {HISTORY_LENGTH}"
+        )
+    else:
+        histories, at = histories_before(
+            *columns, ratings.timestamp, ratings.movie_ids, pool=parts["train"], rows=rows
+        )
+        rule = (
+            f"the user's training rows strictly before the row, most recent first "
+            f"(ties: the higher movie id first), at most {HISTORY_LENGTH}"
+        )
+    bounds = np.cumsum([0, *(len(part) for part in parts.values())])
+    with_history = {
+        name: dataclasses.replace(splits[name], history_idx=at[lo:hi])
+        for name, lo, hi in zip(parts, bounds[:-1], bounds[1:], strict=True)
+    }
+    return histories, with_history, {"history": rule, "histories": len(histories)}
 
 
 # ---------------------------------------------------------------- seed rows
