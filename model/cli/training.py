@@ -297,9 +297,9 @@ def load_features(
     prefix: PrefixOpt = DEFAULT_PREFIX,
     redis_cluster: RedisClusterOpt = False,
 ) -> None:
-    """Write every user's and movie's features and what the load is (source, value labels,
-    most rated movies, sample users) to Redis as a new namespace, then switch to it
-    atomically."""
+    """Write every user's and movie's features (a user's include the 20 movies they rated
+    last) and what the load is (source, value labels, most rated movies, sample users) to
+    Redis as a new namespace, then switch to it atomically."""
     from model.data.load_features import load_features as load
     from model.data.movielens import load_feature_set
 
@@ -315,6 +315,7 @@ def load_features(
             labels=loaded.labels,
             popular=loaded.popular,
             sample_users=loaded.sample_users,
+            watched=loaded.watched,
             cluster=redis_cluster,
         )
     except AfmError as exc:

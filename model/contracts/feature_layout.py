@@ -3,7 +3,12 @@
 Layout, for a key prefix P (default ``afm:``)::
 
     P current                  string: the namespace in use, e.g. "afm:ns:1732761234567-3fa2c1:"
-    <namespace>user:<user_id>  hash: gender, age, occupation, zip (raw strings)
+    <namespace>user:<user_id>  hash: gender, age, occupation, zip (raw strings), and
+                               watched (WATCHED, contract.HISTORY_FIELD's raw format): the
+                               user's 20 (HISTORY_LENGTH) most recently rated movies of all
+                               their ratings, most recent first, ids joined by "|"
+                               ("50|1|181"; "" for none); without timestamps, a seeded
+                               random 20 (model.data.history.latest_watched)
     <namespace>movies          hash: field = movie_id, value = that movie's features as compact
                                JSON, keys in MOVIE_FEATURES order:
                                {"title":"Heat (1995)","year":"1995","genres":"Action|Crime"}
@@ -55,7 +60,9 @@ deleted one, comes from these rules instead:
 
 A namespace written by an older loader may lack ``movies`` (reads as an empty table) or
 ``meta`` (reads as ``FeatureSetMeta()``: no source, counts or time, no labels, no samples),
-and a meta hash may lack ``user_values`` (reads as empty: nothing to compare).
+a meta hash may lack ``user_values`` (reads as empty: nothing to compare), and a user hash
+may lack ``watched`` (reads as "": no history). A user's history lives in the user's own
+hash, so a request still reads one key per user.
 Movie values are raw strings exactly as in the data, "" when unknown.
 
 Pure and synchronous: the writer and the reader share every byte-level decision here.
@@ -72,6 +79,10 @@ DEFAULT_PREFIX = "afm:"
 
 USER_FIELDS: tuple[str, ...] = ("gender", "age", "occupation", "zip")
 """Per-user features stored in Redis; with user_id these are contract.USER_FIELDS."""
+
+WATCHED = "watched"
+"""The optional field of a user's hash holding what the user watched: contract.HISTORY_FIELD,
+spelled out so that importing this module stays free of pydantic (the CLI starts with it)."""
 
 MOVIE_FEATURES: tuple[str, ...] = ("title", "year", "genres")
 """Per-movie features in the movies hash, in JSON key order: dataset.MOVIE_COLUMNS after
@@ -170,18 +181,23 @@ def check_cluster_prefix(prefix: str) -> str:
 
 
 def encode_user(features: Mapping[str, str]) -> dict[str, str]:
-    """The hash written for one user. Raises KeyError if a USER_FIELDS entry is missing."""
-    return {field: str(features[field]) for field in USER_FIELDS}
+    """The hash written for one user: USER_FIELDS, and WATCHED when ``features`` has it.
+    Raises KeyError if a USER_FIELDS entry is missing; other keys are ignored."""
+    encoded = {field: str(features[field]) for field in USER_FIELDS}
+    if WATCHED in features:
+        encoded[WATCHED] = str(features[WATCHED])
+    return encoded
 
 
 def decode_user(raw: Mapping[bytes | str, bytes | str] | None) -> dict[str, str] | None:
-    """Features from a hash as read back; None for a missing or incomplete user."""
+    """Features from a hash as read back: USER_FIELDS and WATCHED ("" when the hash has none,
+    e.g. one written by an older loader); None for a missing or incomplete user."""
     if not raw:
         return None
     text = {_text(k): _text(v) for k, v in raw.items()}
     if any(field not in text for field in USER_FIELDS):
         return None
-    return {field: text[field] for field in USER_FIELDS}
+    return {**{field: text[field] for field in USER_FIELDS}, WATCHED: text.get(WATCHED, "")}
 
 
 def encode_movie(features: Mapping[str, str]) -> str:

@@ -51,6 +51,7 @@ def load_features(
     labels: Mapping[str, Mapping[str, str]] | None = None,
     popular: Sequence[str] = (),
     sample_users: Sequence[str] = (),
+    watched: Sequence[str] | np.ndarray | None = None,
     cluster: bool = False,
     retire_after: int = feature_layout.CLUSTER_RETIRE_SECONDS,
 ) -> tuple[int, int]:
@@ -62,6 +63,8 @@ def load_features(
     (``feature_layout.FeatureSetMeta``) records ``source``, ``labels`` (field -> raw value ->
     label), ``popular`` movie ids, ``sample_users`` ids, both counts, the users per value of
     each user feature (``user_values``) and the load time (UTC).
+    ``watched``: per user row, the raw history string (``feature_layout.WATCHED``, e.g.
+    ``FeatureSet.watched``), written into the user's hash; None writes no history.
     ``cluster``: ``redis_url`` names any node of a Redis Cluster; the previous namespace's
     keys then expire ``retire_after`` seconds after the switch instead of going at once.
     Returns (user count, movie count). Raises MalformedInput for inconsistent columns,
@@ -71,6 +74,8 @@ def load_features(
     pointer is untouched), or for a cluster prefix holding a brace.
     """
     user_columns = _columns(users, USER_COLUMNS, "user")
+    if watched is not None:
+        user_columns[feature_layout.WATCHED] = _watched(watched, len(user_columns["user_id"]))
     movie_columns = _columns(movies, MOVIE_COLUMNS, "movie")
     meta = feature_layout.FeatureSetMeta(
         source=_string(source, "source"),
@@ -172,6 +177,19 @@ def _columns(
     return columns
 
 
+def _watched(watched: Sequence[str] | np.ndarray, users: int) -> list[str]:
+    """``watched`` as a list of strings, one per user row."""
+    values = np.asarray(watched, dtype=object).tolist()
+    if len(values) != users:
+        raise MalformedInput(f"watched has {len(values)} values for {users} users")
+    for value in values:
+        if not isinstance(value, str):
+            raise MalformedInput(
+                f"watched value {value!r} ({type(value).__name__}) is not a string"
+            )
+    return values
+
+
 def _string(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise MalformedInput(f"{what} must be a string, got {value!r}")
@@ -221,10 +239,12 @@ def _value_counts(columns: dict[str, list[str]]) -> Mapping[str, Mapping[str, in
 def _write_users(
     client: redis.Redis | RedisCluster, namespace: str, columns: dict[str, list[str]]
 ) -> None:
+    """One hash per user: USER_FIELDS, and WATCHED when ``columns`` has it."""
     pipe = client.pipeline(transaction=False)
-    rows = zip(*(columns[f] for f in feature_layout.USER_FIELDS), strict=True)
+    names = [f for f in (*feature_layout.USER_FIELDS, feature_layout.WATCHED) if f in columns]
+    rows = zip(*(columns[f] for f in names), strict=True)
     for i, (user_id, values) in enumerate(zip(columns["user_id"], rows, strict=True), start=1):
-        features = dict(zip(feature_layout.USER_FIELDS, values, strict=True))
+        features = dict(zip(names, values, strict=True))
         pipe.hset(
             feature_layout.user_key(namespace, user_id),
             mapping=feature_layout.encode_user(features),

@@ -24,7 +24,8 @@ Each layout also carries the labels its README documents for coded user values
 (``Layout.labels``): ML-1M's (and so the synthetic data's) gender, age and occupation
 codes; ML-100K's gender only, its ages being years and its occupations names already.
 ``load_feature_set`` bundles users, movies and those labels with what a person trying the
-service needs: the most rated movies and a few user ids.
+service needs, the most rated movies and a few user ids, and each user's latest watched
+movies (the history field's value at serving time).
 
 Malformed input raises MalformedInput naming the file and the first bad line.
 """
@@ -43,6 +44,7 @@ from model.config import SYNTHETIC_DEFAULTS, DataConfig
 from model.contracts.export_format import MOVIE_ID
 from model.data.dataset import MOVIE_COLUMNS, USER_COLUMNS, Ratings
 from model.data.download import fetch, folder_with
+from model.data.history import latest_watched
 from model.data.parsing import parse_columns
 from model.errors import AfmError, MalformedInput
 
@@ -146,6 +148,7 @@ class FeatureSet:
     labels: Mapping[str, Mapping[str, str]]  # the layout's Layout.labels
     popular: tuple[str, ...]  # up to POPULAR_MOVIES rated movie ids, most rated first
     sample_users: tuple[str, ...]  # the first SAMPLE_USERS user ids by numeric id
+    watched: np.ndarray | None = None  # per user row: history.latest_watched's raw string
 
 
 # ---------------------------------------------------------------- public API
@@ -194,17 +197,30 @@ def load_movies(config: DataConfig) -> dict[str, np.ndarray]:
 
 
 def load_feature_set(config: DataConfig) -> FeatureSet:
-    """Users, movies, labels, most rated movies and sample users of ``config.dataset``.
+    """Users, movies, labels, most rated movies, sample users and each user's latest watched
+    movies of ``config.dataset``.
 
-    Of the ratings only the movie column is used, to count ratings per movie (ties in count
-    go to the lower id); a rated movie missing from the movie table is malformed input.
+    Ratings count per movie (ties in count go to the lower id) and give each user's history
+    after all of them (``history.latest_watched``, seeded by ``config.seed`` when the data
+    has no timestamps); a rated user or movie missing from its table is malformed input.
     """
     layout, files = _open(config)
     users = _read_users(files, layout)
     movies = _read_movies(files, layout)
     data, origin = files.read(layout.ratings)
-    rated = parse_columns(data, origin, sep=layout.rating_sep, fields=4, integer=(1,), keep=(1,))
+    rated = parse_columns(
+        data, origin, sep=layout.rating_sep, fields=4, integer=(0, 1, 3), keep=(0, 1, 3)
+    )
+    user_idx = _index_of(users["user_id"], rated[0], origin, layout.users, "user")
     movie_idx = _index_of(movies[MOVIE_ID], rated[1], origin, layout.movies, "movie")
+    watched = latest_watched(
+        user_idx,
+        movie_idx,
+        rated[3].astype(np.int64),
+        movies[MOVIE_ID],
+        users=len(users["user_id"]),
+        seed=config.seed,
+    )
     counts = np.bincount(movie_idx, minlength=len(movies[MOVIE_ID]))  # (n_movies,)
     # Rows are in id order, so a stable sort on the count breaks ties by id.
     ranked = np.argsort(-counts, kind="stable")[:POPULAR_MOVIES]
@@ -216,6 +232,7 @@ def load_feature_set(config: DataConfig) -> FeatureSet:
         labels=layout.labels,
         popular=tuple(movies[MOVIE_ID][ranked].tolist()),
         sample_users=tuple(users["user_id"][:SAMPLE_USERS].tolist()),
+        watched=watched,
     )
 
 

@@ -19,7 +19,8 @@ dependency, and tf.data cannot read Parquet without a Python generator in the in
 
 A record is a block of up to BLOCK_ROWS rows, not one row: ``ids`` (int32, rows x S, the
 single-valued fields in field order), one int32 rows x L matrix per multi-valued field
-(padded with ``dataset.PAD``), ``label`` (float32), and for test rows of movies kept out of
+(padded with ``dataset.PAD``; L is HISTORY_LENGTH for the watched movies of ``--fields
+history``, whose rows carry them), ``label`` (float32), and for test rows of movies kept out of
 training (``--holdout-movies``) a ``held_out`` flag (uint8). Each is the array's raw
 little-endian bytes, so parsing a record is one ``decode_raw`` per column: no per-row proto
 decoding. Training rows are shuffled once when written; each epoch shuffles shard order and
@@ -230,7 +231,7 @@ def _write_shard(
     with tf.io.TFRecordWriter(str(path)) as writer:
         for start in range(0, len(picked), WRITE_CHUNK_ROWS):
             at = picked[start : start + WRITE_CHUNK_ROWS]
-            chunk = LabeledRows(rows.user_idx[at], rows.movie_idx[at], rows.label[at])
+            chunk = rows.take(at)
             columns = {**data.encode(chunk, vocabularies, fields), LABEL: chunk.label}
             widths.update({f: v.shape[1] for f, v in columns.items() if v.ndim == 2})
             if held_out_movies is not None:

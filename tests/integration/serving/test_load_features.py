@@ -44,6 +44,14 @@ def _movies(n: int, marker: str) -> dict[str, np.ndarray]:
     }
 
 
+def _latest_watched(folder: Path, user_id: str) -> str:
+    """The user's 20 most recently rated movies in ``folder``'s ratings.dat, most recent first
+    (the synthetic data's timestamps are distinct per user)."""
+    rows = [line.split("::") for line in (folder / "ratings.dat").read_text().splitlines()]
+    mine = sorted((int(ts), movie) for user, movie, _, ts in rows if user == user_id)
+    return "|".join(movie for _, movie in reversed(mine[-20:]))
+
+
 def _keys(client: redis.Redis, prefix: str) -> list[bytes]:
     return list(client.scan_iter(match=f"{prefix}*", count=1000))
 
@@ -76,9 +84,10 @@ def test_cli_loads_every_user_as_a_hash(
     namespace = client.get(feature_layout.pointer_key(feature_prefix))
     assert namespace.startswith(f"{feature_prefix}ns:")
     first_user = (synthetic_dir / "users.dat").read_text().splitlines()[0].split("::")
-    assert client.hgetall(feature_layout.user_key(namespace, first_user[0])) == dict(
-        zip(feature_layout.USER_FIELDS, first_user[1:], strict=True)
-    )
+    assert client.hgetall(feature_layout.user_key(namespace, first_user[0])) == {
+        **dict(zip(feature_layout.USER_FIELDS, first_user[1:], strict=True)),
+        "watched": _latest_watched(synthetic_dir, first_user[0]),
+    }
     movies = client.hgetall(feature_layout.movies_key(namespace))
     assert len(movies) == 200
     first_movie = (synthetic_dir / "movies.dat").read_text(encoding="latin-1").splitlines()[0]
@@ -217,7 +226,12 @@ def test_a_table_without_movies_writes_no_movies_hash(
 def test_readers_never_see_a_mix_or_a_gap_during_reloads(
     redis_url: str, feature_prefix: str, client: redis.Redis
 ) -> None:
-    loader.load_features(_users(3000, "A"), _movies(10, "A"), redis_url, feature_prefix)
+    def load(marker: str) -> None:
+        watched = np.full(3000, f"w{marker}")  # the history switches with the rest
+        users, movies = _users(3000, marker), _movies(10, marker)
+        loader.load_features(users, movies, redis_url, feature_prefix, watched=watched)
+
+    load("A")
     read_user = client.register_script(feature_layout.READ_USER_SCRIPT)
     pointer = feature_layout.pointer_key(feature_prefix)
     seen: list[str] = []
@@ -240,7 +254,7 @@ def test_readers_never_see_a_mix_or_a_gap_during_reloads(
     for reader in readers:
         reader.start()
     for marker in "BABA":
-        loader.load_features(_users(3000, marker), _movies(10, marker), redis_url, feature_prefix)
+        load(marker)
     stop.set()
     for reader in readers:
         reader.join()
@@ -327,6 +341,8 @@ def test_unreachable_redis_is_one_line_error(feature_prefix: str, synthetic_dir:
         ({"popular": "123"}, "popular movie ids must be a sequence of strings"),
         ({"sample_users": np.array([1, 2])}, r"sample user id 1 \(int64\) is not a string"),
         ({"sample_users": ["1", "99"]}, "sample user id '99' is not in the table"),
+        ({"watched": ["1|2", ""]}, "watched has 2 values for 3 users"),
+        ({"watched": ["1|2", "", 3]}, r"watched value 3 \(int\) is not a string"),
     ],
 )
 def test_malformed_meta_is_refused(

@@ -4,6 +4,7 @@ import pytest
 from redis.crc import key_slot
 
 from model.contracts import feature_layout as fl
+from model.contracts.export_format import HISTORY_FIELD
 from model.data.dataset import MOVIE_COLUMNS
 
 
@@ -63,6 +64,19 @@ def test_encode_user_keeps_raw_strings_and_only_user_fields() -> None:
     assert encoded == {"gender": "F", "age": "1", "occupation": "10", "zip": "02138"}
 
 
+def test_encode_user_writes_the_watched_movies_when_given() -> None:
+    features = {"gender": "F", "age": "1", "occupation": "10", "zip": "02138"}
+    assert fl.encode_user({**features, "watched": "50|1|181"}) == {
+        **features,
+        "watched": "50|1|181",
+    }
+    assert fl.encode_user({**features, "watched": ""})["watched"] == ""
+
+
+def test_watched_is_the_contract_history_field() -> None:
+    assert fl.WATCHED == HISTORY_FIELD
+
+
 def test_encode_user_missing_field_raises() -> None:
     with pytest.raises(KeyError, match="zip"):
         fl.encode_user({"gender": "F", "age": "1", "occupation": "10"})
@@ -70,12 +84,9 @@ def test_encode_user_missing_field_raises() -> None:
 
 def test_decode_user_round_trips_bytes_from_redis() -> None:
     raw = {b"gender": b"M", b"age": b"25", b"occupation": b"4", b"zip": b"55455-1234"}
-    assert fl.decode_user(raw) == {
-        "gender": "M",
-        "age": "25",
-        "occupation": "4",
-        "zip": "55455-1234",
-    }
+    decoded = {"gender": "M", "age": "25", "occupation": "4", "zip": "55455-1234"}
+    assert fl.decode_user(raw) == {**decoded, "watched": ""}  # an older loader's hash
+    assert fl.decode_user({**raw, b"watched": b"50|1|181"}) == {**decoded, "watched": "50|1|181"}
 
 
 @pytest.mark.parametrize("raw", [None, {}, {b"gender": b"M"}])

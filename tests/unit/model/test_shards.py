@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from model.contracts.export_format import ALL_FIELDS
+from model.contracts.export_format import (
+    ALL_FIELDS,
+    HISTORY_FIELD,
+    HISTORY_FIELDS,
+    HISTORY_LENGTH,
+)
 from model.data.dataset import SINGLE_INPUT, LabeledRows, PreparedData
 from model.data.shards import (
     BLOCK_ROWS,
@@ -171,3 +177,35 @@ def test_a_missing_shard_is_refused(tmp_path: Path) -> None:
     manifest.files("train")[1].unlink()
     with pytest.raises(AfmError, match="lacks shard file"):
         Manifest.load(manifest.directory)
+
+
+def with_histories(data: PreparedData) -> PreparedData:
+    """``data`` with a watched-movies history per row (some empty, one too long)."""
+    ids = data.movie_ids.tolist()
+    histories = np.array(
+        ["", "|".join(ids[:3]), "|".join(ids[5:9]), "|".join(ids[::-1])], dtype=object
+    )
+    rng = np.random.default_rng(1)
+
+    def rows(part: LabeledRows) -> LabeledRows:
+        return replace(part, history_idx=rng.integers(0, len(histories), len(part)))
+
+    return replace(
+        data,
+        train=rows(data.train),
+        valid=rows(data.valid),
+        test=rows(data.test),
+        histories=histories,
+    )
+
+
+def test_history_rows_stream_back_twenty_wide(tmp_path: Path) -> None:
+    data = with_histories(small_data())
+    manifest = write_prepared(data, "history", tmp_path / "rows", shards=2)
+    assert manifest.fields == HISTORY_FIELDS
+    assert manifest.bag_widths == {"genres": 3, HISTORY_FIELD: HISTORY_LENGTH}
+    expected = data.encode(data.test, data.vocabularies(HISTORY_FIELDS), HISTORY_FIELDS)
+    batches = list(evaluation_batches(manifest, "test", 128))
+    for name in (SINGLE_INPUT, "genres", HISTORY_FIELD):
+        got = np.concatenate([b[0][name].numpy() for b in batches])
+        np.testing.assert_array_equal(got, expected[name])
