@@ -191,21 +191,22 @@ HISTORY_CHUNK = 1 << 16
 
 
 def history_codes(histories: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
-    """int32 (len(histories), HISTORY_LENGTH): per raw HISTORY_FIELD string, the ids of its
-    first HISTORY_LENGTH non-empty parts (vocabulary index + 1, unknown 0), then PAD; a
-    history without parts is the single id 0 in column 0, as the exported signature reads it.
+    """int32 (len(histories), HISTORY_LENGTH): per raw HISTORY_FIELD string, part j's id at
+    column j for its first HISTORY_LENGTH parts (vocabulary index + 1, unknown 0; an empty
+    part PAD in place), PAD after the last; a history without any such part is the single id
+    0 in column 0. The exported signature and the NumPy scorer read a raw string the same way.
     """
     codes = np.full((len(histories), HISTORY_LENGTH), PAD, dtype=np.int32)
     lookup = pd.Index(np.asarray(vocabulary, dtype=object))
     for start in range(0, len(histories), HISTORY_CHUNK):
         row, column, parts = _history_parts(histories[start : start + HISTORY_CHUNK])
         codes[start + row, column] = lookup.get_indexer(parts) + 1  # -1 (unknown) -> 0
-    codes[codes[:, 0] == PAD, 0] = 0
+    codes[(codes == PAD).all(axis=1), 0] = 0
     return codes
 
 
 def _history_vocabulary(histories: np.ndarray) -> np.ndarray:
-    """Sorted distinct parts among the first HISTORY_LENGTH of each history."""
+    """Sorted distinct non-empty parts among the first HISTORY_LENGTH of each history."""
     found = [
         np.asarray(pd.unique(_history_parts(histories[start : start + HISTORY_CHUNK])[2]), str)
         for start in range(0, len(histories), HISTORY_CHUNK)
@@ -214,18 +215,16 @@ def _history_vocabulary(histories: np.ndarray) -> np.ndarray:
 
 
 def _history_parts(histories: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row, column, part) of every non-empty part among the first HISTORY_LENGTH of each
-    raw history: one C-level split per string, the rest vectorised."""
-    split = [text.split(MULTI_VALUED[HISTORY_FIELD]) for text in histories.tolist()]
+    """(row, position, part) of every non-empty part among the first HISTORY_LENGTH parts of
+    each raw history: one C-level split per string, the rest vectorised."""
+    separator = MULTI_VALUED[HISTORY_FIELD]
+    split = [text.split(separator, HISTORY_LENGTH) for text in histories.tolist()]
     lengths = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
     parts = np.fromiter(itertools.chain.from_iterable(split), dtype=object, count=lengths.sum())
     row = np.repeat(np.arange(len(split)), lengths)
-    kept = parts != ""
-    kept_so_far = np.cumsum(kept)
-    before_row = np.concatenate(([0], kept_so_far))[np.cumsum(lengths) - lengths]
-    column = kept_so_far - 1 - before_row[row]
-    kept &= column < HISTORY_LENGTH
-    return row[kept], column[kept], parts[kept]
+    position = np.arange(len(parts)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    kept = (position < HISTORY_LENGTH) & (parts != "")  # part 20 holds the rest, unsplit
+    return row[kept], position[kept], parts[kept]
 
 
 def _index_of(rows: LabeledRows, index: str) -> np.ndarray:

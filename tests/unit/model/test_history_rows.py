@@ -15,7 +15,7 @@ from model.cli.main import app
 from model.config import DataConfig
 from model.contracts import feature_layout
 from model.contracts.export_format import ALL_FIELDS, HISTORY_FIELD, HISTORY_FIELDS, HISTORY_LENGTH
-from model.data.dataset import PAD, LabeledRows, PreparedData, Ratings
+from model.data.dataset import PAD, LabeledRows, PreparedData, Ratings, history_codes
 from model.data.history import latest_watched
 from model.data.load_features import load_features
 from model.data.movielens import load_feature_set, load_ratings
@@ -272,7 +272,7 @@ def test_encode_is_twenty_wide_with_pad_and_the_empty_history_as_id_zero() -> No
     assert watched[0].tolist() == [5, 1, 4, *pad[3:]]
     assert watched[1].tolist() == [0, *pad[1:]]
     assert watched[2].tolist() == [2, *[0] * 18, 3]  # of 100 .. 119 only the ends are known
-    assert watched[3].tolist() == [1, 0, *pad[2:]]  # empty parts skipped, "7" unknown here
+    assert watched[3].tolist() == [1, PAD, 0, *pad[3:]]  # an empty part is PAD in place
 
 
 def test_encode_on_real_rows_matches_the_raw_strings(next_item_rows: PreparedData) -> None:
@@ -392,3 +392,14 @@ def test_latest_watched_without_time_is_a_seeded_sample(untimed: Ratings) -> Non
         assert set(parts) <= mine
     np.testing.assert_array_equal(watched(0), first)
     assert (watched(1) != first).any()
+
+
+def test_encode_reads_a_raw_history_as_the_numpy_scorer_does() -> None:
+    from model.contracts.numpy_scorer import _history_ids
+
+    long = "|".join(str(i) for i in range(100, 130))
+    odd = ["50|1|181", "", "|", "1||7|", "||50", long, f"|{long}", "x|50|x"]
+    vocab = np.array(["1", "100", "119", "181", "50"])
+    ids = {v: i + 1 for i, v in enumerate(vocab.tolist())}
+    expected = _history_ids(odd, ids)
+    np.testing.assert_array_equal(history_codes(np.array(odd, dtype=object), vocab), expected)
