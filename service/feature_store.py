@@ -75,7 +75,8 @@ class FeatureRead:
     """What one request reads, all from the same loaded feature set."""
 
     user: dict[str, str] | None
-    """USER_FIELDS as raw strings; None for a user not in the feature set."""
+    """``feature_layout.decode_user``: USER_FIELDS and what the user watched (WATCHED) as
+    raw strings, from the one hash; None for a user not in the feature set."""
     movies: Mapping[str, Mapping[str, str]]
     """movie_id string -> MOVIE_FEATURES as raw strings; read-only, shared between requests.
     Empty for a feature set loaded without movies; a movie not in it is unknown."""

@@ -102,6 +102,12 @@ def seed_fields_model_dir(synthetic_dir: Path, tmp_path_factory: pytest.TempPath
     return _train_small(synthetic_dir, tmp_path_factory.mktemp("seed-models"), "seed")
 
 
+@pytest.fixture(scope="session")
+def history_model_dir(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like `trained_model_dir`, with the eight fields and what each user watched."""
+    return _train_small(synthetic_dir, tmp_path_factory.mktemp("history-models"), "history")
+
+
 def shared_data(name: str) -> Path:
     """A real MovieLens folder from ../shared/data, or skip with the reason."""
     path = SHARED_DATA / name

@@ -22,7 +22,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from model.contracts.export_format import USER_FIELDS
+from model.contracts.export_format import HISTORY_FIELD, USER_FIELDS
 
 PAGES_DIR = Path(__file__).resolve().parent.parent / "static"
 """index.html and ui.html (a template), served by the routes below; ui/, the page's script
@@ -34,6 +34,7 @@ DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 ASSETS_URL = "/static/ui"
 DOCS_ASSETS_URL = "/static/docs"
 USER_FIELDS_PLACEHOLDER = "{{user_fields}}"
+HISTORY_FIELD_PLACEHOLDER = "{{history_field}}"
 
 router = APIRouter(include_in_schema=False)
 
@@ -54,14 +55,16 @@ async def index() -> FileResponse:
 @router.get("/ui")
 async def explanation_page() -> HTMLResponse:
     """The explanation page, told which fields describe the user (the contract's
-    USER_FIELDS, in ``data-user-fields``) rather than keeping its own list."""
+    USER_FIELDS, in ``data-user-fields``) and which one holds what the user watched
+    (HISTORY_FIELD, in ``data-history-field``) rather than keeping its own names."""
     return HTMLResponse(_page())
 
 
 @cache
 def _page() -> str:
     html = (PAGES_DIR / "ui.html").read_text(encoding="utf-8")
-    return html.replace(USER_FIELDS_PLACEHOLDER, " ".join(USER_FIELDS))
+    html = html.replace(USER_FIELDS_PLACEHOLDER, " ".join(USER_FIELDS))
+    return html.replace(HISTORY_FIELD_PLACEHOLDER, HISTORY_FIELD)
 
 
 @router.get("/docs")

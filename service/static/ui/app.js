@@ -10,6 +10,7 @@ const TERM_DIGITS = 3;
 
 const state = {
   userFields: new Set(document.body.dataset.userFields.split(/\s+/).filter(Boolean)),
+  historyField: document.body.dataset.historyField, // what the user watched (history versions)
   movies: new Map(), // movie_id -> {title, year, genres} from /feature-set
   response: null, // the last /score answer
   selected: null, // movie_id whose explanation is shown
@@ -207,6 +208,24 @@ function renderUser() {
     if (!f.known) value.append(el("span", { class: "oov", text: " not in training data" }));
     list.append(el("div", { "data-field": f.field }, el("dt", { text: f.field }), value));
   }
+  if (first.watched) list.append(el("div", { "data-field": state.historyField }, el("dt", { text: state.historyField }), watchedByRecency(first.watched)));
+}
+
+/** What a history version's user watched, most recent first (the same for every candidate). */
+function watchedByRecency(watched) {
+  const value = el("dd");
+  if (!watched.length) {
+    value.textContent = "nothing yet";
+    return value;
+  }
+  const list = el("ol", { class: "watched" });
+  for (const movie of [...watched].sort((a, b) => a.position - b.position)) {
+    const item = el("li", { "data-movie-id": movie.movie_id, title: movie.title, text: movie.title });
+    if (!movie.known) item.append(el("span", { class: "oov", text: " not in training data" }));
+    list.append(item);
+  }
+  value.append(list);
+  return value;
 }
 
 function renderRanking() {
@@ -255,12 +274,61 @@ function renderExplanation() {
   if (section.hidden) return;
   section.dataset.movieId = score.movie_id;
   $("explanation-title").textContent = `${movieTitle(score)} — p(click) ${fixed(score.probability, PROBABILITY_DIGITS)}`;
-  const movieFields = score.features.filter((f) => !state.userFields.has(f.field));
+  const movieFields = score.features.filter((f) => !state.userFields.has(f.field) && f.field !== state.historyField);
   $("movie-facts").textContent = movieFields
     .map((f) => featureText(f) + (f.known ? "" : " (not in training data)"))
     .join(" · ");
   renderHeatmap(score);
+  renderWatched(score);
   renderTerms(score);
+}
+
+/** A history version's attention over the watched movies for this candidate, most first,
+ *  coloured as the heatmap: white an equal share, blue more, grey less. */
+function renderWatched(score) {
+  const figure = $("watched-figure");
+  figure.hidden = !score.watched;
+  if (figure.hidden) return;
+  const list = $("watched-attention");
+  list.replaceChildren();
+  const watched = score.watched;
+  if (!watched.length) {
+    $("watched-caption").textContent = "Nothing watched yet: the model reads an unknown history.";
+    return;
+  }
+  const weights = watched.map((m) => m.weight);
+  const [smallest, largest] = [Math.min(...weights), Math.max(...weights)];
+  const equalShare = 1 / watched.length;
+  for (const movie of watched) {
+    const { colour, strength } = weightColour(movie.weight, equalShare, smallest, largest);
+    const weight = el("span", { class: strength > 0.55 ? "weight dark" : "weight", text: fixed(movie.weight, WEIGHT_DIGITS) });
+    weight.style.background = colour;
+    const item = el(
+      "li",
+      {
+        "data-movie-id": movie.movie_id,
+        "data-weight": movie.weight,
+        "data-position": movie.position,
+        title: `${movie.title}\n${recency(movie.position)}, weight ${fixed(movie.weight, 4)}`,
+      },
+      weight,
+      el("span", { class: "title", text: movie.title }),
+    );
+    if (!movie.known) item.append(el("span", { class: "oov", text: " not in training data" }));
+    list.append(item);
+  }
+  $("watched-caption").textContent =
+    `How much ${movieTitle(score)} attends to each movie the user watched; the ` +
+    `${watched.length} weights sum to 1. White: an equal share (${fixed(equalShare, WEIGHT_DIGITS)}); ` +
+    "blue: more, grey: less. Hover a movie for how recently it was watched.";
+}
+
+/** "the most recently watched", "the 2nd most recently watched", … (position 0 is the latest). */
+function recency(position) {
+  if (position === 0) return "the most recently watched";
+  const n = position + 1;
+  const suffix = n % 100 >= 11 && n % 100 <= 13 ? "th" : { 1: "st", 2: "nd", 3: "rd" }[n % 10] || "th";
+  return `the ${n}${suffix} most recently watched`;
 }
 
 function renderHeatmap(score) {

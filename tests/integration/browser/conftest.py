@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from service.settings import Settings
-from tests.integration.serving.conftest import *  # noqa: F403 - loaded_prefix and what it needs
+from tests.integration.serving.conftest import *  # noqa: F403 - the loaded prefixes and what they need
 from tests.integration.serving.helpers import ServerThread, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -28,6 +28,22 @@ VIEWPORT = (1280, 900)
 def server(trained_model_dir: Path, redis_url: str, loaded_prefix: str) -> Iterator[ServerThread]:
     settings = Settings(
         model_dir=trained_model_dir, redis_url=redis_url, redis_prefix=loaded_prefix
+    )
+    with ServerThread(settings) as running:
+        wait_until(
+            lambda: httpx.get(f"{running.url}/readyz").status_code == 200,
+            what="/readyz to turn 200",
+        )
+        yield running
+
+
+@pytest.fixture(scope="module")
+def history_server(
+    history_model_dir: Path, redis_url: str, history_prefix: str
+) -> Iterator[ServerThread]:
+    """The same with a version that reads what users watched, and their histories loaded."""
+    settings = Settings(
+        model_dir=history_model_dir, redis_url=redis_url, redis_prefix=history_prefix
     )
     with ServerThread(settings) as running:
         wait_until(

@@ -226,6 +226,45 @@ def test_metrics_name_the_page_routes(http: httpx.Client) -> None:
     assert "unmatched" not in routes
 
 
+def test_page_shows_what_the_user_watched_and_what_the_candidate_attends_to(
+    browser: WebDriver, history_server: ServerThread
+) -> None:
+    """A version trained on what users watched: the user panel lists the watched movies,
+    most recent first; a candidate's explanation lists them by its attention, as /explain."""
+    browser.get(f"{history_server.url}/ui")
+    wait_for(browser, "body[data-state=ready]")
+    user_id = int(browser.find_element(By.ID, "user-id").get_attribute("value"))
+    row = browser.find_elements(By.CSS_SELECTOR, "#ranking tbody tr")[SELECTED_ROW]
+    movie_id = int(row.get_attribute("data-movie-id"))
+    row.click()
+    wait_for(browser, f"#explanation[data-movie-id='{movie_id}'] #watched-attention li")
+    params = {"user_id": user_id, "movie_id": movie_id}
+    explained = httpx.get(f"{history_server.url}/explain", params=params).json()
+    watched = explained["watched"]
+    assert len(watched) > 3
+
+    by_recency = browser.execute_script(
+        "return [...document.querySelectorAll('#user-features [data-field=watched] li')]"
+        ".map(li => Number(li.dataset.movieId))"
+    )
+    assert by_recency == [m["movie_id"] for m in sorted(watched, key=lambda m: m["position"])]
+    shown_watched = browser.execute_script(
+        "return [...document.querySelectorAll('#watched-attention li')].map(li =>"
+        "  [Number(li.dataset.movieId), li.querySelector('.weight').textContent,"
+        "   li.querySelector('.title').textContent])"
+    )
+    assert [m for m, _, _ in shown_watched] == [m["movie_id"] for m in watched]
+    for (_, weight, title), movie in zip(shown_watched, watched, strict=True):
+        assert shown(weight, movie["weight"], WEIGHT_DIGITS) and title == movie["title"]
+    label = next(f["label"] for f in explained["features"] if f["field"] == "watched")
+    axis = browser.execute_script(
+        "return [...document.querySelectorAll('#heatmap th.row')].map(th => th.textContent)"
+    )
+    assert f"watched: {label}" in axis and len(axis) == len(explained["features"])
+    assert "watched" not in browser.find_element(By.ID, "movie-facts").text  # the user's
+    assert console_errors(browser) == []
+
+
 def test_page_asks_for_an_api_key_once_and_keeps_it(
     browser: WebDriver, trained_model_dir: Path, redis_url: str, loaded_prefix: str
 ) -> None:

@@ -21,6 +21,7 @@ from model.data.load_features import load_features
 from model.data.movielens import FeatureSet, load_feature_set
 from service.app import create_app
 from service.settings import Settings
+from tests.conftest import run_cli
 from tests.integration.serving.helpers import (
     RedisProcess,
     remove_prefix,
@@ -70,6 +71,18 @@ def loaded_prefix(redis_url: str, synthetic_feature_set: FeatureSet) -> Iterator
         popular=fs.popular,
         sample_users=fs.sample_users,
     )
+    yield prefix
+    remove_prefix(redis_url, prefix)
+
+
+@pytest.fixture(scope="module")
+def history_prefix(redis_url: str, synthetic_dir: Path) -> Iterator[str]:
+    """The synthetic feature set, users' watched movies included, as the CLI loads it."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    run_cli(
+        "load-features", "--dataset", "synthetic", "--data-dir", str(synthetic_dir),
+        "--redis-url", redis_url, "--prefix", prefix,
+    )  # fmt: skip
     yield prefix
     remove_prefix(redis_url, prefix)
 

@@ -7,7 +7,9 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -117,6 +119,45 @@ class Hammer:
         self.stop.set()
         for thread in self.threads:
             thread.join(timeout=30)
+
+
+@contextmanager
+def redis_commands(redis_url: str) -> Iterator[list[dict]]:
+    """Every command the Redis at ``redis_url`` runs while the block runs, as MONITOR reports
+    them (redis-py's parsed entries: ``client_type`` "tcp" or "lua", ``client_address``,
+    ``client_port``, ``command``), from any client: tell them apart by connection."""
+    seen: list[dict] = []
+    end = f"end-of-block-{uuid.uuid4().hex}"
+    client = redis.Redis.from_url(redis_url)
+    started = threading.Event()
+
+    def watch() -> None:
+        with client.monitor() as monitor:  # MONITOR is on once this returns
+            started.set()
+            while end not in (command := monitor.next_command())["command"]:
+                seen.append(command)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    if not started.wait(10):
+        raise AssertionError("MONITOR did not start")
+    try:
+        yield seen
+    finally:
+        client.echo(end)  # the last command the watcher sees
+        thread.join(timeout=10)
+        client.close()
+
+
+def commands_of(seen: list[dict], marker: str) -> list[str]:
+    """The commands sent on the connections that sent one mentioning ``marker`` (a key
+    prefix): one client's commands, whatever they name; Lua's own calls left out."""
+    clients = {
+        (c["client_address"], c["client_port"])
+        for c in seen
+        if c["client_type"] == "tcp" and marker in c["command"]
+    }
+    return [c["command"] for c in seen if (c["client_address"], c["client_port"]) in clients]
 
 
 class RedisProcess:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from model.contracts.export_format import USER_FIELDS
+from model.contracts.export_format import HISTORY_FIELD, USER_FIELDS
 from service.app import create_app
 from service.settings import Settings
 
@@ -32,6 +32,8 @@ def test_page_is_told_the_user_fields_and_its_files_are_served(client: TestClien
     page = client.get("/ui")
     assert page.headers["content-type"].startswith("text/html")
     assert f'data-user-fields="{" ".join(USER_FIELDS)}"' in page.text
+    assert f'data-history-field="{HISTORY_FIELD}"' in page.text
+    assert "{{" not in page.text  # every placeholder filled
     assets = re.findall(r'(?:src|href)="(static/[^"]+)"', page.text)
     assert sorted(assets) == ["static/ui/app.js", "static/ui/style.css"]
     for asset in assets:
