@@ -71,7 +71,10 @@ def history_ids(lookup: keras.layers.StringLookup, joined: tf.Tensor) -> tf.Tens
     ``bag_ids`` (PAD past the last, the single id 0 for no history): the width the model was
     built with, so position j is always the j-th most recent."""
     ids = bag_ids(lookup, joined, MULTI_VALUED[HISTORY_FIELD])[:, :HISTORY_LENGTH]
-    return tf.pad(ids, [[0, 0], [0, HISTORY_LENGTH - tf.shape(ids)[1]]], constant_values=PAD)
+    ids = tf.pad(ids, [[0, 0], [0, HISTORY_LENGTH - tf.shape(ids)[1]]], constant_values=PAD)
+    # a row whose parts all lie past HISTORY_LENGTH counts as no history, as an empty one
+    empty = tf.reduce_all(ids == PAD, axis=1, keepdims=True)
+    return tf.where(tf.logical_and(empty, tf.range(HISTORY_LENGTH) == 0), 0, ids)
 
 
 def model_inputs(

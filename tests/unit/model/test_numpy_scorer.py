@@ -54,6 +54,9 @@ USERS = {  # three users: known, partly unknown ("" and unseen values), wholly u
     # unknown movie and an empty part
     HISTORY_FIELD: ["3|1|5", "", "|".join(["8", "99", "", "2", *["1", "3"] * 12])],
 }
+# a fourth user, whose only watched movie lies past HISTORY_LENGTH: no history
+USERS = {f: [*values, values[0]] for f, values in USERS.items()}
+USERS[HISTORY_FIELD][3] = "|" * HISTORY_LENGTH + "5"
 MOVIES = {  # the movie table: raw fields by id
     "1": {"year": "1995", "genres": "Comedy|Drama"},
     "2": {"year": "2001", "genres": "Comedy|Sci-Fi"},  # unseen year, one unseen genre
@@ -63,7 +66,7 @@ MOVIES = {  # the movie table: raw fields by id
     "012": {"year": "2000", "genres": "|"},  # not requestable: not how an integer reads
 }
 # Movie 8 is in the vocabulary, not in the table; 4242 in neither.
-USER_INDEX = np.array([0, 0, 1, 1, 1, 0, 2, 2, 0, 1], np.int32)
+USER_INDEX = np.array([0, 0, 1, 1, 1, 0, 2, 2, 3, 1], np.int32)
 MOVIE_IDS = [1, 2, 3, 5, 77, 8, 4242, 1, 3, 2]
 
 
