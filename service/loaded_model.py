@@ -118,16 +118,25 @@ def load_model(version_dir: Path) -> LoadedModel:
     expected = saved.signatures[export_format.SIGNATURE_EXPLAIN](**columns)
     explained = model.explain(rows)
     model._item_tables.clear()  # the check's movie table is no feature set's
-    worst = max(
-        float(np.abs(getattr(explained, name) - expected[output].numpy()).max())
-        for name, output in explain_outputs(fields).items()
-    )
+    worst = largest_difference(fields, explained, {k: v.numpy() for k, v in expected.items()})
     if not worst <= CHECK_TOLERANCE:  # a NaN fails too
         raise ValueError(
             f"the NumPy scorer differs from the SavedModel's {export_format.SIGNATURE_EXPLAIN} "
             f"signature by {worst:.2g} (tolerance {CHECK_TOLERANCE:g})"
         )
     return model
+
+
+def largest_difference(
+    fields: Sequence[str], explained: Explanation, expected: Mapping[str, np.ndarray]
+) -> float:
+    """The largest difference between the NumPy scorer's ``explained`` and the explain
+    signature's ``expected`` outputs, over every output the version has (a history
+    version's attention over the watched movies too); NaN if either has a NaN."""
+    return max(
+        float(np.abs(getattr(explained, name) - expected[output]).max())
+        for name, output in explain_outputs(fields).items()
+    )
 
 
 def check_rows(fields: Sequence[str], vocabularies: Mapping[str, Sequence[str]]) -> Candidates:

@@ -1,6 +1,6 @@
 """The service's scoring (the NumPy scorer of the version's weights, requests merged) equals
-the contract signatures on real six- and eight-field exports; a version whose scorer would
-disagree, or of an older format, is refused at load."""
+the contract signatures on real six-field, eight-field and history exports; a version whose
+scorer would disagree, or of an older format, is refused at load."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from model.contracts import export_format
 from model.data.movielens import FeatureSet
-from service.candidates import EXPLAIN_OUTPUTS, Candidates
+from service.candidates import Candidates, explain_outputs
 from service.loaded_model import LoadedModel, check_rows, load_model
 
 candidates = Candidates.of_request
@@ -22,16 +22,22 @@ candidates = Candidates.of_request
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module", params=["all", "seed"])
+ROOTS = {
+    "all": "trained_model_dir",
+    "seed": "seed_fields_model_dir",
+    "history": "history_model_dir",
+}
+
+
+@pytest.fixture(scope="module", params=list(ROOTS))
 def version_dir(request: pytest.FixtureRequest) -> Path:
-    root = "trained_model_dir" if request.param == "all" else "seed_fields_model_dir"
-    return request.getfixturevalue(root) / "1"
+    return request.getfixturevalue(ROOTS[request.param]) / "1"
 
 
-def requests(features: FeatureSet) -> Candidates:
-    """Two requests merged as the scorer merges them: a known user with known movies and
-    an unknown one, and a user without features; the first movie is missing from the movie
-    table (the model knows its id, not its genres and year)."""
+def requests(features: FeatureSet, fields: tuple[str, ...]) -> Candidates:
+    """Two requests merged as the scorer merges them: a known user (with what they watched)
+    with known movies and an unknown one, and a user without features; the first movie is
+    missing from the movie table (the model knows its id, not its genres and year)."""
     users, movies = features.users, features.movies
     table = {
         str(m): {"year": str(y), "genres": str(g)}
@@ -41,8 +47,9 @@ def requests(features: FeatureSet) -> Candidates:
     first_user = {
         f: str(users[f][3]) for f in export_format.USER_FIELDS if f != export_format.USER_ID
     }
+    assert features.watched is not None and features.watched[3]
+    first_user[export_format.HISTORY_FIELD] = str(features.watched[3])
     movie_ids = [int(m) for m in movies["movie_id"][:25]]
-    fields = export_format.ALL_FIELDS
     return Candidates.concat(
         [
             candidates(fields, int(users["user_id"][3]), first_user, [*movie_ids, 10**9], table),
@@ -59,10 +66,10 @@ def contract_explain(version_dir: Path, rows: Candidates, fields: tuple[str, ...
 
 
 def assert_same(model: LoadedModel, version_dir: Path, features: FeatureSet) -> None:
-    rows = requests(features)
+    rows = requests(features, model.fields)
     expected = contract_explain(version_dir, rows, model.fields)
     explained = model.explain(rows)
-    for name, output in EXPLAIN_OUTPUTS.items():
+    for name, output in explain_outputs(model.fields).items():
         np.testing.assert_allclose(getattr(explained, name), expected[output], atol=1e-5)
     np.testing.assert_allclose(model.score(rows).probability, expected["probability"], atol=1e-5)
     # one request alone (one user: the scorer's single-product path)
@@ -74,7 +81,7 @@ def assert_same(model: LoadedModel, version_dir: Path, features: FeatureSet) -> 
     )
     assert set(rows.user_index[:26].tolist()) == {0}
     alone = model.explain(first)
-    for name, output in EXPLAIN_OUTPUTS.items():
+    for name, output in explain_outputs(model.fields).items():
         np.testing.assert_allclose(getattr(alone, name), expected[output][:26], atol=1e-5)
     np.testing.assert_allclose(
         model.score(first).probability, expected["probability"][:26], atol=1e-5
@@ -133,7 +140,7 @@ def test_an_item_table_is_built_once_per_movie_table(
     version_dir: Path, synthetic_feature_set: FeatureSet
 ) -> None:
     model = load_model(version_dir)
-    rows = requests(synthetic_feature_set)
+    rows = requests(synthetic_feature_set, model.fields)
     model.score(rows)
     (table,) = model._item_tables
     model.explain(rows)

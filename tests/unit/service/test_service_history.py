@@ -18,7 +18,7 @@ from model.contracts.feature_layout import FeatureSetMeta
 from service import explanation
 from service.candidates import UNKNOWN_VALUE, Candidates, Explanation, explain_outputs
 from service.feature_store import FeatureRead
-from service.loaded_model import LoadedModel, check_rows
+from service.loaded_model import CHECK_TOLERANCE, LoadedModel, check_rows, largest_difference
 from service.schemas import ExplainResponse, ScoreResponse, WatchedMovie
 from tests.unit.service.numpy_model import numpy_model
 from tests.unit.service.test_service_routes import FakeStore, _client
@@ -136,6 +136,17 @@ def test_the_load_check_covers_every_kind_of_history(model: LoadedModel) -> None
     explained = model.explain(rows)
     assert explained.history_attention is not None
     np.testing.assert_allclose(explained.history_attention.sum(axis=1), 1, atol=1e-5)
+
+
+def test_the_load_check_compares_the_history_attention_too(model: LoadedModel) -> None:
+    explained = model.explain(check_rows(HISTORY_FIELDS, VOCABULARIES))
+    outputs = {
+        key: getattr(explained, name) for name, key in explain_outputs(HISTORY_FIELDS).items()
+    }
+    assert largest_difference(HISTORY_FIELDS, explained, outputs) == 0
+    shuffled = outputs[ef.OUTPUT_HISTORY_ATTENTION][:, ::-1]  # the positions reversed
+    differing = {**outputs, ef.OUTPUT_HISTORY_ATTENTION: shuffled}
+    assert largest_difference(HISTORY_FIELDS, explained, differing) > CHECK_TOLERANCE
 
 
 @pytest.mark.parametrize("fields", [ef.SEED_FIELDS, ef.ALL_FIELDS], ids=["seed", "all"])
