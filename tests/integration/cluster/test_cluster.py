@@ -51,8 +51,15 @@ def _movies(marker: str) -> dict[str, np.ndarray]:
 
 
 def _load(url: str, prefix: str, marker: str) -> None:
+    watched = [f"{marker}:watched:{i}" for i in range(1, USERS + 1)]
     load_features(
-        _users(marker), _movies(marker), url, prefix, source=f"load {marker}", cluster=True
+        _users(marker),
+        _movies(marker),
+        url,
+        prefix,
+        source=f"load {marker}",
+        cluster=True,
+        watched=watched,
     )
 
 
@@ -64,7 +71,8 @@ def _marker(read: FeatureRead, user_id: str) -> str:
     markers.add(read.meta.source.removeprefix("load "))
     assert len(markers) == 1, f"one read mixes loads {sorted(markers)}"
     (marker,) = markers
-    assert read.user == {f: f"{marker}:{f}:{user_id}" for f in feature_layout.USER_FIELDS}
+    fields = (*feature_layout.USER_FIELDS, feature_layout.WATCHED)
+    assert read.user == {f: f"{marker}:{f}:{user_id}" for f in fields}
     assert len(read.movies) == MOVIES
     return marker
 

@@ -50,6 +50,7 @@ def _load(url: str, prefix: str, users: int, movies: int, marker: str) -> None:
         labels={"gender": {f"g{marker}": f"Gender {marker}"}},
         popular=("7", "3", str(movies)),
         sample_users=("2", "1"),
+        watched=np.full(users, f"w{marker}"),
     )
 
 
@@ -106,7 +107,9 @@ def test_reads_the_user_and_the_movie_table(redis_url: str, loaded: str) -> None
         return await store.read(1), await store.read(10**9), await store.check(), store
 
     known, unknown, check, store = _run(_with_store(redis_url, loaded, read))
-    assert known.user == {"gender": "gA", "age": "aA", "occupation": "oA", "zip": "zA"}
+    assert known.user == {
+        "gender": "gA", "age": "aA", "occupation": "oA", "zip": "zA", "watched": "wA"
+    }  # fmt: skip
     assert len(known.movies) == 40
     assert known.movies["7"] == {"title": "Movie 7 A", "year": "yA", "genres": "Drama|A"}
     assert "41" not in known.movies
@@ -211,7 +214,7 @@ def test_a_feature_set_without_movies_reads_an_empty_table(
         return await store.read(1), await store.feature_set()
 
     read, info = _run(_with_store(redis_url, feature_prefix, both))
-    assert read.user == user
+    assert read.user == {**user, "watched": ""}  # an older load wrote no history
     assert dict(read.movies) == {}
     assert read.meta == FeatureSetMeta() and dict(read.meta.labels) == {}
     assert info == FeatureSetInfo(FeatureSetMeta(), (), namespace, frozenset())
