@@ -112,6 +112,9 @@ class ModelFlags:
     l2_attention: Annotated[float, typer.Option(min=0.0, help="L2 on the attention matrix W.")] = (
         AFMConfig.l2_attention
     )
+    l2_embedding: Annotated[
+        float, typer.Option(min=0.0, help="L2 on the embedding tables (not the linear weights).")
+    ] = AFMConfig.l2_embedding
     no_attention: Annotated[
         bool, typer.Option("--no-attention", help="FM ablation: every pair weighs 1.")
     ] = False
@@ -135,8 +138,8 @@ class ModelFlags:
 
     def config(self, fields: FieldSet, oov_rate: float | None) -> AFMConfig:
         flags = {k: v for k, v in asdict(self).items() if k != "no_attention"}
-        if oov_rate is None:  # the history set is all eight fields and more: all's rate
-            oov_rate = DEFAULT_OOV_RATE.get(fields, DEFAULT_OOV_RATE["all"])
+        if oov_rate is None:
+            oov_rate = DEFAULT_OOV_RATE[fields]
         return AFMConfig(
             fields=fields, oov_rate=oov_rate, use_attention=not self.no_attention, **flags
         )
