@@ -4,6 +4,7 @@ and explanations. Plain data, NumPy arrays; no I/O."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class Candidates:
         user = user_features or _NONE
         users = {
             name: [str(user_id) if name == export_format.USER_ID else user.get(name, UNKNOWN_VALUE)]
-            for name in export_format.user_inputs(fields)
+            for name in _user_inputs(tuple(fields))
         }
         return cls(users, np.zeros(len(movie_ids), dtype=np.int32), movie_ids, movies)
 
@@ -82,6 +83,13 @@ class Candidates:
             movie_ids=_chain(p.movie_ids for p in parts),
             movies=parts[0].movies,
         )
+
+
+@functools.cache
+def _user_inputs(fields: tuple[str, ...]) -> tuple[str, ...]:
+    """``export_format.user_inputs(fields)``, worked out once per field set rather than on
+    every request."""
+    return tuple(export_format.user_inputs(fields))
 
 
 def _chain(lists: Iterable[Sequence]) -> list:
