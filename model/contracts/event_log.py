@@ -1,0 +1,188 @@
+"""The impression and event log: what ``/score`` showed and what people did with it.
+
+The scoring service writes it; ``afm-ctr logs export`` reads it; ``afm-ctr train --from-logs``
+trains on what the exporter wrote. An executable spec, like ``feature_layout``.
+
+Impression ids
+--------------
+Every ``/score`` reply carries an ``impression_id`` that a frontend sends back with the
+events of what it showed. The service checks it without a lookup::
+
+    i1.<key id>.<version>.<arm>.<user id>.<ms>.<nonce>.<signature>
+    i1.k1.3.stable.42.1796616305123.9f1c2a7be04d.Yf3kQ2V0aXyUq1v8cFqL0w
+
+``ms`` is when it was issued (milliseconds since the epoch), ``nonce`` 12 random hex digits,
+``signature`` the first 16 bytes of HMAC-SHA256(key, everything before the last dot),
+base64url without padding. Keys come from a setting, each with an id (``k1:secret``); the
+first signs, every listed key verifies, so a key is rotated by listing the new one first and
+dropping the old one after the attribution window. ``parse_impression_id`` refuses a
+malformed, forged or expired id with ``ImpressionIdError``, whose ``reason`` says which.
+
+Redis layout, for a key prefix P (the feature store's, default ``afm:``)::
+
+    P log:impressions:<shard>   stream, one entry per logged /score reply:
+                                impression  the impression id
+                                data        compact JSON, IMPRESSION_FIELDS below
+    P log:events:<shard>        stream, one entry per accepted event:
+                                impression, movie_id, type, ts (ms)
+    P log:impression:<id>       hash, expires ATTRIBUTION_TTL_GRACE_S after the window:
+                                shown           "50,181,1" (the movie ids it returned)
+                                <movie>:<type>  ms of the first such event (HSETNX: a repeat
+                                                changes nothing)
+
+``<shard>`` is ``shard(user_id)``: a user's impressions and events land in one of
+LOG_SHARDS streams, so on a Redis Cluster the log spreads over the masters by user. Streams
+are capped with ``XADD ... MAXLEN ~ <n>`` (a setting). The per-impression hash is written
+with the stream entry; an event whose impression hash is not there yet (an event may arrive
+before its impression is stored) is accepted, and the exporter drops it if the impression
+did not show its movie.
+
+An impression's ``data``::
+
+    {"user_id": 42, "ts": 1796616305123, "version": 3, "arm": "stable",
+     "features": {"gender": "F", "age": "25", "occupation": "7", "zip": "48067",
+                  "watched": "50|181"},
+     "movies": [{"movie_id": 181, "position": 0, "score": 0.4321,
+                 "features": {"year": "1983", "genres": "Action|Sci-Fi"}}, ...]}
+
+``features`` are the raw values the model was given (what the feature store held then), so
+training from logs never re-joins against a later feature set. ``movies`` are the returned
+candidates in reply order (after ``top_k``), ``position`` 0 first.
+
+Importing this module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+LOG_SHARDS = 8
+"""Streams per kind; a user's entries always land in the same one (``shard``)."""
+
+EVENT_TYPES: tuple[str, ...] = ("click", "view", "skip")
+EventType = Literal["click", "view", "skip"]
+
+ATTRIBUTION_WINDOW_S = 3600
+"""Default: an event counts for an impression issued at most this long before it; the
+exporter labels an impression once its window has closed."""
+
+ATTRIBUTION_TTL_GRACE_S = 86_400
+"""The per-impression hash outlives the window by this much, so an exporter that runs a day
+late still finds the clicks."""
+
+ID_VERSION = "i1"
+_SIGNATURE_BYTES = 16
+_ID_PATTERN = re.compile(
+    r"^i1\.(?P<kid>[A-Za-z0-9_-]{1,16})\.(?P<version>\d{1,9})\.(?P<arm>[a-z]{1,16})"
+    r"\.(?P<user>\d{1,19})\.(?P<ms>\d{13})\.(?P<nonce>[0-9a-f]{12})\.(?P<sig>[A-Za-z0-9_-]{22})$"
+)
+
+IMPRESSION_FIELDS: tuple[str, ...] = ("user_id", "ts", "version", "arm", "features", "movies")
+
+
+class ImpressionIdError(ValueError):
+    """An impression id that cannot be accepted; ``reason`` is malformed, forged or expired."""
+
+    def __init__(self, reason: Literal["malformed", "forged", "expired"], detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImpressionId:
+    """What a valid impression id says."""
+
+    text: str
+    key_id: str
+    version: int
+    arm: str
+    user_id: int
+    issued_ms: int
+
+
+def parse_keys(text: str) -> dict[str, bytes]:
+    """Signing keys from ``"k2:secret2,k1:secret1"`` (first signs); ValueError, in one line,
+    for an entry without an id, a bad id or a repeated id."""
+    keys: dict[str, bytes] = {}
+    for entry in (part.strip() for part in text.replace("\n", ",").split(",")):
+        if not entry:
+            continue
+        key_id, sep, secret = entry.partition(":")
+        if not sep or not secret or not re.fullmatch(r"[A-Za-z0-9_-]{1,16}", key_id):
+            raise ValueError(
+                "each impression key reads <id>:<secret>, the id 1-16 letters, digits, - or _"
+            )
+        if key_id in keys:
+            raise ValueError(f"impression key id {key_id!r} is listed twice")
+        keys[key_id] = secret.encode()
+    return keys
+
+
+def issue_impression_id(
+    keys: Mapping[str, bytes], version: int, arm: str, user_id: int, now_ms: int
+) -> str:
+    """A new signed id, signed with the first of ``keys``."""
+    key_id, secret = next(iter(keys.items()))
+    body = f"{ID_VERSION}.{key_id}.{version}.{arm}.{user_id}.{now_ms:013d}.{secrets.token_hex(6)}"
+    return f"{body}.{_sign(secret, body)}"
+
+
+def parse_impression_id(
+    text: str, keys: Mapping[str, bytes], now_ms: int, window_s: int
+) -> ImpressionId:
+    """The id's content if it is well formed, signed by one of ``keys`` and issued at most
+    ``window_s`` before ``now_ms``; ImpressionIdError otherwise."""
+    match = _ID_PATTERN.match(text)
+    if match is None:
+        raise ImpressionIdError("malformed", "not an impression id issued by /score")
+    secret = keys.get(match["kid"])
+    body = text.rsplit(".", 1)[0]
+    if secret is None or not hmac.compare_digest(_sign(secret, body), match["sig"]):
+        raise ImpressionIdError("forged", "the impression id's signature does not verify")
+    issued = int(match["ms"])
+    if now_ms - issued > window_s * 1000:
+        raise ImpressionIdError(
+            "expired", f"the impression is older than the attribution window ({window_s} s)"
+        )
+    return ImpressionId(
+        text, match["kid"], int(match["version"]), match["arm"], int(match["user"]), issued
+    )
+
+
+def shard(user_id: int | str) -> int:
+    """The stream shard of a user's entries: CRC-32 of the decimal id, modulo LOG_SHARDS."""
+    return zlib.crc32(str(user_id).encode()) % LOG_SHARDS
+
+
+def impressions_key(prefix: str, shard_number: int) -> str:
+    return f"{prefix}log:impressions:{shard_number}"
+
+
+def events_key(prefix: str, shard_number: int) -> str:
+    return f"{prefix}log:events:{shard_number}"
+
+
+def impression_key(prefix: str, impression_id: str) -> str:
+    return f"{prefix}log:impression:{impression_id}"
+
+
+SHOWN_FIELD = "shown"
+"""The per-impression hash's field listing the movie ids it showed, comma-separated."""
+
+
+def event_field(movie_id: int, event_type: str) -> str:
+    """The per-impression hash's field recording the first ``event_type`` on ``movie_id``."""
+    return f"{movie_id}:{event_type}"
+
+
+def _sign(secret: bytes, body: str) -> str:
+    digest = hmac.new(secret, body.encode(), hashlib.sha256).digest()[:_SIGNATURE_BYTES]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
