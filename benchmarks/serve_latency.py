@@ -12,9 +12,11 @@ Servers, all on the same feature set in Redis (users and movies, ``load_features
   from the service's in-process movie table);
 * ``<name>-<set>``: each ``--variant``, another service with other settings, per field set;
 * ``bare`` (``--bare``): the yardstick, FastAPI + one HGETALL + the SavedModel
-  signature on the event loop. It keeps the six seed fields it has always used (user hash,
-  user_id, movie_id; no movie features), so it always serves the seed model, trained or
-  reused even when ``--fields`` lacks ``seed``.
+  signature on the event loop. By default it keeps the six seed fields it has always used
+  (user hash, user_id, movie_id; no movie features), so it serves the seed model, trained or
+  reused even when ``--fields`` lacks ``seed``. ``--bare-fields all`` or ``history`` makes
+  it serve that field set's model, with the movie table read from Redis once at start and
+  (history) the user's watched movies from the same hash: the same reply, like for like.
 * ``floor`` (``--floor``): FastAPI under uvicorn that reads the body and returns a fixed
   JSON reply, no Redis, no model: the most requests/s any endpoint on this HTTP stack
   reaches on this machine and load generator, so the ceiling of the ratio to ``bare``.
@@ -61,7 +63,6 @@ REPO = Path(__file__).resolve().parent.parent
 PREFIX = "bench:"
 CANDIDATES = (1, 100, 1000)
 CONCURRENCY = (1, 8)
-BARE_FIELDS = "seed"  # the field set of the model the bare endpoint serves
 
 
 def main() -> None:
@@ -76,28 +77,32 @@ def main() -> None:
         sys.exit("wrk not found: apt-get install -y wrk")
     data_dir = _data_dir(args)
     model_dirs = _model_dirs(args, data_dir)
-    users, movies = _load_features(data_dir, args.redis_url)
+    users, movies, watched = _load_features(data_dir, args.redis_url)
     try:
         if not args.breakdown_only:
-            _load_bare_users(args.redis_url, users)
+            _load_bare_users(args.redis_url, users, watched)
             _measure(args, model_dirs, users["user_id"], movies)
         _breakdown(args, model_dirs, users["user_id"], movies)
     finally:
         _remove_keys(args.redis_url, (PREFIX, "bare:"))
 
 
-def _load_features(data_dir: Path, redis_url: str) -> tuple[dict[str, list[str]], list[str]]:
-    """Users and movies of ``data_dir`` loaded under PREFIX; (user columns, movie ids)."""
+def _load_features(
+    data_dir: Path, redis_url: str
+) -> tuple[dict[str, list[str]], list[str], list[str]]:
+    """Users, movies and watched movies of ``data_dir`` loaded under PREFIX; (user columns,
+    movie ids, each user's watched string)."""
     from model.config import DataConfig
     from model.data.load_features import load_features
-    from model.data.movielens import load_movies, load_users
+    from model.data.movielens import load_feature_set
 
-    config = DataConfig(dataset="synthetic", data_dir=data_dir)
-    users, movies = load_users(config), load_movies(config)
-    n_users, n_movies = load_features(users, movies, redis_url, PREFIX)
+    features = load_feature_set(DataConfig(dataset="synthetic", data_dir=data_dir))
+    users, movies, watched = features.users, features.movies, features.watched
+    n_users, n_movies = load_features(users, movies, redis_url, PREFIX, watched=watched)
     print(f"loaded {n_users} users and {n_movies} movies under {PREFIX!r}", flush=True)
     user_columns = {name: [str(v) for v in values.tolist()] for name, values in users.items()}
-    return user_columns, [str(m) for m in movies[export_format.MOVIE_ID].tolist()]
+    movie_ids = [str(m) for m in movies[export_format.MOVIE_ID].tolist()]
+    return user_columns, movie_ids, [str(w) for w in watched.tolist()]
 
 
 def _measure(
@@ -119,7 +124,7 @@ def _measure(
                     base_env | dict(kv.split("=", 1) for kv in env), "/readyz", "/score",
                 )  # fmt: skip
         if args.bare:
-            bare_dir = model_dirs[BARE_FIELDS]
+            bare_dir = model_dirs[args.bare_fields]
             version_dir = bare_dir / str(export_format.latest_version(bare_dir))
             servers["bare"] = _start([__file__, "--serve-bare"], dict(os.environ), "/healthz",
                                      "/bare", extra=[str(version_dir), args.redis_url])  # fmt: skip
@@ -206,7 +211,7 @@ def _start(
     return url, path, process
 
 
-def _load_bare_users(redis_url: str, users: dict[str, list[str]]) -> None:
+def _load_bare_users(redis_url: str, users: dict[str, list[str]], watched: list[str]) -> None:
     """Plain ``bare:user:<id>`` hashes (no namespace pointer) for the bare endpoint."""
     import redis
 
@@ -215,33 +220,49 @@ def _load_bare_users(redis_url: str, users: dict[str, list[str]]) -> None:
     client = redis.Redis.from_url(redis_url)
     pipe = client.pipeline(transaction=False)
     for i, user_id in enumerate(users[export_format.USER_ID]):
-        pipe.hset(f"bare:user:{user_id}", mapping={f: users[f][i] for f in USER_FIELDS})
+        features = {f: users[f][i] for f in USER_FIELDS} | {export_format.HISTORY_FIELD: watched[i]}
+        pipe.hset(f"bare:user:{user_id}", mapping=features)
     pipe.execute()
     client.close()
 
 
 def _serve_bare(port: str, version_dir: str, redis_url: str) -> None:
-    """The yardstick: no validation bounds, no pointer, TF on the event loop, and
-    the six seed fields (no movie features), as it was written."""
+    """The yardstick: no validation bounds, no pointer, TF on the event loop; the user's
+    hash read per request and (for a model with movie fields) the movie table held in
+    memory, read from Redis once at start."""
+    import redis
     import redis.asyncio as aioredis
     import tensorflow as tf
 
-    from model.contracts import export_format
+    from model.contracts import export_format, feature_layout
 
+    fields = export_format.read_metadata(Path(version_dir)).fields
     signature = tf.saved_model.load(version_dir).signatures[export_format.SIGNATURE_SCORE]
+    sync = redis.Redis.from_url(redis_url, decode_responses=True)
+    namespace = sync.get(feature_layout.pointer_key(PREFIX))
+    movies = {
+        movie: feature_layout.decode_movie(raw)
+        for movie, raw in sync.hgetall(feature_layout.movies_key(namespace)).items()
+    }
+    sync.close()
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    user_fields = [f for f in export_format.user_inputs(fields) if f != export_format.USER_ID]
+    movie_fields = [f for f in fields if f not in user_fields and f != export_format.USER_ID]
     app = _app_with_healthz()
 
     @app.post("/bare")
     async def bare(request: Request) -> dict:
         body = await request.json()
         user = await client.hgetall(f"bare:user:{body['user_id']}")
-        n = len(body["movie_ids"])
-        inputs = {f: [user.get(f, "")] * n for f in ("gender", "age", "occupation", "zip")}
-        inputs |= {
-            "user_id": [str(body["user_id"])] * n,
-            "movie_id": list(map(str, body["movie_ids"])),
-        }
+        ids = list(map(str, body["movie_ids"]))
+        n = len(ids)
+        inputs = {f: [user.get(f, "")] * n for f in user_fields}
+        inputs[export_format.USER_ID] = [str(body["user_id"])] * n
+        for f in movie_fields:
+            if f == export_format.MOVIE_ID:
+                inputs[f] = ids
+            else:
+                inputs[f] = [(movies.get(m) or {}).get(f, "") for m in ids]
         outputs = signature(**{f: tf.constant(v, tf.string) for f, v in inputs.items()})
         return {"scores": outputs[export_format.OUTPUT_PROBABILITY].numpy().tolist()}
 
@@ -287,8 +308,8 @@ def _parse_args() -> argparse.Namespace:
                         "metadata.json says its field set. Default: one per --fields.")  # fmt: skip
     parser.add_argument("--data-dir", type=Path, help="Synthetic/ML-1M-format users and movies.")
     parser.add_argument("--fields", default="all", type=_field_sets,
-                        help="Field sets to serve, comma-separated: seed, all (default) or "
-                        "seed,all (one service each, same alternating rounds).")  # fmt: skip
+                        help="Field sets to serve, comma-separated: seed, all (default), "
+                        "history, or several (one service each, same alternating rounds).")  # fmt: skip
     parser.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "afm-bench"))
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--duration", type=int, default=5, help="Seconds per wrk run.")
@@ -302,6 +323,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--bare", action="store_true", help="Also measure the bare reference endpoint."
     )
+    parser.add_argument("--bare-fields", default="seed", choices=list(export_format.FIELD_SETS),
+                        help="The field set the bare endpoint serves (default: seed).")  # fmt: skip
     parser.add_argument(
         "--floor", action="store_true", help="Also measure the HTTP stack alone (no model)."
     )
@@ -348,12 +371,12 @@ def _model_dirs(args: argparse.Namespace, data_dir: Path) -> dict[str, Path]:
         dirs = {_field_set(_latest(d)): d for d in args.model_dir}
         if len(dirs) != len(args.model_dir):
             sys.exit("give at most one --model-dir per field set")
-        if args.bare and BARE_FIELDS not in dirs:
-            sys.exit(f"--bare serves a {BARE_FIELDS!r} model: add a --model-dir of one")
+        if args.bare and args.bare_fields not in dirs:
+            sys.exit(f"--bare serves a {args.bare_fields!r} model: add a --model-dir of one")
         args.served = list(dirs)
         return dirs
     args.served = args.fields
-    needed = [*args.fields, *([BARE_FIELDS] if args.bare else [])]
+    needed = [*args.fields, *([args.bare_fields] if args.bare else [])]
     dirs = {}
     for field_set in dict.fromkeys(needed):
         model_dir = Path(args.work_dir) / f"models-{field_set}"
