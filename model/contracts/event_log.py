@@ -135,26 +135,37 @@ def issue_impression_id(
     return f"{body}.{_sign(secret, body)}"
 
 
+def read_impression_id(text: str) -> ImpressionId:
+    """What an id says, NOT verified (for clients and reports, which hold no key);
+    ImpressionIdError("malformed") if it is not shaped like one."""
+    match = _ID_PATTERN.match(text)
+    if match is None:
+        raise ImpressionIdError("malformed", "not an impression id issued by /score")
+    return ImpressionId(
+        text,
+        match["kid"],
+        int(match["version"]),
+        match["arm"],
+        int(match["user"]),
+        int(match["ms"]),
+    )
+
+
 def parse_impression_id(
     text: str, keys: Mapping[str, bytes], now_ms: int, window_s: int
 ) -> ImpressionId:
     """The id's content if it is well formed, signed by one of ``keys`` and issued at most
     ``window_s`` before ``now_ms``; ImpressionIdError otherwise."""
-    match = _ID_PATTERN.match(text)
-    if match is None:
-        raise ImpressionIdError("malformed", "not an impression id issued by /score")
-    secret = keys.get(match["kid"])
-    body = text.rsplit(".", 1)[0]
-    if secret is None or not hmac.compare_digest(_sign(secret, body), match["sig"]):
+    claims = read_impression_id(text)
+    secret = keys.get(claims.key_id)
+    body, signature = text.rsplit(".", 1)
+    if secret is None or not hmac.compare_digest(_sign(secret, body), signature):
         raise ImpressionIdError("forged", "the impression id's signature does not verify")
-    issued = int(match["ms"])
-    if now_ms - issued > window_s * 1000:
+    if now_ms - claims.issued_ms > window_s * 1000:
         raise ImpressionIdError(
             "expired", f"the impression is older than the attribution window ({window_s} s)"
         )
-    return ImpressionId(
-        text, match["kid"], int(match["version"]), match["arm"], int(match["user"]), issued
-    )
+    return claims
 
 
 def shard(user_id: int | str) -> int:

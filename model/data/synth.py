@@ -125,6 +125,42 @@ def write_synthetic(out: Path, *, users: int, movies: int, ratings: int, seed: i
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class PlantedTaste:
+    """The planted affinity of a synthetic population, rebuilt from its seed: the ground
+    truth a traffic simulator clicks by (``model/online/traffic.py``).
+
+        affinity(u, m) = popularity_m + G + A + O + Y (u's cell of m's group) + z_u . y_m
+
+    the score that decided which movies each user rated (``_pick_movies``).
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        planted = json.loads((Path(data_dir) / PLANTED_FILE).read_text(encoding="utf-8"))
+        if planted.get("generator_version") != GENERATOR_VERSION:
+            raise AfmError(
+                f"{data_dir} was written by another synthetic generator "
+                f"(version {planted.get('generator_version')}, this one {GENERATOR_VERSION})"
+            )
+        arguments = planted["arguments"]
+        users, movies = arguments["users"], arguments["movies"]
+        rng = np.random.default_rng(arguments["seed"])  # the draws of write_synthetic, in order
+        user_table = _users(rng, users)
+        cluster, _ = _movie_clusters(rng, movies)
+        year = rng.integers(FIRST_YEAR, LAST_YEAR + 1, size=movies)
+        self._group = _movie_group(cluster, year)
+        effects = _Effects.draw(rng, users, movies)
+        self._by_group = effects.group_affinity(user_table)  # (users, groups)
+        self._popularity = effects.popularity
+        self._user_taste, self._movie_taste = effects.user_taste, effects.movie_taste
+        self.users, self.movies = users, movies
+
+    def affinity(self, user_ids: np.ndarray, movie_ids: np.ndarray) -> np.ndarray:
+        """affinity(u, m) of each pair of (1-based) ids, element-wise."""
+        u, m = np.asarray(user_ids) - 1, np.asarray(movie_ids) - 1
+        taste = np.einsum("ij,ij->i", self._user_taste[u], self._movie_taste[m])
+        return self._popularity[m] + self._by_group[u, self._group[m]] + taste
+
+
 def _check_arguments(users: int, movies: int, ratings: int) -> None:
     if users < 1 or movies < 1:
         raise AfmError(f"need at least one user and one movie, got users={users} movies={movies}")

@@ -1,0 +1,1 @@
+"""Online evaluation: traffic played against a running service, and what it clicked."""
