@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from model.data.synth import (
     GENERATOR_VERSION,
     PLANTED_FILE,
     YEAR_SCALE,
+    PlantedTaste,
     write_synthetic,
 )
 from model.errors import AfmError
@@ -206,3 +208,25 @@ def test_year_effect_is_measurable_under_the_rating_protocol(small: Path):
         return auc((hits[test_keys] + 1) / (seen[test_keys] + 2), data.test.label)
 
     assert rate_auc(with_age=True) > rate_auc(with_age=False) + 0.05
+
+
+def test_the_planted_taste_rebuilt_from_the_seed_is_what_picked_the_rated_movies(small: Path):
+    taste = PlantedTaste(small)
+    assert (taste.users, taste.movies) == (300, 200)
+    lines = (small / "ratings.dat").read_text(encoding="latin-1").split()
+    ratings = np.array([line.split("::")[:2] for line in lines], dtype=np.int64)
+    users, rated = ratings[:, 0], ratings[:, 1]
+    random = np.random.default_rng(0).integers(1, taste.movies + 1, len(users))
+    # picks follow exp(affinity): rated movies score far above random ones (a replay out of
+    # order would rebuild unrelated numbers, and the two means would be about equal)
+    gap = taste.affinity(users, rated).mean() - taste.affinity(users, random).mean()
+    assert gap > 1.0
+
+
+def test_the_planted_taste_refuses_another_generator(small: Path, tmp_path: Path):
+    other = tmp_path / "other"
+    shutil.copytree(small, other)
+    planted = json.loads((other / "planted.json").read_text())
+    (other / "planted.json").write_text(json.dumps({**planted, "generator_version": 0}))
+    with pytest.raises(AfmError, match="another synthetic generator"):
+        PlantedTaste(other)
