@@ -65,6 +65,7 @@ import datetime
 import hashlib
 import inspect
 import json
+import math
 import os
 import shutil
 import statistics
@@ -121,8 +122,8 @@ GRID = (
 5e-3 (this project's default) and 2e-2; L2 on the embedding tables 0 (this project's
 default), 1e-6 and 1e-5 (DeepCTR's default); batch 4096 (both defaults) and 1024."""
 MAX_EPOCHS = 60
-PATIENCE = 5
-TARGET_VALID_AUC = {"ml-100k": 0.87, "ml-1m": 0.89}
+PATIENCE = 6
+TARGET_VALID_AUC = {"ml-100k": 0.88, "ml-1m": 0.88}
 """The validation AUC whose first epoch at or above it the tables time ("time to target")."""
 
 QUICK = {
@@ -143,6 +144,7 @@ step, not a measurement."""
 NEGATIVES = 10  # per positive, next-item
 OURS_FIXED_FLAGS = ("--oov-rate=0",)
 HISTORY_BUCKETS = ((0, 0), (1, 4), (5, 19), (20, 20))
+ATTENTION_TRAIN_SAMPLE = 100_000
 
 
 class BenchmarkError(Exception):
@@ -269,6 +271,23 @@ def code_dir(ref: str, work: Path) -> tuple[Path, str]:
     return target, commit
 
 
+def runner_dir(work: Path) -> Path:
+    """A copy of this script and the DeepCTR runner, named by their content, that the
+    subprocesses run: editing the checkout's copies never changes a run in progress."""
+    here = Path(__file__).resolve().parent
+    files = {name: (here / name).read_bytes() for name in ("quality.py", "deepctr_baseline.py")}
+    digest = hashlib.sha256(b"".join(files.values())).hexdigest()[:12]
+    target = work / "runner" / digest
+    if not target.is_dir():
+        partial = work / "runner" / f".{digest}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for name, content in files.items():
+            (partial / name).write_bytes(content)
+        partial.rename(target)
+    return target
+
+
 def _git(*args: str) -> str:
     done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
     if done.returncode != 0:
@@ -301,7 +320,7 @@ def write_split(dataset: str, seed: int, fields: str, args: argparse.Namespace) 
             return info
     command = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        str(args.runner / "quality.py"),
         "--write-split",
         str(out),
         "--dataset-name",
@@ -386,8 +405,9 @@ def run_ours(
     model: str, dataset: str, fields: str, seed: int, point: dict, keep: Path | None, args
 ) -> dict:
     """``afm-ctr train`` from the dataset with the split's protocol and seed; the history and
-    figures from the exported version's metrics.json. ``keep``: where the export stays (the
-    reported runs, for the attention check); else it is removed."""
+    figures from the exported version's metrics.json; with the history field set, the AFM's
+    attention on the test rows. ``keep``: where the export stays (the reported runs); else
+    it is removed."""
     source = DATASETS[dataset]
     model_dir = Path(tempfile.mkdtemp(prefix="afm-quality-", dir=args.work_dir))
     command = [
@@ -435,11 +455,17 @@ def run_ours(
             "history": history,
             "wall_seconds": wall,
             "commit": args.commit,
+            "runner": args.runner.name,
         }
         split = (dataset, seed, fields)
-        if split not in args.checked:
-            with args.lock:
-                check_rows(split, version, metadata, result, args)
+        with_attention = fields == "history" and model == "afm"
+        if split not in args.checked or with_attention:
+            scored = score_export(version, split_dir(dataset, seed, args), args)
+            if with_attention:
+                result["attention"] = scored["attention"]
+            if split not in args.checked:
+                with args.lock:
+                    check_rows(split, metadata, result, scored, args)
         if keep is not None:
             keep.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(keep, ignore_errors=True)
@@ -453,7 +479,7 @@ def run_deepctr(model: str, dataset: str, fields: str, seed: int, point: dict, a
     """benchmarks/deepctr_baseline.py in DeepCTR's venv, on the split's row files."""
     command = [
         str(args.deepctr_python),
-        str(REPO / "benchmarks" / "deepctr_baseline.py"),
+        str(args.runner / "deepctr_baseline.py"),
         f"--split-dir={split_dir(dataset, seed, args)}",
         f"--fields={fields}",
         f"--model={model.removeprefix('deepctr-')}",
@@ -472,7 +498,7 @@ def run_deepctr(model: str, dataset: str, fields: str, seed: int, point: dict, a
     result.pop("seconds", None)
     result.pop("rows", None)
     result["stopped"] = _stopped(history, result["best_epoch"], args.settings)
-    return {**result, "history": history, "wall_seconds": wall}
+    return {**result, "history": history, "wall_seconds": wall, "runner": args.runner.name}
 
 
 def _timed(command: list[str], cwd: Path, env: dict) -> tuple[float, str]:
@@ -491,9 +517,10 @@ def _stopped(history: list[dict], best_epoch: int, settings: dict) -> str:
     return "patience" if len(history) - best_epoch >= settings["patience"] else "max-epochs"
 
 
-def check_rows(split: tuple, version: Path, metadata: dict, result: dict, args) -> None:
+def check_rows(split: tuple, metadata: dict, result: dict, scored: dict, args) -> None:
     """That ours trained on the rows the files hold: counts against metadata.json, and the
-    exported model's AUC on the written test file against the trainer's test AUC."""
+    exported model's AUC on the written test file (``scored``) against the trainer's test
+    AUC."""
     dataset, seed, fields = split
     info = json.loads((split_dir(dataset, seed, args) / "split.json").read_text())
     summary = metadata["data"]  # holds each split's rows and positives
@@ -502,7 +529,6 @@ def check_rows(split: tuple, version: Path, metadata: dict, result: dict, args) 
         and summary[name]["positives"] == info["positives"][name]
         for name in SPLIT_FILES
     )
-    scored = score_export(version, split_dir(dataset, seed, args), args)
     check = {
         "rows": {name: info["rows"][name] for name in SPLIT_FILES},
         "positives": {name: info["positives"][name] for name in SPLIT_FILES},
@@ -521,22 +547,25 @@ def check_rows(split: tuple, version: Path, metadata: dict, result: dict, args) 
 
 
 def score_export(version: Path, split_dir: Path, args) -> dict:
-    """--score-export in a subprocess with ours' code: AUC and attention on the test file."""
+    """--score-export in a subprocess with ours' code: AUC on the test file and, with the
+    watched movies, attention on the test rows and a sample of the training rows."""
     command = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        str(args.runner / "quality.py"),
         "--score-export",
         str(version),
         "--rows",
-        str(split_dir / "test.tsv"),
+        str(split_dir),
     ]
     _, out = _timed(command, args.code, project_env(args.code))
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _score_export_main(version: Path, rows: Path) -> None:
-    """--score-export: the explain signature on every row of a row file; prints its AUC and,
-    with the watched movies, the mean attention on their pairs by history length."""
+def _score_export_main(version: Path, split: Path) -> None:
+    """--score-export: the explain signature on every row of the split's test file; prints
+    its AUC and, with the watched movies, the mean attention on their pairs by history
+    length, on the test rows and on ATTENTION_TRAIN_SAMPLE training rows (on MovieLens,
+    where every user rated 20 movies or more, nearly every test row has a full history)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
     import pandas as pd
@@ -547,23 +576,28 @@ def _score_export_main(version: Path, rows: Path) -> None:
 
     metadata = json.loads((version / export_format.METADATA_FILE).read_text())
     fields = metadata["fields"]
-    frame = pd.read_csv(rows, sep="\t", dtype=str, keep_default_na=False, quoting=3)
     explain = tf.saved_model.load(str(version)).signatures[export_format.SIGNATURE_EXPLAIN]
-    probability, attention = [], []
-    for start in range(0, len(frame), 8192):
-        part = frame.iloc[start : start + 8192]
-        out = explain(**{f: tf.constant(part[f].to_numpy(dtype=str)) for f in fields})
-        probability.append(out[export_format.OUTPUT_PROBABILITY].numpy())
-        attention.append(out[export_format.OUTPUT_ATTENTION].numpy())
-    labels = frame["label"].astype(np.float32).to_numpy()
-    p = np.concatenate(probability)
-    report: dict = {"rows": len(frame), "auc": roc_auc(labels, p)}
     history = export_format.HISTORY_FIELD
-    if history in fields:
-        a = np.concatenate(attention)
-        pairs = export_format.pairs(fields)
-        columns = [i for i, pair in enumerate(pairs) if history in pair]
-        on_history = a[:, columns].sum(axis=1)
+    pairs = export_format.pairs(fields)
+    columns = [i for i, pair in enumerate(pairs) if history in pair]
+
+    def read(name: str) -> pd.DataFrame:
+        return pd.read_csv(
+            split / f"{name}.tsv", sep="\t", dtype=str, keep_default_na=False, quoting=3
+        )
+
+    def scored(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        probability, attention = [], []
+        for start in range(0, len(frame), 8192):
+            part = frame.iloc[start : start + 8192]
+            out = explain(**{f: tf.constant(part[f].to_numpy(dtype=str)) for f in fields})
+            probability.append(out[export_format.OUTPUT_PROBABILITY].numpy())
+            attention.append(out[export_format.OUTPUT_ATTENTION].numpy())
+        labels = frame["label"].astype(np.float32).to_numpy()
+        return labels, np.concatenate(probability), np.concatenate(attention)
+
+    def by_length(frame: pd.DataFrame, labels, p, attention) -> dict:
+        on_history = attention[:, columns].sum(axis=1)
         lengths = np.array(
             [
                 min(len(export_format.split_values(history, s)), export_format.HISTORY_LENGTH)
@@ -573,17 +607,27 @@ def _score_export_main(version: Path, rows: Path) -> None:
         buckets = {}
         for lo, hi in HISTORY_BUCKETS:
             mask = (lengths >= lo) & (lengths <= hi)
-            name = str(lo) if lo == hi else f"{lo}-{hi}"
-            buckets[name] = {
+            auc = roc_auc(labels[mask], p[mask]) if mask.any() else float("nan")
+            buckets[str(lo) if lo == hi else f"{lo}-{hi}"] = {
                 "rows": int(mask.sum()),
                 "history_attention_share": float(on_history[mask].mean()) if mask.any() else None,
-                "auc": roc_auc(labels[mask], p[mask]) if mask.any() else None,
+                "auc": None if math.isnan(auc) else auc,
             }
+        return buckets
+
+    test = read("test")
+    labels, p, attention = scored(test)
+    report: dict = {"rows": len(test), "auc": roc_auc(labels, p)}
+    if history in fields:
+        train = read("train")
+        rng = np.random.default_rng(0)
+        sample = train.iloc[np.sort(rng.permutation(len(train))[:ATTENTION_TRAIN_SAMPLE])]
         report["attention"] = {
             "history_pairs": len(columns),
             "pairs": len(pairs),
             "uniform_share": len(columns) / len(pairs),
-            "by_history_length": buckets,
+            "by_history_length": by_length(test, labels, p, attention),
+            "train_sample_by_history_length": by_length(sample, *scored(sample)),
         }
     print(json.dumps(report))
 
@@ -624,8 +668,8 @@ def plan(results: Results, args) -> Iterator[Job]:
     """Jobs in order, the two sides alternating; test jobs once their model's tuning is done
     (a plan is re-read after every run, so a finished tuning releases its tests)."""
     s = results.data["settings"]
-    for dataset in args.datasets:
-        for fields in args.field_sets:
+    for fields in args.field_sets:
+        for dataset in args.datasets:
             for point in range(len(s["grid"])):
                 for model in args.models:
                     yield Job(dataset, fields, model, "tune", s["tuning_seed"], point)
@@ -654,9 +698,6 @@ def execute(job: Job, args) -> dict:
             name = f"{job.dataset}-{job.fields}-{job.model}-seed{job.seed}"
             keep = args.work_dir / "models" / name
         result = run_ours(job.model, job.dataset, job.fields, job.seed, point, keep, args)
-        if keep is not None and job.fields == "history" and job.model == "afm":
-            scored = score_export(keep, split_dir(job.dataset, job.seed, args), args)
-            result["attention"] = scored.get("attention")
     return {**result, "started": started, "load_average": [load, os.getloadavg()[0]]}
 
 
@@ -841,22 +882,36 @@ def tables(data: dict) -> str:
         if attention:
             first = attention[0][1]
             out.append(
-                f"Attention of this project's AFM on the {first['history_pairs']} pairs with "
-                f"`watched` (of {first['pairs']}; a uniform weight would give them "
-                f"{first['uniform_share']:.3f}), test rows by the number of watched movies:\n"
+                f"Attention of this project's AFM (the reported seeds' models) on the "
+                f"{first['history_pairs']} pairs with `watched`, summed (of {first['pairs']} "
+                f"pairs; uniform weights would give them {first['uniform_share']:.3f}), by the "
+                f"number of watched movies; rows in brackets. Test rows, and a sample of "
+                f"{ATTENTION_TRAIN_SAMPLE:,} training rows:\n"
             )
-            out.append(
-                "| watched movies | " + " | ".join(f"seed {x} (rows)" for x, _ in attention) + " |"
-            )
-            out.append("|---|" + "---|" * len(attention))
+            heads = [f"seed {x}, test" for x, _ in attention]
+            heads += [f"seed {x}, training" for x, _ in attention]
+            out.append("| watched movies | " + " | ".join(heads) + " |")
+            out.append("|---|" + "---|" * len(heads))
             for bucket in first["by_history_length"]:
                 cells = []
-                for _, a in attention:
-                    b = a["by_history_length"][bucket]
-                    share = b["history_attention_share"]
-                    cells.append("" if share is None else f"{share:.3f} ({b['rows']:,})")
+                for key in ("by_history_length", "train_sample_by_history_length"):
+                    for _, a in attention:
+                        b = a.get(key, {}).get(bucket)
+                        share = None if b is None else b["history_attention_share"]
+                        cells.append("–" if share is None else f"{share:.3f} ({b['rows']:,})")
                 out.append(f"| {bucket} | " + " | ".join(cells) + " |")
             out.append("")
+    waits = [(_longest_wait(r["history"], r["best_epoch"]), r) for r in runs]
+    if waits:
+        wait, worst = max(waits, key=lambda w: w[0])
+        capped = sum(r["stopped"] == "max-epochs" for r in runs)
+        out.append(
+            f"Early stopping: the longest stretch of epochs without a new best validation AUC "
+            f"that a run later recovered from is {wait} (patience {s['patience']}; "
+            f"{worst['model']}, {worst['dataset']} {worst['fields']}, {worst['phase']} seed "
+            f"{worst['seed']} point {worst['point']}); {capped} of {len(runs)} runs reached "
+            f"the cap of {s['max_epochs']} epochs.\n"
+        )
     checks = data.get("checks", {})
     if checks:
         same = [k for k, c in checks.items() if c["identical"]]
@@ -880,6 +935,18 @@ def _find(runs, dataset, fields, model, phase, seed, point=None):
         ) and (point is None or r["point"] == point):
             return r
     return None
+
+
+def _longest_wait(history: list[dict], best_epoch: int) -> int:
+    """The most epochs in a row without a new best validation AUC before ``best_epoch``."""
+    best, wait, longest = -1.0, 0, 0
+    for h in history[:best_epoch]:
+        if h["valid_auc"] > best:
+            best, wait = h["valid_auc"], 0
+        else:
+            wait += 1
+            longest = max(longest, wait)
+    return longest
 
 
 def _point_text(point: dict) -> str:
@@ -923,7 +990,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--field-sets", default="all,history")
+    parser.add_argument("--field-sets", default=None, help="Default: all,history.")
     parser.add_argument("--models", default=None, help=f"Default: {','.join(MODELS)}.")
     parser.add_argument("--work-dir", type=Path, default=Path("/work/afm-quality"))
     parser.add_argument(
@@ -982,15 +1049,18 @@ def main(argv: list[str] | None = None) -> None:
             return
         args.settings = settings(args.quick)
         args.datasets = _choose(args.datasets, DATASETS, "dataset")
-        args.field_sets = _choose(args.field_sets, FIELD_SETS, "field set")
+        default_field_sets = QUICK["field_sets"] if args.quick else FIELD_SETS
+        args.field_sets = _choose(
+            args.field_sets or ",".join(default_field_sets), FIELD_SETS, "field set"
+        )
         default_models = QUICK["models"] if args.quick else MODELS
         args.models = _choose(args.models or ",".join(default_models), MODELS, "model")
         if args.quick:
             args.datasets = [d for d in args.datasets if d in QUICK["datasets"]]
-            args.field_sets = [f for f in args.field_sets if f in QUICK["field_sets"]]
         args.work_dir.mkdir(parents=True, exist_ok=True)
         args.results = Results(args.results, args.settings)
         args.code, args.commit = code_dir(args.code_ref, args.work_dir)
+        args.runner = runner_dir(args.work_dir)
         args.ours_l2 = ours_has_l2(args.code)
         args.field_columns = field_columns()
         args.jobs = args.jobs or (2 if args.quick else 1)

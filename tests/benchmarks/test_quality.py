@@ -92,6 +92,8 @@ def test_stopped_says_whether_patience_or_the_cap_ended_a_run() -> None:
     assert quality._stopped(_history([0.7, 0.8, 0.79, 0.78]), 2, settings) == "patience"
     assert quality._stopped(_history([0.7, 0.8, 0.81, 0.82, 0.83]), 5, settings) == "max-epochs"
     assert quality._stopped(_history([0.7, 0.8, 0.81, 0.82, 0.8]), 4, settings) == "max-epochs"
+    # a run that recovered after two epochs without a new best
+    assert quality._longest_wait(_history([0.7, 0.69, 0.68, 0.75, 0.74]), 4) == 2
 
 
 def test_tables_report_means_seeds_chosen_points_and_times(tmp_path: Path) -> None:
