@@ -1,9 +1,11 @@
-"""The ``afm-ctr`` command line: train, prepare, synth, load-features, serve, rollout, up.
+"""The ``afm-ctr`` command line: train, prepare, synth, load-features, serve, rollout, up, and
+logs export.
 
 Commands are thin: they build configs and call one function each. The data and training
 commands are in ``model/cli/training.py``, the serving ones in ``model/cli/serving.py``, the
-options they share in ``model/cli/options.py``. Heavy imports (TensorFlow, the service)
-happen inside the commands, so ``afm-ctr --help`` stays instant.
+``logs`` group in ``model/cli/click_logs.py``, the options they share in
+``model/cli/options.py``. Heavy imports (TensorFlow, the service) happen inside the commands,
+so ``afm-ctr --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from model.cli import logs, serving, training
+from model.cli import click_logs, logs, online, serving, training
 
 app = typer.Typer(
     help="Attentional Factorization Machines for click-through-rate scoring.",
@@ -31,9 +33,11 @@ COMMANDS = (
     serving.serve,
     serving.rollout,
     serving.up,
+    online.simulate,
 )
 for command in COMMANDS:
     app.command()(command)
+app.add_typer(click_logs.app, name="logs")
 
 
 @app.callback()
