@@ -46,6 +46,7 @@ from model.contracts.feature_layout import DEFAULT_PREFIX
 from model.errors import AfmError
 
 if TYPE_CHECKING:
+    from model.data.dataset import PreparedData
     from model.data.shards import Manifest
 
 _SIZE = SYNTHETIC_DEFAULTS
@@ -161,6 +162,15 @@ def train(
             envvar="AFM_PREPARED",
         ),
     ] = None,
+    from_logs: Annotated[
+        Path | None,
+        typer.Option(
+            help="A directory from `afm-ctr logs export`: train on what the service showed, "
+            "labelled by clicks, with the features as they were served; split by time (the "
+            "latest 10% of impressions test, the 10% before them validate).",
+            envvar="AFM_FROM_LOGS",
+        ),
+    ] = None,
     training: TrainingFlags = TrainingFlags(),
     model: ModelFlags = ModelFlags(),
     fields: FieldsOpt = None,
@@ -184,17 +194,17 @@ def train(
         cluster = cluster_from_env()
     except AfmError as exc:
         raise fail(exc) from None
-    manifest, data_config = None, None
+    manifest, data_config, logged = None, None, None
     if prepared is not None:
-        rows_flags = ("dataset", "data_dir", "train_file", "valid_file", "test_file")
-        given = [name for name in rows_flags if getattr(data, name) is not None]
-        if given:
-            flag = given[0].replace("_", "-")
-            raise typer.BadParameter(f"--prepared holds the rows already; drop --{flag}")
+        _no_data_flags(data, "--prepared", from_logs=from_logs)
         manifest = _manifest(prepared, fields)
         fields = manifest.field_set
     elif cluster is not None:  # every worker would train alone and export a version
         raise fail(in_memory_refusal(cluster))
+    elif from_logs is not None:
+        _no_data_flags(data, "--from-logs", holdout_movies=holdout_movies)
+        fields = fields or "all"
+        logged = _logged_rows(from_logs, fields)
     else:
         data_config, fields = _data_config(data, fields, holdout_movies, seed)
     afm_config = model.config(fields, oov_rate)
@@ -207,6 +217,9 @@ def train(
     try:
         if manifest is not None:
             rows = ShardedRows(manifest)
+        elif logged is not None:
+            rows = InMemoryRows(logged, fields)
+            rows.data_config = {"from_logs": str(from_logs)}
         else:
             data_rows = prepare_rows(data_config, history=fields == "history")
             rows = InMemoryRows(data_rows, fields, data_config)
@@ -217,6 +230,30 @@ def train(
         typer.echo(f"worker {cluster.index} of {cluster.workers} done; the chief exports")
         return
     typer.echo(f"exported {version_dir}")
+
+
+def _no_data_flags(
+    data: DataFlags, source: str, *, from_logs: Path | None = None, holdout_movies: float = 0.0
+) -> None:
+    """Refuse the flags that name other rows than ``source``'s (--prepared, --from-logs)."""
+    rows_flags = ("dataset", "data_dir", "train_file", "valid_file", "test_file")
+    given = [f"--{name.replace('_', '-')}" for name in rows_flags if getattr(data, name)]
+    given += ["--from-logs"] if from_logs is not None else []
+    if given:
+        raise typer.BadParameter(f"{source} holds the rows already; drop {given[0]}")
+    if holdout_movies:
+        raise typer.BadParameter(f"{source} splits by time; drop --holdout-movies")
+
+
+def _logged_rows(directory: Path, fields: FieldSet) -> PreparedData:
+    """The exported log's rows for ``fields``, read before TensorFlow is imported (a log
+    that cannot train is refused at once)."""
+    from model.data.logged_rows import read_logged_rows
+
+    try:
+        return read_logged_rows(directory, fields)
+    except AfmError as exc:
+        raise fail(exc) from None
 
 
 def _manifest(prepared: Path, fields: FieldSet | None) -> Manifest:

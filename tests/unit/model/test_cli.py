@@ -47,8 +47,14 @@ def test_help_lists_every_command_without_importing_tensorflow() -> None:
             "'random' is not one of 'next-item', 'rating'",
         ),
         (["--dataset", "synthetic", "--dropout", "1.5"], "dropout"),
+        (["--from-logs", "l", "--dataset", "synthetic"], "--from-logs holds the rows already; "
+         "drop --dataset"),
+        (["--from-logs", "l", "--holdout-movies", "0.1"], "--from-logs splits by time; drop "
+         "--holdout-movies"),
+        (["--prepared", "p", "--from-logs", "l"], "--prepared holds the rows already; drop "
+         "--from-logs"),
     ],
-)
+)  # fmt: skip
 def test_train_rejects_bad_flag_combinations(args: list[str], message: str, tmp_path) -> None:
     result = runner.invoke(app, ["train", "--model-dir", str(tmp_path), *args])
     assert result.exit_code == 2
