@@ -18,22 +18,27 @@ from prometheus_client import disable_created_metrics
 from starlette.middleware.cors import CORSMiddleware
 from threadpoolctl import threadpool_limits
 
-from service import openapi
+from service import log_redis, openapi
 from service.access_log import lean_records
 from service.auth import API_KEY_HEADER, ApiKeyDep, ApiKeys
 from service.batching import Batcher
 from service.body_limit import BodySizeLimitMiddleware
 from service.coverage import CoverageMonitor
 from service.errors import install_error_handlers
+from service.events import EventRecorder
 from service.feature_store import FeatureStore
+from service.impressions import ImpressionLog, signing_keys
 from service.loaded_model import load_model
 from service.metrics import Metrics, ObservedRequestsMiddleware
 from service.model_registry import ModelRegistry
-from service.routes import ops, scoring, ui
+from service.routes import events, ops, scoring, ui
 from service.schemas import UNAUTHORIZED
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 5.0
+"""At shutdown, the impressions still buffered get this long to be written."""
 
 DESCRIPTION = """Click probabilities and per-pair attention from an Attentional Factorization
 Machine. User features come from Redis (`afm-ctr load-features`); the model is the newest
@@ -64,13 +69,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.api_keys = ApiKeys(settings.accepted_api_keys)
         protected = {"dependencies": [ApiKeyDep], "responses": {401: UNAUTHORIZED}}
     app.include_router(scoring.router, **protected)
+    app.include_router(events.router, **protected)
     app.include_router(ops.router, **protected)
     app.include_router(ops.probes)
     app.include_router(ui.router)
     metrics.expect(
         api_routes=[
             (method, route.path)
-            for router in (scoring.router, ops.router)
+            for router in (scoring.router, events.router, ops.router)
             for route in router.routes
             for method in getattr(route, "methods", ())
         ],
@@ -108,7 +114,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     batcher = Batcher()
     app.state.registry, app.state.feature_store, app.state.batcher = registry, store, batcher
     app.state.coverage = CoverageMonitor(settings.min_feature_coverage)
-    metrics.watch(registry, store, batcher, app.state.coverage)
+    impressions, recorder = _event_log(settings, store)
+    app.state.impressions, app.state.events = impressions, recorder
+    metrics.watch(registry, store, batcher, app.state.coverage, impressions, recorder)
     reload_task = asyncio.create_task(_keep_loading(registry, settings.reload_interval))
     log.info(
         "serving from %s, features from %s%s (prefix %r)",
@@ -123,10 +131,51 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         reload_task.cancel()
         with suppress(asyncio.CancelledError):
             await reload_task
+        if impressions is not None:
+            await impressions.close(DRAIN_SECONDS)
         metrics.unwatch()
+        await recorder.close()
         await store.aclose()
         batcher.shutdown()
         registry.close()
+
+
+def _event_log(
+    settings: Settings, store: FeatureStore
+) -> tuple[ImpressionLog | None, EventRecorder]:
+    """The impression log (None when AFM_LOG_IMPRESSIONS is off; its writer started) and the
+    event recorder, each over its own connection to the feature store's Redis."""
+    keys = signing_keys(settings.impression_signing_keys)
+
+    def connection() -> log_redis.LogRedis:
+        return log_redis.connect(
+            settings.redis_url,
+            settings.redis_timeout,
+            cluster=settings.redis_cluster,
+            max_connections=settings.redis_max_connections,
+        )
+
+    impressions = None
+    if settings.log_impressions:
+        impressions = ImpressionLog(
+            keys,
+            connection(),
+            settings.redis_prefix,
+            capacity=settings.impression_buffer,
+            max_length=settings.log_stream_max_length,
+            window_s=settings.attribution_window_s,
+        )
+        impressions.start()
+    recorder = EventRecorder(
+        keys,
+        connection(),
+        store,
+        settings.redis_prefix,
+        window_s=settings.attribution_window_s,
+        max_length=settings.log_stream_max_length,
+        retry_after=settings.retry_after,
+    )
+    return impressions, recorder
 
 
 async def _keep_loading(registry: ModelRegistry, interval: float) -> None:

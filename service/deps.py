@@ -22,7 +22,9 @@ from pydantic import BaseModel, ValidationError
 from service.batching import Batcher
 from service.coverage import CoverageMonitor
 from service.errors import ModelNotReady
+from service.events import EventRecorder
 from service.feature_store import FeatureStore
+from service.impressions import ImpressionLog
 from service.loaded_model import LoadedModel
 from service.metrics import Metrics
 from service.model_registry import Arm, ModelRegistry, Serving
@@ -70,6 +72,8 @@ class Scoring:
     batcher: Batcher
     metrics: Metrics
     settings: Settings
+    impressions: ImpressionLog | None = None
+    """None: replies are not logged (AFM_LOG_IMPRESSIONS=false)."""
 
     def pick(self, user_id: int, pinned: int | None = None) -> tuple[LoadedModel, Arm]:
         """The version scoring ``user_id`` (``pinned``: that one, or VersionNotLoaded) and
@@ -82,7 +86,18 @@ async def get_scoring(request: Request) -> Scoring:
     serving: Serving = state.registry.serving
     if serving.stable is None:
         raise _not_ready(state.settings)
-    return Scoring(serving, state.feature_store, state.batcher, state.metrics, state.settings)
+    return Scoring(
+        serving,
+        state.feature_store,
+        state.batcher,
+        state.metrics,
+        state.settings,
+        state.impressions,
+    )
+
+
+async def get_event_recorder(request: Request) -> EventRecorder:
+    return request.app.state.events
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -91,6 +106,7 @@ ModelDep = Annotated[LoadedModel, Depends(get_model)]
 FeatureStoreDep = Annotated[FeatureStore, Depends(get_feature_store)]
 CoverageDep = Annotated[CoverageMonitor, Depends(get_coverage)]
 ScoringDep = Annotated[Scoring, Depends(get_scoring)]
+EventRecorderDep = Annotated[EventRecorder, Depends(get_event_recorder)]
 
 
 class DirectRoute(APIRoute):

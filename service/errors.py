@@ -108,10 +108,105 @@ class PayloadTooLarge(ServiceError):
     slug = "payload-too-large"
 
 
+class EventLogUnavailable(ServiceError):
+    """Redis failed or was late while ``POST /events`` recorded a batch; resending the whole
+    batch is safe (what was recorded answers "duplicate")."""
+
+    status = 503
+    title = "Event log unavailable"
+    slug = "event-log-unavailable"
+
+
+class EventRefused(ServiceError):
+    """One event of a ``POST /events`` batch that is not recorded; the batch still answers
+    202 and the event's result carries this problem. ``reason`` labels it in /metrics."""
+
+    status = 422
+    title = "Event refused"
+    slug = "event-refused"
+    reason: ClassVar[str] = "refused"
+
+
+class InvalidEvent(EventRefused):
+    """An event that is not an event object (a field missing, of the wrong type, unknown);
+    ``errors`` names each field as a 422's ``errors`` do."""
+
+    title = "Invalid event"
+    slug = "invalid-event"
+    reason = "invalid"
+
+    def __init__(self, detail: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(detail)
+        self.errors = errors
+
+
+class MalformedImpression(EventRefused):
+    title = "Malformed impression id"
+    slug = "impression-malformed"
+    reason = "malformed"
+
+
+class ForgedImpression(EventRefused):
+    """The impression id's signature verifies with none of the service's keys."""
+
+    title = "Impression id not signed by this service"
+    slug = "impression-forged"
+    reason = "forged"
+
+
+class ExpiredImpression(EventRefused):
+    title = "Impression outside the attribution window"
+    slug = "impression-expired"
+    reason = "expired"
+
+
+class MovieNotShown(EventRefused):
+    title = "Movie not shown by the impression"
+    slug = "movie-not-shown"
+    reason = "not_shown"
+
+
+class EventOutsideWindow(EventRefused):
+    """The event's ``ts`` is before its impression or after its attribution window."""
+
+    title = "Event time outside the attribution window"
+    slug = "event-outside-window"
+    reason = "outside_window"
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or "" without one: details stay one line."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else ""
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    instance: str,
+    *,
+    slug: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """An RFC 9457 problem details object."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + slug if slug else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return body
+
+
+def problem_of(exc: ServiceError, instance: str) -> dict[str, Any]:
+    """``exc`` as a problem details object, for a reply that carries problems inside it (the
+    per-event results of ``POST /events``)."""
+    errors = getattr(exc, "errors", None)
+    return problem(exc.status, exc.title, exc.detail, instance, slug=exc.slug, errors=errors)
 
 
 def problem_response(
@@ -125,15 +220,7 @@ def problem_response(
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE_BASE + slug if slug else "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": instance,
-    }
-    if errors is not None:
-        body["errors"] = errors
+    body = problem(status, title, detail, instance, slug=slug, errors=errors)
     if retry_after is not None:
         headers = {**(headers or {}), "Retry-After": str(retry_after)}
     return Response(orjson.dumps(body), status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
@@ -148,12 +235,13 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
             found.append({"field": "body", "message": f"invalid JSON: {reason}"})
         else:
             found.append(
-                {"field": _field_path(error.get("loc", ())), "message": error.get("msg", "")}
+                {"field": field_path(error.get("loc", ())), "message": error.get("msg", "")}
             )
     return found
 
 
-def _field_path(loc: tuple | list) -> str:
+def field_path(loc: tuple | list) -> str:
+    """Where a pydantic error is: ``("body", "movie_ids", 3)`` -> ``body.movie_ids[3]``."""
     path = ""
     for part in loc:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))

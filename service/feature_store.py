@@ -282,6 +282,13 @@ class FeatureStore:
         _, table = await self._with_table(pointer)
         return table.info
 
+    async def namespace(self) -> str | None:
+        """The namespace of the loaded feature set (None: nothing is loaded), as a read now
+        would use it: for writing into a user's hash (``POST /events``' watched history).
+        Raises FeatureStoreUnavailable as ``read`` does."""
+        namespace = await self._call(self._keys.namespace())
+        return None if namespace is None else namespace.decode()
+
     async def check(self) -> tuple[bool, bool]:
         """(Redis answers, a feature set is loaded), never raising."""
         try:

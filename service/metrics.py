@@ -35,11 +35,14 @@ from prometheus_client.registry import Collector
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from model.contracts import event_log
 from service import access_log
 from service.batching import Batcher
 from service.coverage import CoverageMonitor
 from service.errors import ServiceError
+from service.events import EventRecorder
 from service.feature_store import FeatureStore
+from service.impressions import ImpressionLog
 from service.model_registry import ModelRegistry
 
 EXPECTED_STATUSES = ("200", "500", "503")
@@ -118,10 +121,13 @@ class Metrics:
         store: FeatureStore,
         batcher: Batcher,
         coverage: CoverageMonitor,
+        impressions: ImpressionLog | None = None,
+        events: EventRecorder | None = None,
     ) -> None:
-        """Report the state of the objects a lifespan opened (replacing any earlier ones)."""
+        """Report the state of the objects a lifespan opened (replacing any earlier ones);
+        ``impressions`` None: replies are not logged."""
         self.unwatch()
-        state = _StateCollector(models, store, batcher, coverage)
+        state = _StateCollector(models, store, batcher, coverage, impressions, events)
         self.registry.register(state)  # collects once: raises before ``_state`` is set
         self._state = state
 
@@ -217,14 +223,73 @@ class _StateCollector(Collector):
         store: FeatureStore,
         batcher: Batcher,
         coverage: CoverageMonitor,
+        impressions: ImpressionLog | None,
+        events: EventRecorder | None,
     ) -> None:
         self._models = models
         self._store = store
         self._batcher = batcher
         self._coverage = coverage
+        self._impressions = impressions
+        self._events = events
+        self._stream_lengths: dict[tuple[str, int], int] = {}
 
     async def refresh(self) -> None:
         await self._coverage.check(self._models.current, self._store)
+        if self._events is not None:
+            self._stream_lengths = await self._events.stream_lengths()
+
+    def _log_metrics(self) -> Iterator:
+        """The impression and event log: what was logged, dropped and recorded, and the
+        streams' lengths (read before each scrape; absent when Redis did not answer)."""
+        impressions = self._impressions
+        if impressions is not None:
+            yield CounterMetricFamily(
+                "afm_impressions_logged",
+                "Scoring replies logged as impressions (stream entry and hash written).",
+                value=impressions.logged_total,
+            )
+            dropped = CounterMetricFamily(
+                "afm_impressions_dropped",
+                "Impressions not logged, by reason: buffer_full (AFM_IMPRESSION_BUFFER "
+                "reached), redis_error (the write failed), shutdown (still buffered at exit).",
+                labels=["reason"],
+            )
+            for reason, count in impressions.dropped.items():
+                dropped.add_metric([reason], count)
+            yield dropped
+            yield GaugeMetricFamily(
+                "afm_impressions_buffered",
+                "Impressions waiting in memory to be written to Redis.",
+                value=impressions.buffered,
+            )
+        if self._events is None:
+            return
+        events = CounterMetricFamily(
+            "afm_events",
+            "Events of POST /events by type and outcome: accepted, duplicate, or the reason "
+            "it was refused (invalid, malformed, forged, expired, not_shown, outside_window, "
+            "unavailable); type unknown for an invalid event.",
+            labels=["type", "outcome"],
+        )
+        counts = {(t, o): 0 for t in event_log.EVENT_TYPES for o in ("accepted", "duplicate")}
+        for labels, count in sorted({**counts, **self._events.counts}.items()):
+            events.add_metric(list(labels), count)
+        yield events
+        yield CounterMetricFamily(
+            "afm_event_write_errors",
+            "Accepted events whose events-stream entry or watched-movies update failed (the "
+            "event stays recorded in its impression's hash).",
+            value=self._events.write_errors_total,
+        )
+        lengths = GaugeMetricFamily(
+            "afm_log_stream_length",
+            "Entries in each log stream (impressions, events) by shard (read before the scrape).",
+            labels=["stream", "shard"],
+        )
+        for (stream, shard), length in sorted(self._stream_lengths.items()):
+            lengths.add_metric([stream, str(shard)], length)
+        yield lengths
 
     def collect(self) -> Iterator:
         current = self._models.current
@@ -287,6 +352,7 @@ class _StateCollector(Collector):
         for name, share in latest.shares.items() if latest is not None else ():
             coverage.add_metric([name], share)
         yield coverage
+        yield from self._log_metrics()
 
 
 class ObservedRequestsMiddleware:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -55,6 +56,28 @@ class PipelinedConnection:
         if isinstance(reply, ResponseError):
             raise reply
         return reply
+
+    async def call_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """The replies to ``commands``, sent together in one write: an error reply is
+        returned in its place (a ``ResponseError``), not raised; a lost connection or no
+        reply within ``timeout`` seconds raises as ``call`` does. A future per command, no
+        task: a batch of hundreds costs little more than one command."""
+        if not commands:
+            return []
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            protocol = await self._connected()
+        futures = [protocol.request(tuple(command), deadline) for command in commands]
+        try:
+            return [await future for future in futures]
+        except BaseException:
+            for future in futures:  # nobody waits on the rest any more
+                if not future.done():
+                    future.cancel()  # its reply is dropped when it comes
+                elif not future.cancelled():
+                    future.exception()  # retrieved, so never reported as unretrieved
+            raise
 
     async def evalsha(self, script: str, sha: str, keys: list[Arg], args: list[Arg]) -> Any:
         """The Lua ``script`` (whose SHA1 is ``sha``) on ``keys`` and ``args``; sent whole

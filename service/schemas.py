@@ -6,9 +6,19 @@ guessed at. The candidate-count bound comes from Settings, so it is checked in t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from model.contracts.export_format import HISTORY_LENGTH
 
@@ -39,6 +49,13 @@ class ScoreRequest(BaseModel):
         None,
         description="Score with this loaded version (see /model); 404 if it is not loaded. "
         "Default: the rollout policy's choice for this user.",
+    )
+    log: StrictBool = Field(
+        True,
+        description="Log this reply as an impression (what was shown, for training from "
+        "logs) and return its `impression_id`. `false` for a request whose reply no one is "
+        "shown (a prefetch, a test, the explanation page): nothing is logged and "
+        "`impression_id` is null.",
     )
     unknown_movies: Literal["last", "drop", "score"] = Field(
         "last",
@@ -136,6 +153,8 @@ class ScoreResponse(BaseModel):
                 {
                     "user_id": 1,
                     "model_version": 3,
+                    "impression_id": "i1.k1.3.stable.1.1796616305123.9f1c2a7be04d."
+                    "Yf3kQ2V0aXyUq1v8cFqL0w",
                     "user_known": True,
                     "scores": [
                         {"movie_id": 1193, "probability": 0.81, "movie_known": True},
@@ -148,6 +167,14 @@ class ScoreResponse(BaseModel):
 
     user_id: int
     model_version: int
+    impression_id: str | None = Field(
+        None,
+        description="This reply's impression: send it back with each event of what it showed "
+        "(`POST /events`). Signed by the service and accepted for the attribution window "
+        "(AFM_ATTRIBUTION_WINDOW_S). Null when the reply was not logged (`log: false`, or "
+        "AFM_LOG_IMPRESSIONS=false).",
+        examples=["i1.k1.3.stable.1.1796616305123.9f1c2a7be04d.Yf3kQ2V0aXyUq1v8cFqL0w"],
+    )
     user_known: bool = Field(description="False: no features in Redis; scored with OOV values.")
     scores: list[MovieScore]
     unknown_movies: list[int] = Field(
@@ -355,6 +382,149 @@ class Readiness(BaseModel):
         "affect ready. null without a model or a feature set.",
     )
     coverage_reason: str | None = Field(None, description="Why coverage is low, when it is.")
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "impression_id": "i1.k1.3.stable.1.1796616305123.9f1c2a7be04d."
+                    "Yf3kQ2V0aXyUq1v8cFqL0w",
+                    "movie_id": 1193,
+                    "type": "click",
+                    "ts": 1796616312000,
+                }
+            ]
+        },
+    )
+
+    impression_id: str = Field(
+        max_length=256, description="The `impression_id` of the `/score` reply that showed it."
+    )
+    movie_id: Id = Field(description="The movie, one the impression showed.")
+    type: Literal["click", "view", "skip"] = Field(
+        description="`click`: chosen (and put first in the user's watched movies); `view`: "
+        "seen; `skip`: passed over."
+    )
+    ts: Annotated[StrictInt, Field(ge=0, le=ID_MAX)] | None = Field(
+        None,
+        description="When it happened, milliseconds since the epoch; default: when received. "
+        "Between the impression and the end of its attribution window.",
+    )
+
+
+@dataclass(frozen=True)
+class NotAnEvent:
+    """An entry of ``events`` that failed validation as an Event: refused on its own, with
+    pydantic's ``errors`` (locations inside the entry), while the batch's others go on."""
+
+    errors: list[dict[str, Any]]
+
+
+def _refused_alone(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        return NotAnEvent(exc.errors(include_url=False, include_input=False))
+
+
+EventEntry = Annotated[Event, WrapValidator(_refused_alone)]
+"""An Event, documented as one; an invalid entry validates as a NotAnEvent instead."""
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "events": [
+                        {
+                            "impression_id": "i1.k1.3.stable.1.1796616305123.9f1c2a7be04d."
+                            "Yf3kQ2V0aXyUq1v8cFqL0w",
+                            "movie_id": 1193,
+                            "type": "view",
+                        },
+                        {
+                            "impression_id": "i1.k1.3.stable.1.1796616305123.9f1c2a7be04d."
+                            "Yf3kQ2V0aXyUq1v8cFqL0w",
+                            "movie_id": 1193,
+                            "type": "click",
+                            "ts": 1796616312000,
+                        },
+                    ]
+                }
+            ]
+        },
+    )
+
+    events: list[EventEntry] = Field(
+        min_length=1,
+        description="At most AFM_MAX_EVENTS. Each is answered on its own: an invalid one "
+        "is refused, the others recorded.",
+    )
+
+
+class EventProblem(BaseModel):
+    """Why one event was refused: RFC 9457 problem details, as an error response's body."""
+
+    type: str = Field(
+        description="`urn:afm-ctr:problem:` and one of `invalid-event`, `impression-malformed`, "
+        "`impression-forged`, `impression-expired`, `movie-not-shown`, "
+        "`event-outside-window`, `event-log-unavailable` (503: send it again)."
+    )
+    title: str
+    status: int
+    detail: str
+    instance: str
+    errors: list[FieldError] | None = Field(
+        None, description="With `invalid-event`: every invalid field of the event."
+    )
+
+
+class EventResult(BaseModel):
+    outcome: Literal["accepted", "duplicate", "refused"] = Field(
+        description="`accepted`: recorded; `duplicate`: this impression's event of this type "
+        "on this movie was recorded before, nothing written; `refused`: not recorded, "
+        "`problem` says why."
+    )
+    problem: EventProblem | None = None
+
+
+class EventsResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "accepted": 1,
+                    "duplicate": 1,
+                    "refused": 1,
+                    "results": [
+                        {"outcome": "accepted"},
+                        {"outcome": "duplicate"},
+                        {
+                            "outcome": "refused",
+                            "problem": {
+                                "type": "urn:afm-ctr:problem:impression-expired",
+                                "title": "Impression outside the attribution window",
+                                "status": 422,
+                                "detail": "the impression is older than the attribution "
+                                "window (3600 s)",
+                                "instance": "/events",
+                            },
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+
+    accepted: int
+    duplicate: int
+    refused: int
+    results: list[EventResult] = Field(description="One per event, in request order.")
 
 
 class FieldError(BaseModel):

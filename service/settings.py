@@ -14,6 +14,7 @@ from typing import Annotated
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model.contracts import event_log
 from model.contracts.feature_layout import DEFAULT_PREFIX, check_cluster_prefix
 
 
@@ -75,12 +76,55 @@ class Settings(BaseSettings):
         description="Origins (scheme://host[:port], comma-separated, or *) whose pages may call "
         "the API from a browser. None: no CORS headers.",
     )
+    log_impressions: bool = Field(
+        True,
+        description="Log each /score reply (what was shown, to whom, with the features as "
+        "served) to Redis streams for training from logs; off: replies carry no impression_id.",
+    )
+    impression_keys: SecretStr | None = Field(
+        None,
+        description='Keys signing impression ids, "<id>:<secret>" comma-separated, the '
+        "first signing, every one verifying (list a new key first to rotate). With neither "
+        "this nor impression_keys_file, a random key per process: ids then verify only on the "
+        "replica that issued them, until it restarts.",
+    )
+    impression_keys_file: Path | None = Field(
+        None,
+        description='A file of impression keys, "<id>:<secret>" one a line (a mounted '
+        "secret); read at startup; its keys come before impression_keys'.",
+    )
+    impression_buffer: int = Field(
+        10_000,
+        ge=1,
+        description="Impressions waiting in memory to be written to Redis; when full, a "
+        "reply's impression is dropped (and counted), never the reply.",
+    )
+    log_stream_max_length: int = Field(
+        100_000,
+        ge=1,
+        description="Entries each log stream keeps, about (XADD MAXLEN ~); there are "
+        f"{event_log.LOG_SHARDS} impression and {event_log.LOG_SHARDS} event streams.",
+    )
+    attribution_window_s: int = Field(
+        event_log.ATTRIBUTION_WINDOW_S,
+        ge=1,
+        le=30 * 86_400,
+        description="Seconds after an impression during which its events are accepted.",
+    )
+    max_events: int = Field(500, ge=1, description="Most events one POST /events may carry.")
     _accepted_keys: tuple[str, ...] = PrivateAttr(())
+    _signing_keys: dict[str, bytes] = PrivateAttr(default_factory=dict)
 
     @property
     def accepted_api_keys(self) -> tuple[str, ...]:
         """Every key a request may send; empty: authentication is off."""
         return self._accepted_keys
+
+    @property
+    def impression_signing_keys(self) -> dict[str, bytes]:
+        """Key id -> secret of the configured impression keys, the signing one first; empty
+        when none are configured."""
+        return dict(self._signing_keys)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -112,6 +156,18 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _read_impression_keys(self) -> Settings:
+        text = ""
+        if self.impression_keys_file is not None:
+            text = _read_text(self.impression_keys_file, "impression keys")
+            if not text.strip():
+                raise ValueError(f"the impression keys file {self.impression_keys_file} is empty")
+        if self.impression_keys is not None:
+            text += "," + self.impression_keys.get_secret_value()
+        self._signing_keys = event_log.parse_keys(text)  # its errors never quote a secret
+        return self
+
+    @model_validator(mode="after")
     def _cluster_prefix(self) -> Settings:
         if self.redis_cluster:
             check_cluster_prefix(self.redis_prefix)  # ValueError: a validation error
@@ -126,13 +182,17 @@ def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _read_keys(path: Path) -> list[str]:
+def _read_text(path: Path, what: str) -> str:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValueError(f"cannot read the API keys file {path}: {exc.strerror}") from None
+        raise ValueError(f"cannot read the {what} file {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise ValueError(f"the API keys file {path} is not UTF-8 text") from None
+        raise ValueError(f"the {what} file {path} is not UTF-8 text") from None
+
+
+def _read_keys(path: Path) -> list[str]:
+    lines = _read_text(path, "API keys").splitlines()
     keys = [line.strip() for line in lines if line.strip()]
     if not keys:  # an empty secret must not turn authentication off
         raise ValueError(f"the API keys file {path} holds no key")

@@ -52,6 +52,11 @@ async def score(request: ScoreRequest, scoring: ScoringDep) -> Response:
     and year; a movie neither knows is listed in `unknown_movies` and placed as
     `unknown_movies` in the request says (after the others by default). With `explain: true`
     every score also carries its explanation, as `/explain`.
+
+    The reply is logged as an impression (what was shown to whom, for training from logs)
+    and carries its `impression_id`, to send back with the events of what it showed
+    (`POST /events`); with `log: false`, or when the service does not log, nothing is
+    logged and `impression_id` is null.
     """
     count, limit = len(request.movie_ids), scoring.settings.max_candidates
     if count > limit:
@@ -81,10 +86,17 @@ async def score(request: ScoreRequest, scoring: ScoringDep) -> Response:
             ]
         else:
             scores = scores_json(request.movie_ids, result, order)
+        impression_id = None
+        if request.log and scoring.impressions is not None:
+            impression_id = scoring.impressions.log(
+                model.version, arm, request.user_id, features, request.movie_ids, order,
+                result.probability,
+            )  # fmt: skip
         return _json(
             {
                 "user_id": request.user_id,
                 "model_version": model.version,
+                "impression_id": impression_id,
                 "user_known": features.user is not None,
                 "scores": scores,
                 "unknown_movies": [request.movie_ids[i] for i in unknown.tolist()],

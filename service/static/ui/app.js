@@ -137,6 +137,7 @@ function readQuery() {
     movie_ids: ids.map(Number),
     top_k: topText ? Number(topText) : null,
     explain: true,
+    log: false, // people inspecting the model: no impression shown to a viewer
   };
 }
 

@@ -13,7 +13,13 @@ from openapi_spec_validator import validate
 from service.schemas import ID_MAX
 from tests.unit.service.test_service_routes import FakeModel, FakeStore, _client
 
-PROTECTED = [("/score", "post"), ("/explain", "get"), ("/feature-set", "get"), ("/model", "get")]
+PROTECTED = [
+    ("/score", "post"),
+    ("/events", "post"),
+    ("/explain", "get"),
+    ("/feature-set", "get"),
+    ("/model", "get"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +89,12 @@ def test_every_503_declares_retry_after(spec: dict) -> None:
                 header = operation["responses"]["503"]["headers"]["Retry-After"]
                 assert header["schema"]["type"] == "integer"
                 found.append(path)
-    assert sorted(found) == ["/explain", "/feature-set", "/model", "/readyz", "/score"]
+    assert sorted(found) == ["/events", "/explain", "/feature-set", "/model", "/readyz", "/score"]
 
 
 def test_only_a_route_with_a_body_documents_413(spec: dict) -> None:
     assert "413" in spec["paths"]["/score"]["post"]["responses"]
+    assert "413" in spec["paths"]["/events"]["post"]["responses"]
     assert "413" not in spec["paths"]["/explain"]["get"]["responses"]
 
 
@@ -107,3 +114,25 @@ def test_the_api_routes_name_the_key_schemes(spec: dict) -> None:
         assert list(operation["responses"]["401"]["content"]) == ["application/problem+json"]
     for path in ("/healthz", "/readyz"):
         assert "security" not in spec["paths"][path]["get"], path
+
+
+def test_events_are_documented_with_examples(spec: dict) -> None:
+    """The body is a list of Event (an invalid entry is refused alone, but documented as
+    what to send); the 202 answers per event, each refusal a typed problem."""
+    operation = spec["paths"]["/events"]["post"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/EventsRequest"}
+    schemas = spec["components"]["schemas"]
+    request = schemas["EventsRequest"]
+    assert request["properties"]["events"]["items"] == {"$ref": "#/components/schemas/Event"}
+    assert request["examples"] and schemas["Event"]["examples"]
+    assert schemas["Event"]["properties"]["type"]["enum"] == ["click", "view", "skip"]
+    assert set(operation["responses"]) >= {"202", "401", "413", "422", "503"}
+    accepted = operation["responses"]["202"]["content"]["application/json"]["schema"]
+    assert accepted == {"$ref": "#/components/schemas/EventsResponse"}
+    assert schemas["EventsResponse"]["examples"]
+    result = schemas["EventResult"]["properties"]
+    assert result["outcome"]["enum"] == ["accepted", "duplicate", "refused"]
+    score = schemas["ScoreResponse"]
+    assert "impression_id" in score["properties"] and "impression_id" in score["examples"][0]
+    assert schemas["ScoreRequest"]["properties"]["log"]["type"] == "boolean"

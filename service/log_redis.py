@@ -1,0 +1,83 @@
+"""Pipelined commands to the Redis the features come from, for the impression and event log.
+
+Each user of it (the impression writer, ``POST /events``, the stream-length scrape) opens its
+own ``LogRedis``: on one Redis a connection of its own, so a batch of log writes never queues
+in front of a ``/score``'s feature read on the feature store's connection; on a Redis Cluster
+a client of its own, whose pipeline sends each command to the master holding its key (the
+log's keys spread over the masters by user, ``model.contracts.event_log.shard``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
+
+from service.redis_connection import Arg, PipelinedConnection
+
+Command = Sequence[Arg]
+
+FAILURES: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, TimeoutError)
+"""What ``LogRedis.run`` raises when Redis cannot be reached, fails or is late: catch these.
+(The cluster client raises RedisClusterException, not a RedisError, when no node answers.)"""
+
+
+class LogRedis(Protocol):
+    async def run(self, commands: Sequence[Command]) -> list[Any]:
+        """The replies to ``commands``, pipelined; an error reply in its place (an
+        exception instance, not raised). Raises one of FAILURES when Redis cannot answer."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SingleLogRedis:
+    """One Redis, over a pipelined connection of its own."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self._connection = PipelinedConnection(url, timeout)
+
+    async def run(self, commands: Sequence[Command]) -> list[Any]:
+        return await self._connection.call_many(commands)
+
+    async def close(self) -> None:
+        self._connection.close()
+
+
+class ClusterLogRedis:
+    """A Redis Cluster through redis-py's pipeline (one round trip per master involved),
+    bounded by ``timeout``."""
+
+    def __init__(self, url: str, timeout: float, max_connections: int) -> None:
+        self._client = RedisCluster.from_url(
+            url,
+            max_connections=max_connections,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._timeout = timeout
+
+    async def run(self, commands: Sequence[Command]) -> list[Any]:
+        if not commands:
+            return []
+        pipe = self._client.pipeline()
+        for command in commands:
+            pipe.execute_command(*command)
+        async with asyncio.timeout(self._timeout):
+            return await pipe.execute(raise_on_error=False)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def connect(url: str, timeout: float, *, cluster: bool, max_connections: int) -> LogRedis:
+    """A ``LogRedis`` for the feature store's ``url``; connects lazily (Redis may be down)."""
+    if cluster:
+        return ClusterLogRedis(url, timeout, max_connections)
+    return SingleLogRedis(url, timeout)
