@@ -292,7 +292,10 @@ class LogExporter:
         total = 0
         for shard in range(event_log.LOG_SHARDS):
             key = event_log.impressions_key(self.prefix, shard)
-            group = next(g for g in self.client.xinfo_groups(key) if g["name"] == GROUP)
+            groups = [g for g in self.client.xinfo_groups(key) if g["name"] == GROUP]
+            if not groups:  # the stream was deleted during the pass
+                continue
+            group = groups[0]
             lag = group.get("lag")
             if lag is None:  # Redis cannot tell after some deletions: count what is left
                 lag = self._count_after(key, group["last-delivered-id"])

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import collections
 import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import redis
 from model.contracts import event_log
 from model.data import click_logs
 from model.data.click_log_files import CRASH_ENV, TMP_PREFIX
-from tests.conftest import run_cli
+from tests.conftest import REPO_ROOT, run_cli
 from tests.integration.click_log_helpers import (
     BASE_MS,
     HOUR_MS,
@@ -124,13 +127,13 @@ def test_open_windows_are_held_back_until_they_close_or_flush(
         client, feature_prefix, user_id=new_user, ts_ms=now_ms - 1000, movies=[3, 4],
         user_features=user_features(new_user),
     )  # fmt: skip
-    result = export(redis_url, feature_prefix, tmp_path)
-    assert "exported 1 impressions (2 rows, 1 clicks)" in result.stdout
-    assert "held back 1 impressions" in result.stdout
+    exporter = click_logs.LogExporter(client, feature_prefix, tmp_path)
+    summary = exporter.export()
+    assert (summary.impressions, summary.rows, summary.clicks, summary.held_back) == (1, 2, 1, 1)
     assert pending(client, feature_prefix) == 1  # read, left pending for the next run
 
     log_event(client, feature_prefix, fresh, new_user, 4, "click", now_ms)
-    assert "exported 0 impressions" in export(redis_url, feature_prefix, tmp_path).stdout
+    assert exporter.export().impressions == 0
     # A short window has closed: the pending entry is re-read first, with its click.
     result = export(redis_url, feature_prefix, tmp_path, "--attribution-window", "0")
     assert "exported 1 impressions (2 rows, 1 clicks)" in result.stdout
@@ -140,7 +143,7 @@ def test_open_windows_are_held_back_until_they_close_or_flush(
         client, feature_prefix, user_id=new_user, ts_ms=int(time.time() * 1000), movies=[5, 6],
         user_features=user_features(new_user), clicks=[5],
     )  # fmt: skip
-    assert "held back 1 impressions" in export(redis_url, feature_prefix, tmp_path).stdout
+    assert exporter.export().held_back == 1
     result = export(redis_url, feature_prefix, tmp_path, "--flush")
     assert "exported 1 impressions (2 rows, 1 clicks)" in result.stdout
     labels = {(r["impression_id"], r["movie_id"]): r["label"] for r in exported_rows(tmp_path)}
@@ -223,3 +226,40 @@ def test_a_second_exporter_into_the_same_directory_is_refused(
         result = export(redis_url, feature_prefix, tmp_path, env={})
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: another `afm-ctr logs export` is writing to {tmp_path}"
+
+
+def test_follow_exports_as_impressions_close_until_interrupted(
+    client: redis.Redis, redis_url: str, feature_prefix: str, tmp_path: Path
+) -> None:
+    log_impression(
+        client, feature_prefix, user_id=1, ts_ms=BASE_MS, movies=[1, 2],
+        user_features=user_features(1), clicks=[1],
+    )  # fmt: skip
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "model.cli", "logs", "export", "--out", str(tmp_path),
+         "--redis-url", redis_url, "--prefix", feature_prefix, "--follow", "--interval", "0.1"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _wait_for_rows(tmp_path, 2)
+        log_impression(
+            client, feature_prefix, user_id=2, ts_ms=BASE_MS + 1, movies=[3, 4, 5],
+            user_features=user_features(2), clicks=[5],
+        )  # fmt: skip
+        _wait_for_rows(tmp_path, 5)
+        follower.send_signal(signal.SIGINT)
+        out, err = follower.communicate(timeout=10)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("exported 1 impressions (2 rows, 1 clicks) in 1 files")
+    assert lines[1].startswith("exported 1 impressions (3 rows, 1 clicks) in 1 files")
+    assert lines[-1].startswith("stopped; in all, exported 2 impressions (5 rows, 2 clicks)")
+
+
+def _wait_for_rows(out: Path, rows: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(exported_rows(out)) < rows:
+        assert time.monotonic() < deadline, f"no {rows} rows under {out} in {timeout_s} s"
+        time.sleep(0.05)
