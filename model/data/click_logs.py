@@ -11,11 +11,12 @@ one pipelined read, becomes one file per UTC hour (``click_log_files.write_rows`
 write and rename), and only then is acknowledged (XACK).
 
 Killed at any point, a restart neither loses nor duplicates rows: an entry is acknowledged
-only after the file holding it is complete, a temporary file left by a kill is deleted, and a
-pending entry that a complete file already holds (killed between the rename and the XACK) is
-acknowledged without being written again. One exporter writes a directory at a time (a lock
-file); the consumer group belongs to the prefix, so exporting to another directory goes on
-from where the last export stopped.
+only after the file holding it is complete, a temporary file left by a kill is deleted, and an
+entry that a complete file already holds (killed between the rename and the XACK, or a group
+reset or rolled back by a failover) is acknowledged without being written again: only the
+files of its shard and hour whose names cover its id are opened. One exporter writes a
+directory at a time (a lock file); the consumer group belongs to the prefix, so exporting to
+another directory goes on from where the last export stopped.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class ExportSummary:
     dropped_clicks: int = 0  # clicks on a movie the impression did not show
     held_back: int = 0  # impressions left in the streams: window still open, or not read yet
     files: int = 0
-    already_exported: int = 0  # pending entries a complete file held (a killed export's)
+    already_exported: int = 0  # entries a complete file held (a killed export's, say)
     unreadable: int = 0  # entries trimmed away or not readable as an impression
     without_hash: int = 0  # impressions whose hash had expired: clicks unknown, not exported
 
@@ -196,7 +197,7 @@ class LogExporter:
                     return
                 cursor = ">"
                 continue
-            if self._export_batch(shard, key, entries, cursor != ">", summary):
+            if self._export_batch(shard, key, entries, summary):
                 return  # an open window: the rest waits
             if cursor != ">":
                 cursor = entries[-1][0]
@@ -206,7 +207,6 @@ class LogExporter:
         shard: int,
         key: str,
         entries: list[tuple[str, dict[str, str]]],
-        pending: bool,
         summary: ExportSummary,
     ) -> bool:
         """Write and acknowledge the closed prefix of ``entries``; True if it stopped at an
@@ -224,16 +224,14 @@ class LogExporter:
                 summary.unreadable += 1
             else:
                 impressions.append(impression)
-        if pending:  # a killed export may have written some of them already
-            fresh = [i for i in impressions if not self._in_a_file(shard, i)]
-            if len(fresh) < len(impressions):
-                log.info(
-                    f"[logs] {len(impressions) - len(fresh)} impressions of shard {shard} left "
-                    "pending by an interrupted export are in a file already: acknowledged"
-                )
-            summary.already_exported += len(impressions) - len(fresh)
-            impressions = fresh
-        self._write(shard, impressions, summary)
+        fresh = [i for i in impressions if not self._in_a_file(shard, i)]
+        if len(fresh) < len(impressions):  # written by an export killed before its XACK
+            log.info(
+                f"[logs] {len(impressions) - len(fresh)} impressions of shard {shard} are in a "
+                "file already (an interrupted export's): acknowledged"
+            )
+        summary.already_exported += len(impressions) - len(fresh)
+        self._write(shard, fresh, summary)
         files.crash_point("before-ack")
         if done:
             self.client.xack(key, GROUP, *done)

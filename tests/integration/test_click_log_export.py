@@ -178,7 +178,7 @@ def test_killed_before_the_rename_or_the_ack_a_restart_loses_and_duplicates_noth
     killed = export(redis_url, feature_prefix, tmp_path, "--batch", "3",
                     env={CRASH_ENV: "before-rename:2"})  # fmt: skip
     assert killed.returncode == -9, killed.stderr
-    assert "3 impressions of shard 4 left pending by an interrupted export" in killed.stderr
+    assert "3 impressions of shard 4 are in a file already" in killed.stderr
     assert list(tmp_path.glob(f"hour=*/{TMP_PREFIX}*"))
     assert pending(client, feature_prefix) > 0
 
@@ -202,6 +202,22 @@ def _pending_ids(client: redis.Redis, prefix: str) -> set[str]:
             continue
         ids |= {entry["message_id"] for entry in entries}
     return ids
+
+
+def test_a_reset_consumer_group_writes_nothing_twice(
+    client: redis.Redis, feature_prefix: str, tmp_path: Path
+) -> None:
+    for user in (1, 2, 3):
+        log_impression(
+            client, feature_prefix, user_id=user, ts_ms=BASE_MS, movies=[1, 2],
+            user_features=user_features(user),
+        )  # fmt: skip
+    assert click_logs.LogExporter(client, feature_prefix, tmp_path).export().impressions == 3
+    for shard in range(event_log.LOG_SHARDS):  # e.g. a failover lost the group's progress
+        client.xgroup_destroy(event_log.impressions_key(feature_prefix, shard), click_logs.GROUP)
+    again = click_logs.LogExporter(client, feature_prefix, tmp_path).export()
+    assert (again.impressions, again.already_exported, again.files) == (0, 3, 0)
+    assert len(exported_rows(tmp_path)) == 6 and pending(client, feature_prefix) == 0
 
 
 def test_unreadable_entries_are_skipped_and_acknowledged(
