@@ -1,0 +1,188 @@
+"""Reads what the impression log says about a time window: who was shown what by which
+version and arm, and which shown movies were clicked.
+
+Through the keys of ``model.contracts.event_log`` only: each impression stream shard is read
+with XRANGE over the window (paged, by stream id, i.e. the time Redis stored the entry), and
+the per-impression hashes of a page are fetched with HGETALL in one pipeline. On a Redis
+Cluster the same code runs through redis-py's cluster client, whose pipeline sends each
+HGETALL to the master holding it. A click counts when its movie was shown (the exporter's
+rule) and it arrived within the attribution window, which the service already enforces.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import redis
+from redis.cluster import RedisCluster
+
+from model.contracts import event_log
+from model.errors import AfmError
+
+PAGE = 2000
+"""Stream entries per XRANGE, and HGETALLs per pipeline."""
+
+FAILURES: tuple[type[BaseException], ...] = (
+    redis.RedisError,
+    redis.exceptions.RedisClusterException,  # not a RedisError: e.g. no node answers
+)
+
+Client = redis.Redis | RedisCluster
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedOutcome:
+    """One logged ``/score`` reply and what came of it."""
+
+    user_id: int
+    version: int
+    arm: str
+    positions: tuple[int, ...]
+    """The position (0 first) of every movie shown."""
+    clicked: tuple[int, ...]
+    """The positions of the shown movies that were clicked."""
+
+
+@dataclass
+class LogWindow:
+    """The impressions of ``[start_ms, end_ms]`` and what could not be counted."""
+
+    start_ms: int
+    end_ms: int
+    impressions: list[LoggedOutcome] = field(default_factory=list)
+    unreadable: int = 0
+    """Stream entries not written as the contract says (skipped)."""
+    without_hash: int = 0
+    """Impressions whose per-impression hash is gone (expired) or was never written: their
+    clicks are unknown, so they are left out."""
+    log_begins_ms: int | None = None
+    """Set when a shard's oldest entry is younger than ``start_ms`` (trimmed by MAXLEN, or
+    logging started later): the window is covered only from here."""
+
+    def notes(self) -> list[str]:
+        """What a reader of the figures should know, one line each."""
+        out = []
+        if self.log_begins_ms is not None:
+            out.append(
+                f"the log only reaches back to {_clock(self.log_begins_ms)} UTC in some shard "
+                "(streams trimmed by MAXLEN, or logging started then): the window is shorter"
+            )
+        if self.without_hash:
+            out.append(
+                f"{self.without_hash:,} impressions had no per-impression hash (expired or not "
+                "written) and were left out"
+            )
+        if self.unreadable:
+            out.append(f"{self.unreadable:,} stream entries were unreadable and skipped")
+        return out
+
+
+def connect(url: str, cluster: bool = False) -> Client:
+    """A client for one Redis, or for the Redis Cluster ``url``'s node belongs to."""
+    try:
+        if cluster:
+            return RedisCluster.from_url(
+                url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30
+            )
+        return redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30
+        )
+    except ValueError as exc:
+        raise AfmError(f"invalid Redis URL {url!r}: {exc}") from None
+    except FAILURES as exc:  # the cluster client asks for the slot map at once
+        raise AfmError(f"no Redis Cluster at {url}: {_one_line(exc)}") from None
+
+
+def read_window(client: Client, prefix: str, start_ms: int, end_ms: int) -> LogWindow:
+    """Every logged impression stored in ``[start_ms, end_ms]`` (ms since the epoch), with
+    its clicks; AfmError in one line when Redis cannot be read."""
+    window = LogWindow(start_ms, end_ms)
+    try:
+        for shard in range(event_log.LOG_SHARDS):
+            _read_shard(client, prefix, shard, window)
+    except FAILURES as exc:
+        raise AfmError(f"reading the impression log failed: {_one_line(exc)}") from None
+    return window
+
+
+def _read_shard(client: Client, prefix: str, shard: int, window: LogWindow) -> None:
+    key = event_log.impressions_key(prefix, shard)
+    oldest = client.xrange(key, count=1)
+    if oldest:
+        begins = _stream_ms(oldest[0][0])
+        if begins > window.start_ms:
+            window.log_begins_ms = max(window.log_begins_ms or 0, begins)
+    low = str(window.start_ms)
+    while page := client.xrange(key, min=low, max=str(window.end_ms), count=PAGE):
+        _read_page(client, prefix, page, window)
+        if len(page) < PAGE:
+            break
+        low = f"({page[-1][0]}"
+
+
+def _read_page(
+    client: Client, prefix: str, page: list[tuple[str, dict[str, str]]], window: LogWindow
+) -> None:
+    entries = []
+    for _, fields in page:
+        entry = _parse(fields)
+        if entry is None:
+            window.unreadable += 1
+        else:
+            entries.append(entry)
+    pipe = client.pipeline(transaction=False)
+    for impression_id, _ in entries:
+        pipe.hgetall(event_log.impression_key(prefix, impression_id))
+    for (_, data), recorded in zip(entries, pipe.execute(), strict=True):
+        if not recorded:
+            window.without_hash += 1
+            continue
+        window.impressions.append(_outcome(data, recorded))
+
+
+def _parse(fields: dict[str, str]) -> tuple[str, dict] | None:
+    """(impression id, decoded data) of a stream entry; None if it is not as the contract says."""
+    try:
+        data = json.loads(fields["data"])
+        int(data["user_id"]), int(data["version"]), str(data["arm"])
+        if not isinstance(data["movies"], list):
+            return None
+        return str(fields["impression"]), data
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _outcome(data: dict, recorded: dict[str, str]) -> LoggedOutcome:
+    """The impression's shown positions and the positions of its clicked movies."""
+    positions, clicked = [], []
+    for at, movie in enumerate(data["movies"]):
+        try:
+            position = at if movie.get("position") is None else int(movie["position"])
+            movie_id = int(movie["movie_id"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue
+        positions.append(position)
+        if event_log.event_field(movie_id, "click") in recorded:
+            clicked.append(position)
+    return LoggedOutcome(
+        user_id=int(data["user_id"]),
+        version=int(data["version"]),
+        arm=str(data["arm"]),
+        positions=tuple(positions),
+        clicked=tuple(clicked),
+    )
+
+
+def _stream_ms(stream_id: str) -> int:
+    return int(stream_id.partition("-")[0])
+
+
+def _clock(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
