@@ -265,6 +265,17 @@ def machine() -> dict:
     return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version()}
 
 
+def _commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1000, help="Seeded runs per truth.")
@@ -288,6 +299,7 @@ def main() -> None:
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([".venv/bin/python", "benchmarks/judge_error_rates.py", *sys.argv[1:]]),
+        "commit": _commit(),
         "machine": machine(),
         "seconds": round(time.perf_counter() - started, 1),
         "runs": args.runs,
