@@ -2,12 +2,15 @@
 
     .venv/bin/python benchmarks/quality.py                 # run (or resume) the whole benchmark
     .venv/bin/python benchmarks/quality.py --tables        # the markdown tables of the results
-    .venv/bin/python benchmarks/quality.py --quick         # a tiny smoke run (about a minute)
+    .venv/bin/python benchmarks/quality.py --quick         # a smoke run of every step
 
 Options: --datasets ml-100k,ml-1m  --field-sets all,history  --models afm,deepctr-afm,fm,
 deepctr-fm  --work-dir /work/afm-quality  --results benchmarks/quality_results.json
 --data ../shared/data  --deepctr-python /work/deepctr-venv/bin/python  --code-ref HEAD
---dry-run (list what would run).
+--jobs 1 (runs at once)  --dry-run (list what would run). A full run takes many hours on a
+2-core machine; start it with ``nice`` and let it resume. ``--quick`` (QUICK) trains two
+grid points of the two AFMs for one epoch on ML-100K with one negative per positive, two
+runs at a time: under a minute on an idle 2-core machine.
 
 **Resumable.** Each finished run is appended to the results file (written atomically) and
 skipped when the command runs again; a run that fails is reported and left for the next
@@ -53,8 +56,10 @@ the load of a shared machine falls on both alike; each run records the load aver
 ``--work-dir/code/``, so edits in progress in the checkout never reach a run; each run records
 the commit (``--code-ref worktree`` runs the checkout as it is).
 
-**Attention check** (history field set): on the test rows of each reported seed, the
-exported AFM's mean attention on the pairs with ``watched``, by the number of watched movies.
+**Attention check** (history field set): for every run of ``afm``, the exported model's
+attention (its ``explain`` signature) on the pairs with ``watched``, summed per row and
+averaged by the number of watched movies (0, 1-4, 5-19, 20), on the test rows and on a fixed
+sample of training rows (on MovieLens nearly every test row has a full history).
 """
 
 from __future__ import annotations
