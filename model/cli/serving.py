@@ -34,6 +34,7 @@ from model.cli.training import load_features, train
 from model.config import DataConfig, Dataset
 from model.contracts.feature_layout import DEFAULT_PREFIX
 from model.errors import AfmError, DownloadError
+from model.online.settings import JudgeSettings
 
 log = logging.getLogger(__name__)
 
@@ -197,40 +198,133 @@ def rollout(
         int | None, typer.Argument(min=0, help="With --rollback: the version to make stable.")
     ] = None,
     status: Annotated[
-        bool, typer.Option("--status", help="Show the policy (the default action).")
+        bool,
+        typer.Option(
+            "--status",
+            help="Show the policy (the default action); with --redis-url also the online "
+            "CTR per version and arm over --window.",
+        ),
     ] = False,
+    judge: Annotated[
+        bool,
+        typer.Option(
+            "--judge",
+            help="Decide the canary by clicks: prints promote, roll back or keep collecting, "
+            "and why (needs --redis-url).",
+        ),
+    ] = False,
+    auto: Annotated[
+        bool,
+        typer.Option("--auto", help="With --judge: write the decision (as --promote/--rollback)."),
+    ] = False,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The Redis the service logs impressions to (its feature store).",
+            envvar="AFM_REDIS_URL",
+        ),
+    ] = None,
+    prefix: PrefixOpt = DEFAULT_PREFIX,
+    redis_cluster: RedisClusterOpt = False,
+    window: Annotated[
+        str | None,
+        typer.Option(
+            help="Impressions of the last 30m, 1h, 2d... Default: 1h for --status; for "
+            "--judge, since the canary's share was last set.",
+        ),
+    ] = None,
+    metrics_url: Annotated[
+        str | None,
+        typer.Option(
+            help="A service's /metrics: --judge rolls back a canary whose 5xx rate is worse "
+            "than stable's, whatever its clicks. Without it that guard is skipped.",
+        ),
+    ] = None,
+    alpha: Annotated[
+        float,
+        typer.Option(
+            min=0.0001, max=0.5, help="--judge: chance of a false decision between equals."
+        ),
+    ] = JudgeSettings.alpha,
+    min_effect: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            max=10,
+            help="--judge: the relative CTR difference worth finding (0.05: 5 %; the "
+            "mixture's tau).",
+        ),
+    ] = JudgeSettings.min_effect,
+    max_impressions: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="--judge: canary impressions after which, with no difference found, the "
+            "canary is rolled back.",
+        ),
+    ] = JudgeSettings.max_impressions,
+    min_users: Annotated[
+        int, typer.Option(min=2, help="--judge: users each arm needs before clicks decide.")
+    ] = JudgeSettings.min_users,
 ) -> None:
-    """Control which versions serve whom: a canary for a share of users, promotion, rollback.
+    """Control which versions serve whom: a canary for a share of users, promotion, rollback,
+    and a judge that decides the canary by clicks.
 
     Writes rollout.json beside the versions (atomically); every service reading the
     directory follows it within its reload interval. Without the file, the newest version
-    serves everyone.
+    serves everyone. --judge reads the impression log the service writes to --redis-url and
+    asks an always-valid sequential test (asking it often does not raise its error rate).
     """
+    from model.cli import canary as online
     from model.contracts import export_format
     from model.contracts import rollout as policies
     from model.contracts.rollout import PolicyError
 
     chosen = {"--canary": canary is not None, "--promote": promote, "--rollback": rollback}
-    actions = [name for name, on in {**chosen, "--status": status}.items() if on]
+    actions = [name for name, on in {**chosen, "--status": status, "--judge": judge}.items() if on]
     if len(actions) > 1:
         raise typer.BadParameter(f"give one action, not {' and '.join(actions)}")
     if (canary is None) != (percent is None):
         raise typer.BadParameter("--canary VERSION and --percent P go together")
     if version is not None and not rollback:
         raise typer.BadParameter("a VERSION argument goes with --rollback")
+    if (auto or metrics_url is not None) and not judge:
+        raise typer.BadParameter(f"{'--auto' if auto else '--metrics-url'} goes with --judge")
+    if judge and redis_url is None:
+        raise typer.BadParameter(
+            "--judge needs --redis-url (or AFM_REDIS_URL): the Redis the service logs "
+            "impressions to"
+        )
+    if window is not None:
+        if redis_url is None or not (judge or status or not actions):
+            raise typer.BadParameter("--window goes with --redis-url, for --status or --judge")
+        online.parse_window(window)  # a usage error before anything is read
+    source = online.LogSource(redis_url or "", prefix, redis_cluster)
     try:
         policy = policies.read_policy(model_dir)
-        if not actions or status:
-            typer.echo(policies.describe(policy, model_dir))
+        if judge:
+            settings = JudgeSettings(alpha, min_effect, max_impressions, min_users)
+            decided = online.judge_canary(policy, model_dir, source, window, settings, metrics_url)
+            if not auto:
+                return
+            if decided is None:
+                typer.echo("--auto: nothing to write yet")
+                return
+            policy = decided
+        elif not actions or status:
+            if redis_url is None:
+                typer.echo(policies.describe(policy, model_dir))
+            else:
+                online.show_status(policy, model_dir, source, window)
             return
-        versions = export_format.list_versions(model_dir)
-        if canary is not None:
+        elif canary is not None:
             assert percent is not None
+            versions = export_format.list_versions(model_dir)
             policy = policies.start_canary(policy, versions, canary, percent)
         elif promote:
             policy = policies.promote(policy)
         else:
-            policy = policies.rollback(policy, versions, version)
+            policy = policies.rollback(policy, export_format.list_versions(model_dir), version)
         _check_servable(model_dir, policy.stable, policy.canary)
         path = policies.write_policy(model_dir, policy)
     except (AfmError, PolicyError) as exc:

@@ -19,31 +19,11 @@ from typing import Literal
 import numpy as np
 
 from model.online import stats
+from model.online.settings import JudgeSettings
 
 Decision = Literal["promote", "roll back", "keep collecting"]
-
-
-@dataclass(frozen=True)
-class JudgeSettings:
-    """The judge's knobs: fixed before the canary starts, so the guarantee holds."""
-
-    alpha: float = 0.05
-    """Chance of a false decision (either way) between two equal versions, over every look."""
-    min_effect: float = 0.05
-    """The relative difference in clicks per impression worth finding: the mixture's τ on the
-    log scale. Smaller finds small effects sooner and large ones later."""
-    max_impressions: int = 300_000
-    """Canary impressions after which, with no difference found, the canary is rolled back."""
-    min_users: int = 100
-    """Users each arm needs before any decision by clicks (the variance needs a few)."""
-
-    def __post_init__(self) -> None:
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        if not self.min_effect > 0:
-            raise ValueError(f"the minimum effect must be positive, got {self.min_effect}")
-        if self.max_impressions < 1 or self.min_users < 2:
-            raise ValueError("max_impressions must be >= 1 and min_users >= 2")
+__all__ = ["Decision", "ErrorCounts", "GuardResult", "JudgeSettings", "Verdict", "error_guard",
+           "judge"]  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,8 @@ class LogWindow:
     """Impressions whose per-impression hash is gone (expired) or was never written: their
     clicks are unknown, so they are left out."""
     log_begins_ms: int | None = None
-    """Set when a shard's oldest entry is younger than ``start_ms`` (trimmed by MAXLEN, or
-    logging started later): the window is covered only from here."""
+    """Set when a shard's stream was trimmed (MAXLEN) past ``start_ms``: the window is
+    covered only from here."""
 
     def notes(self) -> list[str]:
         """What a reader of the figures should know, one line each."""
@@ -67,7 +67,8 @@ class LogWindow:
         if self.log_begins_ms is not None:
             out.append(
                 f"the log only reaches back to {_clock(self.log_begins_ms)} UTC in some shard "
-                "(streams trimmed by MAXLEN, or logging started then): the window is shorter"
+                "(its stream was trimmed by MAXLEN): the window is shorter; raise the service's "
+                "log_stream_max_length or ask for a shorter --window"
             )
         if self.without_hash:
             out.append(
@@ -109,17 +110,28 @@ def read_window(client: Client, prefix: str, start_ms: int, end_ms: int) -> LogW
 
 def _read_shard(client: Client, prefix: str, shard: int, window: LogWindow) -> None:
     key = event_log.impressions_key(prefix, shard)
-    oldest = client.xrange(key, count=1)
-    if oldest:
-        begins = _stream_ms(oldest[0][0])
-        if begins > window.start_ms:
-            window.log_begins_ms = max(window.log_begins_ms or 0, begins)
+    _check_trimmed(client, key, window)
     low = str(window.start_ms)
     while page := client.xrange(key, min=low, max=str(window.end_ms), count=PAGE):
         _read_page(client, prefix, page, window)
         if len(page) < PAGE:
             break
         low = f"({page[-1][0]}"
+
+
+def _check_trimmed(client: Client, key: str, window: LogWindow) -> None:
+    """Set ``window.log_begins_ms`` when entries of the window were trimmed away (MAXLEN): the
+    stream has lost entries (Redis >= 7 counts those added) and now begins after the start."""
+    try:
+        info = client.xinfo_stream(key)
+    except redis.ResponseError:  # no such stream: nothing logged to this shard
+        return
+    added, first = info.get("entries-added"), info.get("first-entry")
+    if added is None or not first or int(added) <= int(info["length"]):
+        return
+    begins = _stream_ms(first[0])
+    if begins > window.start_ms:
+        window.log_begins_ms = max(window.log_begins_ms or 0, begins)
 
 
 def _read_page(
