@@ -5,9 +5,9 @@ Each run is one canary from start to finish. A fixed population of seeded users,
 a click propensity (Gamma, mean 1) and an activity (log-normal: a few users see most
 impressions), is split for good between the arms (the canary's share by user, as the
 rollout's buckets do). Impressions arrive in batches, spread over users by activity; each is
-a list of ``--shown`` movies, the movie at position k (0 first) examined with probability
+a list of 10 movies, the movie at position k (0 first) examined with probability
 1 / log2(k + 2) and clicked once examined with the user's attraction (propensity × base;
-the canary's × (1 + effect)). Clicks are drawn per user and position (binomial). After every
+the canary's × (1 + effect)): a Bernoulli per impression and position. After every
 batch the judge gets each arm's per-user clicks and impressions and says promote, roll back
 or keep collecting; a run ends at its first decision or at the budget (the judge's
 ``max_impressions``: the canary's impressions).
@@ -17,6 +17,10 @@ Three truths, ``--runs`` seeded runs each:
 * better: the canary's CTR is 10 % higher (relative);
 * worse: 10 % lower;
 * equal: the same.
+
+For the equal truth, two traps are scored on the same looks, for contrast: the same test
+with each impression counted as independent (no per-user variance), and a fixed-horizon
+z-test at 5 % asked at every look (peeking).
 
 Figures come with one-sided 95 % Clopper-Pearson bounds (exact, computed by
 ``model.online.stats.clopper_pearson``: scipy is not in the venv). Results go to JSON
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -45,7 +50,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.online.judge import JudgeSettings, judge  # noqa: E402
-from model.online.stats import clopper_pearson  # noqa: E402
+from model.online.stats import (  # noqa: E402
+    clopper_pearson,
+    msprt_log_lambda,
+    normal_quantile,
+)
 
 TRUTHS = {"better": 0.10, "worse": -0.10, "equal": 0.0}
 DEFAULT_OUT = Path(__file__).resolve().parent / "judge_error_rates.json"
@@ -87,9 +96,22 @@ def examination(shown: int) -> np.ndarray:
     return 1.0 / np.log2(np.arange(shown) + 2.0)
 
 
-Run = tuple[str, bool, int, int, int]
-"""(decision, decided by the test (not the budget), canary impressions, total impressions,
-looks) at a run's end."""
+@dataclass(frozen=True)
+class Run:
+    """How one canary ended, and what two flawed judges would have said on the same looks."""
+
+    decision: str
+    by_test: bool
+    """Decided by the test crossing 1/α (not by reaching the budget)."""
+    canary_impressions: int
+    impressions: int
+    looks: int
+    per_impression_decided: bool
+    """The same mixture SPRT with each impression counted as independent (no per-user
+    variance) would have decided by the run's end."""
+    peeking_decided: bool
+    """A fixed-horizon z-test (two-sided, 5 %, per-user variance) asked at every look would
+    have found a difference by the run's end."""
 
 
 def one_run(setup: Setup, effect: float, seed: int) -> Run:
@@ -105,7 +127,10 @@ def one_run(setup: Setup, effect: float, seed: int) -> Run:
     cumulative = np.cumsum(activity)
     impressions = np.zeros(setup.users, np.int64)
     clicks = np.zeros(setup.users, np.int64)
+    squares = np.zeros(2)  # Σ clicks² over single impressions: canary, stable
     looks = 0
+    per_impression = peeking = False
+    z_critical = normal_quantile(0.975)
     while True:
         # Whose impressions these are (by activity), then a Bernoulli per shown position.
         whose = np.searchsorted(cumulative, rng.random(setup.batch) * cumulative[-1])
@@ -116,16 +141,41 @@ def one_run(setup: Setup, effect: float, seed: int) -> Run:
         clicked = examined_and_attracted.sum(axis=1)
         clicks += np.bincount(whose, weights=clicked, minlength=setup.users).astype(np.int64)
         impressions += np.bincount(whose, minlength=setup.users)
+        in_canary = canary[whose]
+        squares += [np.sum(clicked[in_canary] ** 2), np.sum(clicked[~in_canary] ** 2)]
         looks += 1
         seen_c = canary & (impressions > 0)
         seen_s = ~canary & (impressions > 0)
         verdict = judge(
             clicks[seen_c], impressions[seen_c], clicks[seen_s], impressions[seen_s], settings
         )
+        numbers = verdict.numbers
+        if "variance" in numbers:
+            difference = numbers["difference"]
+            peeking = peeking or abs(difference) > z_critical * math.sqrt(numbers["variance"])
+            naive = float(_per_impression_variance(numbers, squares))
+            per_impression = per_impression or (
+                msprt_log_lambda(difference, naive, setup.min_effect) >= math.log(1 / setup.alpha)
+            )
         if verdict.decision != "keep collecting":
-            by_test = verdict.numbers.get("lambda", 0.0) >= verdict.numbers.get("threshold", 1.0)
-            shown_canary = int(impressions[canary].sum())
-            return verdict.decision, by_test, shown_canary, int(impressions.sum()), looks
+            return Run(
+                decision=verdict.decision,
+                by_test=numbers.get("lambda", 0.0) >= numbers.get("threshold", math.inf),
+                canary_impressions=int(impressions[canary].sum()),
+                impressions=int(impressions.sum()),
+                looks=looks,
+                per_impression_decided=per_impression,
+                peeking_decided=peeking,
+            )
+
+
+def _per_impression_variance(numbers: dict[str, float], squares: np.ndarray) -> float:
+    """Var(log canary − log stable) if every impression were an independent unit."""
+    total = 0.0
+    for arm, square in zip(("canary", "stable"), squares, strict=True):
+        n, rate = numbers[f"{arm}_impressions"], numbers[f"{arm}_ctr"]
+        total += (square / n - rate * rate) / n / (rate * rate)
+    return total
 
 
 def _runs(args: tuple[Setup, float, list[int]]) -> list[Run]:
@@ -144,11 +194,14 @@ def simulate(setup: Setup, runs: int, seed: int, workers: int) -> dict[str, list
     return results
 
 
-def share(count: int, of: int, bound: str, target: float) -> dict:
+def share(count: int, of: int, bound: str, target: float | None) -> dict:
     """A share with its one-sided 95 % Clopper-Pearson bound (``lower``: the share is at
-    least it; ``upper``: at most) and whether that bound meets ``target``."""
+    least it; ``upper``: at most) and whether that bound meets ``target`` (None: none)."""
     low, high = clopper_pearson(count, of) if of else (0.0, 1.0)
     value = low if bound == "lower" else high
+    meets = None
+    if target is not None:
+        meets = bool(of) and (value >= target if bound == "lower" else value <= target)
     return {
         "count": count,
         "of": of,
@@ -156,7 +209,7 @@ def share(count: int, of: int, bound: str, target: float) -> dict:
         "bound": bound,
         "bound_value": value,
         "target": target,
-        "meets_target": bool(of) and (value >= target if bound == "lower" else value <= target),
+        "meets_target": meets,
     }
 
 
@@ -164,11 +217,11 @@ def summarise(results: dict[str, list[Run]]) -> dict[str, dict]:
     """The figures of each truth (see the module docstring)."""
     out: dict[str, dict] = {}
     for truth, runs in results.items():
-        decided = [r for r in runs if r[1]]  # by the test, within the budget
-        promoted = sum(1 for r in runs if r[0] == "promote")
+        decided = [r for r in runs if r.by_test]  # within the budget
+        promoted = sum(1 for r in runs if r.decision == "promote")
         figures: dict[str, dict] = {"runs": {"count": len(runs)}}
         if truth == "better":
-            right = sum(1 for r in decided if r[0] == "promote")
+            right = sum(1 for r in decided if r.decision == "promote")
             figures["decided_within_budget"] = share(len(decided), len(runs), "lower", 0.80)
             figures["right_when_decided"] = share(right, len(decided), "lower", 0.95)
         elif truth == "worse":
@@ -177,9 +230,16 @@ def summarise(results: dict[str, list[Run]]) -> dict[str, dict]:
         else:
             figures["neither_picked"] = share(len(runs) - len(decided), len(runs), "lower", 0.95)
             figures["promoted"] = share(promoted, len(runs), "upper", 0.05)
-        figures["canary_impressions_to_decision"] = _quartiles([r[2] for r in decided])
-        figures["impressions_to_decision"] = _quartiles([r[3] for r in decided])
-        figures["looks"] = _quartiles([r[4] for r in runs])
+            # What the traps would have done on the same looks (each run went to the budget).
+            naive = sum(r.per_impression_decided for r in runs)
+            peeked = sum(r.peeking_decided for r in runs)
+            figures["per_impression_variance_decided"] = share(naive, len(runs), "lower", None)
+            figures["peeked_z_test_decided"] = share(peeked, len(runs), "lower", None)
+        figures["canary_impressions_to_decision"] = _quartiles(
+            [r.canary_impressions for r in decided]
+        )
+        figures["impressions_to_decision"] = _quartiles([r.impressions for r in decided])
+        figures["looks"] = _quartiles([r.looks for r in runs])
         out[truth] = figures
     return out
 
@@ -202,10 +262,12 @@ def table(report: dict) -> str:
 
     def row(truth: str, label: str, figure: dict) -> None:
         sign = "≥" if figure["bound"] == "lower" else "≤"
+        target = "–" if figure["target"] is None else f"{sign} {_percent(figure['target'])}"
+        met = {None: "–", True: "yes", False: "NO"}[figure["meets_target"]]
         rows.append(
             f"| {truth} | {label} | {_percent(figure['share'])} "
             f"({figure['count']:,}/{figure['of']:,}) | {sign} {_percent(figure['bound_value'])} "
-            f"| {sign} {_percent(figure['target'])} | {'yes' if figure['meets_target'] else 'NO'} |"
+            f"| {target} | {met} |"
         )
 
     def spread(truth: str, label: str, figure: dict) -> None:
@@ -245,7 +307,30 @@ def table(report: dict) -> str:
         equal["neither_picked"],
     )
     row("equal", "promoted", equal["promoted"])
+    if "per_impression_variance_decided" in equal:
+        row("equal", "trap: the same test, impressions counted as independent, picked one",
+            equal["per_impression_variance_decided"])  # fmt: skip
+        row("equal", "trap: a fixed-horizon z-test (5 %) asked at every look, picked one",
+            equal["peeked_z_test_decided"])  # fmt: skip
     return "\n".join(rows)
+
+
+def describe(setup: dict) -> str:
+    """The simulated world and the judge's settings, in one paragraph."""
+    exam = examination(setup["shown"])
+    base = setup["ctr_per_shown"] / exam.mean()
+    total = setup["budget"] / setup["canary_share"]
+    return (
+        f"{setup['users']:,} users (click propensity Gamma({setup['propensity_shape']:g}), mean "
+        f"1; activity log-normal(σ = {setup['activity_sigma']:g})), the canary's share "
+        f"{setup['canary_share']:.0%} of them; {setup['shown']} movies shown per impression, "
+        f"{setup['ctr_per_shown']:.0%} CTR per shown movie ({base * exam[0]:.1%} at the top, "
+        f"{base * exam[-1]:.1%} at position {setup['shown'] - 1}; position bias "
+        f"1 / log2(k + 2)); the judge asked every {setup['batch']:,} impressions; α = "
+        f"{setup['alpha']:g}, minimum effect (τ) {setup['min_effect']:g}, {setup['min_users']} "
+        f"users per arm first; budget {setup['budget']:,} canary impressions "
+        f"(about {total:,.0f} in all)."
+    )
 
 
 def _percent(value: float | None) -> str:
@@ -253,16 +338,21 @@ def _percent(value: float | None) -> str:
 
 
 def machine() -> dict:
-    """What the run ran on."""
-    model = ""
+    """What the run ran on: ``nproc`` and the lscpu lines that say how fast."""
+    import subprocess
+
+    facts: dict = {"nproc": os.cpu_count(), "python": platform.python_version()}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version()}
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return facts
+    wanted = ("Model name", "CPU(s)", "Thread(s) per core", "BogoMIPS", "L3 cache",
+              "Hypervisor vendor")  # fmt: skip
+    for line in lscpu.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in wanted:
+            facts[name.strip()] = value.strip()
+    return facts
 
 
 def _commit() -> str:
@@ -289,17 +379,20 @@ def main() -> None:
     parser.add_argument("--table", type=Path, help="Only print the table of this JSON.")
     args = parser.parse_args()
     if args.table is not None:
-        print(table(json.loads(args.table.read_text())))
+        report = json.loads(args.table.read_text())
+        print(describe(report["setup"]) + "\n")
+        print(table(report))
         return
     setup = Setup(
         users=args.users, canary_share=args.canary_share, batch=args.batch, budget=args.budget
     )
+    commit = _commit()
     started = time.perf_counter()
     results = simulate(setup, args.runs, args.seed, args.workers)
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([".venv/bin/python", "benchmarks/judge_error_rates.py", *sys.argv[1:]]),
-        "commit": _commit(),
+        "commit": commit,
         "machine": machine(),
         "seconds": round(time.perf_counter() - started, 1),
         "runs": args.runs,
@@ -308,6 +401,7 @@ def main() -> None:
         "figures": summarise(results),
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(describe(report["setup"]) + "\n")
     print(table(report))
     print(f"\n{args.runs:,} runs per truth in {report['seconds']:.0f} s; wrote {args.out}")
 

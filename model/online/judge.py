@@ -117,6 +117,8 @@ def judge(
     threshold = 1 / settings.alpha
     low, high = math.expm1(difference - half), math.expm1(difference + half)
     numbers |= {
+        "difference": difference,
+        "variance": variance,
         "lift": math.expm1(difference),
         "lift_low": low,
         "lift_high": high,
