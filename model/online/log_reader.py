@@ -145,46 +145,50 @@ def _read_page(
         else:
             entries.append(entry)
     pipe = client.pipeline(transaction=False)
-    for impression_id, _ in entries:
-        pipe.hgetall(event_log.impression_key(prefix, impression_id))
-    for (_, data), recorded in zip(entries, pipe.execute(), strict=True):
+    for entry in entries:
+        pipe.hgetall(event_log.impression_key(prefix, entry.impression_id))
+    for entry, recorded in zip(entries, pipe.execute(), strict=True):
         if not recorded:
             window.without_hash += 1
             continue
-        window.impressions.append(_outcome(data, recorded))
+        clicked = tuple(
+            position
+            for movie_id, position in entry.shown
+            if event_log.event_field(movie_id, "click") in recorded
+        )
+        positions = tuple(position for _, position in entry.shown)
+        window.impressions.append(
+            LoggedOutcome(entry.user_id, entry.version, entry.arm, positions, clicked)
+        )
 
 
-def _parse(fields: dict[str, str]) -> tuple[str, dict] | None:
-    """(impression id, decoded data) of a stream entry; None if it is not as the contract says."""
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    impression_id: str
+    user_id: int
+    version: int
+    arm: str
+    shown: tuple[tuple[int, int], ...]
+    """(movie id, position) of every movie shown."""
+
+
+def _parse(fields: dict[str, str]) -> _Entry | None:
+    """A stream entry's impression; None if it is not written as the contract says."""
     try:
         data = json.loads(fields["data"])
-        int(data["user_id"]), int(data["version"]), str(data["arm"])
-        if not isinstance(data["movies"], list):
-            return None
-        return str(fields["impression"]), data
-    except (KeyError, TypeError, ValueError):
+        shown = tuple(
+            (
+                int(movie["movie_id"]),
+                at if movie.get("position") is None else int(movie["position"]),
+            )
+            for at, movie in enumerate(data["movies"])
+        )
+        return _Entry(
+            str(fields["impression"]), int(data["user_id"]), int(data["version"]),
+            str(data["arm"]), shown,
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
-
-
-def _outcome(data: dict, recorded: dict[str, str]) -> LoggedOutcome:
-    """The impression's shown positions and the positions of its clicked movies."""
-    positions, clicked = [], []
-    for at, movie in enumerate(data["movies"]):
-        try:
-            position = at if movie.get("position") is None else int(movie["position"])
-            movie_id = int(movie["movie_id"])
-        except (AttributeError, KeyError, TypeError, ValueError):
-            continue
-        positions.append(position)
-        if event_log.event_field(movie_id, "click") in recorded:
-            clicked.append(position)
-    return LoggedOutcome(
-        user_id=int(data["user_id"]),
-        version=int(data["version"]),
-        arm=str(data["arm"]),
-        positions=tuple(positions),
-        clicked=tuple(clicked),
-    )
 
 
 def _stream_ms(stream_id: str) -> int:
