@@ -11,10 +11,10 @@ rule) and it arrived within the attribution window, which the service already en
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import orjson
 import redis
 from redis.cluster import RedisCluster
 
@@ -151,14 +151,15 @@ def _read_page(
         if not recorded:
             window.without_hash += 1
             continue
-        clicked = tuple(
-            position
-            for movie_id, position in entry.shown
-            if event_log.event_field(movie_id, "click") in recorded
-        )
-        positions = tuple(position for _, position in entry.shown)
+        clicked: tuple[int, ...] = ()
+        if len(recorded) > 1:  # more than ``shown``: something happened
+            clicked = tuple(
+                position
+                for movie_id, position in zip(entry.movies, entry.positions, strict=True)
+                if event_log.event_field(movie_id, "click") in recorded
+            )
         window.impressions.append(
-            LoggedOutcome(entry.user_id, entry.version, entry.arm, positions, clicked)
+            LoggedOutcome(entry.user_id, entry.version, entry.arm, entry.positions, clicked)
         )
 
 
@@ -168,26 +169,28 @@ class _Entry:
     user_id: int
     version: int
     arm: str
-    shown: tuple[tuple[int, int], ...]
-    """(movie id, position) of every movie shown."""
+    movies: tuple[int, ...]
+    positions: tuple[int, ...]
+    """Of each movie in ``movies``: where it was shown."""
 
 
 def _parse(fields: dict[str, str]) -> _Entry | None:
     """A stream entry's impression; None if it is not written as the contract says."""
     try:
-        data = json.loads(fields["data"])
-        shown = tuple(
-            (
-                int(movie["movie_id"]),
-                at if movie.get("position") is None else int(movie["position"]),
-            )
-            for at, movie in enumerate(data["movies"])
-        )
+        data = orjson.loads(fields["data"])
+        movies = data["movies"]
         return _Entry(
-            str(fields["impression"]), int(data["user_id"]), int(data["version"]),
-            str(data["arm"]), shown,
-        )  # fmt: skip
-    except (KeyError, TypeError, ValueError, AttributeError):
+            impression_id=str(fields["impression"]),
+            user_id=int(data["user_id"]),
+            version=int(data["version"]),
+            arm=str(data["arm"]),
+            movies=tuple(int(movie["movie_id"]) for movie in movies),
+            positions=tuple(
+                at if movie.get("position") is None else int(movie["position"])
+                for at, movie in enumerate(movies)
+            ),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError):
         return None
 
 
