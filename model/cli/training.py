@@ -167,7 +167,9 @@ def train(
         typer.Option(
             help="A directory from `afm-ctr logs export`: train on what the service showed, "
             "labelled by clicks, with the features as they were served; split by time (the "
-            "latest 10% of impressions test, the 10% before them validate).",
+            "latest 10% of impressions test, the 10% before them validate). With --dataset, "
+            "the dataset's training rows join the log's (the log only holds what a model "
+            "ranked first; the dataset's negatives cover the whole catalogue).",
             envvar="AFM_FROM_LOGS",
         ),
     ] = None,
@@ -202,7 +204,10 @@ def train(
     elif cluster is not None:  # every worker would train alone and export a version
         raise fail(in_memory_refusal(cluster))
     elif from_logs is not None:
-        _no_data_flags(data, "--from-logs", holdout_movies=holdout_movies)
+        if data.dataset is None:  # with --dataset, its training rows join the log's
+            _no_data_flags(data, "--from-logs", holdout_movies=holdout_movies)
+        else:
+            data_config, _ = _data_config(data, fields, holdout_movies, seed)
         fields = fields or "all"
         logged = _logged_rows(from_logs, fields)
     else:
@@ -210,6 +215,7 @@ def train(
     afm_config = model.config(fields, oov_rate)
     train_config = TrainConfig(**asdict(training), seed=seed)
     logs.quiet_tensorflow_import()
+    from model.data.dataset import add_training_rows
     from model.data.protocols import prepare as prepare_rows
     from model.training.rows import InMemoryRows, ShardedRows
     from model.training.train import train_and_export
@@ -218,6 +224,9 @@ def train(
         if manifest is not None:
             rows = ShardedRows(manifest)
         elif logged is not None:
+            if data_config is not None:
+                dataset_rows = prepare_rows(data_config, history=fields == "history")
+                logged = add_training_rows(logged, dataset_rows)
             rows = InMemoryRows(logged, fields)
             rows.data_config = {"from_logs": str(from_logs)}
         else:

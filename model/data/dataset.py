@@ -9,6 +9,7 @@ a positive, the rows of one user at one time), built only when a field set asks 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -168,6 +169,41 @@ class PreparedData:
             name: {"rows": len(part), "positives": int(np.count_nonzero(part.label))}
             for name, part in (("train", self.train), ("valid", self.valid), ("test", self.test))
         }
+
+
+def add_training_rows(data: PreparedData, extra: PreparedData) -> PreparedData:
+    """``data`` with ``extra``'s training rows beside its own (tables appended, indices
+    shifted); validation and test stay ``data``'s, so they measure what ``data`` is about.
+
+    Logged impressions only ever show what the serving model ranked first, so a model trained
+    on them alone never sees the movies it ranked low; a dataset's rows, whose negatives are
+    drawn from the whole catalogue, fill that gap."""
+    users, movies = len(data.users[USER_COLUMNS[0]]), len(data.movie_ids)
+    histories = None
+    if data.histories is not None and extra.histories is not None:
+        histories = np.concatenate([data.histories, extra.histories])
+    moved = LabeledRows(
+        user_idx=extra.train.user_idx + users,
+        movie_idx=extra.train.movie_idx + movies,
+        label=extra.train.label,
+        history_idx=None if histories is None else extra.train.history_idx + len(data.histories),
+    )
+    train = LabeledRows(
+        user_idx=np.concatenate([data.train.user_idx, moved.user_idx]).astype(np.int32),
+        movie_idx=np.concatenate([data.train.movie_idx, moved.movie_idx]).astype(np.int32),
+        label=np.concatenate([data.train.label, moved.label]),
+        history_idx=None
+        if histories is None
+        else np.concatenate([data.train.history_idx, moved.history_idx]).astype(np.int32),
+    )
+    return dataclasses.replace(
+        data,
+        users={c: np.concatenate([data.users[c], extra.users[c]]) for c in USER_COLUMNS},
+        movies={c: np.concatenate([data.movies[c], extra.movies[c]]) for c in MOVIE_COLUMNS},
+        train=train,
+        histories=histories,
+        extra={**data.extra, "added_training_rows": {"source": extra.source, "rows": len(moved)}},
+    )
 
 
 SINGLE_INPUT = "ids"

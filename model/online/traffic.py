@@ -97,7 +97,11 @@ def simulate(
     report = TrafficReport()
     headers = {"X-API-Key": api_key} if api_key else {}
     start = time.monotonic()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=30.0) as client:
+        ready = client.get("/readyz")
+        if ready.status_code != 200:
+            raise AfmError(f"the service at {url} is not ready (/readyz: {ready.status_code})")
         for done in range(requests):
             if time.monotonic() - start > max_seconds:
                 break

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from model.contracts.export_format import ALL_FIELDS, SEED_FIELDS
-from model.data.dataset import PAD, LabeledRows, PreparedData
+from model.data.dataset import PAD, LabeledRows, PreparedData, add_training_rows
 
 
 def rows(user: list[int], movie: list[int], label: list[float]) -> LabeledRows:
@@ -108,3 +108,17 @@ def test_empty_training_rows_give_empty_vocabularies_and_all_oov():
     encoded = empty.encode(empty.test, vocab, ALL_FIELDS)
     assert (encoded["ids"] == 0).all()
     assert (encoded["genres"][:, 0] == 0).all()
+
+
+def test_added_training_rows_keep_their_values_and_the_evaluation_rows_stay() -> None:
+    data, extra = make_data(), make_data(rows([2, 1], [3, 0], [1, 0]))
+    combined = add_training_rows(data, extra)
+    assert len(combined.train) == len(data.train) + len(extra.train)
+    assert combined.valid is data.valid and combined.test is data.test
+    fields = list(ALL_FIELDS)
+    want = {f: np.concatenate([data.raw(data.train, fields)[f], extra.raw(extra.train, fields)[f]])
+            for f in fields}  # fmt: skip
+    got = combined.raw(combined.train, fields)
+    for name in fields:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert combined.extra["added_training_rows"] == {"source": "test", "rows": 2}
