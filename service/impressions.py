@@ -1,15 +1,20 @@
 """Impressions: the signed id each ``/score`` reply carries, and the log of what it showed.
 
-The route hands ``ImpressionLog.log`` what it already holds (references: the feature read,
-the reply's row order, the probabilities) and gets the impression id back; the record goes
-on a bounded in-memory buffer, nothing is serialised or sent. A background task, started and
-drained by the lifespan, writes the buffer in batches over a connection of its own, each batch
-pipelined: per impression the stream entry of ``model.contracts.event_log`` (XADD to its
-user's shard, MAXLEN ~) and the per-impression hash (``shown``, expiring after the attribution
-window and its grace).
+The route hands ``ImpressionLog.log`` what it already holds (references to the feature read,
+the reply's row order and probabilities, the ids and probabilities as the reply wrote them)
+and gets the impression id back; the record goes on a bounded in-memory buffer. A background
+task, started and drained by the lifespan, sends the buffer in batches (once records wait
+LINGER_S or fill WRITE_BATCH) to the impression writer, a child process
+(``service.impression_writer``), which serialises each impression and writes it to the
+feature store's Redis pipelined: the stream entry of ``model.contracts.event_log`` (XADD to its
+user's shard, MAXLEN ~) and the per-impression hash (``shown``, expiring after the
+attribution window and its grace). Serialising a 100-movie impression (10 KB of JSON) and
+sending it cost the event loop a tenth of a ``/score``; a batch's compact records cost it a
+few microseconds per impression.
 
-Logging never fails or slows a ``/score``: a full buffer drops the record, a Redis error drops
-the batch, both counted by reason (``afm_impressions_dropped``) and logged at most once per
+Logging never fails or slows a ``/score``: a full buffer drops the record, a Redis error
+drops the batch, a writer that dies drops what it held (and is started again); each is
+counted by reason (``afm_impressions_dropped``) and logged at most once per
 ``DROP_LOG_INTERVAL_S``, one line with the counts.
 """
 
@@ -17,40 +22,48 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import orjson
 
-from model.contracts import event_log, export_format, feature_layout
-from service.errors import first_line
+from model.contracts import event_log
 from service.feature_store import FeatureRead
-from service.log_redis import FAILURES, Command, LogRedis
+from service.impression_writer import USER_LOG_FIELDS, Record, frame, movie_table, read_frame
 
 log = logging.getLogger(__name__)
 
 WRITE_BATCH = 256
-"""Most impressions one pipelined write carries; more wait for the next."""
+"""Most impressions one batch carries; more wait for the next."""
+
+LINGER_S = 0.05
+"""Once records arrive the writer waits this long (or for WRITE_BATCH of them) before it
+sends them: fewer, larger batches cost less per impression, here and in Redis (an XADD of a
+100-movie impression takes Redis about half the CPU in a pipeline of 100 that it takes in
+one of 10)."""
+
+IN_FLIGHT = 2
+"""Batches sent to the writer and not yet answered; more wait in the buffer."""
+
+UNANSWERED_S = 10.0
+"""A writer that answers no batch for this long (or four Redis timeouts) is restarted."""
+
+RESTART_AFTER_S = 1.0
+"""A writer that died or would not start is started again after this long at the soonest."""
 
 DROP_LOG_INTERVAL_S = 10.0
 """Drops are logged at most this often: one line with the counts since the last."""
 
-DROP_REASONS = ("buffer_full", "redis_error", "shutdown")
-
-USER_LOG_FIELDS: tuple[str, ...] = (*feature_layout.USER_FIELDS, feature_layout.WATCHED)
-"""A logged impression's user features: every user field the feature store holds, the
-watched movies included ("" for none), whichever the version read, so a log can train any
-field set without a join against a later feature set."""
-
-MOVIE_LOG_FIELDS: tuple[str, ...] = export_format.ITEM_FIELDS
-"""A logged movie's features (year, genres): what the feature set held for it, "" unknown."""
-
-_EMPTY_MOVIE = orjson.dumps(dict.fromkeys(MOVIE_LOG_FIELDS, ""))
+DROP_REASONS = ("buffer_full", "redis_error", "writer_lost", "shutdown")
 
 
 def signing_keys(configured: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -71,7 +84,20 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
+class WriterConfig:
+    """Where and how the impression writer writes (the service's settings)."""
+
+    url: str
+    timeout: float
+    cluster: bool
+    max_connections: int
+    prefix: str
+    max_length: int
+    ttl: int
+
+
+@dataclass(slots=True)
 class Impression:
     """One ``/score`` reply as the route had it: nothing copied, nothing serialised yet."""
 
@@ -88,39 +114,37 @@ class Impression:
     """The rows returned, in reply order (after ``top_k`` and the unknown-movie policy)."""
     probability: np.ndarray
     """Every candidate's probability, in request order."""
+    shown: bytes | None
+    """The returned movie ids as the reply wrote them, "50,181,1"; None: not written."""
+    written: bytes | None
+    """Their probabilities as the reply wrote them, "0.43,0.2,0.1"; None: not written."""
     movies: Mapping[str, Mapping[str, str]]
     """The feature set's movie table the request was scored with."""
 
 
 class ImpressionLog:
-    """Issues impression ids and logs impressions to ``redis`` under ``prefix``; ``start``
-    the writer, ``close`` to drain it."""
+    """Issues impression ids and logs impressions through the writer (``config``); ``start``
+    the background task, ``close`` to drain it and stop the writer."""
 
-    def __init__(
-        self,
-        keys: Mapping[str, bytes],
-        redis: LogRedis,
-        prefix: str,
-        *,
-        capacity: int,
-        max_length: int,
-        window_s: int,
-    ) -> None:
+    def __init__(self, keys: Mapping[str, bytes], config: WriterConfig, *, capacity: int) -> None:
         if not keys:
             raise ValueError("ImpressionLog needs at least one signing key")
         self.keys = dict(keys)
-        self._redis = redis
-        self._prefix = prefix
+        self._config = config
         self._capacity = capacity
-        self._max_length = max_length
-        self._ttl = window_s + event_log.ATTRIBUTION_TTL_GRACE_S
         self._buffer: deque[Impression] = deque()
         self._wake = asyncio.Event()  # set: the buffer has records
-        self._idle = asyncio.Event()  # set: the buffer is empty and no write is in flight
+        self._hurry = asyncio.Event()  # set: send without lingering (a full batch, a flush)
+        self._idle = asyncio.Event()  # set: nothing buffered, nothing in flight
         self._idle.set()
+        self._answered = asyncio.Event()  # set: a batch in flight was answered
         self._task: asyncio.Task[None] | None = None
-        self._movie_json: dict[str, bytes] = {}  # a movie's features, serialised once
-        self._movie_table: Mapping[str, Mapping[str, str]] | None = None  # of this table
+        self._writer: _Writer | None = None
+        self._restart_at = 0.0
+        self._sequence = 0
+        self._in_flight: dict[int, int] = {}  # batch number -> its impressions
+        self._table: Mapping[str, Mapping[str, str]] | None = None  # the last one sent
+        self._token = 0  # the writer's name of ``_table``
         self.logged_total = 0  # read by the metrics collector
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._unreported: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
@@ -129,7 +153,7 @@ class ImpressionLog:
 
     @property
     def buffered(self) -> int:
-        """Impressions waiting to be written."""
+        """Impressions waiting to be sent to the writer."""
         return len(self._buffer)
 
     def log(
@@ -141,9 +165,12 @@ class ImpressionLog:
         movie_ids: Sequence[int],
         order: Sequence[int],
         probability: np.ndarray,
+        shown: bytes | None = None,
+        written: bytes | None = None,
     ) -> str:
         """A new impression id for this reply, its impression buffered (or dropped and
-        counted if the buffer is full). Never raises, never waits."""
+        counted if the buffer is full). ``shown``, ``written``: the returned ids and their
+        probabilities as the reply wrote them, if it did. Never raises, never waits."""
         ts = now_ms()
         impression_id = event_log.issue_impression_id(self.keys, version, arm, user_id, ts)
         self.record(
@@ -157,8 +184,10 @@ class ImpressionLog:
                 movie_ids,
                 order,
                 probability,
+                shown,
+                written,
                 read.movies,
-            )
+            )  # fmt: skip
         )
         return impression_id
 
@@ -171,19 +200,25 @@ class ImpressionLog:
         self._idle.clear()
         if not self._wake.is_set():
             self._wake.set()
+        elif len(self._buffer) == WRITE_BATCH:
+            self._hurry.set()
 
     def start(self) -> None:
-        """Start the writer (in the running loop)."""
+        """Start the background task (in the running loop); the writer starts with the
+        first batch."""
         if self._task is None:
-            self._task = asyncio.create_task(self._write_forever(), name="impression-writer")
+            self._task = asyncio.create_task(self._send_forever(), name="impression-log")
 
     async def flush(self) -> None:
-        """Wait until every impression buffered so far is written (or dropped)."""
-        await self._idle.wait()
+        """Wait until every impression buffered so far is written (or dropped), sending
+        without lingering."""
+        if not self._idle.is_set():
+            self._hurry.set()
+            await self._idle.wait()
 
     async def close(self, timeout: float) -> None:
         """Write what is buffered (for at most ``timeout`` seconds; the rest is dropped as
-        "shutdown"), stop the writer, report the drops not reported yet."""
+        "shutdown"), stop the task and the writer, report the drops not reported yet."""
         if self._task is not None:
             with suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
@@ -192,21 +227,27 @@ class ImpressionLog:
             with suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._buffer:
-            self._drop("shutdown", len(self._buffer))
-            self._buffer.clear()
+        self._drop("shutdown", len(self._buffer) + sum(self._in_flight.values()))
+        self._buffer.clear()
+        self._in_flight.clear()
+        if self._writer is not None:
+            await self._writer.stop()
+            self._writer = None
         self._report_drops(force=True)
-        await self._redis.close()
 
-    async def _write_forever(self) -> None:
+    async def _send_forever(self) -> None:
         while True:
             if not self._buffer:
-                self._idle.set()
+                self._hurry.clear()
+                self._check_idle()
                 self._report_drops()
                 await self._wait_for_records()
                 continue
+            await self._linger()
+            while len(self._in_flight) >= IN_FLIGHT:
+                await self._wait_for_answer()
             batch = [self._buffer.popleft() for _ in range(min(WRITE_BATCH, len(self._buffer)))]
-            await self._write(batch)
+            await self._send(batch)
 
     async def _wait_for_records(self) -> None:
         """Until a record arrives; no longer than the drop-log interval while drops wait to
@@ -217,90 +258,87 @@ class ImpressionLog:
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
 
-    async def _write(self, batch: list[Impression]) -> None:
-        commands: list[Command] = []
-        written: list[int] = []  # per impression: how many commands it sent
-        for impression in batch:
-            try:
-                commands.extend(self._commands(impression))
-            except Exception:  # a bug, not the request's fault: logged, counted, skipped
-                log.exception("could not serialise impression %s", impression.impression_id)
-                self._drop("redis_error", 1)
-                continue
-            written.append(3)
+    async def _linger(self) -> None:
+        """LINGER_S for more records, unless told to hurry (until the buffer is empty)."""
+        if len(self._buffer) < WRITE_BATCH and not self._hurry.is_set():
+            with suppress(TimeoutError):
+                async with asyncio.timeout(LINGER_S):
+                    await self._hurry.wait()
+
+    async def _wait_for_answer(self) -> None:
+        """Until the writer answers a batch; a writer silent for UNANSWERED_S is stopped
+        (what it held is dropped) and another started with the next batch."""
+        self._answered.clear()
         try:
-            replies = await self._redis.run(commands)
-        except FAILURES as exc:
-            self._last_error = first_line(exc) or type(exc).__name__
-            self._drop("redis_error", len(written))
-            return
-        except Exception as exc:  # never let the writer die
-            log.exception("writing impressions failed")
-            self._last_error = first_line(exc) or type(exc).__name__
-            self._drop("redis_error", len(written))
-            return
-        start = 0
-        for count in written:
-            failed = [r for r in replies[start : start + count] if isinstance(r, Exception)]
-            start += count
-            if failed:
-                self._last_error = first_line(failed[0]) or type(failed[0]).__name__
+            async with asyncio.timeout(max(UNANSWERED_S, 4 * self._config.timeout)):
+                await self._answered.wait()
+        except TimeoutError:
+            writer = self._writer
+            if writer is not None:
+                self._lost(writer, "no answer")
+                await writer.stop(grace=0)
+
+    async def _send(self, batch: list[Impression]) -> None:
+        """``batch`` to the writer (started if there is none), its tables first; dropped
+        as "writer_lost" when no writer can be started."""
+        writer = self._writer
+        if writer is None:
+            writer = await self._start_writer()
+            if writer is None:
+                self._drop("writer_lost", len(batch))
+                return
+        frames: list[bytes] = []
+        records: list[Record] = []
+        for impression in batch:
+            if impression.movies is not self._table:
+                self._table, self._token = impression.movies, self._token + 1
+                frames.append(frame(("table", self._token, movie_table(impression.movies))))
+            try:
+                records.append(_record(impression, self._token))
+            except Exception:  # a bug, not the request's: logged, counted, the rest sent
+                log.exception("could not log impression %s", impression.impression_id)
                 self._drop("redis_error", 1)
-            else:
-                self.logged_total += 1
+        self._sequence += 1
+        self._in_flight[self._sequence] = len(records)
+        frames.append(frame(("batch", self._sequence, records)))
+        writer.send(b"".join(frames))
 
-    def _commands(self, impression: Impression) -> tuple[Command, Command, Command]:
-        """The stream entry and the per-impression hash of ``impression``, as commands."""
-        ids = [impression.movie_ids[row] for row in impression.order]
-        shown = orjson.dumps(ids)[1:-1]  # "50,181,1"
-        movies = self._movies_json(impression, ids, shown) if ids else b"[]"
-        user = impression.user or {}
-        data = orjson.dumps(
-            {
-                "user_id": impression.user_id,
-                "ts": impression.ts,
-                "version": impression.version,
-                "arm": impression.arm,
-                "features": {name: user.get(name, "") for name in USER_LOG_FIELDS},
-                "movies": orjson.Fragment(movies),
-            }
-        )
-        stream = event_log.impressions_key(self._prefix, event_log.shard(impression.user_id))
-        key = event_log.impression_key(self._prefix, impression.impression_id)
-        return (
-            (b"XADD", stream, b"MAXLEN", b"~", self._max_length, b"*",
-             b"impression", impression.impression_id, b"data", data),
-            (b"HSET", key, event_log.SHOWN_FIELD, shown),
-            (b"EXPIRE", key, self._ttl),
-        )  # fmt: skip
+    async def _start_writer(self) -> _Writer | None:
+        if time.monotonic() < self._restart_at:
+            await asyncio.sleep(self._restart_at - time.monotonic())
+        self._restart_at = time.monotonic() + RESTART_AFTER_S
+        try:
+            writer = await _Writer.start(self._config, self._answer, self._lost)
+        except OSError as exc:
+            log.error("could not start the impression writer: %s", exc)
+            return None
+        self._writer, self._table = writer, None  # a new writer knows no table
+        return writer
 
-    def _movies_json(self, impression: Impression, ids: list[int], shown: bytes) -> bytes:
-        """The impression's ``movies`` list, serialised: entries spliced from the ids, the
-        float32 scores (their shortest decimals) and each movie's features, serialised once
-        per movie table."""
-        if impression.movies is not self._movie_table:
-            self._movie_table, self._movie_json = impression.movies, {}
-        index = np.asarray(impression.order, dtype=np.intp)
-        values = np.ascontiguousarray(impression.probability[index], np.float32)
-        scores = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
-        entries = [
-            b'{"movie_id":%b,"position":%d,"score":%b,"features":%b}'
-            % (movie, position, score, self._movie_features(impression.movies, ids[position]))
-            for position, (movie, score) in enumerate(zip(shown.split(b","), scores, strict=True))
-        ]
-        return b"[" + b",".join(entries) + b"]"
+    def _answer(self, sequence: int, written: int, failed: int, error: str) -> None:
+        """A batch written: count it."""
+        self._in_flight.pop(sequence, None)
+        self.logged_total += written
+        if failed:
+            self._last_error = error
+            self._drop("redis_error", failed)
+        self._answered.set()
+        self._check_idle()
 
-    def _movie_features(self, movies: Mapping[str, Mapping[str, str]], movie_id: int) -> bytes:
-        key = str(movie_id)
-        cached = self._movie_json.get(key)
-        if cached is None:
-            features = movies.get(key)
-            if features is None:  # not cached: requests may name any number of unknown ids
-                return _EMPTY_MOVIE
-            cached = self._movie_json[key] = orjson.dumps(
-                {name: features.get(name, "") for name in MOVIE_LOG_FIELDS}
-            )
-        return cached
+    def _lost(self, writer: _Writer, why: str) -> None:
+        """The writer died: what it held is dropped; the next batch starts another."""
+        if self._writer is writer:
+            self._writer = None
+        lost = sum(self._in_flight.values())
+        self._in_flight.clear()
+        self._drop("writer_lost", lost)
+        log.error("the impression writer stopped (%s); %d impression(s) lost", why, lost)
+        self._answered.set()
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if not self._buffer and not self._in_flight:
+            self._idle.set()
 
     def _drop(self, reason: str, count: int) -> None:
         if count:
@@ -324,3 +362,84 @@ class ImpressionLog:
         )
         self._unreported = dict.fromkeys(DROP_REASONS, 0)
         self._reported_at = now
+
+
+def _record(impression: Impression, token: int) -> Record:
+    """``impression`` as the writer takes it; what the reply did not write is written here."""
+    shown, written = impression.shown, impression.written
+    if shown is None or written is None:
+        movie_ids, order = impression.movie_ids, impression.order
+        shown = orjson.dumps([movie_ids[row] for row in order])[1:-1]
+        rows = np.asarray(order, dtype=np.intp)
+        values = np.ascontiguousarray(impression.probability[rows], np.float32)
+        written = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+    user = impression.user or {}
+    return (
+        impression.impression_id, impression.user_id, impression.ts, impression.version,
+        impression.arm, tuple(user.get(name, "") for name in USER_LOG_FIELDS), shown, written,
+        token,
+    )  # fmt: skip
+
+
+class _Writer:
+    """The writer process and our end of its socket; ``answer`` is called with each batch
+    written, ``lost`` once if it stops answering."""
+
+    def __init__(self, process: asyncio.subprocess.Process, stream: asyncio.StreamWriter) -> None:
+        self.process = process
+        self.stream = stream
+        self.reading: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, config: WriterConfig, answer, lost) -> _Writer:  # noqa: ANN001
+        ours, theirs = socket.socketpair()
+        try:
+            root = str(Path(__file__).resolve().parent.parent)  # where ``service`` is
+            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "service.impression_writer", str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": path},
+            )  # fmt: skip
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        reader, stream = await asyncio.open_unix_connection(sock=ours)
+        writer = cls(process, stream)
+        writer.send(frame(("config", asdict(config))))
+        writer.reading = asyncio.create_task(writer._read(reader, answer, lost))
+        return writer
+
+    def send(self, data: bytes) -> None:
+        """Queue ``data`` for the writer (the socket's buffer absorbs what it has not read:
+        at most IN_FLIGHT batches)."""
+        self.stream.write(data)
+
+    async def _read(self, reader: asyncio.StreamReader, answer, lost) -> None:  # noqa: ANN001
+        try:
+            while True:
+                kind, sequence, written, failed, error = await read_frame(reader)
+                if kind == "done":
+                    answer(sequence, written, failed, error)
+        except asyncio.CancelledError:
+            raise
+        except (asyncio.IncompleteReadError, OSError, ValueError, EOFError) as exc:
+            code = self.process.returncode
+            why = f"exit code {code}" if code is not None else type(exc).__name__
+            lost(self, why)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Close our end (the writer exits at the end of its stream); kill it if it has
+        not exited within ``grace`` seconds."""
+        if self.reading is not None:
+            self.reading.cancel()
+        self.stream.close()
+        try:
+            async with asyncio.timeout(grace):
+                await self.process.wait()
+        except TimeoutError:
+            with suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()

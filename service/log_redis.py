@@ -18,9 +18,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
-from service.redis_connection import Arg, PipelinedConnection
+from service.redis_connection import Arg, PipelinedConnection, encode
 
 Command = Sequence[Arg]
+
+__all__ = ["FAILURES", "Command", "LogRedis", "connect", "encode"]
 
 FAILURES: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, TimeoutError)
 """What ``LogRedis.run`` raises when Redis cannot be reached, fails or is late: catch these.
@@ -28,9 +30,17 @@ FAILURES: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, 
 
 
 class LogRedis(Protocol):
+    encoded: bool
+    """Whether ``run_encoded`` takes commands already in RESP (one Redis; not a cluster,
+    whose client must see each command to route it)."""
+
     async def run(self, commands: Sequence[Command]) -> list[Any]:
         """The replies to ``commands``, pipelined; an error reply in its place (an
         exception instance, not raised). Raises one of FAILURES when Redis cannot answer."""
+        ...
+
+    async def run_encoded(self, payload: bytes, count: int) -> list[Any]:
+        """As ``run``, for ``count`` commands already in RESP (``encode``)."""
         ...
 
     async def close(self) -> None: ...
@@ -39,11 +49,16 @@ class LogRedis(Protocol):
 class SingleLogRedis:
     """One Redis, over a pipelined connection of its own."""
 
+    encoded = True
+
     def __init__(self, url: str, timeout: float) -> None:
         self._connection = PipelinedConnection(url, timeout)
 
     async def run(self, commands: Sequence[Command]) -> list[Any]:
         return await self._connection.call_many(commands)
+
+    async def run_encoded(self, payload: bytes, count: int) -> list[Any]:
+        return await self._connection.call_encoded(payload, count)
 
     async def close(self) -> None:
         self._connection.close()
@@ -52,6 +67,8 @@ class SingleLogRedis:
 class ClusterLogRedis:
     """A Redis Cluster through redis-py's pipeline (one round trip per master involved),
     bounded by ``timeout``."""
+
+    encoded = False
 
     def __init__(self, url: str, timeout: float, max_connections: int) -> None:
         self._client = RedisCluster.from_url(
@@ -71,6 +88,9 @@ class ClusterLogRedis:
             pipe.execute_command(*command)
         async with asyncio.timeout(self._timeout):
             return await pipe.execute(raise_on_error=False)
+
+    async def run_encoded(self, payload: bytes, count: int) -> list[Any]:
+        raise NotImplementedError("a cluster pipeline routes each command by its key")
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -252,7 +252,8 @@ class _StateCollector(Collector):
             dropped = CounterMetricFamily(
                 "afm_impressions_dropped",
                 "Impressions not logged, by reason: buffer_full (AFM_IMPRESSION_BUFFER "
-                "reached), redis_error (the write failed), shutdown (still buffered at exit).",
+                "reached), redis_error (the write failed), writer_lost (the writer process "
+                "died or would not start), shutdown (still buffered at exit).",
                 labels=["reason"],
             )
             for reason, count in impressions.dropped.items():
@@ -260,7 +261,7 @@ class _StateCollector(Collector):
             yield dropped
             yield GaugeMetricFamily(
                 "afm_impressions_buffered",
-                "Impressions waiting in memory to be written to Redis.",
+                "Impressions waiting in memory to be sent to the writer process.",
                 value=impressions.buffered,
             )
         if self._events is None:

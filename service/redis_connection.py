@@ -60,24 +60,20 @@ class PipelinedConnection:
     async def call_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """The replies to ``commands``, sent together in one write: an error reply is
         returned in its place (a ``ResponseError``), not raised; a lost connection or no
-        reply within ``timeout`` seconds raises as ``call`` does. A future per command, no
-        task: a batch of hundreds costs little more than one command."""
-        if not commands:
+        reply within ``timeout`` seconds raises as ``call`` does."""
+        return await self.call_encoded(b"".join(map(encode, commands)), len(commands))
+
+    async def call_encoded(self, payload: bytes, count: int) -> list[Any]:
+        """The replies to the ``count`` commands ``payload`` holds, already in RESP
+        (``encode``), as ``call_many`` answers: one future for them all, so a batch of
+        hundreds costs little more than one command."""
+        if not count:
             return []
         deadline = asyncio.get_running_loop().time() + self._timeout
         protocol = self._protocol
         if protocol is None or protocol.lost is not None:
             protocol = await self._connected()
-        futures = [protocol.request(tuple(command), deadline) for command in commands]
-        try:
-            return [await future for future in futures]
-        except BaseException:
-            for future in futures:  # nobody waits on the rest any more
-                if not future.done():
-                    future.cancel()  # its reply is dropped when it comes
-                elif not future.cancelled():
-                    future.exception()  # retrieved, so never reported as unretrieved
-            raise
+        return await protocol.request_encoded(payload, count, deadline)
 
     async def evalsha(self, script: str, sha: str, keys: list[Arg], args: list[Arg]) -> Any:
         """The Lua ``script`` (whose SHA1 is ``sha``) on ``keys`` and ``args``; sent whole
@@ -153,7 +149,9 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.reader = hiredis.Reader(replyError=ResponseError)
-        self.waiting: deque[tuple[asyncio.Future, float]] = deque()  # (reply, deadline)
+        # (reply future, deadline, None) per command, or (replies future, deadline, the
+        # replies so far, how many) per batch of call_encoded
+        self.waiting: deque[tuple] = deque()
         self.unsent: list[bytes] = []
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
@@ -166,9 +164,17 @@ class _Protocol(asyncio.Protocol):
         self.reader.feed(data)
         try:
             while (reply := self.reader.gets()) is not False:
-                future, _ = self.waiting.popleft()
-                if not future.done():  # not cancelled by its caller's timeout
-                    future.set_result(reply)
+                entry = self.waiting[0]
+                if entry[2] is None:
+                    self.waiting.popleft()
+                    if not entry[0].done():  # not cancelled by its caller's timeout
+                        entry[0].set_result(reply)
+                    continue
+                entry[2].append(reply)
+                if len(entry[2]) == entry[3]:
+                    self.waiting.popleft()
+                    if not entry[0].done():
+                        entry[0].set_result(entry[2])
         except hiredis.ProtocolError as exc:
             self.fail(ConnectionError(f"unreadable reply from Redis: {exc}"))
 
@@ -183,13 +189,27 @@ class _Protocol(asyncio.Protocol):
         if self.lost is not None:
             future.set_exception(self.lost)
             return future
-        self.waiting.append((future, deadline))
+        self.waiting.append((future, deadline, None))
+        self._send(encode(args), deadline, loop)
+        return future
+
+    def request_encoded(self, payload: bytes, count: int, deadline: float) -> asyncio.Future:
+        """The future of the list of replies to the ``count`` commands in ``payload``."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if self.lost is not None:
+            future.set_exception(self.lost)
+            return future
+        self.waiting.append((future, deadline, [], count))
+        self._send(payload, deadline, loop)
+        return future
+
+    def _send(self, payload: bytes, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
         if self.timer is None:
             self.timer = loop.call_at(deadline, self._expire)
         if not self.unsent:
             loop.call_soon(self._flush)
-        self.unsent.append(_command(args))
-        return future
+        self.unsent.append(payload)
 
     def fail(self, error: Exception) -> None:
         """Close, failing every command still waiting with ``error`` (the first one given)."""
@@ -200,7 +220,7 @@ class _Protocol(asyncio.Protocol):
             if self.timer is not None:
                 self.timer.cancel()
         while self.waiting:
-            future, _ = self.waiting.popleft()
+            future = self.waiting.popleft()[0]
             if not future.done():
                 future.set_exception(self.lost)
 
@@ -222,7 +242,7 @@ class _Protocol(asyncio.Protocol):
             self.transport.write(b"".join(unsent))
 
 
-def _command(args: tuple[Arg, ...]) -> bytes:
+def encode(args: Sequence[Arg]) -> bytes:
     """``args`` in RESP: an array of bulk strings."""
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:

@@ -55,6 +55,7 @@ Importing this module never imports TensorFlow.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -195,5 +196,13 @@ def event_field(movie_id: int, event_type: str) -> str:
 
 
 def _sign(secret: bytes, body: str) -> str:
-    digest = hmac.new(secret, body.encode(), hashlib.sha256).digest()[:_SIGNATURE_BYTES]
+    mac = _keyed(secret).copy()  # half the cost of hmac.new: the key is prepared once
+    mac.update(body.encode())
+    digest = mac.digest()[:_SIGNATURE_BYTES]
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+@functools.lru_cache(maxsize=64)
+def _keyed(secret: bytes) -> hmac.HMAC:
+    """An HMAC-SHA256 of ``secret`` over nothing yet, to copy per signature."""
+    return hmac.new(secret, digestmod=hashlib.sha256)

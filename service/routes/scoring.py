@@ -84,13 +84,14 @@ async def score(request: ScoreRequest, scoring: ScoringDep) -> Response:
                 }
                 for i in order
             ]
+            shown = written = None
         else:
-            scores = scores_json(request.movie_ids, result, order)
+            scores, shown, written = reply_scores(request.movie_ids, result, order)
         impression_id = None
         if request.log and scoring.impressions is not None:
             impression_id = scoring.impressions.log(
                 model.version, arm, request.user_id, features, request.movie_ids, order,
-                result.probability,
+                result.probability, shown, written,
             )  # fmt: skip
         return _json(
             {
@@ -200,9 +201,17 @@ _KNOWN = (b',"movie_known":false},', b',"movie_known":true},')
 
 
 def scores_json(movie_ids: Sequence[int], scores: Scores, order: Sequence[int]) -> orjson.Fragment:
+    """``reply_scores``' serialised list."""
+    return reply_scores(movie_ids, scores, order)[0]
+
+
+def reply_scores(
+    movie_ids: Sequence[int], scores: Scores, order: Sequence[int]
+) -> tuple[orjson.Fragment, bytes, bytes]:
     """The reply's ``scores`` list without explanations, rows in ``order``, serialised:
     ``[{"movie_id": ..., "probability": ..., "movie_known": ...}, ...]``, each probability the
-    shortest decimal of its float32 value (the precision it was computed in).
+    shortest decimal of its float32 value (the precision it was computed in); and, as the
+    impression log takes them, the ids and those decimals in reply order ("50,181,1").
 
     orjson writes the ids and the probabilities as two arrays, and the entries are spliced
     from their pieces: no dict per entry. A dict per entry through ``orjson.dumps`` cost an
@@ -210,16 +219,18 @@ def scores_json(movie_ids: Sequence[int], scores: Scores, order: Sequence[int]) 
     """
     n = len(order)
     if n == 0:
-        return orjson.Fragment(b"[]")
+        return orjson.Fragment(b"[]"), b"", b""
     index = np.asarray(order, dtype=np.intp)
     pieces = [_ENTRY] * (5 * n)
-    pieces[1::5] = orjson.dumps([movie_ids[i] for i in order])[1:-1].split(b",")
+    ids = orjson.dumps([movie_ids[i] for i in order])[1:-1]
+    pieces[1::5] = ids.split(b",")
     pieces[2::5] = [_PROBABILITY] * n
     values = np.ascontiguousarray(scores.probability[index], np.float32)  # orjson's native type
-    pieces[3::5] = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+    probabilities = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+    pieces[3::5] = probabilities.split(b",")
     pieces[4::5] = [_KNOWN[known] for known in scores.movie_known[index].tolist()]
     pieces[0], pieces[-1] = b"[" + _ENTRY, pieces[-1][:-1] + b"]"  # no comma after the last
-    return orjson.Fragment(b"".join(pieces))
+    return orjson.Fragment(b"".join(pieces)), ids, probabilities
 
 
 def _explanation(

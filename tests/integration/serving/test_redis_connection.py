@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from service.redis_connection import PipelinedConnection
+from service.redis_connection import PipelinedConnection, encode
 from tests.integration.serving.helpers import RedisProcess, wait_until
 
 pytestmark = pytest.mark.integration
@@ -80,6 +80,44 @@ def test_an_error_reply_raises_and_the_connection_goes_on(private_redis: RedisPr
     before = _connections(private_redis)
     assert asyncio.run(main()) == b"not a hash"
     assert _connections(private_redis) - before == 2
+
+
+def test_a_batch_answers_each_command_in_place_with_calls_around_it(
+    private_redis: RedisProcess,
+) -> None:
+    """call_many and call_encoded: one reply per command, an error reply in its place (not
+    raised), and single calls asked in the same iteration answered in their turn."""
+    _admin(private_redis).set("text", "not a hash")
+
+    async def main() -> tuple:
+        connection = PipelinedConnection(private_redis.url, timeout=2.0)
+        batch = [("SET", "a", 1), ("HGETALL", "text"), ("INCR", "a")]
+        before, many, after, encoded = await asyncio.gather(
+            connection.call("GET", "text"),
+            connection.call_many(batch),
+            connection.call("GET", "a"),
+            connection.call_encoded(b"".join(map(encode, batch)), len(batch)),
+        )
+        connection.close()
+        return before, many, after, encoded
+
+    before, many, after, encoded = asyncio.run(main())
+    assert before == b"not a hash" and after == b"2"
+    for replies, incremented in ((many, 2), (encoded, 2)):
+        assert replies[0] == b"OK" and replies[2] == incremented
+        assert isinstance(replies[1], redis.ResponseError) and "WRONGTYPE" in str(replies[1])
+
+
+def test_a_batch_fails_whole_when_the_connection_is_lost(private_redis: RedisProcess) -> None:
+    async def main() -> None:
+        connection = PipelinedConnection(private_redis.url, timeout=2.0)
+        assert await connection.call("PING") == b"PONG"
+        private_redis.stop()
+        with pytest.raises(redis.ConnectionError):
+            await connection.call_many([("PING",), ("PING",)])
+        connection.close()
+
+    asyncio.run(main())
 
 
 def test_a_script_the_server_lacks_is_sent_whole_and_then_cached(
