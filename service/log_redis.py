@@ -84,8 +84,8 @@ class ClusterLogRedis:
         if not commands:
             return []
         pipe = self._client.pipeline()
-        for command in commands:
-            pipe.execute_command(*command)
+        for name, *args in commands:  # the cluster client looks command names up as str
+            pipe.execute_command(name.decode() if isinstance(name, bytes) else name, *args)
         async with asyncio.timeout(self._timeout):
             return await pipe.execute(raise_on_error=False)
 

@@ -15,7 +15,7 @@ import redis
 from fastapi.testclient import TestClient
 from redis.cluster import RedisCluster
 
-from model.contracts import feature_layout
+from model.contracts import event_log, feature_layout
 from model.data.load_features import load_features
 from model.errors import AfmError
 from service.app import create_app
@@ -176,6 +176,67 @@ def test_failed_load_changes_nothing(cluster: LocalCluster, client: RedisCluster
     assert _marker(asyncio.run(read_one()), "5") == "A"
 
 
+def _without_impression(body: dict) -> dict:
+    """A reply without its impression_id, which is new in every reply."""
+    return {key: value for key, value in body.items() if key != "impression_id"}
+
+
+def test_impressions_and_events_spread_over_the_masters(
+    cluster: LocalCluster, client: RedisCluster, trained_model_dir: Path
+) -> None:
+    """Each user's impressions and events land in the stream shard the contract names,
+    so the log spreads over the masters; a click updates the watched movies of a user on
+    any master (a one-key script)."""
+    _load(cluster.url, "evlog:", "A")
+    namespace = client.get("evlog:current").decode()
+    settings = Settings(
+        model_dir=trained_model_dir,
+        redis_url=cluster.url,
+        redis_prefix="evlog:",
+        redis_cluster=True,
+        redis_timeout=2.0,
+        impression_keys="k1:cluster-secret",
+        reload_interval=0,
+        access_log=False,
+    )
+    users = range(1, 25)
+    with TestClient(create_app(settings)) as api:
+        wait_until(lambda: api.get("/readyz").status_code == 200, what="/readyz to turn 200")
+        replies = {
+            user: api.post("/score", json={"user_id": user, "movie_ids": [1, 2, 3]}).json()
+            for user in users
+        }
+        api.portal.call(api.app.state.impressions.flush)  # type: ignore[attr-defined]
+        clicks = [
+            {"impression_id": replies[user]["impression_id"], "movie_id": 2, "type": "click"}
+            for user in users
+        ]
+        first = api.post("/events", json={"events": clicks}).json()
+        again = api.post("/events", json={"events": clicks[:3]}).json()
+        metrics = api.get("/metrics").text
+    assert first["accepted"] == len(clicks) and again["duplicate"] == 3
+    streams = _keys_per_master(cluster, "evlog:log:*s:*")
+    assert sum(1 for keys in streams.values() if keys) >= 2, streams  # more than one master
+    for user in users:
+        shard = event_log.shard(user)
+        entries = client.xrange(event_log.impressions_key("evlog:", shard))
+        ids = {fields[b"impression"].decode() for _, fields in entries}
+        assert replies[user]["impression_id"] in ids
+        hashed = client.hgetall(event_log.impression_key("evlog:", replies[user]["impression_id"]))
+        assert hashed[b"shown"] == b",".join(
+            str(s["movie_id"]).encode() for s in replies[user]["scores"]
+        )
+        assert event_log.event_field(2, "click").encode() in hashed
+        watched = client.hget(feature_layout.user_key(namespace, user), feature_layout.WATCHED)
+        assert watched == f"2|A:watched:{user}".encode()
+    logged = sum(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("afm_log_stream_length{") and 'stream="impressions"' in line
+    )
+    assert logged >= len(users)
+
+
 def test_master_killed_under_traffic_gives_503_then_200(
     cluster: LocalCluster, client: RedisCluster, trained_model_dir: Path
 ) -> None:
@@ -209,7 +270,7 @@ def test_master_killed_under_traffic_gives_503_then_200(
             for user in users:
                 after = killed.is_set()
                 response = api.post("/score", json={"user_id": user, "movie_ids": [1, 2, 3]})
-                body = response.json()
+                body = _without_impression(response.json())
                 if response.status_code == 503:
                     body["retry_after"] = response.headers.get("retry-after")
                 log.append((user, response.status_code, after, body))
@@ -220,7 +281,7 @@ def test_master_killed_under_traffic_gives_503_then_200(
         for user in users:
             response = api.post("/score", json={"user_id": user, "movie_ids": [1, 2, 3]})
             assert response.status_code == 200 and response.json()["user_known"]
-            expected[user] = response.json()
+            expected[user] = _without_impression(response.json())
         thread = threading.Thread(target=traffic, args=(api,))
         thread.start()
         try:
