@@ -1,16 +1,16 @@
 """Impressions: the signed id each ``/score`` reply carries, and the log of what it showed.
 
-The route hands ``ImpressionLog.log`` what it already holds (references to the feature read,
-the reply's row order and probabilities, the ids and probabilities as the reply wrote them)
-and gets the impression id back; the record goes on a bounded in-memory buffer. A background
+The route hands ``ImpressionLog.log`` what it already holds (the feature read, the reply's
+ids and probabilities as it wrote them) and gets the impression id back; a compact record
+goes on a bounded in-memory buffer and the request's objects are freed at once. A background
 task, started and drained by the lifespan, sends the buffer in batches (once records wait
 LINGER_S or fill WRITE_BATCH) to the impression writer, a child process
 (``service.impression_writer``), which serialises each impression and writes it to the
 feature store's Redis pipelined: the stream entry of ``model.contracts.event_log`` (XADD to its
 user's shard, MAXLEN ~) and the per-impression hash (``shown``, expiring after the
 attribution window and its grace). Serialising a 100-movie impression (10 KB of JSON) and
-sending it cost the event loop a tenth of a ``/score``; a batch's compact records cost it a
-few microseconds per impression.
+sending it cost the event loop a tenth of a ``/score`` and more; a batch's compact records
+cost it a few microseconds per impression.
 
 Logging never fails or slows a ``/score``: a full buffer drops the record, a Redis error
 drops the batch, a writer that dies drops what it held (and is started again); each is
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import os
 import secrets
 import socket
@@ -97,29 +98,13 @@ class WriterConfig:
     ttl: int
 
 
-@dataclass(slots=True)
-class Impression:
-    """One ``/score`` reply as the route had it: nothing copied, nothing serialised yet."""
+Pending = tuple[str, int, int, int, str, tuple[str, ...], bytes, bytes]
+"""An impression as the route leaves it: a ``Record`` without its movie table's token (the
+background task names the table). Compact, so that a request's objects are freed at once
+rather than held for the linger."""
 
-    impression_id: str
-    user_id: int
-    ts: int
-    version: int
-    arm: str
-    user: Mapping[str, str] | None
-    """The feature read's user (None: unknown to the feature set)."""
-    movie_ids: Sequence[int]
-    """Every candidate of the request, in request order."""
-    order: Sequence[int]
-    """The rows returned, in reply order (after ``top_k`` and the unknown-movie policy)."""
-    probability: np.ndarray
-    """Every candidate's probability, in request order."""
-    shown: bytes | None
-    """The returned movie ids as the reply wrote them, "50,181,1"; None: not written."""
-    written: bytes | None
-    """Their probabilities as the reply wrote them, "0.43,0.2,0.1"; None: not written."""
-    movies: Mapping[str, Mapping[str, str]]
-    """The feature set's movie table the request was scored with."""
+_NO_USER = ("",) * len(USER_LOG_FIELDS)
+_USER_VALUES = operator.itemgetter(*USER_LOG_FIELDS)
 
 
 class ImpressionLog:
@@ -132,7 +117,7 @@ class ImpressionLog:
         self.keys = dict(keys)
         self._config = config
         self._capacity = capacity
-        self._buffer: deque[Impression] = deque()
+        self._buffer: deque[tuple[Pending, Mapping[str, Mapping[str, str]]]] = deque()
         self._wake = asyncio.Event()  # set: the buffer has records
         self._hurry = asyncio.Event()  # set: send without lingering (a full batch, a flush)
         self._idle = asyncio.Event()  # set: nothing buffered, nothing in flight
@@ -170,33 +155,25 @@ class ImpressionLog:
     ) -> str:
         """A new impression id for this reply, its impression buffered (or dropped and
         counted if the buffer is full). ``shown``, ``written``: the returned ids and their
-        probabilities as the reply wrote them, if it did. Never raises, never waits."""
+        probabilities as the reply wrote them ("50,181,1", "0.43,0.2,0.1"), if it did.
+        Never raises, never waits."""
         ts = now_ms()
         impression_id = event_log.issue_impression_id(self.keys, version, arm, user_id, ts)
+        if shown is None or written is None:
+            shown, written = written_rows(movie_ids, order, probability)
         self.record(
-            Impression(
-                impression_id,
-                user_id,
-                ts,
-                version,
-                arm,
-                read.user,
-                movie_ids,
-                order,
-                probability,
-                shown,
-                written,
-                read.movies,
-            )  # fmt: skip
+            (impression_id, user_id, ts, version, arm, _user_values(read.user), shown, written),
+            read.movies,
         )
         return impression_id
 
-    def record(self, impression: Impression) -> None:
-        """Buffer ``impression`` for the writer; drop it (counted) when the buffer is full."""
+    def record(self, pending: Pending, movies: Mapping[str, Mapping[str, str]]) -> None:
+        """Buffer ``pending`` (scored with ``movies``) for the writer; drop it (counted)
+        when the buffer is full."""
         if len(self._buffer) >= self._capacity:
             self._drop("buffer_full", 1)
             return
-        self._buffer.append(impression)
+        self._buffer.append((pending, movies))
         self._idle.clear()
         if not self._wake.is_set():
             self._wake.set()
@@ -278,7 +255,7 @@ class ImpressionLog:
                 self._lost(writer, "no answer")
                 await writer.stop(grace=0)
 
-    async def _send(self, batch: list[Impression]) -> None:
+    async def _send(self, batch: list[tuple[Pending, Mapping]]) -> None:
         """``batch`` to the writer (started if there is none), its tables first; dropped
         as "writer_lost" when no writer can be started."""
         writer = self._writer
@@ -289,15 +266,11 @@ class ImpressionLog:
                 return
         frames: list[bytes] = []
         records: list[Record] = []
-        for impression in batch:
-            if impression.movies is not self._table:
-                self._table, self._token = impression.movies, self._token + 1
-                frames.append(frame(("table", self._token, movie_table(impression.movies))))
-            try:
-                records.append(_record(impression, self._token))
-            except Exception:  # a bug, not the request's: logged, counted, the rest sent
-                log.exception("could not log impression %s", impression.impression_id)
-                self._drop("redis_error", 1)
+        for pending, movies in batch:
+            if movies is not self._table:
+                self._table, self._token = movies, self._token + 1
+                frames.append(frame(("table", self._token, movie_table(movies))))
+            records.append((*pending, self._token))
         self._sequence += 1
         self._in_flight[self._sequence] = len(records)
         frames.append(frame(("batch", self._sequence, records)))
@@ -364,21 +337,25 @@ class ImpressionLog:
         self._reported_at = now
 
 
-def _record(impression: Impression, token: int) -> Record:
-    """``impression`` as the writer takes it; what the reply did not write is written here."""
-    shown, written = impression.shown, impression.written
-    if shown is None or written is None:
-        movie_ids, order = impression.movie_ids, impression.order
-        shown = orjson.dumps([movie_ids[row] for row in order])[1:-1]
-        rows = np.asarray(order, dtype=np.intp)
-        values = np.ascontiguousarray(impression.probability[rows], np.float32)
-        written = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
-    user = impression.user or {}
-    return (
-        impression.impression_id, impression.user_id, impression.ts, impression.version,
-        impression.arm, tuple(user.get(name, "") for name in USER_LOG_FIELDS), shown, written,
-        token,
-    )  # fmt: skip
+def written_rows(
+    movie_ids: Sequence[int], order: Sequence[int], probability: np.ndarray
+) -> tuple[bytes, bytes]:
+    """The rows in ``order`` as a reply writes them: their movie ids ("50,181,1") and their
+    probabilities, each the shortest decimal of its float32 value ("0.43,0.2,0.1")."""
+    shown = orjson.dumps([movie_ids[row] for row in order])[1:-1]
+    rows = np.asarray(order, dtype=np.intp)
+    values = np.ascontiguousarray(probability[rows], np.float32)
+    return shown, orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+
+
+def _user_values(user: Mapping[str, str] | None) -> tuple[str, ...]:
+    """USER_LOG_FIELDS of a feature read's user ("" for a user it does not have)."""
+    if user is None:
+        return _NO_USER
+    try:
+        return _USER_VALUES(user)
+    except KeyError:  # decode_user gives every field; anything else, field by field
+        return tuple(user.get(name, "") for name in USER_LOG_FIELDS)
 
 
 class _Writer:

@@ -26,7 +26,12 @@ from service.batching import Batcher
 from service.impressions import IN_FLIGHT
 from service.model_registry import Serving
 from service.settings import Settings
-from tests.integration.serving.helpers import RedisProcess, schema_checked, wait_ready
+from tests.integration.serving.helpers import (
+    RedisProcess,
+    schema_checked,
+    wait_ready,
+    wait_until,
+)
 from tests.unit.service.test_service_routes import FakeModel, FakeStore
 
 pytestmark = pytest.mark.integration
@@ -324,6 +329,26 @@ def test_redis_down_for_the_logger_never_fails_a_score(
     # At most one line per interval while it runs, and the rest when it stops.
     assert 1 <= len(drops) <= 2 and "redis_error" in drops[0], drops
     assert sum(int(line.split()[1]) for line in drops) == 3
+
+
+def test_a_writer_that_dies_is_started_again(
+    client: TestClient, admin: redis.Redis, loaded_prefix: str
+) -> None:
+    """The writer process killed: /score goes on, and the next impressions are written by
+    a new one."""
+    shown = client.post("/score", json={"user_id": 40, "movie_ids": [1, 2]}).json()
+    flush(client)
+    impressions = client.app.state.impressions  # type: ignore[attr-defined]
+    first = impressions._writer.process
+    first.kill()
+    client.portal.call(first.wait)
+    wait_until(lambda: impressions._writer is None, what="the writer to be missed")
+    reply = client.post("/score", json={"user_id": 40, "movie_ids": [1, 2]})
+    assert reply.status_code == 200
+    flush(client)
+    assert impressions._writer is not None and impressions._writer.process is not first
+    logged = stream_entries(admin, loaded_prefix, 40)
+    assert {shown["impression_id"], reply.json()["impression_id"]} <= logged.keys()
 
 
 def test_impression_scores_are_float32_shortest_decimals() -> None:
