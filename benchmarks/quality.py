@@ -15,6 +15,7 @@ runs at a time: under a minute on an idle 2-core machine.
 **Resumable.** Each finished run is appended to the results file (written atomically) and
 skipped when the command runs again; a run that fails is reported and left for the next
 invocation. The file records the settings below; it refuses to resume with other settings.
+Each run's own output (its per-epoch lines) goes to ``--work-dir/logs/``.
 
 **Splits.** ``model.data.protocols.prepare`` writes each (dataset, seed) once as row files
 (``--work-dir/splits/<dataset>-seed<N>/{train,valid,test}.tsv``, a header line, the raw value
@@ -407,7 +408,14 @@ def _write_split_main(out: Path, dataset: str, seed: int, data: Path, negatives:
 
 
 def run_ours(
-    model: str, dataset: str, fields: str, seed: int, point: dict, keep: Path | None, args
+    model: str,
+    dataset: str,
+    fields: str,
+    seed: int,
+    point: dict,
+    keep: Path | None,
+    args,
+    log: Path | None = None,
 ) -> dict:
     """``afm-ctr train`` from the dataset with the split's protocol and seed; the history and
     figures from the exported version's metrics.json; with the history field set, the AFM's
@@ -436,7 +444,7 @@ def run_ours(
         f"--model-dir={model_dir}",
     ]
     try:
-        wall, _ = _timed(command, args.code, project_env(args.code))
+        wall, _ = _timed(command, args.code, project_env(args.code), log)
         version = max(p.parent for p in model_dir.glob("*/metrics.json"))
         metrics = json.loads((version / "metrics.json").read_text())
         metadata = json.loads((version / "metadata.json").read_text())
@@ -480,7 +488,9 @@ def run_ours(
         shutil.rmtree(model_dir, ignore_errors=True)
 
 
-def run_deepctr(model: str, dataset: str, fields: str, seed: int, point: dict, args) -> dict:
+def run_deepctr(
+    model: str, dataset: str, fields: str, seed: int, point: dict, args, log: Path | None = None
+) -> dict:
     """benchmarks/deepctr_baseline.py in DeepCTR's venv, on the split's row files."""
     command = [
         str(args.deepctr_python),
@@ -497,7 +507,7 @@ def run_deepctr(model: str, dataset: str, fields: str, seed: int, point: dict, a
     ]
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("PYTHONPATH", None)  # the project must not leak into DeepCTR's interpreter
-    wall, out = _timed(command, REPO, env)
+    wall, out = _timed(command, REPO, env, log)
     result = json.loads(out.strip().splitlines()[-1])
     history = result.pop("history")
     result.pop("seconds", None)
@@ -506,13 +516,24 @@ def run_deepctr(model: str, dataset: str, fields: str, seed: int, point: dict, a
     return {**result, "history": history, "wall_seconds": wall, "runner": args.runner.name}
 
 
-def _timed(command: list[str], cwd: Path, env: dict) -> tuple[float, str]:
+def _timed(command: list[str], cwd: Path, env: dict, log: Path | None = None) -> tuple[float, str]:
+    """Run ``command``; (wall seconds, its stdout). Its stderr goes to ``log`` as it comes
+    (the per-epoch lines of a run in progress), else it is kept for an error message."""
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if log is None:
+        done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+        stderr = done.stderr
+    else:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as err:
+            done = subprocess.run(
+                command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err, text=True
+            )
+        stderr = log.read_text(errors="replace")
     wall = time.perf_counter() - start
     if done.returncode != 0:
         shown = " ".join(command[:6])
-        raise BenchmarkError(f"{shown} ... failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        raise BenchmarkError(f"{shown} ... failed ({done.returncode}):\n{stderr[-3000:]}")
     return wall, done.stdout
 
 
@@ -695,14 +716,21 @@ def execute(job: Job, args) -> dict:
         return {k: v for k, v in tuned.items() if k not in job.key}
     load = os.getloadavg()[0]
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    log = (
+        args.work_dir
+        / "logs"
+        / (
+            f"{job.dataset}-{job.fields}-{job.model}-{job.phase}-seed{job.seed}-point{job.point}.log"
+        )
+    )
     if job.model.startswith("deepctr-"):
-        result = run_deepctr(job.model, job.dataset, job.fields, job.seed, point, args)
+        result = run_deepctr(job.model, job.dataset, job.fields, job.seed, point, args, log)
     else:
         keep = None
         if job.phase == "test":
             name = f"{job.dataset}-{job.fields}-{job.model}-seed{job.seed}"
             keep = args.work_dir / "models" / name
-        result = run_ours(job.model, job.dataset, job.fields, job.seed, point, keep, args)
+        result = run_ours(job.model, job.dataset, job.fields, job.seed, point, keep, args, log)
     return {**result, "started": started, "load_average": [load, os.getloadavg()[0]]}
 
 
