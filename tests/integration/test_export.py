@@ -16,6 +16,8 @@ from model.contracts.export_format import (
     ALL_FIELDS,
     FIELD_SETS,
     FORMAT_VERSION,
+    HISTORY_FIELD,
+    HISTORY_LENGTH,
     METADATA_FILE,
     MOVIE_ID,
     MULTI_VALUED,
@@ -25,6 +27,7 @@ from model.contracts.export_format import (
     OUTPUT_CONTRIBUTION,
     OUTPUT_FIELD_OFFSETS,
     OUTPUT_FIELD_TABLE,
+    OUTPUT_HISTORY_ATTENTION,
     OUTPUT_LINEAR,
     OUTPUT_LOGIT,
     OUTPUT_PROBABILITY,
@@ -34,8 +37,8 @@ from model.contracts.export_format import (
     VOCABULARIES_FILE,
     list_versions,
     pairs,
-    rank_sides,
     read_metadata,
+    user_inputs,
     weights_outputs,
 )
 from model.contracts.numpy_scorer import NumpyScorer
@@ -56,6 +59,7 @@ TRAIN = TrainConfig(epochs=2, batch_size=1024, seed=5)
 OOV = {field: f"never-seen-{field}" for field in ALL_FIELDS} | {
     "movie_id": "987654",  # a movie id the service can be asked for: an integer
     "genres": "Comedy|never-seen",
+    HISTORY_FIELD: "never-seen|1",
 }
 
 
@@ -68,7 +72,7 @@ def data_config(tmp_path_factory: pytest.TempPathFactory) -> DataConfig:
 
 @pytest.fixture(scope="module")
 def data(data_config: DataConfig) -> PreparedData:
-    return prepare(data_config)
+    return prepare(data_config, history=True)  # every field set's fields, watched movies too
 
 
 @pytest.fixture(scope="module", params=list(FIELD_SETS))
@@ -94,7 +98,7 @@ def loaded(model_dir: Path):
 
 
 def rows_slice(rows: LabeledRows, n: int) -> LabeledRows:
-    return LabeledRows(rows.user_idx[:n], rows.movie_idx[:n], rows.label[:n])
+    return rows.take(np.arange(min(n, len(rows))))
 
 
 def raw_batch(data: PreparedData, fields: tuple[str, ...], n: int) -> dict[str, np.ndarray]:
@@ -117,7 +121,16 @@ def numpy_inputs(
     columns, inputs = [], {}
     for field in fields:
         index = {str(value): i + 1 for i, value in enumerate(vocabularies[field])}
-        if field in MULTI_VALUED:
+        if field == HISTORY_FIELD:  # by position: the first 20 parts, "" kept in place
+            rows = [
+                [index.get(v, 0) if v else PAD for v in joined.split("|")[:HISTORY_LENGTH]]
+                for joined in raw[field]
+            ]
+            rows = [r if any(i != PAD for i in r) else [0] for r in rows]
+            inputs[field] = np.array(
+                [r + [PAD] * (HISTORY_LENGTH - len(r)) for r in rows], dtype="int32"
+            )
+        elif field in MULTI_VALUED:
             bags = [
                 [index.get(v, 0) for v in joined.split("|") if v] or [0] for joined in raw[field]
             ]
@@ -140,7 +153,8 @@ def test_both_signatures_equal_the_in_memory_model(loaded, fitted: FitResult, da
     single = inputs["ids"][40 : 40 + inputs["ids"].shape[1]]
     assert (single == 0).sum() == len(single)  # one OOV per appended row
     if "genres" in fields:  # unseen genre values and an empty genre set map to OOV
-        assert inputs["genres"][-2:, :2].tolist() == [[inputs["genres"][-2, 0], 0], [0, PAD]]
+        genres, unseen = inputs["genres"], 40 + list(fields).index("genres")
+        assert genres[[unseen, -1], :2].tolist() == [[genres[unseen, 0], 0], [0, PAD]]
     expected = {k: v.numpy() for k, v in fitted.model(inputs, training=False).items()}
 
     score = call(loaded.signatures[SIGNATURE_SCORE], raw)
@@ -155,6 +169,7 @@ def test_both_signatures_equal_the_in_memory_model(loaded, fitted: FitResult, da
         OUTPUT_BIAS,
         OUTPUT_LINEAR,
         OUTPUT_LOGIT,
+        *([OUTPUT_HISTORY_ATTENTION] if HISTORY_FIELD in fields else []),
     }
     parts = (
         explain[OUTPUT_BIAS] + explain[OUTPUT_LINEAR].sum(1) + explain[OUTPUT_CONTRIBUTION].sum(1)
@@ -173,7 +188,8 @@ def numpy_explain(loaded, raw: dict[str, np.ndarray], fields, vocabularies) -> d
         name: value.numpy() for name, value in loaded.signatures[SIGNATURE_WEIGHTS]().items()
     }
     scorer = NumpyScorer(fields, weights, {f: [str(v) for v in vocabularies[f]] for f in fields})
-    user_fields, item_fields = rank_sides(fields)
+    user_fields = user_inputs(fields)
+    item_fields = [f for f in fields if f not in user_fields]
     users = list(zip(*(raw[f] for f in user_fields), strict=True))
     distinct = list(dict.fromkeys(users))
     assert 1 < len(distinct) < len(users)  # several users, some with several candidates

@@ -47,8 +47,8 @@ def test_help_lists_every_command_without_importing_tensorflow() -> None:
             "'random' is not one of 'next-item', 'rating'",
         ),
         (["--dataset", "synthetic", "--dropout", "1.5"], "dropout"),
-        (["--from-logs", "l", "--dataset", "synthetic"], "--from-logs holds the rows already; "
-         "drop --dataset"),
+        (["--from-logs", "l", "--data-dir", "d"], "--from-logs holds the rows already; "
+         "drop --data-dir"),
         (["--from-logs", "l", "--holdout-movies", "0.1"], "--from-logs splits by time; drop "
          "--holdout-movies"),
         (["--prepared", "p", "--from-logs", "l"], "--prepared holds the rows already; drop "

@@ -37,8 +37,19 @@ def test_names_clients_depend_on_are_spelled_out() -> None:
     assert export_format.FIELD_SETS == {
         "seed": ("user_id", "gender", "age", "occupation", "zip", "movie_id"),
         "all": ("user_id", "gender", "age", "occupation", "zip", "movie_id", "year", "genres"),
-    }
-    assert export_format.MULTI_VALUED == {"genres": "|"}
+        "history": (
+            "user_id", "gender", "age", "occupation", "zip", "movie_id", "year", "genres",
+            "watched",
+        ),
+    }  # fmt: skip
+    assert export_format.HISTORY_FIELD == "watched" and export_format.HISTORY_LENGTH == 20
+    assert export_format.OUTPUT_HISTORY_ATTENTION == "history_attention"
+    assert export_format.weights_outputs(export_format.HISTORY_FIELDS)[-2:] == [
+        "history_query",
+        "history_recency",
+    ]
+    assert "bag_table_watched" in export_format.weights_outputs(export_format.HISTORY_FIELDS)
+    assert export_format.MULTI_VALUED == {"genres": "|", "watched": "|"}
     assert export_format.FORMAT_VERSION == 3
 
 
