@@ -74,6 +74,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -716,13 +717,9 @@ def execute(job: Job, args) -> dict:
         return {k: v for k, v in tuned.items() if k not in job.key}
     load = os.getloadavg()[0]
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    log = (
-        args.work_dir
-        / "logs"
-        / (
-            f"{job.dataset}-{job.fields}-{job.model}-{job.phase}-seed{job.seed}-point{job.point}.log"
-        )
-    )
+    name = f"{job.dataset}-{job.fields}-{job.model}-{job.phase}-seed{job.seed}-point{job.point}"
+    log = args.work_dir / "logs" / f"{name}.log"
+    continued = len(CONTINUED)
     if job.model.startswith("deepctr-"):
         result = run_deepctr(job.model, job.dataset, job.fields, job.seed, point, args, log)
     else:
@@ -731,7 +728,19 @@ def execute(job: Job, args) -> dict:
             name = f"{job.dataset}-{job.fields}-{job.model}-seed{job.seed}"
             keep = args.work_dir / "models" / name
         result = run_ours(job.model, job.dataset, job.fields, job.seed, point, keep, args, log)
-    return {**result, "started": started, "load_average": [load, os.getloadavg()[0]]}
+    result = {**result, "started": started, "load_average": [load, os.getloadavg()[0]]}
+    if len(CONTINUED) > continued:  # stopped and continued (SIGSTOP, SIGTSTP) while it ran
+        result["paused"] = True
+    return result
+
+
+CONTINUED: list[float] = []
+"""When this process got SIGCONT: a run in progress then was stopped for a while (someone
+paused the benchmark), so its times include the pause and the tables leave them out."""
+
+
+def _on_continue(signum, frame) -> None:
+    CONTINUED.append(time.time())
 
 
 def blocked(job: Job, args) -> str | None:
@@ -860,18 +869,22 @@ def tables(data: dict) -> str:
             aucs = [t["test_auc"] for t in tests]
             sd = statistics.stdev(aucs) if len(aucs) > 1 else float("nan")
             point = s["grid"][tests[0]["point"]]
-            to_best = [_seconds_to(t["history"], t["best_epoch"]) for t in tests]
-            to_target = [_seconds_to_auc(t["history"], target) for t in tests]
+            timed = [t for t in tests if not t.get("paused")]  # a paused run's times are off
+            to_best = [_seconds_to(t["history"], t["best_epoch"]) for t in timed]
+            to_target = [_seconds_to_auc(t["history"], target) for t in timed]
             reached = [x for x in to_target if x is not None]
             target_text = f"{statistics.mean(reached):.0f} s" if reached else "not reached"
             if reached and len(reached) < len(to_target):
                 target_text += f" ({len(reached)} of {len(to_target)} reached)"
+            best_text = f"{statistics.mean(to_best):.0f} s" if to_best else "–"
+            if len(timed) < len(tests):
+                best_text += f" ({len(tests) - len(timed)} paused run(s) left out)"
             epochs = ", ".join(f"{t['best_epoch']}/{t['epochs_run']}" for t in tests)
             so_far = "" if len(aucs) == len(seeds) else " (so far)"
             out.append(
                 f"| {MODEL_NAMES[model]} | {statistics.mean(aucs):.4f} ± {sd:.4f} "
                 f"| {' / '.join(f'{a:.4f}' for a in aucs)}{so_far} "
-                f"| {_point_text(point)} | {epochs} | {statistics.mean(to_best):.0f} s "
+                f"| {_point_text(point)} | {epochs} | {best_text} "
                 f"| {target_text} |"
             )
         out.append("")
@@ -1097,6 +1110,7 @@ def main(argv: list[str] | None = None) -> None:
         args.ours_l2 = ours_has_l2(args.code)
         args.field_columns = field_columns()
         args.jobs = args.jobs or (2 if args.quick else 1)
+        signal.signal(signal.SIGCONT, _on_continue)
         args.lock = threading.Lock()
         args.checked = {
             (c.split("/")[0], int(c.split("/")[1].removeprefix("seed")), c.split("/")[2])

@@ -113,6 +113,9 @@ def test_tables_report_means_seeds_chosen_points_and_times(tmp_path: Path) -> No
     assert f"time to valid AUC {target}" in text
     assert "| 4 s |" in text  # two epochs of 2 s to the best epoch
 
+    results.data["runs"][-1]["paused"] = True  # stopped and continued: its times are off
+    assert "| 4 s (1 paused run(s) left out) |" in quality.tables(results.data)
+
 
 @pytest.mark.slow
 def test_quick_run_against_deepctr(tmp_path: Path) -> None:
