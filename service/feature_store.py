@@ -40,9 +40,6 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol, TypeVar
 
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
 from model.contracts import feature_layout
@@ -54,7 +51,7 @@ from service.errors import (
     first_line,
 )
 from service.pointer_cache import PointerCache
-from service.redis_connection import PipelinedConnection
+from service.redis_connection import PipelinedConnection, cluster_client
 
 log = logging.getLogger(__name__)
 
@@ -159,15 +156,7 @@ class ClusterRedis:
 
     def __init__(self, url: str, prefix: str, timeout: float, max_connections: int) -> None:
         feature_layout.check_cluster_prefix(prefix)
-        # One immediate retry re-reads the slot map after a failover; more would stretch the
-        # bounded wait the client was promised.
-        self._client = RedisCluster.from_url(
-            url,
-            max_connections=max_connections,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1),
-        )
+        self._client = cluster_client(url, timeout, max_connections)
         self.timeout = timeout
         self._pointer = PointerCache(self._client, feature_layout.pointer_key(prefix), timeout)
 

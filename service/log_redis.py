@@ -13,12 +13,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
-from service.redis_connection import Arg, PipelinedConnection, encode
+from service.redis_connection import Arg, PipelinedConnection, cluster_client, encode
 
 Command = Sequence[Arg]
 
@@ -71,13 +68,7 @@ class ClusterLogRedis:
     encoded = False
 
     def __init__(self, url: str, timeout: float, max_connections: int) -> None:
-        self._client = RedisCluster.from_url(
-            url,
-            max_connections=max_connections,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1),
-        )
+        self._client = cluster_client(url, timeout, max_connections)
         self._timeout = timeout
 
     async def run(self, commands: Sequence[Command]) -> list[Any]:

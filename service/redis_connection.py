@@ -29,10 +29,26 @@ from functools import partial
 from typing import Any
 
 import hiredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, ResponseError
 
 Arg = bytes | str | int
+
+
+def cluster_client(url: str, timeout: float, max_connections: int) -> RedisCluster:
+    """The service's client of a Redis Cluster (features and the log alike). One immediate
+    retry re-reads the slot map after a failover; more would stretch the bounded wait the
+    caller was promised."""
+    return RedisCluster.from_url(
+        url,
+        max_connections=max_connections,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+    )
 
 
 class PipelinedConnection:
