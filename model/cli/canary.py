@@ -24,7 +24,14 @@ from model.contracts import rollout as policies
 from model.contracts.rollout import RolloutPolicy
 from model.errors import AfmError
 from model.online import ctr, log_reader
-from model.online.judge import GuardResult, JudgeSettings, Verdict, error_guard, judge
+from model.online.judge import (
+    GuardResult,
+    JudgeSettings,
+    Verdict,
+    error_guard,
+    judge,
+    latency_guard,
+)
 from model.online.stats import RatioEstimate
 
 STATUS_WINDOW = "1h"
@@ -124,9 +131,9 @@ def judge_canary(
     empty = _empty_sample()
     canary = samples.get((policy.canary, "canary"), empty)
     stable = samples.get((policy.stable, "stable"), empty)
-    guard, guard_line = _guard(metrics_url, policy)
+    guards, guard_lines = _guards(metrics_url, policy, settings)
     verdict = judge(
-        canary.clicks, canary.impressions, stable.clicks, stable.impressions, settings, guard
+        canary.clicks, canary.impressions, stable.clicks, stable.impressions, settings, *guards
     )
     typer.echo(f"{verdict.decision}: {verdict.reason}")
     typer.echo(
@@ -141,7 +148,8 @@ def judge_canary(
         f"{settings.min_effect:.0%} relative, at most {settings.max_impressions:,} canary "
         f"impressions, {settings.min_users:,} users per arm first"
     )
-    typer.echo(f"error guard: {guard_line}")
+    for line in guard_lines:
+        typer.echo(line)
     for line in read.notes():
         typer.echo(f"note: {line}")
     return _next_policy(verdict, policy, model_dir)
@@ -156,19 +164,49 @@ def _next_policy(verdict: Verdict, policy: RolloutPolicy, model_dir: Path) -> Ro
     return None
 
 
-def _guard(metrics_url: str | None, policy: RolloutPolicy) -> tuple[GuardResult | None, str]:
-    """The error-rate guard's finding and its line; None (skipped) without a URL."""
+def _guards(
+    metrics_url: str | None, policy: RolloutPolicy, settings: JudgeSettings
+) -> tuple[list[GuardResult | None], list[str]]:
+    """The error-rate and latency guards' findings (None: skipped) and their lines, from one
+    scrape of ``metrics_url``; both skipped without it."""
     if metrics_url is None:
-        return None, "skipped (no --metrics-url): the canary's 5xx rate was not compared"
-    from model.online.guard import errors_by_version, fetch_metrics
+        return [None, None], [
+            "error guard: skipped (no --metrics-url): the canary's 5xx rate was not compared",
+            "latency guard: skipped (no --metrics-url): the canary's latency was not compared",
+        ]
+    from model.online.guard import fetch_metrics
 
-    counts = errors_by_version(fetch_metrics(metrics_url))
+    text = fetch_metrics(metrics_url)
+    error, error_line = _error_guard(text, policy, metrics_url)
+    latency, latency_line = _latency_guard(text, policy, settings, metrics_url)
+    return [error, latency], [f"error guard: {error_line}", f"latency guard: {latency_line}"]
+
+
+def _error_guard(text: str, policy: RolloutPolicy, url: str) -> tuple[GuardResult | None, str]:
+    from model.online.guard import errors_by_version
+
+    counts = errors_by_version(text)
     canary, stable = counts.get(policy.canary or -1), counts.get(policy.stable)
     if canary is None or stable is None or not canary.requests:
         missing = policy.canary if canary is None or not canary.requests else policy.stable
-        return None, f"{metrics_url} shows no scoring requests of version {missing} yet"
+        return None, f"{url} shows no scoring requests of version {missing} yet"
     result = error_guard(canary, stable)
-    return result, f"{result.line} at {metrics_url}: {'WORSE' if result.worse else 'not worse'}"
+    return result, f"{result.line} at {url}: {'WORSE' if result.worse else 'not worse'}"
+
+
+def _latency_guard(
+    text: str, policy: RolloutPolicy, settings: JudgeSettings, url: str
+) -> tuple[GuardResult | None, str]:
+    from model.online.guard import latency_by_arm
+
+    latency = latency_by_arm(text)
+    canary = latency.get((policy.canary or -1, "canary"))
+    stable = latency.get((policy.stable, "stable"))
+    if canary is None or stable is None:
+        missing = f"canary {policy.canary}" if canary is None else f"stable {policy.stable}"
+        return None, f"{url} shows no /score requests answered by {missing} yet"
+    result = latency_guard(canary, stable, settings)
+    return result, f"{result.line} at {url}: {'WORSE' if result.worse else 'not worse'}"
 
 
 def _judged_span(policy: RolloutPolicy, window: str | None, end_ms: int) -> tuple[int, str]:

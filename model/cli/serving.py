@@ -236,8 +236,9 @@ def rollout(
     metrics_url: Annotated[
         str | None,
         typer.Option(
-            help="A service's /metrics: --judge rolls back a canary whose 5xx rate is worse "
-            "than stable's, whatever its clicks. Without it that guard is skipped.",
+            help="A service's /metrics: --judge rolls back a canary whose 5xx rate or "
+            "latency is worse than stable's, whatever its clicks. Without it those guards "
+            "are skipped.",
         ),
     ] = None,
     alpha: Annotated[
@@ -266,6 +267,14 @@ def rollout(
     min_users: Annotated[
         int, typer.Option(min=2, help="--judge: users each arm needs before clicks decide.")
     ] = JudgeSettings.min_users,
+    max_latency_ratio: Annotated[
+        float,
+        typer.Option(
+            min=1.01,
+            help="--judge with --metrics-url: roll back a canary whose mean or p99 /score "
+            "latency is more than this times stable's, whatever its clicks.",
+        ),
+    ] = JudgeSettings.max_latency_ratio,
 ) -> None:
     """Control which versions serve whom: a canary for a share of users, promotion, rollback,
     and a judge that decides the canary by clicks.
@@ -303,7 +312,9 @@ def rollout(
     try:
         policy = policies.read_policy(model_dir)
         if judge:
-            settings = JudgeSettings(alpha, min_effect, max_impressions, min_users)
+            settings = JudgeSettings(
+                alpha, min_effect, max_impressions, min_users, max_latency_ratio
+            )
             decided = online.judge_canary(policy, model_dir, source, window, settings, metrics_url)
             if not auto:
                 return

@@ -1,13 +1,14 @@
 """The canary judge: promote, roll back or keep collecting, from per-user clicks and
 impressions of both arms, so a rollout can be decided by clicks, safely asked at any time.
 
-Pure NumPy. The error-rate guard decides first: a canary whose 5xx rate is higher than
-stable's (an exact conditional binomial test) is rolled back whatever its clicks. Then the
-clicks: Δ̂ = log(canary's clicks per impression) − log(stable's), its variance by the
-per-user delta method, and the mixture SPRT of ``stats`` with τ = the minimum effect: Λ ≥ 1/α
-promotes (Δ̂ > 0) or rolls back (Δ̂ < 0). Below the threshold it keeps collecting until the
-canary has shown ``max_impressions`` impressions, then rolls back: the canary has not shown
-itself better by then, so stable stays.
+Pure NumPy. The guards decide first: a canary whose 5xx rate is higher than stable's (an
+exact conditional binomial test), or whose mean or p99 latency is more than a set factor
+above stable's, is rolled back whatever its clicks. Then the clicks: Δ̂ = log(canary's
+clicks per impression) − log(stable's), its variance by the per-user delta method, and
+the mixture SPRT of ``stats`` with τ = the minimum effect: Λ ≥ 1/α promotes (Δ̂ > 0) or
+rolls back (Δ̂ < 0). Below the threshold it keeps collecting until the canary has shown
+``max_impressions`` impressions, then rolls back: the canary has not shown itself better by
+then, so stable stays.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from model.online import stats
 from model.online.settings import JudgeSettings
 
 Decision = Literal["promote", "roll back", "keep collecting"]
-__all__ = ["Decision", "ErrorCounts", "GuardResult", "JudgeSettings", "Verdict", "error_guard",
-           "judge"]  # fmt: skip
+__all__ = ["Decision", "ErrorCounts", "GuardResult", "JudgeSettings", "Latency", "Verdict",
+           "error_guard", "judge", "latency_guard"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,25 @@ class ErrorCounts:
 
 
 @dataclass(frozen=True)
+class Latency:
+    """An arm's successful scoring requests and their latency, as a histogram gives it."""
+
+    requests: int
+    mean_s: float
+    p99_s: float
+    """Estimated from the buckets as Prometheus' histogram_quantile does (linear within a
+    bucket)."""
+
+
+@dataclass(frozen=True)
 class GuardResult:
-    """The error-rate guard's finding."""
+    """A guard's finding: ``line`` for the output, ``reason`` for a roll back it causes."""
 
     worse: bool
     line: str
     p_value: float = 1.0
+    reason: str = ""
+    numbers: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,7 +84,47 @@ def error_guard(canary: ErrorCounts, stable: ErrorCounts, alpha: float = 0.01) -
     share = canary.requests / (canary.requests + stable.requests)
     p_value = stats.binomial_upper_tail(canary.errors, total_errors, share)
     worse = canary.rate > stable.rate and p_value < alpha
-    return GuardResult(worse, line, p_value)
+    reason = f"the canary's error rate is worse ({line}; p = {p_value:.2g}), whatever its clicks"
+    return GuardResult(worse, line, p_value, reason, {"guard_p_value": p_value})
+
+
+def latency_guard(canary: Latency, stable: Latency, settings: JudgeSettings) -> GuardResult:
+    """Whether the canary is clearly slower: its mean or p99 above ``max_latency_ratio``
+    times stable's, once both arms have ``min_latency_requests``. A ratio, not a test: latency
+    samples are not independent (load moves both arms together), and a fixed factor says
+    what "clearly" means in the words an operator sets it in."""
+    line = (
+        f"/score latency canary mean {_ms(canary.mean_s)}, p99 {_ms(canary.p99_s)} "
+        f"({canary.requests:,} requests); stable mean {_ms(stable.mean_s)}, p99 "
+        f"{_ms(stable.p99_s)} ({stable.requests:,}); limit {settings.max_latency_ratio:g}x stable"
+    )
+    fewest = settings.min_latency_requests
+    if min(canary.requests, stable.requests) < fewest:
+        return GuardResult(False, f"{line}; not compared below {fewest:,} requests an arm")
+    ratios = {
+        "mean": _ratio(canary.mean_s, stable.mean_s),
+        "p99": _ratio(canary.p99_s, stable.p99_s),
+    }
+    over = [f"{name} {ratio:.2f}x" for name, ratio in ratios.items()
+            if ratio > settings.max_latency_ratio]  # fmt: skip
+    numbers = {
+        "canary_mean_s": canary.mean_s,
+        "stable_mean_s": stable.mean_s,
+        "canary_p99_s": canary.p99_s,
+        "stable_p99_s": stable.p99_s,
+    }
+    reason = f"the canary is slower ({', '.join(over)} stable's: {line}), whatever its clicks"
+    return GuardResult(bool(over), line, reason=reason, numbers=numbers)
+
+
+def _ratio(canary: float, stable: float) -> float:
+    if stable > 0:
+        return canary / stable
+    return math.inf if canary > 0 else 1.0
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3g} ms"
 
 
 def judge(
@@ -79,17 +133,14 @@ def judge(
     stable_clicks: np.ndarray,
     stable_impressions: np.ndarray,
     settings: JudgeSettings,
-    guard: GuardResult | None = None,
+    *guards: GuardResult | None,
 ) -> Verdict:
     """The decision for a canary, from each arm's per-user clicks and impressions over the
-    same window (one entry per user), and the error-rate guard's finding if there is one."""
-    if guard is not None and guard.worse:
-        return Verdict(
-            "roll back",
-            f"the canary's error rate is worse ({guard.line}; p = {guard.p_value:.2g}), "
-            "whatever its clicks",
-            {"guard_p_value": guard.p_value},
-        )
+    same window (one entry per user), and the guards' findings (None: a guard skipped); the
+    first guard that finds the canary worse rolls it back."""
+    for guard in guards:
+        if guard is not None and guard.worse:
+            return Verdict("roll back", guard.reason, dict(guard.numbers))
     canary = stats.ratio_estimate(canary_clicks, canary_impressions)
     stable = stats.ratio_estimate(stable_clicks, stable_impressions)
     shown = int(np.sum(canary_impressions))

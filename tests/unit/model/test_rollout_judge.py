@@ -3,6 +3,7 @@ read from a real Redis holding a log written as the contract says."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import threading
 from collections.abc import Iterator
@@ -104,17 +105,26 @@ def test_judge_keeps_collecting_on_too_little_and_auto_writes_nothing(
 @pytest.fixture
 def metrics_url() -> Iterator[str]:
     """A /metrics where canary version 3 answered 5xx far more often than stable 2."""
-    text = (
-        b"# TYPE afm_scored_request_duration_seconds histogram\n"
-        b'afm_scored_request_duration_seconds_count{route="/score",version="2",arm="stable",'
-        b'status="200"} 5000.0\n'
-        b'afm_scored_request_duration_seconds_count{route="/score",version="2",arm="stable",'
-        b'status="500"} 2.0\n'
-        b'afm_scored_request_duration_seconds_count{route="/score",version="3",arm="canary",'
-        b'status="200"} 1000.0\n'
-        b'afm_scored_request_duration_seconds_count{route="/score",version="3",arm="canary",'
-        b'status="503"} 30.0\n'
-    )
+    with _serving(ERRORS) as url:
+        yield url
+
+
+ERRORS = (
+    b"# TYPE afm_scored_request_duration_seconds histogram\n"
+    b'afm_scored_request_duration_seconds_count{route="/score",version="2",arm="stable",'
+    b'status="200"} 5000.0\n'
+    b'afm_scored_request_duration_seconds_count{route="/score",version="2",arm="stable",'
+    b'status="500"} 2.0\n'
+    b'afm_scored_request_duration_seconds_count{route="/score",version="3",arm="canary",'
+    b'status="200"} 1000.0\n'
+    b'afm_scored_request_duration_seconds_count{route="/score",version="3",arm="canary",'
+    b'status="503"} 30.0\n'
+)
+
+
+@contextlib.contextmanager
+def _serving(text: bytes) -> Iterator[str]:
+    """The URL of a /metrics answering ``text``."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
@@ -129,9 +139,11 @@ def metrics_url() -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_canary_with_a_worse_error_rate_is_rolled_back_whatever_its_clicks(
@@ -144,6 +156,42 @@ def test_a_canary_with_a_worse_error_rate_is_rolled_back_whatever_its_clicks(
         "roll back: the canary's error rate is worse (5xx rate canary 2.91% (30/1,030), "
         "stable 0.04% (2/5,002)"
     )
+
+
+def _latency(version: int, arm: str, within_10ms: int, requests: int, total_s: float) -> bytes:
+    """/score requests of one version and arm answered 200: ``within_10ms`` of them within
+    10 ms, the rest within 100 ms."""
+    labels = f'arm="{arm}",route="/score",status="200",version="{version}"'
+    name = "afm_scored_request_duration_seconds"
+    return (
+        f'{name}_bucket{{{labels},le="0.01"}} {within_10ms}.0\n'
+        f'{name}_bucket{{{labels},le="0.1"}} {requests}.0\n'
+        f'{name}_bucket{{{labels},le="+Inf"}} {requests}.0\n'
+        f"{name}_count{{{labels}}} {requests}.0\n{name}_sum{{{labels}}} {total_s}\n"
+    ).encode()
+
+
+def test_a_canary_slower_than_stable_is_rolled_back_whatever_its_clicks(
+    canary_dir: Path, redis_url: str, feature_prefix: str
+) -> None:
+    _log(redis_url, feature_prefix, canary_ctr=0.06, stable_ctr=0.03, users=150)
+    text = _latency(2, "stable", 2000, 2000, 10.0) + _latency(3, "canary", 700, 1000, 20.0)
+    with _serving(text) as url:
+        lax = _judge(canary_dir, redis_url, feature_prefix, "--metrics-url", url,
+                     "--max-latency-ratio", "20")  # fmt: skip
+        result = _judge(canary_dir, redis_url, feature_prefix, "--metrics-url", url, "--auto")
+    assert lax.exit_code == 0 and lax.output.startswith("promote: "), lax.output  # the clicks
+    assert "latency guard: " in lax.output and ": not worse" in lax.output
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith("roll back: the canary is slower (mean 4.00x, p99 9.80x stable's")
+    assert "canary mean 20 ms, p99 97 ms (1,000 requests)" in first
+    assert any(
+        line.startswith("latency guard: ") and line.endswith(": WORSE")
+        for line in result.output.splitlines()
+    ), result.output
+    policy = rollout.read_policy(canary_dir)
+    assert (policy.stable, policy.canary) == (2, None)
 
 
 def test_an_unreachable_metrics_url_is_one_error_line(
