@@ -44,7 +44,9 @@ models, which know nothing of a new movie but its id, keep the plain recipe."""
 
 @dataclass(frozen=True)
 class AFMConfig:
-    fields: FieldSet = "all"  # "seed": six seed-row fields; "all": + year, genres; "history": + watched
+    fields: FieldSet = (
+        "all"  # "seed": six seed-row fields; "all": + year, genres; "history": + watched
+    )
     embedding_dim: int = 16  # k
     attention_factor: int = 8  # t
     dropout: float = 0.0  # on the pooled vector; 0.2 and 0.5 measured worse (docs/training.md)

@@ -28,7 +28,7 @@ from service.coverage import CoverageMonitor
 from service.errors import install_error_handlers
 from service.events import EventRecorder
 from service.feature_store import FeatureStore
-from service.impressions import ImpressionLog, WriterConfig, signing_keys
+from service.impressions import ImpressionLog, signing_keys
 from service.loaded_model import load_model
 from service.metrics import Metrics, ObservedRequestsMiddleware
 from service.model_registry import ModelRegistry
@@ -144,30 +144,27 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def _event_log(
     settings: Settings, store: FeatureStore
 ) -> tuple[ImpressionLog | None, EventRecorder]:
-    """The impression log (None when AFM_LOG_IMPRESSIONS is off; started: its writer process
-    starts with the first impression) and the event recorder, over a connection of its own
-    to the feature store's Redis."""
+    """The impression log (None when AFM_LOG_IMPRESSIONS is off; started) and the event
+    recorder, sharing a connection of their own to the feature store's Redis (the recorder
+    closes it)."""
     keys = signing_keys(settings.impression_signing_keys)
-
-    impressions = None
-    if settings.log_impressions:
-        writer = WriterConfig(
-            url=settings.redis_url,
-            timeout=settings.redis_timeout,
-            cluster=settings.redis_cluster,
-            max_connections=settings.redis_max_connections,
-            prefix=settings.redis_prefix,
-            max_length=settings.log_stream_max_length,
-            ttl=settings.attribution_window_s + event_log.ATTRIBUTION_TTL_GRACE_S,
-        )
-        impressions = ImpressionLog(keys, writer, capacity=settings.impression_buffer)
-        impressions.start()
     connection = log_redis.connect(
         settings.redis_url,
         settings.redis_timeout,
         cluster=settings.redis_cluster,
         max_connections=settings.redis_max_connections,
     )
+    impressions = None
+    if settings.log_impressions:
+        impressions = ImpressionLog(
+            keys,
+            connection,
+            prefix=settings.redis_prefix,
+            max_length=settings.log_stream_max_length,
+            ttl_s=settings.attribution_window_s + event_log.ATTRIBUTION_TTL_GRACE_S,
+            capacity=settings.impression_buffer,
+        )
+        impressions.start()
     recorder = EventRecorder(
         keys,
         connection,

@@ -1,9 +1,9 @@
 """Pipelined commands to the Redis the features come from, for the impression and event log.
 
-Each user of it (the impression writer, ``POST /events``, the stream-length scrape) opens its
-own ``LogRedis``: on one Redis a connection of its own, so a batch of log writes never queues
-in front of a ``/score``'s feature read on the feature store's connection; on a Redis Cluster
-a client of its own, whose pipeline sends each command to the master holding its key (the
+The service opens one ``LogRedis`` for the impression log, ``POST /events`` and the
+stream-length scrape: on one Redis a connection of its own, so a batch of log writes never
+queues in front of a ``/score``'s feature read on the feature store's connection; on a Redis
+Cluster a client of its own, whose pipeline sends each command to the master holding its key (the
 log's keys spread over the masters by user, ``model.contracts.event_log.shard``).
 """
 
@@ -15,11 +15,11 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from service.redis_connection import Arg, PipelinedConnection, cluster_client, encode
+from service.redis_connection import Arg, PipelinedConnection, cluster_client
 
 Command = Sequence[Arg]
 
-__all__ = ["FAILURES", "Command", "LogRedis", "connect", "encode"]
+__all__ = ["FAILURES", "Command", "LogRedis", "connect"]
 
 FAILURES: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, TimeoutError)
 """What ``LogRedis.run`` raises when Redis cannot be reached, fails or is late: catch these.
@@ -27,17 +27,9 @@ FAILURES: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, 
 
 
 class LogRedis(Protocol):
-    encoded: bool
-    """Whether ``run_encoded`` takes commands already in RESP (one Redis; not a cluster,
-    whose client must see each command to route it)."""
-
     async def run(self, commands: Sequence[Command]) -> list[Any]:
         """The replies to ``commands``, pipelined; an error reply in its place (an
         exception instance, not raised). Raises one of FAILURES when Redis cannot answer."""
-        ...
-
-    async def run_encoded(self, payload: bytes, count: int) -> list[Any]:
-        """As ``run``, for ``count`` commands already in RESP (``encode``)."""
         ...
 
     async def close(self) -> None: ...
@@ -46,16 +38,11 @@ class LogRedis(Protocol):
 class SingleLogRedis:
     """One Redis, over a pipelined connection of its own."""
 
-    encoded = True
-
     def __init__(self, url: str, timeout: float) -> None:
         self._connection = PipelinedConnection(url, timeout)
 
     async def run(self, commands: Sequence[Command]) -> list[Any]:
         return await self._connection.call_many(commands)
-
-    async def run_encoded(self, payload: bytes, count: int) -> list[Any]:
-        return await self._connection.call_encoded(payload, count)
 
     async def close(self) -> None:
         self._connection.close()
@@ -64,8 +51,6 @@ class SingleLogRedis:
 class ClusterLogRedis:
     """A Redis Cluster through redis-py's pipeline (one round trip per master involved),
     bounded by ``timeout``."""
-
-    encoded = False
 
     def __init__(self, url: str, timeout: float, max_connections: int) -> None:
         self._client = cluster_client(url, timeout, max_connections)
@@ -79,9 +64,6 @@ class ClusterLogRedis:
             pipe.execute_command(name.decode() if isinstance(name, bytes) else name, *args)
         async with asyncio.timeout(self._timeout):
             return await pipe.execute(raise_on_error=False)
-
-    async def run_encoded(self, payload: bytes, count: int) -> list[Any]:
-        raise NotImplementedError("a cluster pipeline routes each command by its key")
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -10,16 +10,19 @@ at scrape time.
 
 Scoring routes time their work per model version and arm (``Metrics.scoring``) and report
 the probabilities they returned, so a dashboard can compare a canary with stable.
-Probabilities are counted into buckets with NumPy, many requests at a time.
+Probabilities are counted into buckets with NumPy, many requests at a time. Impressions
+issued and clicks accepted are counted per version, arm and position bucket
+(``POSITION_BUCKETS``), so Prometheus gives the canary judge's clicks per impression.
 """
 
 from __future__ import annotations
 
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from prometheus_client import (
@@ -50,6 +53,55 @@ EXPECTED_STATUSES = ("200", "500", "503")
 finds its 5xx series at 0 instead of no data."""
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 PROBABILITY_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+POSITION_BUCKETS = ("0", "1", "2", "3-9", "10+")
+"""The ``position`` label of shown movies and clicks (0 = top, as ``rollout --status``): one
+series for each of the top three slots, where most clicks are, then two ranges, so a
+version and arm have five series whatever ``top_k`` is (clicks have a sixth, ``unknown``)."""
+UNKNOWN_POSITION = "unknown"
+JUDGED_ARMS = ("stable", "canary")
+"""Arms whose per-arm series exist at 0 for every loaded version in that role."""
+
+
+def position_bucket(position: int | None) -> str:
+    """The ``position`` label of a 0-based position (None: not known)."""
+    if position is None:
+        return UNKNOWN_POSITION
+    if position < 3:
+        return POSITION_BUCKETS[position]
+    return "3-9" if position < 10 else "10+"
+
+
+def _shown_per_bucket(shown: int) -> dict[str, int]:
+    """How many of the positions 0 .. shown - 1 fall in each of POSITION_BUCKETS."""
+    return {
+        "0": min(shown, 1),
+        "1": min(max(shown - 1, 0), 1),
+        "2": min(max(shown - 2, 0), 1),
+        "3-9": min(max(shown - 3, 0), 7),
+        "10+": max(shown - 10, 0),
+    }
+
+
+@dataclass
+class ImpressionCounts:
+    """Replies given an impression id, per (version, arm), and how many movies each showed:
+    one dict increment per reply on the event loop; bucketed only when scraped."""
+
+    issued: Counter[tuple[int, str]] = field(default_factory=Counter)
+    by_length: Counter[tuple[int, str, int]] = field(default_factory=Counter)
+    """(version, arm, movies shown) -> replies."""
+
+    def count(self, version: int, arm: str, shown: int) -> None:
+        self.issued[(version, arm)] += 1
+        self.by_length[(version, arm, shown)] += 1
+
+    def shown_by_position(self) -> Counter[tuple[int, str, str]]:
+        """(version, arm, position bucket) -> movies shown there."""
+        shown: Counter[tuple[int, str, str]] = Counter()
+        for (version, arm, length), replies in self.by_length.items():
+            for bucket, count in _shown_per_bucket(length).items():
+                shown[(version, arm, bucket)] += count * replies
+        return shown
 
 
 @dataclass(slots=True)
@@ -87,6 +139,7 @@ class Metrics:
         )
         self._probe_routes: frozenset[str] = frozenset()
         self._scored_children: dict[tuple[str, str, str, str], Histogram] = {}
+        self.impressions = ImpressionCounts()
         self.probabilities = _ProbabilityHistogram()
         self.registry.register(self.probabilities)
         # Which replica this is, so scrapes behind a load balancer can be told apart.
@@ -127,7 +180,9 @@ class Metrics:
         """Report the state of the objects a lifespan opened (replacing any earlier ones);
         ``impressions`` None: replies are not logged."""
         self.unwatch()
-        state = _StateCollector(models, store, batcher, coverage, impressions, events)
+        state = _StateCollector(
+            models, store, batcher, coverage, impressions, events, self.impressions
+        )
         self.registry.register(state)  # collects once: raises before ``_state`` is set
         self._state = state
 
@@ -144,6 +199,11 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def impression_issued(self, version: int, arm: str, shown: int) -> None:
+        """Count a reply given an impression id, with ``shown`` movies, under its version and
+        arm (issued: whether or not the log write succeeds later)."""
+        self.impressions.count(version, arm, shown)
 
     @contextmanager
     def scoring(self, route: str, version: int, arm: str) -> Iterator[ScoredRequest]:
@@ -225,6 +285,7 @@ class _StateCollector(Collector):
         coverage: CoverageMonitor,
         impressions: ImpressionLog | None,
         events: EventRecorder | None,
+        issued: ImpressionCounts,
     ) -> None:
         self._models = models
         self._store = store
@@ -232,6 +293,7 @@ class _StateCollector(Collector):
         self._coverage = coverage
         self._impressions = impressions
         self._events = events
+        self._issued = issued
         self._stream_lengths: dict[tuple[str, int], int] = {}
 
     async def refresh(self) -> None:
@@ -252,8 +314,7 @@ class _StateCollector(Collector):
             dropped = CounterMetricFamily(
                 "afm_impressions_dropped",
                 "Impressions not logged, by reason: buffer_full (AFM_IMPRESSION_BUFFER "
-                "reached), redis_error (the write failed), writer_lost (the writer process "
-                "died or would not start), shutdown (still buffered at exit).",
+                "reached), redis_error (the write failed), shutdown (still buffered at exit).",
                 labels=["reason"],
             )
             for reason, count in impressions.dropped.items():
@@ -261,11 +322,13 @@ class _StateCollector(Collector):
             yield dropped
             yield GaugeMetricFamily(
                 "afm_impressions_buffered",
-                "Impressions waiting in memory to be sent to the writer process.",
+                "Impressions waiting in memory to be written to Redis.",
                 value=impressions.buffered,
             )
+            yield from self._issued_metrics()
         if self._events is None:
             return
+        yield self._click_metric(self._events)
         events = CounterMetricFamily(
             "afm_events",
             "Events of POST /events by type and outcome: accepted, duplicate, or the reason "
@@ -291,6 +354,60 @@ class _StateCollector(Collector):
         for (stream, shard), length in sorted(self._stream_lengths.items()):
             lengths.add_metric([stream, str(shard)], length)
         yield lengths
+
+    def _judged_arms(self) -> list[tuple[int, str]]:
+        """(version, arm) of each loaded version in a role the judge compares: their
+        per-arm series read 0 rather than no data before the first impression."""
+        return [
+            (model.version, role)
+            for role, model in self._models.serving.roles()
+            if role in JUDGED_ARMS
+        ]
+
+    def _issued_metrics(self) -> Iterator:
+        issued = CounterMetricFamily(
+            "afm_impressions_issued",
+            "Scoring replies given an impression_id, by the model version that scored them "
+            "and its arm (counted when issued, logged or not: see afm_impressions_dropped).",
+            labels=["version", "arm"],
+        )
+        counts = {**dict.fromkeys(self._judged_arms(), 0), **self._issued.issued}
+        for (version, arm), count in sorted(counts.items()):
+            issued.add_metric([str(version), arm], count)
+        yield issued
+        movies = CounterMetricFamily(
+            "afm_impression_movies",
+            "Movies shown by replies given an impression_id, by version, arm and position "
+            "(0 is the top; 0, 1, 2, 3-9, 10+).",
+            labels=["version", "arm", "position"],
+        )
+        yield self._by_position(movies, self._issued.shown_by_position(), POSITION_BUCKETS)
+
+    def _click_metric(self, events: EventRecorder) -> CounterMetricFamily:
+        clicks = CounterMetricFamily(
+            "afm_clicks",
+            "Clicks accepted by POST /events, by the version and arm of their impression and "
+            "the movie's position in its reply (0 is the top; 0, 1, 2, 3-9, 10+; unknown: the "
+            "click came before its impression was stored).",
+            labels=["version", "arm", "position"],
+        )
+        counts: Counter[tuple[int, str, str]] = Counter()
+        for (version, arm, position), count in events.clicks.items():
+            counts[(version, arm, position_bucket(position))] += count
+        return self._by_position(clicks, counts, (*POSITION_BUCKETS, UNKNOWN_POSITION))
+
+    def _by_position(
+        self,
+        family: CounterMetricFamily,
+        counts: Counter[tuple[int, str, str]],
+        buckets: tuple[str, ...],
+    ) -> CounterMetricFamily:
+        """``family`` with a sample per (version, arm, bucket) counted, and 0 for every
+        bucket of a loaded stable or canary version."""
+        every = {(v, a, b): 0 for v, a in self._judged_arms() for b in buckets}
+        for (version, arm, bucket), count in sorted({**every, **counts}.items()):
+            family.add_metric([str(version), arm, bucket], count)
+        return family
 
     def collect(self) -> Iterator:
         current = self._models.current

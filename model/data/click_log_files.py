@@ -32,13 +32,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model.contracts.event_log import EVENT_TYPES
-from model.contracts.export_format import HISTORY_FIELD, ITEM_FIELDS
-from model.contracts.feature_layout import USER_FIELDS
+from model.contracts.event_log import EVENT_TYPES, MOVIE_LOG_FIELDS, USER_LOG_FIELDS
 
-USER_FEATURES: tuple[str, ...] = (*USER_FIELDS, HISTORY_FIELD)
+USER_FEATURES: tuple[str, ...] = USER_LOG_FIELDS
 """What an impression logs of its user: gender, age, occupation, zip, watched."""
-MOVIE_FEATURES: tuple[str, ...] = ITEM_FIELDS
+MOVIE_FEATURES: tuple[str, ...] = MOVIE_LOG_FIELDS
 """What it logs of each shown movie: year, genres."""
 LOGGED_FEATURES: tuple[str, ...] = (*USER_FEATURES, *MOVIE_FEATURES)
 OTHER_EVENTS: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t != "click")

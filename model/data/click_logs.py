@@ -22,7 +22,6 @@ another directory goes on from where the last export stopped.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -93,8 +92,8 @@ class LoggedImpression:
     impression_id: str
     user_id: str
     ts: int  # ms since the epoch
-    version: int | None
-    arm: str | None
+    version: int
+    arm: str
     features: dict[str, str | None]  # files.USER_FEATURES, None when not logged
     movies: list[ShownMovie]  # in reply order
 
@@ -104,7 +103,7 @@ class ShownMovie(NamedTuple):
 
     movie_id: str
     position: int
-    score: float | None
+    score: float
     features: dict[str, str | None]  # files.MOVIE_FEATURES, None when not logged
 
 
@@ -366,34 +365,27 @@ def _read_entry(stream_id: str, entry: dict[str, str]) -> LoggedImpression | Non
         log.warning(f"[logs] impression {stream_id} was trimmed from its stream before export")
         return None
     try:
-        data = json.loads(entry["data"])
-        features = data.get("features") or {}
-        return LoggedImpression(
-            stream_id=stream_id,
-            impression_id=str(entry["impression"]),
-            user_id=str(data["user_id"]),
-            ts=int(data["ts"]),
-            version=None if data.get("version") is None else int(data["version"]),
-            arm=_text(data.get("arm")),
-            features={name: _text(features.get(name)) for name in files.USER_FEATURES},
-            movies=[_shown_movie(movie, at) for at, movie in enumerate(data["movies"])],
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        log.warning(f"[logs] impression {stream_id} is not readable ({exc!r}): skipped")
+        data = event_log.read_impression_data(entry["data"])
+        impression_id = str(entry["impression"])
+    except (KeyError, ValueError) as exc:
+        log.warning(f"[logs] impression {stream_id} is not readable ({exc}): skipped")
         return None
-
-
-def _shown_movie(movie: dict, at: int) -> ShownMovie:
-    """A logged movie; ``at`` (its place in the reply) when it logged no position."""
-    features = movie.get("features") or {}
-    score = movie.get("score")
-    return ShownMovie(
-        movie_id=str(movie["movie_id"]),
-        position=at if movie.get("position") is None else int(movie["position"]),
-        score=None if score is None else float(score),
-        features={name: _text(features.get(name)) for name in files.MOVIE_FEATURES},
+    movies = [
+        ShownMovie(
+            movie_id=str(movie_id),
+            position=position,
+            score=data.scores[position],
+            features={name: data.movie_features[name][position] for name in files.MOVIE_FEATURES},
+        )
+        for position, movie_id in enumerate(data.movie_ids)
+    ]
+    return LoggedImpression(
+        stream_id=stream_id,
+        impression_id=impression_id,
+        user_id=str(data.user_id),
+        ts=data.ts,
+        version=data.version,
+        arm=data.arm,
+        features={name: data.features[name] for name in files.USER_FEATURES},
+        movies=movies,
     )
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else str(value)

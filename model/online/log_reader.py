@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import orjson
 import redis
 from redis.cluster import RedisCluster
 
@@ -177,21 +176,18 @@ class _Entry:
 def _parse(fields: dict[str, str]) -> _Entry | None:
     """A stream entry's impression; None if it is not written as the contract says."""
     try:
-        data = orjson.loads(fields["data"])
-        movies = data["movies"]
-        return _Entry(
-            impression_id=str(fields["impression"]),
-            user_id=int(data["user_id"]),
-            version=int(data["version"]),
-            arm=str(data["arm"]),
-            movies=tuple(int(movie["movie_id"]) for movie in movies),
-            positions=tuple(
-                at if movie.get("position") is None else int(movie["position"])
-                for at, movie in enumerate(movies)
-            ),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError):
+        data = event_log.read_impression_data(fields["data"])
+        impression_id = str(fields["impression"])
+    except (KeyError, ValueError):
         return None
+    return _Entry(
+        impression_id=impression_id,
+        user_id=data.user_id,
+        version=data.version,
+        arm=data.arm,
+        movies=tuple(data.movie_ids),
+        positions=tuple(range(len(data.movie_ids))),
+    )
 
 
 def _stream_ms(stream_id: str) -> int:

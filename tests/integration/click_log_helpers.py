@@ -3,7 +3,6 @@ says the service does, for the exporter's and trainer's tests."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -39,28 +38,23 @@ def log_impression(
     """One logged /score reply: its stream entry and its hash, then a click event on each of
     ``clicks``; returns the impression id."""
     impression_id = event_log.issue_impression_id(KEYS, version, arm, user_id, ts_ms)
-    data = {
-        "user_id": user_id,
-        "ts": ts_ms,
-        "version": version,
-        "arm": arm,
-        "features": dict(user_features),
-        "movies": [
-            {
-                "movie_id": movie,
-                "position": position,
-                "score": round(0.9 - 0.1 * position, 4),
-                "features": dict((movie_features or {}).get(movie, default_movie(movie))),
-            }
-            for position, movie in enumerate(movies)
-        ],
-    }
+    shown = [dict((movie_features or {}).get(m, default_movie(m))) for m in movies]
+    data = event_log.impression_data(
+        user_id,
+        ts_ms,
+        version,
+        arm,
+        dict(user_features),
+        ",".join(map(str, movies)).encode(),
+        ",".join(str(round(0.9 - 0.1 * p, 4)) for p in range(len(movies))).encode(),
+        {name: [m.get(name, "") for m in shown] for name in event_log.MOVIE_LOG_FIELDS},
+    )
     shard = event_log.shard(user_id)
     hash_key = event_log.impression_key(prefix, impression_id)
     pipe = client.pipeline(transaction=True)
     pipe.xadd(
         event_log.impressions_key(prefix, shard),
-        {"impression": impression_id, "data": json.dumps(data, separators=(",", ":"))},
+        {"impression": impression_id, "data": data},
     )
     pipe.hset(hash_key, event_log.SHOWN_FIELD, ",".join(str(m) for m in movies))
     pipe.expire(hash_key, event_log.ATTRIBUTION_WINDOW_S + event_log.ATTRIBUTION_TTL_GRACE_S)

@@ -3,7 +3,6 @@ service does (through its key functions), for the online CTR reader's and judge'
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 
 import redis
@@ -30,22 +29,21 @@ def write_impression(
     With ``pipe``, the commands are queued on it instead of sent."""
     now = ts_ms if ts_ms is not None else 1_800_000_000_000
     impression_id = event_log.issue_impression_id(KEYS, version, arm, user_id, now)
-    data = {
-        "user_id": user_id,
-        "ts": now,
-        "version": version,
-        "arm": arm,
-        "features": {"gender": "F", "age": "25", "occupation": "7", "zip": "1", "watched": ""},
-        "movies": [
-            {"movie_id": movie, "position": position, "score": 0.5, "features": {}}
-            for position, movie in enumerate(movies)
-        ],
-    }
+    data = event_log.impression_data(
+        user_id,
+        now,
+        version,
+        arm,
+        {"gender": "F", "age": "25", "occupation": "7", "zip": "1", "watched": ""},
+        ",".join(map(str, movies)).encode(),
+        ",".join("0.5" for _ in movies).encode(),
+        {name: [""] * len(movies) for name in event_log.MOVIE_LOG_FIELDS},
+    )
     target = pipe if pipe is not None else client.pipeline(transaction=False)
     key = event_log.impression_key(prefix, impression_id)
     target.xadd(
         event_log.impressions_key(prefix, event_log.shard(user_id)),
-        {"impression": impression_id, "data": json.dumps(data)},
+        {"impression": impression_id, "data": data},
         id="*" if ts_ms is None else f"{ts_ms}-*",
     )
     target.hset(key, event_log.SHOWN_FIELD, ",".join(str(m) for m in movies))
