@@ -210,17 +210,23 @@ def _latency_guard(
 
 
 def _judged_span(policy: RolloutPolicy, window: str | None, end_ms: int) -> tuple[int, str]:
-    """The window's start: ``--window`` back from now, else when the canary's share was
-    last set (the policy's updated_at), so every look sees the whole experiment."""
+    """The window's start: ``--window`` back from now, else when the canary version started
+    (the policy's canary_since), so every look sees the whole experiment whatever was
+    written since; a format 1 policy has only its last write (updated_at)."""
     if window is not None:
         return end_ms - parse_window(window) * 1000, f"--window {window}"
-    try:
-        started = datetime.fromisoformat(policy.updated_at)
-    except ValueError:
-        return end_ms - parse_window(STATUS_WINDOW) * 1000, (
-            "the policy has no updated_at; the last hour"
-        )
-    return int(started.timestamp() * 1000), "since the canary's share was last set"
+    for stamp, since in (
+        (policy.canary_since, f"since canary {policy.canary} started"),
+        (policy.updated_at, "since the policy was last written: it does not say when the "
+                            "canary started"),
+    ):  # fmt: skip
+        try:
+            return int(datetime.fromisoformat(stamp or "").timestamp() * 1000), since
+        except ValueError:
+            continue
+    return end_ms - parse_window(STATUS_WINDOW) * 1000, (
+        "the policy says neither when the canary started nor when it was written; the last hour"
+    )
 
 
 def _read(source: LogSource, start_ms: int, end_ms: int) -> log_reader.LogWindow:

@@ -230,7 +230,7 @@ def rollout(
         str | None,
         typer.Option(
             help="Impressions of the last 30m, 1h, 2d... Default: 1h for --status; for "
-            "--judge, since the canary's share was last set.",
+            "--judge, since the canary version started.",
         ),
     ] = None,
     metrics_url: Annotated[

@@ -4,8 +4,8 @@ The policy is one small JSON file beside the versions, so every replica reading 
 follows the same one::
 
     <model-dir>/rollout.json
-        {"format_version": 1, "stable": 3, "canary": 4, "percent": 5.0, "previous": 2,
-         "updated_at": "2026-11-29T17:00:00+00:00"}
+        {"format_version": 2, "stable": 3, "canary": 4, "percent": 5.0, "previous": 2,
+         "canary_since": "2026-11-29T16:00:00+00:00", "updated_at": "2026-11-29T17:00:00+00:00"}
 
 Rules both halves rely on:
 
@@ -15,6 +15,10 @@ Rules both halves rely on:
   users whose ``user_bucket(user_id, canary)`` is below ``percent * 100``: a user keeps
   their version across requests, replicas and restarts, and raising ``percent`` only adds
   users. ``previous`` (optional) is kept loaded for an instant rollback.
+* ``canary_since`` is when the canary version started: written with a new canary and kept
+  by every later write that leaves the canary version as it was (a new share, the same
+  canary again), so a judge's window covers the whole experiment. ``updated_at`` is the
+  last write. Format 1 (no ``canary_since``) is still read: its canary's start is unknown.
 * The file is replaced only by ``os.replace`` of a complete temporary file: a reader sees
   the old policy or the new one, never a part. ``read_policy`` refuses a file that does not
   parse or breaks a rule with ``PolicyError``; a reader keeps the last good policy then.
@@ -41,7 +45,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from model.contracts import export_format
 
 POLICY_FILE = "rollout.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Written; 1 (before ``canary_since``) is read too."""
 BUCKETS = 10_000
 """Users are split into this many buckets: ``percent`` has a resolution of 0.01."""
 
@@ -57,11 +62,14 @@ class RolloutPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1, 2] = FORMAT_VERSION
     stable: int = Field(ge=0)
     canary: int | None = Field(None, ge=0)
     percent: float = Field(0.0, ge=0, le=100, description="Share of users the canary scores.")
     previous: int | None = Field(None, ge=0)
+    canary_since: str | None = Field(
+        None, description="When the canary version started (ISO 8601, UTC)."
+    )
     updated_at: str = ""
 
     @model_validator(mode="after")
@@ -72,6 +80,8 @@ class RolloutPolicy(BaseModel):
             raise ValueError(f"canary and stable are both version {self.stable}")
         if self.previous is not None and self.previous in (self.stable, self.canary):
             raise ValueError(f"previous version {self.previous} also has another role")
+        if self.canary is None and self.canary_since is not None:
+            raise ValueError("canary_since is set but no canary is")
         return self
 
     def roles(self) -> dict[int, Role]:
@@ -117,10 +127,15 @@ def read_policy(model_dir: Path) -> RolloutPolicy | None:
 
 
 def write_policy(model_dir: Path, policy: RolloutPolicy) -> Path:
-    """Write ``policy`` atomically (temporary file, fsync, ``os.replace``); return its path."""
+    """Write ``policy`` atomically (temporary file, fsync, ``os.replace``); return its path.
+    Stamps ``updated_at``, and ``canary_since`` of a canary that has none (a new one)."""
     path = policy_path(model_dir)
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    stamped = RolloutPolicy.model_validate({**policy.model_dump(), "updated_at": now})
+    since = policy.canary_since or (now if policy.canary is not None else None)
+    stamped = RolloutPolicy.model_validate(
+        {**policy.model_dump(), "format_version": FORMAT_VERSION, "canary_since": since,
+         "updated_at": now}
+    )  # fmt: skip
     text = stamped.model_dump_json(indent=2) + "\n"
     fd, temporary = tempfile.mkstemp(prefix=f".{POLICY_FILE}.", dir=model_dir)
     try:
@@ -143,7 +158,9 @@ def start_canary(
     policy: RolloutPolicy | None, versions: list[int], canary: int, percent: float
 ) -> RolloutPolicy:
     """Send ``percent`` of users to ``canary``; without a policy, stable becomes the newest
-    version below the canary (the one serving before it appeared)."""
+    version below the canary (the one serving before it appeared). The same canary keeps its
+    start (``canary_since``; a format 1 file's last write stands in for it); another starts
+    anew when written."""
     _require(versions, canary)
     if policy is None:
         older = [v for v in versions if v < canary]
@@ -153,7 +170,12 @@ def start_canary(
     if canary == policy.stable:
         raise PolicyError(f"version {canary} is already the stable version")
     previous = None if policy.previous == canary else policy.previous
-    return _valid(stable=policy.stable, canary=canary, percent=percent, previous=previous)
+    since = None
+    if policy.canary == canary:
+        since = policy.canary_since or policy.updated_at or None
+    return _valid(
+        stable=policy.stable, canary=canary, percent=percent, previous=previous, canary_since=since
+    )
 
 
 def promote(policy: RolloutPolicy | None) -> RolloutPolicy:

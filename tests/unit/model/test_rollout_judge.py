@@ -7,6 +7,7 @@ import contextlib
 import http.server
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,16 @@ def canary_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _log(redis_url: str, prefix: str, canary_ctr: float, stable_ctr: float, users: int) -> None:
-    """``users`` users per arm, four impressions of ten movies each, clicks drawn per movie."""
+def _log(
+    redis_url: str,
+    prefix: str,
+    canary_ctr: float,
+    stable_ctr: float,
+    users: int,
+    ts_ms: int | None = None,
+) -> None:
+    """``users`` users per arm, four impressions of ten movies each, clicks drawn per movie
+    (stored at ``ts_ms``; default: now)."""
     rng = np.random.default_rng(3)
     client = redis.Redis.from_url(redis_url)
     pipe = client.pipeline(transaction=False)
@@ -45,7 +54,8 @@ def _log(redis_url: str, prefix: str, canary_ctr: float, stable_ctr: float, user
                 movies = list(range(100, 110))
                 clicked = [m for m in movies if rng.random() < rate]
                 write_impression(client, prefix, user_id=user, version=version, arm=arm,
-                                 movies=movies, clicks=clicked, pipe=pipe)  # fmt: skip
+                                 movies=movies, clicks=clicked, pipe=pipe,
+                                 ts_ms=ts_ms)  # fmt: skip
         pipe.execute()
     client.close()
 
@@ -69,7 +79,7 @@ def test_judge_promotes_a_better_canary_and_auto_writes_it(
     assert first.startswith("promote: the canary is better: clicks per impression canary 0.")
     assert "Λ = " in first and "≥ 1/α = 20" in first
     assert "canary 3: 150 users, 600 impressions" in result.output
-    assert "since the canary's share was last set" in result.output
+    assert "(since canary 3 started)" in result.output
     assert "error guard: skipped (no --metrics-url)" in result.output
     assert rollout.read_policy(canary_dir).canary == 3  # without --auto nothing changes
 
@@ -100,6 +110,26 @@ def test_judge_keeps_collecting_on_too_little_and_auto_writes_nothing(
     assert result.output.startswith("keep collecting: 20 canary and 20 stable users so far")
     assert "--auto: nothing to write yet" in result.output
     assert rollout.read_policy(canary_dir).canary == 3
+
+
+def test_the_window_starts_with_the_canary_not_a_later_change_of_its_share(
+    canary_dir: Path, redis_url: str, feature_prefix: str
+) -> None:
+    now = datetime.now(UTC)
+    policy = rollout.read_policy(canary_dir)
+    started = (now - timedelta(hours=2)).isoformat(timespec="seconds")
+    rollout.write_policy(canary_dir, policy.model_copy(update={"canary_since": started}))
+    ninety_minutes_ago = int((now - timedelta(minutes=90)).timestamp() * 1000)
+    _log(redis_url, feature_prefix, canary_ctr=0.06, stable_ctr=0.03, users=150,
+         ts_ms=ninety_minutes_ago)  # fmt: skip
+    assert _rollout(canary_dir, "--canary", "3", "--percent", "30").exit_code == 0  # share only
+    result = _judge(canary_dir, redis_url, feature_prefix)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("promote: ")
+    assert "canary 3: 150 users, 600 impressions" in result.output
+    window = next(line for line in result.output.splitlines() if line.startswith("window: "))
+    assert window.endswith("(since canary 3 started)")
+    assert f"{now - timedelta(hours=2):%Y-%m-%d %H:%M}" in window
 
 
 @pytest.fixture

@@ -81,7 +81,8 @@ def test_each_canary_version_picks_its_own_users() -> None:
         ({"stable": 1, "canary": 2, "percent": 101}, "less than or equal to 100"),
         ({"stable": -1}, "greater than or equal to 0"),
         ({"stable": 1, "canary_percent": 5}, "Extra inputs are not permitted"),
-        ({"stable": 1, "format_version": 2}, "Input should be 1"),
+        ({"stable": 1, "format_version": 3}, "Input should be 1 or 2"),
+        ({"stable": 1, "canary_since": "2026-01-01T00:00:00+00:00"}, "but no canary is"),
         ({}, "Field required"),
     ],
 )
@@ -108,13 +109,12 @@ def test_policy_round_trips_atomically_and_readably(tmp_path: Path) -> None:
     policy = RolloutPolicy(stable=3, canary=4, percent=12.5, previous=2)
     path = rollout.write_policy(tmp_path, policy)
     read = rollout.read_policy(tmp_path)
-    assert read is not None and read.model_dump(exclude={"updated_at"}) == policy.model_dump(
-        exclude={"updated_at"}
-    )
-    assert read.updated_at.endswith("+00:00")
+    stamps = {"updated_at", "canary_since", "format_version"}
+    assert read is not None and read.model_dump(exclude=stamps) == policy.model_dump(exclude=stamps)
+    assert read.updated_at.endswith("+00:00") and read.canary_since == read.updated_at
     assert [p.name for p in tmp_path.iterdir()] == ["rollout.json"]  # no temporary file left
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    assert json.loads(path.read_text())["format_version"] == 1
+    assert json.loads(path.read_text())["format_version"] == 2
 
 
 def test_policy_file_is_not_a_version(tmp_path: Path) -> None:
@@ -156,7 +156,8 @@ def test_rollback_to_a_named_version() -> None:
     policy = rollout.rollback(RolloutPolicy(stable=3, canary=4, percent=5), [1, 2, 3, 4], 1)
     assert (policy.stable, policy.canary, policy.previous) == (1, None, 3)
     assert rollout.rollback(None, [1, 2], 1).model_dump(exclude={"updated_at"}) == {
-        "format_version": 1, "stable": 1, "canary": None, "percent": 0.0, "previous": 2
+        "format_version": 2, "stable": 1, "canary": None, "percent": 0.0, "previous": 2,
+        "canary_since": None,
     }  # fmt: skip
 
 
@@ -177,6 +178,44 @@ def test_rollback_to_a_named_version() -> None:
 def test_impossible_steps_say_why(step, message: str) -> None:  # noqa: ANN001
     with pytest.raises(PolicyError, match=message):
         step()
+
+
+# When the canary started: kept by every write that leaves the canary as it was.
+
+EARLIER = "2026-01-01T00:00:00+00:00"
+
+
+def test_a_written_canary_gets_its_start_and_keeps_it_while_it_stays(tmp_path: Path) -> None:
+    _versions(tmp_path, 1, 2, 3, 4)
+    assert _rollout(tmp_path, "--canary", "3", "--percent", "5").exit_code == 0
+    first = rollout.read_policy(tmp_path)
+    assert first.canary_since is not None and first.canary_since == first.updated_at
+    rollout.write_policy(tmp_path, first.model_copy(update={"canary_since": EARLIER}))
+    for args in (["--canary", "3", "--percent", "50"], ["--canary", "3", "--percent", "50"]):
+        assert _rollout(tmp_path, *args).exit_code == 0
+        policy = rollout.read_policy(tmp_path)
+        assert (policy.canary, policy.percent, policy.canary_since) == (3, 50.0, EARLIER)
+    assert _rollout(tmp_path, "--canary", "4", "--percent", "50").exit_code == 0
+    assert rollout.read_policy(tmp_path).canary_since not in (None, EARLIER)  # a new canary
+    assert _rollout(tmp_path, "--rollback").exit_code == 0
+    assert rollout.read_policy(tmp_path).canary_since is None
+    assert _rollout(tmp_path, "--canary", "4", "--percent", "5").exit_code == 0
+    assert rollout.read_policy(tmp_path).canary_since not in (None, EARLIER)  # started again
+
+
+def test_a_format_1_file_is_read_and_its_last_write_stands_for_the_canary_start(
+    tmp_path: Path,
+) -> None:
+    _versions(tmp_path, 1, 2, 3)
+    old = {"format_version": 1, "stable": 2, "canary": 3, "percent": 5.0, "previous": 1,
+           "updated_at": EARLIER}  # fmt: skip
+    rollout.policy_path(tmp_path).write_text(json.dumps(old))
+    read = rollout.read_policy(tmp_path)
+    assert (read.format_version, read.canary, read.canary_since) == (1, 3, None)
+    assert _rollout(tmp_path, "--canary", "3", "--percent", "10").exit_code == 0
+    written = json.loads(rollout.policy_path(tmp_path).read_text())
+    assert (written["format_version"], written["canary_since"]) == (2, EARLIER)
+    assert written["updated_at"] != EARLIER
 
 
 # The command line.
