@@ -54,17 +54,25 @@ OUTCOMES = ("accepted", "duplicate", "refused")
 
 RECORD_SCRIPT = """
 local shown = redis.call('HGET', KEYS[1], ARGV[1])
-if shown and not string.find(',' .. shown .. ',', ',' .. ARGV[4] .. ',', 1, true) then
-  return -1
+local position = -1
+if shown then
+  local at = 0
+  for movie in string.gmatch(shown, '[^,]+') do
+    if movie == ARGV[4] then position = at break end
+    at = at + 1
+  end
+  if position < 0 then return -1 end
 end
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
 if redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3]) == 0 then return 0 end
 if fresh then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
-return 1
+return position + 2
 """
 """KEYS[1] = the per-impression hash; ARGV = SHOWN_FIELD, the event's field, its ts, the
 movie id, the hash's TTL in seconds. -1: the impression did not show the movie; 0: recorded
-before (nothing written); 1: recorded (a hash created here expires like the impression's)."""
+before (nothing written); 1 or more: recorded (a hash created here expires like the
+impression's), the movie's position in the reply + 2, or 1 when the hash did not say yet:
+one integer, so the per-position click counts cost no second round trip."""
 
 WATCHED_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -123,6 +131,9 @@ class EventRecorder:
         self._max_length = max_length
         self._retry_after = retry_after
         self.counts: Counter[tuple[str, str]] = Counter()  # (type, outcome or reason)
+        self.clicks: Counter[tuple[int, str, int | None]] = Counter()
+        """Accepted clicks by their impression's (version, arm) and the movie's position in
+        the reply (None: the click came before the impression's hash)."""
         self.write_errors_total = 0  # accepted events whose stream entry or history failed
 
     async def record(self, entries: Sequence[Event | NotAnEvent]) -> list[dict[str, Any]]:
@@ -140,9 +151,11 @@ class EventRecorder:
         recorded = await self._record(checked, now)
         accepted: list[_Checked] = []
         for item, reply in zip(checked, recorded, strict=True):
-            if reply == 1:
+            if isinstance(reply, int) and reply >= 1:
                 accepted.append(item)
                 results[item.index] = self._outcome(item.event.type, "accepted")
+                if item.event.type == "click":
+                    self._count_click(item.impression, None if reply == 1 else reply - 2)
             elif reply == 0:
                 results[item.index] = self._outcome(item.event.type, "duplicate")
             elif reply == -1:
@@ -263,6 +276,9 @@ class EventRecorder:
             self.write_errors_total += 1
             log.warning("clicks not added to watched movies: %s", exc.detail)
             return None
+
+    def _count_click(self, impression: ImpressionId, position: int | None) -> None:
+        self.clicks[(impression.version, impression.arm, position)] += 1
 
     def _outcome(self, event_type: str, outcome: str) -> dict[str, Any]:
         self.counts[(event_type, outcome)] += 1

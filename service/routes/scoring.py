@@ -93,6 +93,7 @@ async def score(request: ScoreRequest, scoring: ScoringDep) -> Response:
                 model.version, arm, request.user_id, features, request.movie_ids, order,
                 result.probability, shown, written,
             )  # fmt: skip
+            scoring.metrics.impression_issued(model.version, arm, len(order))
         return _json(
             {
                 "user_id": request.user_id,
