@@ -72,6 +72,9 @@ def show_status(
         f"online CTR {_span(start_ms, end_ms)} ({len(read.impressions):,} impressions; "
         "95 % intervals by the per-user delta method):"
     )
+    trimmed = read.trimmed()
+    if trimmed is not None:
+        typer.echo(f"warning: {trimmed}; the figures below are short of them")
     for line in read.notes():
         typer.echo(f"  note: {line}")
     if not samples:
@@ -132,6 +135,7 @@ def judge_canary(
     canary = samples.get((policy.canary, "canary"), empty)
     stable = samples.get((policy.stable, "stable"), empty)
     guards, guard_lines = _guards(metrics_url, policy, settings)
+    _refuse_a_trimmed_window(read, guards)
     verdict = judge(
         canary.clicks, canary.impressions, stable.clicks, stable.impressions, settings, *guards
     )
@@ -150,9 +154,26 @@ def judge_canary(
     )
     for line in guard_lines:
         typer.echo(line)
+    if read.trimmed() is not None:  # decided by a guard
+        typer.echo(f"warning: {read.trimmed()}")
     for line in read.notes():
         typer.echo(f"note: {line}")
     return _next_policy(verdict, policy, model_dir)
+
+
+def _refuse_a_trimmed_window(read: log_reader.LogWindow, guards: list[GuardResult | None]) -> None:
+    """AfmError when the streams were trimmed past the window's start, unless a guard rolls
+    the canary back anyway. Refused rather than judged on what is left: the always-valid
+    guarantee is for one sample growing from the start, and what is left has lost each
+    user's oldest impressions, shard by shard."""
+    trimmed = read.trimmed()
+    if trimmed is None or any(guard is not None and guard.worse for guard in guards):
+        return
+    begins = _clock(read.log_begins_ms or read.start_ms)
+    raise AfmError(
+        f"not judged: {trimmed}, then start the canary again (--rollback, then --canary), or "
+        f"judge a --window that starts after {begins}"
+    )
 
 
 def _next_policy(verdict: Verdict, policy: RolloutPolicy, model_dir: Path) -> RolloutPolicy | None:
@@ -241,6 +262,10 @@ def _empty_sample() -> ctr.ArmSample:
     none = np.zeros(0, np.int64)
     grid = np.zeros((0, ctr.POSITIONS + 1), np.int64)
     return ctr.ArmSample(-1, "", none, none, none, grid, grid)
+
+
+def _clock(ms: int) -> str:
+    return f"{datetime.fromtimestamp(ms / 1000, UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _now_ms() -> int:

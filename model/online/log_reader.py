@@ -11,6 +11,7 @@ rule) and it arrived within the attribution window, which the service already en
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -59,16 +60,31 @@ class LogWindow:
     log_begins_ms: int | None = None
     """Set when a shard's stream was trimmed (MAXLEN) past ``start_ms``: the window is
     covered only from here."""
+    trimmed_length: int = 0
+    """The entries a trimmed stream held when read: about the service's stream length."""
+
+    def trimmed(self) -> str | None:
+        """In plain words, when the streams were trimmed past the window's start: what is
+        gone, and the stream length the window needs (impressions/s × window ÷ shards, the
+        rate taken over the part still there)."""
+        if self.log_begins_ms is None:
+            return None
+        read = len(self.impressions) + self.without_hash + self.unreadable
+        per_s = read / max(1.0, (self.end_ms - self.log_begins_ms) / 1000)
+        needed = math.ceil(per_s * (self.end_ms - self.start_ms) / 1000 / event_log.LOG_SHARDS)
+        return (
+            f"the impression log was trimmed: a stream now begins at "
+            f"{_clock(self.log_begins_ms)} UTC, after the window's start "
+            f"({_clock(self.start_ms)} UTC), so the window's impressions before then are "
+            f"gone; the streams keep about {self.trimmed_length:,} entries each and this window "
+            f"needs about {needed:,} (impressions/s × window ÷ {event_log.LOG_SHARDS}): raise the "
+            "service's AFM_LOG_STREAM_MAX_LENGTH"
+        )
 
     def notes(self) -> list[str]:
-        """What a reader of the figures should know, one line each."""
+        """What a reader of the figures should know, one line each (a trimmed log is
+        ``trimmed``'s)."""
         out = []
-        if self.log_begins_ms is not None:
-            out.append(
-                f"the log only reaches back to {_clock(self.log_begins_ms)} UTC in some shard "
-                "(its stream was trimmed by MAXLEN): the window is shorter; raise the service's "
-                "log_stream_max_length or ask for a shorter --window"
-            )
         if self.without_hash:
             out.append(
                 f"{self.without_hash:,} impressions had no per-impression hash (expired or not "
@@ -120,7 +136,9 @@ def _read_shard(client: Client, prefix: str, shard: int, window: LogWindow) -> N
 
 def _check_trimmed(client: Client, key: str, window: LogWindow) -> None:
     """Set ``window.log_begins_ms`` when entries of the window were trimmed away (MAXLEN): the
-    stream has lost entries (Redis >= 7 counts those added) and now begins after the start."""
+    stream has lost entries (Redis >= 7 counts those added; older ones cannot tell) and now
+    begins after the start. XINFO STREAM's first entry, not XRANGE, so an empty window in a
+    busy stream costs no read."""
     try:
         info = client.xinfo_stream(key)
     except redis.ResponseError:  # no such stream: nothing logged to this shard
@@ -131,6 +149,7 @@ def _check_trimmed(client: Client, key: str, window: LogWindow) -> None:
     begins = _stream_ms(first[0])
     if begins > window.start_ms:
         window.log_begins_ms = max(window.log_begins_ms or 0, begins)
+        window.trimmed_length = max(window.trimmed_length, int(info["length"]))
 
 
 def _read_page(

@@ -16,7 +16,7 @@ import redis
 from typer.testing import CliRunner
 
 from model.cli.main import app
-from model.contracts import rollout
+from model.contracts import event_log, rollout
 from model.contracts.rollout import RolloutPolicy
 from tests.unit.model.impression_log import write_impression
 from tests.unit.model.test_rollout_policy import _versions
@@ -130,6 +130,48 @@ def test_the_window_starts_with_the_canary_not_a_later_change_of_its_share(
     window = next(line for line in result.output.splitlines() if line.startswith("window: "))
     assert window.endswith("(since canary 3 started)")
     assert f"{now - timedelta(hours=2):%Y-%m-%d %H:%M}" in window
+
+
+def _trim(redis_url: str, prefix: str, length: int) -> None:
+    """Every impression stream capped as the service's XADD does (MAXLEN ~ ``length``)."""
+    client = redis.Redis.from_url(redis_url)
+    for shard in range(event_log.LOG_SHARDS):
+        client.xtrim(event_log.impressions_key(prefix, shard), maxlen=length, approximate=True)
+    client.close()
+
+
+def test_a_window_the_log_was_trimmed_past_is_not_judged_and_status_warns(
+    canary_dir: Path, redis_url: str, feature_prefix: str
+) -> None:
+    now = datetime.now(UTC)
+    policy = rollout.read_policy(canary_dir)
+    started = (now - timedelta(hours=2)).isoformat(timespec="seconds")
+    rollout.write_policy(canary_dir, policy.model_copy(update={"canary_since": started}))
+    _log(redis_url, feature_prefix, canary_ctr=0.06, stable_ctr=0.03, users=150,
+         ts_ms=int((now - timedelta(minutes=90)).timestamp() * 1000))  # fmt: skip
+    assert _judge(canary_dir, redis_url, feature_prefix).output.startswith("promote: ")
+    _trim(redis_url, feature_prefix, 50)  # a small stream length
+
+    result = _judge(canary_dir, redis_url, feature_prefix, "--auto")
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    line = " ".join(result.output.split())
+    assert "not judged: the impression log was trimmed: a stream now begins at " in line
+    assert "raise the service's AFM_LOG_STREAM_MAX_LENGTH" in line
+    assert "judge a --window that starts after " in line
+    assert rollout.read_policy(canary_dir).canary == 3  # nothing written
+
+    status = _rollout(canary_dir, "--status", "--redis-url", redis_url, "--prefix",
+                      feature_prefix, "--window", "2h")  # fmt: skip
+    assert status.exit_code == 0, status.output
+    warning = next(x for x in status.output.splitlines() if x.startswith("warning: "))
+    assert "the impression log was trimmed" in warning and "the streams keep about" in warning
+    # A guard decides whatever the clicks, so it decides on a trimmed log too.
+    with _serving(ERRORS) as url:
+        guarded = _judge(canary_dir, redis_url, feature_prefix, "--metrics-url", url)
+    assert guarded.exit_code == 0, guarded.output
+    assert guarded.output.startswith("roll back: the canary's error rate is worse")
+    assert "warning: the impression log was trimmed" in guarded.output
 
 
 @pytest.fixture
