@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.metrics import POSITION_BUCKETS, Metrics, position_bucket
 from tests.unit.service.test_service_routes import FakeModel, FakeStore, _client
 
 API = [("POST", "/score"), ("GET", "/explain"), ("GET", "/feature-set"), ("GET", "/model")]
@@ -79,3 +80,19 @@ def test_promtool_finds_nothing_to_fix(client: TestClient) -> None:
         ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_positions_fall_in_five_buckets_whatever_top_k() -> None:
+    assert [position_bucket(p) for p in (0, 1, 2, 3, 9, 10, 500, None)] == [
+        "0", "1", "2", "3-9", "3-9", "10+", "10+", "unknown"
+    ]  # fmt: skip
+    metrics = Metrics()
+    metrics.impression_issued(3, "canary", 2)  # top 2: positions 0 and 1
+    metrics.impression_issued(3, "canary", 15)  # 0, 1, 2, seven in 3-9, five in 10+
+    metrics.impression_issued(2, "stable", 0)  # nothing shown: an impression all the same
+    shown = metrics.impressions.shown_by_position()
+    assert {b: shown[(3, "canary", b)] for b in POSITION_BUCKETS} == {
+        "0": 2, "1": 2, "2": 1, "3-9": 7, "10+": 5
+    }  # fmt: skip
+    assert metrics.impressions.issued == {(3, "canary"): 2, (2, "stable"): 1}
+    assert sum(shown[(2, "stable", b)] for b in POSITION_BUCKETS) == 0
