@@ -103,7 +103,9 @@ class Settings(BaseSettings):
         100_000,
         ge=1,
         description="Entries each log stream keeps, about (XADD MAXLEN ~); there are "
-        f"{event_log.LOG_SHARDS} impression and {event_log.LOG_SHARDS} event streams.",
+        f"{event_log.LOG_SHARDS} impression and {event_log.LOG_SHARDS} event streams. A "
+        "canary's judge needs impressions/s × its window (s) ÷ "
+        f"{event_log.LOG_SHARDS} (docs/online.md).",
     )
     attribution_window_s: int = Field(
         event_log.ATTRIBUTION_WINDOW_S,
