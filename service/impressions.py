@@ -4,14 +4,19 @@ The route hands ``ImpressionLog.log`` what it already holds (the feature read, t
 ids and scores as it wrote them) and gets the impression id back; a compact record goes on a
 bounded in-memory buffer. A background task, started and drained by the lifespan, writes the
 buffer in batches (once records wait LINGER_S or fill WRITE_BATCH) to the feature store's
-Redis, pipelined in one write: per impression its stream entry (``event_log.impression_data``,
-XADD to its user's shard, MAXLEN ~) and its hash (``shown``, expiring after the attribution
-window and its grace). The entry is serialised after the reply has left, from columns the
+Redis, pipelined in one write: per impression one WRITE_SCRIPT, which stores its stream entry
+(``event_log.impression_data``, XADD to its user's shard, MAXLEN ~) and its hash (``shown``,
+expiring after the attribution window and its grace) together, or nothing if the hash says
+it is stored already. The entry is serialised after the reply has left, from columns the
 reply already wrote, so a ``/score`` pays for the id and the record only.
 
-Logging never fails or slows a ``/score``: a full buffer drops the record and a Redis error
-drops the batch; each is counted by reason (``afm_impressions_dropped``) and logged at most
-once per ``DROP_LOG_INTERVAL_S``, one line with the counts.
+A batch whose write fails (Redis restarting, a lost connection) is sent again until RETRY_S
+have passed: the script makes that exact, since an impression the first write stored is not
+stored twice, and one it did not store is stored now. So every impression is either logged
+once or counted dropped. Logging never fails or slows a ``/score``: a full buffer drops the
+record, a batch still failing after RETRY_S is dropped; each is counted by reason
+(``afm_impressions_dropped``) and logged at most once per ``DROP_LOG_INTERVAL_S``, one line
+with the counts.
 """
 
 from __future__ import annotations
@@ -45,10 +50,24 @@ writes: fewer, larger pipelines cost Redis less per impression."""
 DROP_LOG_INTERVAL_S = 10.0
 """Drops are logged at most this often: one line with the counts since the last."""
 
+RETRY_S = 10.0
+"""A failed batch is sent again for this long (long enough for a Redis restart); meanwhile
+new impressions wait in the buffer."""
+
+RETRY_PAUSE_S = 0.25
+"""Between two tries of a failed batch."""
+
 DROP_REASONS = ("buffer_full", "redis_error", "shutdown")
 
-COMMANDS = 3
-"""Commands per impression: XADD, HSET, EXPIRE."""
+WRITE_SCRIPT = """
+if redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4]) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'impression', ARGV[1], 'data', ARGV[2])
+return 1
+"""
+"""KEYS = the impression stream, the impression's hash (one slot: ``event_log``); ARGV = the
+impression id, its data, SHOWN_FIELD, the shown ids, the stream's MAXLEN, the hash's TTL.
+1: stored; 0: stored before (by a try whose reply was lost), nothing written."""
 
 
 def signing_keys(configured: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -200,6 +219,9 @@ class ImpressionLog:
             self._writing = len(batch)
             try:
                 await self._write(batch)
+            except Exception:  # a bug, not Redis: this batch is lost, not the log
+                log.exception("could not log %d impression(s)", len(batch))
+                self._drop("redis_error", len(batch))
             finally:
                 self._writing = 0
 
@@ -220,27 +242,29 @@ class ImpressionLog:
                     await self._hurry.wait()
 
     async def _write(self, batch: list[Pending]) -> None:
-        """One pipelined write of ``batch``, counted: written, or dropped as "redis_error"."""
-        commands: list[Command] = []
-        for pending in batch:
-            commands.extend(self._commands(pending))
-        try:
-            replies = await self._redis.run(commands)
-        except FAILURES as exc:
-            self._last_error = first_line(exc) or type(exc).__name__
-            self._drop("redis_error", len(batch))
-            return
-        for start in range(0, len(replies), COMMANDS):
-            errors = [r for r in replies[start : start + COMMANDS] if isinstance(r, Exception)]
-            if not errors:
-                self.logged_total += 1
-            else:
-                self._last_error = first_line(errors[0]) or type(errors[0]).__name__
+        """One pipelined write of ``batch``, sent again while it fails (for RETRY_S), then
+        counted: each impression logged, or dropped as "redis_error"."""
+        commands = [self._command(pending) for pending in batch]
+        give_up = time.monotonic() + RETRY_S
+        while True:
+            try:
+                replies = await self._redis.run(commands)
+                break
+            except FAILURES as exc:
+                self._last_error = first_line(exc) or type(exc).__name__
+                if time.monotonic() + RETRY_PAUSE_S > give_up:
+                    self._drop("redis_error", len(batch))
+                    return
+                await asyncio.sleep(RETRY_PAUSE_S)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                self._last_error = first_line(reply) or type(reply).__name__
                 self._drop("redis_error", 1)
+            else:
+                self.logged_total += 1
 
-    def _commands(self, pending: Pending) -> tuple[Command, Command, Command]:
-        """The stream entry (XADD ... MAXLEN ~) and the per-impression hash (HSET shown,
-        EXPIRE) of ``pending``."""
+    def _command(self, pending: Pending) -> Command:
+        """WRITE_SCRIPT for ``pending``: its stream entry and its hash."""
         if pending.movies is not self._columns.table:
             self._columns = _MovieColumns(pending.movies)
         ids = pending.shown.split(b",") if pending.shown else []
@@ -255,13 +279,12 @@ class ImpressionLog:
             pending.scores,
             self._columns.of(ids),
         )
-        stream = event_log.impressions_key(self._prefix, event_log.shard(pending.user_id))
-        key = event_log.impression_key(self._prefix, pending.impression_id)
         return (
-            (b"XADD", stream, b"MAXLEN", b"~", self._max_length, b"*",
-             b"impression", pending.impression_id, b"data", data),
-            (b"HSET", key, event_log.SHOWN_FIELD, pending.shown),
-            (b"EXPIRE", key, self._ttl_s),
+            b"EVAL", WRITE_SCRIPT, 2,
+            event_log.impressions_key(self._prefix, event_log.shard(pending.user_id)),
+            event_log.impression_key(self._prefix, pending.impression_id),
+            pending.impression_id, data, event_log.SHOWN_FIELD, pending.shown,
+            self._max_length, self._ttl_s,
         )  # fmt: skip
 
     def _drop(self, reason: str, count: int) -> None:

@@ -20,22 +20,24 @@ malformed, forged or expired id with ``ImpressionIdError``, whose ``reason`` say
 
 Redis layout, for a key prefix P (the feature store's, default ``afm:``)::
 
-    P log:impressions:<shard>   stream, one entry per logged /score reply:
-                                impression  the impression id
-                                data        compact JSON, IMPRESSION_FIELDS below
-    P log:events:<shard>        stream, one entry per accepted event:
-                                impression, movie_id, type, ts (ms)
-    P log:impression:<id>       hash, expires ATTRIBUTION_TTL_GRACE_S after the window:
-                                shown           "50,181,1" (the movie ids it returned)
-                                <movie>:<type>  ms of the first such event (HSETNX: a repeat
-                                                changes nothing)
+    P log:impressions:{<shard>}         stream, one entry per logged /score reply:
+                                        impression  the impression id
+                                        data        compact JSON, IMPRESSION_FIELDS below
+    P log:impression:{<shard>}:<id>     hash, expires ATTRIBUTION_TTL_GRACE_S after the window:
+                                        shown           "50,181,1" (the movie ids it returned)
+                                        <movie>:<type>  ms of the first such event (HSETNX: a
+                                                        repeat changes nothing)
+    P log:events:<shard>                stream, one entry per accepted event:
+                                        impression, movie_id, type, ts (ms)
 
 ``<shard>`` is ``shard(user_id)``: a user's impressions and events land in one of
-LOG_SHARDS streams, so on a Redis Cluster the log spreads over the masters by user. Streams
-are capped with ``XADD ... MAXLEN ~ <n>`` (a setting). The per-impression hash is written
-with the stream entry; an event whose impression hash is not there yet (an event may arrive
-before its impression is stored) is accepted, and the exporter drops it if the impression
-did not show its movie.
+LOG_SHARDS streams, so on a Redis Cluster the log spreads over the masters by user. An
+impression's stream and its hash share the hash tag ``{<shard>}`` (one cluster slot), so the
+service writes both in one script: atomically, and once (a script that finds ``shown`` set
+writes nothing, so a batch whose reply was lost can be sent again). Streams are capped with
+``XADD ... MAXLEN ~ <n>`` (a setting). An event whose impression hash is not there yet (an
+event may arrive before its impression is stored) is accepted, and the exporter drops it if
+the impression did not show its movie.
 
 An impression's ``data`` (``impression_data`` writes it, ``read_impression_data`` reads it)::
 
@@ -190,7 +192,7 @@ def shard(user_id: int | str) -> int:
 
 
 def impressions_key(prefix: str, shard_number: int) -> str:
-    return f"{prefix}log:impressions:{shard_number}"
+    return f"{prefix}log:impressions:{{{shard_number}}}"
 
 
 def events_key(prefix: str, shard_number: int) -> str:
@@ -198,7 +200,8 @@ def events_key(prefix: str, shard_number: int) -> str:
 
 
 def impression_key(prefix: str, impression_id: str) -> str:
-    return f"{prefix}log:impression:{impression_id}"
+    """The hash of ``impression_id`` (a well-formed id: its user names the shard)."""
+    return f"{prefix}log:impression:{{{shard(impression_id.split('.')[4])}}}:{impression_id}"
 
 
 SHOWN_FIELD = "shown"

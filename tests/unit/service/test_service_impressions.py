@@ -1,5 +1,7 @@
-"""What the impression log sends Redis: the contract's stream entry and hash per impression,
-in one pipelined write per batch, each impression counted as written or dropped."""
+"""What the impression log sends Redis: per impression one script storing the contract's
+stream entry and hash, in one pipelined write per batch; a failed batch sent again; each
+impression counted as written or dropped. (The script itself runs on a real Redis in
+tests/integration/serving/test_impressions.py.)"""
 
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from model.contracts import event_log
+from service import impressions
 from service.feature_store import FeatureRead
-from service.impressions import ImpressionLog
+from service.impressions import WRITE_SCRIPT, ImpressionLog
 from service.log_redis import Command
 
 MOVIES = MappingProxyType(
@@ -28,14 +33,18 @@ KEYS = {"k1": b"secret"}
 
 
 class RecordingRedis:
-    """A LogRedis that keeps what it is sent and answers OK, or ``reply`` per command."""
+    """A LogRedis that keeps what it is sent; its first ``failures`` tries raise, the others
+    answer ``reply`` per command."""
 
-    def __init__(self, reply: Any = b"OK") -> None:
+    def __init__(self, reply: Any = 1, failures: int = 0) -> None:
         self.sent: list[list[Command]] = []
         self.reply = reply
+        self.failures = failures
 
     async def run(self, commands: Sequence[Command]) -> list[Any]:
         self.sent.append(list(commands))
+        if len(self.sent) <= self.failures:
+            raise RedisConnectionError("Connection closed by Redis")
         return [self.reply] * len(commands)
 
     async def close(self) -> None:
@@ -67,19 +76,20 @@ def _write(log: ImpressionLog) -> None:
     asyncio.run(main())
 
 
-def test_an_impression_is_the_contracts_entry_and_hash() -> None:
+def test_an_impression_is_one_script_with_the_contracts_entry_and_hash() -> None:
     redis = RecordingRedis()
     log, impression_id = _logged(redis)
     _write(log)
-    ((xadd, hset, expire),) = [redis.sent[0][i : i + 3] for i in range(0, len(redis.sent[0]), 3)]
+    ((command,),) = redis.sent
     ts = int(impression_id.split(".")[5])
     parsed = event_log.parse_impression_id(impression_id, KEYS, ts, 3600)
     assert (parsed.version, parsed.arm, parsed.user_id) == (3, "stable", 42)
-    assert xadd[:8] == (
-        b"XADD", event_log.impressions_key("afm:", event_log.shard(42)), b"MAXLEN", b"~",
-        1000, b"*", b"impression", impression_id,
-    )  # fmt: skip
-    data = orjson.loads(xadd[9])
+    assert command[:3] == (b"EVAL", WRITE_SCRIPT, 2)
+    assert command[3] == event_log.impressions_key("afm:", event_log.shard(42))
+    assert command[4] == event_log.impression_key("afm:", impression_id)
+    assert command[5] == impression_id
+    assert command[7:] == (event_log.SHOWN_FIELD, b"181,7", 1000, 90_000)
+    data = orjson.loads(command[6])
     assert list(data) == list(event_log.IMPRESSION_FIELDS)
     assert data == {
         "user_id": 42,
@@ -94,9 +104,6 @@ def test_an_impression_is_the_contracts_entry_and_hash() -> None:
             "genres": ["A|S", ""],
         },
     }
-    key = event_log.impression_key("afm:", impression_id)
-    assert hset == (b"HSET", key, event_log.SHOWN_FIELD, b"181,7")
-    assert expire == (b"EXPIRE", key, 90_000)
     assert log.logged_total == 1 and not any(log.dropped.values())
 
 
@@ -111,11 +118,11 @@ def test_a_user_without_features_and_an_empty_reply() -> None:
     redis = RecordingRedis()
     log, _ = _logged(redis, read=FeatureRead(None, MOVIES), order=[])
     _write(log)
-    xadd, hset, _ = redis.sent[0]
-    data = event_log.read_impression_data(xadd[9])
+    ((command,),) = redis.sent
+    data = event_log.read_impression_data(command[6])
     assert data.features == dict.fromkeys(event_log.USER_LOG_FIELDS, "")
     assert data.movie_ids == [] and data.movie_features == {"year": [], "genres": []}
-    assert hset[3] == b""
+    assert command[8] == b""
 
 
 def test_an_error_reply_drops_its_impression_counted() -> None:
@@ -126,13 +133,33 @@ def test_an_error_reply_drops_its_impression_counted() -> None:
     assert log._last_error.startswith("WRONGTYPE")
 
 
+def test_a_failed_batch_is_sent_again_and_counted_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(impressions, "RETRY_PAUSE_S", 0.0)
+    redis = RecordingRedis(failures=2)
+    log, _ = _logged(redis)
+    _write(log)
+    assert len(redis.sent) == 3 and redis.sent[0] == redis.sent[2]
+    assert log.logged_total == 1 and not any(log.dropped.values())
+
+
+def test_a_batch_failing_past_the_retry_time_is_dropped_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(impressions, "RETRY_PAUSE_S", 0.0)
+    monkeypatch.setattr(impressions, "RETRY_S", 0.0)
+    log, _ = _logged(RecordingRedis(failures=100))
+    _write(log)
+    assert log.logged_total == 0 and log.dropped["redis_error"] == 1
+    assert log._last_error == "Connection closed by Redis"
+
+
 def test_a_new_movie_table_is_read_for_the_next_impressions() -> None:
     redis = RecordingRedis()
     log, _ = _logged(redis)
     newer = MappingProxyType({"181": MappingProxyType({"year": "1984", "genres": "S"})})
     log.log(3, "stable", 42, FeatureRead(USER, newer), [181], [0], np.array([0.5], np.float32))
     _write(log)
-    years = [orjson.loads(command[9])["movies"]["year"] for command in redis.sent[0][::3]]
+    years = [orjson.loads(command[6])["movies"]["year"] for command in redis.sent[0]]
     assert years == [["1983", ""], ["1984"]]
 
 
@@ -148,3 +175,13 @@ def test_the_previous_entry_format_is_still_read() -> None:
     read = event_log.read_impression_data(orjson.dumps(data))
     assert read.movie_ids == [181, 7] and read.scores == [0.5, 0.25]
     assert read.movie_features == {"year": ["1983", ""], "genres": [None, None]}  # not logged
+
+
+def test_an_entry_not_written_as_the_contract_says_is_refused() -> None:
+    for data in (b"{}", b"[1]", b"not json", orjson.dumps({"movies": {"movie_id": [1]}})):
+        with pytest.raises(ValueError, match="not an impression entry"):
+            event_log.read_impression_data(data)
+    short = {"user_id": 1, "ts": 1, "version": 1, "arm": "stable",
+             "movies": {"movie_id": [1, 2], "score": [0.5]}}  # fmt: skip
+    with pytest.raises(ValueError, match="differ in length"):
+        event_log.read_impression_data(orjson.dumps(short))
