@@ -84,6 +84,7 @@ class Hammer:
         self.users = users or [[1 + i] for i in range(clients)]
         self.stop = threading.Event()
         self.results: list[list[tuple[int, int | None, int]]] = [[] for _ in self.users]
+        self.impression_ids: list[str] = []  # of the 200 replies
         self.threads = [
             threading.Thread(target=self._run, args=(i,)) for i in range(len(self.users))
         ]
@@ -97,6 +98,8 @@ class Hammer:
                 try:
                     response = client.post("/score", json=body)
                     version = response.json().get("model_version")
+                    if response.status_code == 200 and response.json()["impression_id"]:
+                        self.impression_ids.append(response.json()["impression_id"])
                     self.results[index].append((response.status_code, version, user_id))
                 except httpx.HTTPError as exc:  # a dropped connection is a failure too
                     self.results[index].append((-1, repr(exc), user_id))  # type: ignore[arg-type]
@@ -163,11 +166,15 @@ def commands_of(seen: list[dict], marker: str) -> list[str]:
 class RedisProcess:
     """A private redis-server on a free port that a test may stop, freeze and restart."""
 
-    def __init__(self, port: int | None = None, password: str | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, password: str | None = None, options: Sequence[str] = ()
+    ) -> None:
+        """``options``: more redis-server options, after (so overriding) the defaults."""
         if shutil.which("redis-server") is None:
             pytest.fail("redis-server is not installed (apt-get install redis-server)")
         self.port = port or free_port()
         self.password = password
+        self.options = list(options)
         self.process: subprocess.Popen | None = None
 
     @property
@@ -187,6 +194,7 @@ class RedisProcess:
                 "--appendonly",
                 "no",
                 *(["--requirepass", self.password] if self.password else []),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
