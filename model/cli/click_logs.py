@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from model.cli.options import DEFAULT_REDIS_URL, RedisUrlOpt, fail
+from model.cli.options import DEFAULT_REDIS_URL, RedisClusterOpt, RedisUrlOpt, fail
 from model.contracts.event_log import ATTRIBUTION_WINDOW_S
 from model.contracts.feature_layout import DEFAULT_PREFIX
 from model.errors import AfmError
@@ -35,6 +35,7 @@ def export(
         typer.Option(help="Directory of the hourly Parquet files (hour=YYYY-MM-DDTHH/*.parquet)."),
     ],
     redis_url: RedisUrlOpt = DEFAULT_REDIS_URL,
+    redis_cluster: RedisClusterOpt = False,
     prefix: Annotated[
         str,
         typer.Option(
@@ -77,7 +78,7 @@ def export(
 
     total = ExportSummary()
     try:
-        client = connect(redis_url)
+        client = connect(redis_url, redis_cluster)
         exporter = LogExporter(
             client, prefix, out, window_s=attribution_window, flush=flush, batch=batch
         )

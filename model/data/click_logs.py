@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import redis
+from redis.cluster import RedisCluster
 
 from model.contracts import event_log
 from model.data import click_log_files as files
@@ -60,6 +61,7 @@ class ExportSummary:
     already_exported: int = 0  # entries a complete file held (a killed export's, say)
     unreadable: int = 0  # entries trimmed away or not readable as an impression
     without_hash: int = 0  # impressions whose hash had expired: clicks unknown, not exported
+    trimmed: int = 0  # impressions the streams' MAXLEN removed before this group read them
 
     def add(self, other: ExportSummary) -> None:
         """Add ``other``'s counts to these; ``held_back`` becomes ``other``'s (the latest)."""
@@ -79,6 +81,7 @@ class ExportSummary:
             "already in a file": self.already_exported,
             "unreadable": self.unreadable,
             "without their hash (expired)": self.without_hash,
+            "trimmed from the streams before export": self.trimmed,
         }
         shown = [f"{count:,} {what}" for what, count in extras.items() if count]
         return text + (f"; {', '.join(shown)}" if shown else "")
@@ -107,14 +110,38 @@ class ShownMovie(NamedTuple):
     features: dict[str, str | None]  # files.MOVIE_FEATURES, None when not logged
 
 
-def connect(redis_url: str) -> redis.Redis:
-    """A client for ``redis_url``; AfmError for a URL that is not one."""
+FAILURES: tuple[type[BaseException], ...] = (
+    redis.RedisError,
+    redis.exceptions.RedisClusterException,  # not a RedisError: e.g. no node answers
+)
+"""What reading the log may raise when Redis cannot be reached or fails."""
+
+Client = redis.Redis | RedisCluster
+
+
+def connect(redis_url: str, cluster: bool = False) -> Client:
+    """A client for one Redis, or for the Redis Cluster ``redis_url``'s node belongs to (its
+    pipelines send each command to the master holding its key); AfmError in one line for a
+    URL that is not one, or no cluster there."""
+    options = {"decode_responses": True, "socket_connect_timeout": 5, "socket_timeout": 30}
     try:
-        return redis.Redis.from_url(
-            redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30
-        )
+        if cluster:
+            return RedisCluster.from_url(redis_url, **options)
+        return redis.Redis.from_url(redis_url, **options)
     except ValueError as exc:
         raise AfmError(f"invalid Redis URL {redis_url!r}: {exc}") from None
+    except FAILURES as exc:  # the cluster client asks for the slot map at once
+        raise AfmError(f"no Redis Cluster at {redis_url}: {_one_line(exc)}") from None
+
+
+def _id(stream_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = stream_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextmanager
@@ -141,7 +168,7 @@ class LogExporter:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         prefix: str,
         out: Path,
         *,
@@ -167,10 +194,18 @@ class LogExporter:
             for shard in range(event_log.LOG_SHARDS):
                 self._drain(shard, summary)
             summary.held_back = self._held_back()
-        except redis.RedisError as exc:
-            raise AfmError(f"reading the impression log from Redis failed: {exc}") from None
+        except FAILURES as exc:
+            raise AfmError(
+                f"reading the impression log from Redis failed: {_one_line(exc)}"
+            ) from None
         except OSError as exc:
             raise AfmError(f"cannot write the exported log to {self.out}: {exc}") from None
+        if summary.trimmed:
+            log.warning(
+                f"{summary.trimmed:,} impressions were trimmed from the streams before they "
+                "were exported: raise the service's AFM_LOG_STREAM_MAX_LENGTH or export more "
+                "often"
+            )
         if summary.without_hash:
             log.warning(
                 f"{summary.without_hash} impressions had no per-impression hash (it expires "
@@ -187,6 +222,7 @@ class LogExporter:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        summary.trimmed += self._trimmed_unread(key)
         cursor = "0"  # "0": this consumer's pending entries, after the id; ">": new ones
         while True:
             reply = self.client.xreadgroup(GROUP, CONSUMER, {key: cursor}, count=self.batch)
@@ -283,6 +319,19 @@ class LogExporter:
                 if impression.stream_id in self._held_ids[log_file.path]:
                     return True
         return False
+
+    def _trimmed_unread(self, key: str) -> int:
+        """Entries of ``key`` that MAXLEN removed before this group read them: Redis (>= 7)
+        counts the group's lag over every entry ever added, trimmed ones too, and when the
+        stream's first entry is newer than the last one delivered, everything left is lag."""
+        group = next((g for g in self.client.xinfo_groups(key) if g["name"] == GROUP), None)
+        if group is None or group.get("lag") is None:
+            return 0  # Redis cannot tell (older than 7, or after XDEL)
+        info = self.client.xinfo_stream(key)
+        first = info.get("first-entry")
+        if not first or _id(first[0]) <= _id(group["last-delivered-id"]):
+            return 0
+        return max(0, int(group["lag"]) - int(info["length"]))
 
     def _held_back(self) -> int:
         """Impressions still in the streams for this group: pending, or not yet read."""

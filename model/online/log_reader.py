@@ -16,20 +16,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import redis
-from redis.cluster import RedisCluster
 
 from model.contracts import event_log
+from model.data.click_logs import FAILURES, Client, connect  # noqa: F401 (one connect for both)
 from model.errors import AfmError
 
 PAGE = 2000
 """Stream entries per XRANGE, and HGETALLs per pipeline."""
-
-FAILURES: tuple[type[BaseException], ...] = (
-    redis.RedisError,
-    redis.exceptions.RedisClusterException,  # not a RedisError: e.g. no node answers
-)
-
-Client = redis.Redis | RedisCluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,22 +86,6 @@ class LogWindow:
         if self.unreadable:
             out.append(f"{self.unreadable:,} stream entries were unreadable and skipped")
         return out
-
-
-def connect(url: str, cluster: bool = False) -> Client:
-    """A client for one Redis, or for the Redis Cluster ``url``'s node belongs to."""
-    try:
-        if cluster:
-            return RedisCluster.from_url(
-                url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30
-            )
-        return redis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30
-        )
-    except ValueError as exc:
-        raise AfmError(f"invalid Redis URL {url!r}: {exc}") from None
-    except FAILURES as exc:  # the cluster client asks for the slot map at once
-        raise AfmError(f"no Redis Cluster at {url}: {_one_line(exc)}") from None
 
 
 def read_window(client: Client, prefix: str, start_ms: int, end_ms: int) -> LogWindow:

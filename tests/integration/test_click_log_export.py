@@ -235,6 +235,31 @@ def test_unreadable_entries_are_skipped_and_acknowledged(
     assert pending(client, feature_prefix) == 0
 
 
+def test_impressions_trimmed_before_export_are_counted_and_named(
+    client: redis.Redis, redis_url: str, feature_prefix: str, tmp_path: Path
+) -> None:
+    """Three exported, then eight more of which MAXLEN keeps two: six never read."""
+    user = users_in_shard(0, 1)[0]
+
+    def log(count: int, start: int) -> None:
+        for i in range(count):
+            log_impression(
+                client, feature_prefix, user_id=user, ts_ms=BASE_MS + start + i, movies=[1],
+                user_features=user_features(user),
+            )  # fmt: skip
+
+    log(3, 0)
+    assert "exported 3 impressions" in export(redis_url, feature_prefix, tmp_path).stdout
+    log(8, 10)
+    client.xtrim(event_log.impressions_key(feature_prefix, 0), maxlen=2, approximate=False)
+    result = export(redis_url, feature_prefix, tmp_path)
+    assert "exported 2 impressions" in result.stdout
+    assert "6 trimmed from the streams before export" in result.stdout
+    assert "raise the service's AFM_LOG_STREAM_MAX_LENGTH" in result.stderr
+    again = export(redis_url, feature_prefix, tmp_path)  # counted once, not at every pass
+    assert "exported 0 impressions" in again.stdout and "trimmed" not in again.stdout
+
+
 def test_a_second_exporter_into_the_same_directory_is_refused(
     redis_url: str, feature_prefix: str, tmp_path: Path
 ) -> None:

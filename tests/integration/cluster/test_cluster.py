@@ -182,11 +182,11 @@ def _without_impression(body: dict) -> dict:
 
 
 def test_impressions_and_events_spread_over_the_masters(
-    cluster: LocalCluster, client: RedisCluster, trained_model_dir: Path
+    cluster: LocalCluster, client: RedisCluster, trained_model_dir: Path, tmp_path: Path
 ) -> None:
     """Each user's impressions and events land in the stream shard the contract names,
     so the log spreads over the masters; a click updates the watched movies of a user on
-    any master (a one-key script)."""
+    any master (a one-key script); `logs export --redis-cluster` reads every shard."""
     _load(cluster.url, "evlog:", "A")
     namespace = client.get("evlog:current").decode()
     settings = Settings(
@@ -235,6 +235,13 @@ def test_impressions_and_events_spread_over_the_masters(
         if line.startswith("afm_log_stream_length{") and 'stream="impressions"' in line
     )
     assert logged >= len(users)
+    exported = run_cli(
+        "logs", "export", "--out", str(tmp_path / "log"), "--redis-url", cluster.url,
+        "--redis-cluster", "--prefix", "evlog:", "--flush",
+    ).stdout  # fmt: skip
+    assert f"exported {len(users)} impressions ({3 * len(users)} rows, {len(users)} clicks)" in (
+        exported
+    )
 
 
 def test_master_killed_under_traffic_gives_503_then_200(
