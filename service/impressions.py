@@ -50,6 +50,10 @@ writes: fewer, larger pipelines cost Redis less per impression."""
 DROP_LOG_INTERVAL_S = 10.0
 """Drops are logged at most this often: one line with the counts since the last."""
 
+SERIALISE_CHUNK = 32
+"""Impressions serialised between two turns of the event loop: a whole batch at once would
+hold up the requests waiting behind it for milliseconds."""
+
 RETRY_S = 10.0
 """A failed batch is sent again for this long (long enough for a Redis restart); meanwhile
 new impressions wait in the buffer."""
@@ -244,7 +248,10 @@ class ImpressionLog:
     async def _write(self, batch: list[Pending]) -> None:
         """One pipelined write of ``batch``, sent again while it fails (for RETRY_S), then
         counted: each impression logged, or dropped as "redis_error"."""
-        commands = [self._command(pending) for pending in batch]
+        commands: list[Command] = []
+        for start in range(0, len(batch), SERIALISE_CHUNK):
+            commands.extend(map(self._command, batch[start : start + SERIALISE_CHUNK]))
+            await asyncio.sleep(0)  # let waiting requests run between chunks
         give_up = time.monotonic() + RETRY_S
         while True:
             try:
