@@ -228,6 +228,7 @@ class ImpressionLog:
                 self._drop("redis_error", len(batch))
             finally:
                 self._writing = 0
+            self._report_drops()  # also while the buffer never empties (an overload)
 
     async def _wait_for_records(self) -> None:
         """Until a record arrives; no longer than the drop-log interval while drops wait to

@@ -20,7 +20,7 @@ from fastapi import Request
 from fastapi.testclient import TestClient
 
 from model.contracts import event_log
-from service import deps
+from service import deps, impressions
 from service.app import create_app
 from service.batching import Batcher
 from service.model_registry import Serving
@@ -315,8 +315,13 @@ def test_a_full_buffer_drops_and_counts_without_failing_a_score(
 
 
 def test_redis_down_for_the_logger_never_fails_a_score(
-    tmp_path: Path, private_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    private_redis: RedisProcess,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Each batch is tried again for RETRY_S (shortened here), then dropped and counted."""
+    monkeypatch.setattr(impressions, "RETRY_S", 0.3)
     private_redis.stop()
     with caplog.at_level(logging.WARNING, logger="service.impressions"):
         with _faked_scoring(tmp_path, private_redis.url) as served:
