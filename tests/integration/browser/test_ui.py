@@ -4,7 +4,8 @@ What the page shows is compared with what the API answers for the same question:
 with ``POST /score``, the heatmap with ``GET /explain``, to the precision the page prints.
 The docs must render from this service alone: every request the browser makes goes to it.
 
-``AFM_UI_SCREENSHOT=docs/ui.png`` also saves the page, a movie selected, as that PNG.
+``AFM_UI_SCREENSHOT=docs/ui.png`` also saves the page of a version trained on what users
+watched, a movie selected, as that PNG.
 """
 
 from __future__ import annotations
@@ -165,9 +166,6 @@ def test_heatmap_shows_the_explain_weights(page: WebDriver, http: httpx.Client) 
     assert user  # the user's fields are shown
     assert console_errors(page) == []
 
-    if target := os.environ.get("AFM_UI_SCREENSHOT"):
-        save_screenshot(page, Path(target))
-
 
 def test_a_movie_nothing_is_known_about_is_listed_last_and_says_so(page: WebDriver) -> None:
     page.find_element(By.ID, "candidates").send_keys(", 987654")  # no model id, no features
@@ -263,6 +261,9 @@ def test_page_shows_what_the_user_watched_and_what_the_candidate_attends_to(
     assert f"watched: {label}" in axis and len(axis) == len(explained["features"])
     assert "watched" not in browser.find_element(By.ID, "movie-facts").text  # the user's
     assert console_errors(browser) == []
+
+    if target := os.environ.get("AFM_UI_SCREENSHOT"):
+        save_screenshot(browser, Path(target))
 
 
 def test_page_asks_for_an_api_key_once_and_keeps_it(
