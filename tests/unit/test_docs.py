@@ -31,7 +31,7 @@ def test_the_documents_are_found() -> None:
 
 
 def test_links_are_parsed_without_anchors_and_urls() -> None:
-    text = "[a](docs/api.md#errors) [b](#here) [c](https://x.org/a.md) [d](../Dockerfile \"t\")"
+    text = '[a](docs/api.md#errors) [b](#here) [c](https://x.org/a.md) [d](../Dockerfile "t")'
     assert relative_links(text) == ["docs/api.md", "../Dockerfile"]
 
 
