@@ -23,7 +23,7 @@ Users and movies are synthetic (ML-1M's counts: 6,040 users, 3,706 movies), load
 
 A local cluster for the last: six ``redis-server --port P --cluster-enabled yes --save ""``
 processes and ``redis-cli --cluster create 127.0.0.1:7000 ... --cluster-replicas 1
---cluster-yes`` (docs/service.md#redis-cluster).
+--cluster-yes`` (docs/operations.md#redis-cluster).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Request and response bodies. Field names here are the public API; see docs/service.md.
+"""Request and response bodies. Field names here are the public API; see docs/api.md.
 
 Ids are strict integers: ``"12"``, ``1.5`` and ``true`` are refused with 422 rather than
 guessed at. The candidate-count bound comes from Settings, so it is checked in the route.

@@ -75,7 +75,7 @@ RedisClusterOpt = Annotated[
     bool,
     typer.Option(
         "--redis-cluster",
-        help="--redis-url names any node of a Redis Cluster (docs/service.md#redis-cluster).",
+        help="--redis-url names any node of a Redis Cluster (docs/operations.md#redis-cluster).",
         envvar="AFM_REDIS_CLUSTER",
     ),
 ]

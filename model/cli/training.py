@@ -158,7 +158,7 @@ def train(
         typer.Option(
             help="A directory from `afm-ctr prepare`: stream its rows instead of reading a "
             "dataset. With TF_CONFIG naming a cluster, train on every worker "
-            "(docs/training.md#multi-worker-training).",
+            "(docs/training-at-scale.md#multi-worker-training).",
             envvar="AFM_PREPARED",
         ),
     ] = None,

@@ -3,7 +3,7 @@ module, removed afterwards even when a test fails.
 
 ``cluster-node-timeout`` is low (2 s) so a killed master's replica takes over within
 seconds; ``cluster-require-full-coverage no`` keeps the other masters answering while a
-master is down (as docs/deployment.md recommends in production).
+master is down (as docs/operations.md recommends in production).
 """
 
 from __future__ import annotations
