@@ -451,43 +451,14 @@ def run_seed(cfg: Config, seed: int) -> dict:
         f"seed {seed}: version 2 on window A's log alone (to early stopping, "
         f"at most {cfg.epochs} epochs)"
     )
-    fields = [
-        "--fields",
-        "history" if "watched" in v1_fields else "all" if "year" in v1_fields else "seed",
-    ]
-    afm(
-        "train",
-        "--from-logs",
-        str(logs_a),
-        "--model-dir",
-        str(models),
-        "--epochs",
-        str(cfg.epochs),
-        "--seed",
-        str(seed),
-        *fields,
-        show=r"^best epoch",
-    )
+    field_set = "history" if "watched" in v1_fields else "all" if "year" in v1_fields else "seed"
+    train = ["train", "--from-logs", str(logs_a), "--model-dir", str(models),
+             "--epochs", str(cfg.epochs), "--seed", str(seed), "--fields", field_set]  # fmt: skip
+    afm(*train, show=r"^best epoch")
     versions = {"v1": models / "1", "v2_log": models / "2"}
     if cfg.dataset_variant:
         say(f"seed {seed}: version 3 on window A's log and the dataset's rows")
-        afm(
-            "train",
-            "--from-logs",
-            str(logs_a),
-            "--dataset",
-            "synthetic",
-            "--data-dir",
-            str(data),
-            "--model-dir",
-            str(models),
-            "--epochs",
-            str(cfg.epochs),
-            "--seed",
-            str(seed),
-            *fields,
-            show=r"^best epoch",
-        )
+        afm(*train, "--dataset", "synthetic", "--data-dir", str(data), show=r"^best epoch")
         versions["v2_log_dataset"] = models / "3"
 
     say(f"seed {seed}: AUC on window B's {window_b['rows']:,} logged rows")
