@@ -8,10 +8,14 @@ and the tests skip when neither exists.
 Every stack has a unique project name and free host ports and is removed with its volumes
 whatever happens. The synthetic dataset and one epoch keep the trainer short. All stacks use
 the default image tag, so a second compose test module reuses the first one's build.
+``shared_scale_stack`` goes further: the compose modules that run back to back share one
+stack of the `scale` profile (one build, one trainer run, one set of replicas to start),
+instead of a stack each.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -20,7 +24,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,3 +193,55 @@ def running_stack(**env: str) -> Iterator[Stack]:
         stack.compose("down", "-v", "--remove-orphans", "--timeout", "5", timeout=180, check=False)
         if started:
             subprocess.run(["bash", str(TEARDOWN_SCRIPT)], env=env, timeout=60, check=False)
+
+
+_shared: dict = {}  # "exit": the ExitStack holding the running stack, "stack", "lb_url"
+
+
+def _close_shared() -> None:
+    exit_stack = _shared.pop("exit", None)
+    _shared.clear()
+    if exit_stack is not None:
+        exit_stack.close()
+
+
+atexit.register(_close_shared)  # a run stopped between two modules (-x, Ctrl-C) still downs it
+
+
+def _next_module_takes_it(request: pytest.FixtureRequest) -> bool:
+    """Whether the test right after this module's last one is a compose test of another
+    module (marker ``containers``), which then takes the running stack over."""
+    items = request.session.items
+    last = max((i for i, item in enumerate(items) if item.module is request.module), default=-1)
+    if last < 0 or last + 1 >= len(items):
+        return False
+    following = items[last + 1]
+    return following.module is not request.module and (
+        following.get_closest_marker("containers") is not None
+    )
+
+
+@contextmanager
+def shared_scale_stack(request: pytest.FixtureRequest, fresh: bool) -> Iterator[tuple[Stack, str]]:
+    """For a module-scoped fixture: the `scale` profile's stack (`api` on its port, two
+    `api-replica`, `lb` on a free port), as ``(stack, load balancer URL)``.
+
+    ``fresh``: a stack no test used before (the module checks what `up` alone leaves: version
+    1, the first trainer run); otherwise the stack the previous compose module leaves, if it
+    left one. At the end of the module it is taken down (`down -v`, as `running_stack` does)
+    unless the next test is a compose test of another module, which takes it over.
+    """
+    if fresh:
+        _close_shared()
+    if not _shared:
+        lb_port = free_port()
+        exit_stack = ExitStack()
+        stack = exit_stack.enter_context(
+            running_stack(COMPOSE_PROFILES="scale", LB_PORT=str(lb_port))
+        )
+        _shared.update(exit=exit_stack, stack=stack, lb_url=f"http://127.0.0.1:{lb_port}")
+    try:
+        yield _shared["stack"], _shared["lb_url"]
+    finally:
+        if not _next_module_takes_it(request):
+            _close_shared()

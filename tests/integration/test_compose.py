@@ -2,7 +2,9 @@
 
 One compose project for the module (tests/integration/compose_helpers.py: a unique name, a
 free port, torn down with its volumes whatever happens); the synthetic dataset and one epoch
-keep the trainer short.
+keep the trainer short. It is a fresh stack of the `scale` profile (`api` on its own port, as
+without the profile, plus replicas behind a load balancer), which test_compose_scale.py, run
+next, takes over rather than starting its own.
 """
 
 from __future__ import annotations
@@ -20,15 +22,15 @@ from tests.integration.compose_helpers import (
     READY_TIMEOUT,
     UP_TIMEOUT,
     Stack,
-    running_stack,
+    shared_scale_stack,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    with running_stack() as stack:
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    with shared_scale_stack(request, fresh=True) as (stack, _lb_url):
         yield stack
 
 

@@ -1,9 +1,11 @@
 """The `scale` compose profile for real: three API replicas behind HAProxy.
 
-One project for the module (compose_helpers.running_stack, ``COMPOSE_PROFILES=scale``): the
-`api` service on its own port plus two `api-replica` containers, and the `lb` service on a
-free port. Load comes from a bounded client (a few threads, each one request at a time)
-through the load balancer, while replicas are stopped, started and handed a new model.
+One project for the module (compose_helpers.shared_scale_stack, ``COMPOSE_PROFILES=scale``):
+the `api` service on its own port plus two `api-replica` containers, and the `lb` service on
+a free port; the one test_compose.py leaves when it runs just before (then the replicas serve
+the version its retraining exported, not version 1), else a stack of its own. Load comes
+from a bounded client (a few threads, each one request at a time) through the load balancer,
+while replicas are stopped, started and handed a new model.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ from tests.integration.compose_helpers import (
     READY_TIMEOUT,
     UP_TIMEOUT,
     Stack,
-    free_port,
-    running_stack,
+    shared_scale_stack,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers, pytest.mark.slow]
@@ -41,6 +42,12 @@ SCORE = {"user_id": 1, "movie_ids": [1, 2, 3]}
 class Scaled:
     stack: Stack
     lb_url: str
+
+    def version(self) -> int:
+        """The model version `api` serves (all replicas serve it between tests)."""
+        response = httpx.get(f"{self.stack.base_url}/model", headers=AUTH, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()["version"]
 
     def hostnames(self) -> dict[str, str]:
         """Container name -> hostname (what /model calls `replica`) of every replica."""
@@ -109,11 +116,10 @@ def scoring_load(url: str, clients: int, pause: float) -> Iterator[Load]:
 
 
 @pytest.fixture(scope="module")
-def scaled() -> Iterator[Scaled]:
-    lb_port = free_port()
-    with running_stack(COMPOSE_PROFILES="scale", LB_PORT=str(lb_port)) as stack:
-        scaled = Scaled(stack, f"http://127.0.0.1:{lb_port}")
-        every = {(host, 1) for host in scaled.hostnames().values()}
+def scaled(request: pytest.FixtureRequest) -> Iterator[Scaled]:
+    with shared_scale_stack(request, fresh=False) as (stack, lb_url):
+        scaled = Scaled(stack, lb_url)
+        every = {(host, scaled.version()) for host in scaled.hostnames().values()}
         assert every <= scaled.versions_seen(until=every), stack.logs("lb")
         yield scaled
 
@@ -122,7 +128,7 @@ def test_three_replicas_answer_through_the_load_balancer(scaled: Scaled) -> None
     hosts = scaled.hostnames()
     assert len(hosts) == 3 and len(set(hosts.values())) == 3, hosts
     response = httpx.post(f"{scaled.lb_url}/score", json=SCORE, headers=AUTH, timeout=10)
-    assert response.status_code == 200 and response.json()["model_version"] == 1
+    assert response.status_code == 200 and response.json()["model_version"] == scaled.version()
     # /metrics names its replica too (the fixture already saw each one's /model).
     metrics = httpx.get(f"{scaled.lb_url}/metrics", timeout=10).text
     named = re.search(r'^afm_replica_info\{hostname="([^"]+)"\} 1\.0$', metrics, re.MULTILINE)
@@ -162,7 +168,7 @@ def test_sigterm_finishes_the_request_in_flight(scaled: Scaled) -> None:
 
 
 def test_stopping_and_starting_a_replica_fails_no_request(scaled: Scaled) -> None:
-    hosts = scaled.hostnames()
+    hosts, version = scaled.hostnames(), scaled.version()
     name = scaled.stack.containers("api-replica")[0]["Name"]
     with scoring_load(scaled.lb_url, clients=3, pause=0.05) as load:
         _wait_for(lambda: load.ok > 0, "no request succeeded before the stop")
@@ -170,15 +176,16 @@ def test_stopping_and_starting_a_replica_fails_no_request(scaled: Scaled) -> Non
         ok_before = load.ok
         _wait_for(lambda: load.ok > ok_before + 30, "requests stopped succeeding")
         scaled.stack.docker("start", name, timeout=90)
-        back = {(hosts[name], 1)}
+        back = {(hosts[name], version)}
         assert back <= scaled.versions_seen(until=back), scaled.stack.logs("lb", "api-replica")
     assert load.failures == [], f"{len(load.failures)} of {load.ok} failed: {load.failures[:5]}"
     assert load.ok > ok_before + 30
 
 
 def test_rollout_reaches_every_replica_under_load(scaled: Scaled) -> None:
-    """RETRAIN=1 writes version 2 into the shared models volume; each replica swaps it in."""
-    every = {(host, 2) for host in scaled.hostnames().values()}
+    """RETRAIN=1 writes the next version into the shared models volume; each replica swaps
+    it in."""
+    every = {(host, scaled.version() + 1) for host in scaled.hostnames().values()}
     with scoring_load(scaled.lb_url, clients=1, pause=0.2) as load:  # light: training needs cores
         trainer = scaled.stack.run_trainer("AFM_RETRAIN=1")
         assert trainer.returncode == 0, trainer.stdout
