@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,25 @@ import redis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """pytest-xdist's ``--dist loadfile`` (pyproject.toml's addopts: ``-n 2``), with the
+    compose modules (tests/integration/test_compose*.py) in one unit: one worker, in order,
+    as they share one container engine and one stack (compose_helpers.shared_scale_stack).
+    Each other module runs whole on one worker, so what it builds once (a fitted model, a
+    started server, a loaded prefix) is still built once."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ComposeTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return "compose" if Path(module).name.startswith("test_compose") else module
+
+    return ComposeTogether(config, log)
 
 
 def run_cli(
@@ -70,24 +91,39 @@ def feature_prefix(redis_url: str) -> Iterator[str]:
     client.close()
 
 
+def _once_per_run(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]
+) -> Path:
+    """A new directory ``name`` filled by ``build``, for a session fixture. Under pytest-xdist
+    the workers share it as one process shares a session fixture: the first worker to ask
+    builds it in the run's directory above theirs, the others wait for it (a file lock)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        out = tmp_path_factory.mktemp(name)
+        build(out)
+        return out
+    run_dir = tmp_path_factory.getbasetemp().parent  # .../pytest-N, above .../pytest-N/popen-gwI
+    out, done = run_dir / name, run_dir / f"{name}.done"
+    with open(run_dir / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)  # a worker that failed half-way
+            out.mkdir()
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small seeded synthetic dataset in ML-1M format."""
-    out = tmp_path_factory.mktemp("synthetic")
-    run_cli(
-        "synth",
-        "--out",
-        str(out),
-        "--users",
-        "300",
-        "--movies",
-        "200",
-        "--ratings",
-        "20000",
-        "--seed",
-        "7",
-    )
-    return out
+    return _once_per_run(
+        tmp_path_factory,
+        "synthetic",
+        lambda out: run_cli(
+            "synth", "--out", str(out), "--users", "300", "--movies", "200",
+            "--ratings", "20000", "--seed", "7",
+        ),
+    )  # fmt: skip
 
 
 def _train_small(synthetic_dir: Path, model_dir: Path, fields: str) -> Path:
@@ -106,19 +142,25 @@ def _train_small(synthetic_dir: Path, model_dir: Path, fields: str) -> Path:
 def trained_model_dir(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Model root holding version 1 (all eight fields), trained for a few epochs on
     `synthetic_dir`."""
-    return _train_small(synthetic_dir, tmp_path_factory.mktemp("models"), "all")
+    return _once_per_run(
+        tmp_path_factory, "models", lambda out: _train_small(synthetic_dir, out, "all")
+    )
 
 
 @pytest.fixture(scope="session")
 def seed_fields_model_dir(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Like `trained_model_dir`, with the six seed fields only."""
-    return _train_small(synthetic_dir, tmp_path_factory.mktemp("seed-models"), "seed")
+    return _once_per_run(
+        tmp_path_factory, "seed-models", lambda out: _train_small(synthetic_dir, out, "seed")
+    )
 
 
 @pytest.fixture(scope="session")
 def history_model_dir(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Like `trained_model_dir`, with the eight fields and what each user watched."""
-    return _train_small(synthetic_dir, tmp_path_factory.mktemp("history-models"), "history")
+    return _once_per_run(
+        tmp_path_factory, "history-models", lambda out: _train_small(synthetic_dir, out, "history")
+    )
 
 
 def shared_data(name: str) -> Path:
