@@ -22,6 +22,7 @@ with the counts.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import time
@@ -63,7 +64,7 @@ RETRY_PAUSE_S = 0.25
 
 DROP_REASONS = ("buffer_full", "redis_error", "shutdown")
 
-WRITE_SCRIPT = """
+WRITE_SCRIPT = b"""
 if redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4]) == 0 then return 0 end
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'impression', ARGV[1], 'data', ARGV[2])
@@ -71,7 +72,11 @@ return 1
 """
 """KEYS = the impression stream, the impression's hash (one slot: ``event_log``); ARGV = the
 impression id, its data, SHOWN_FIELD, the shown ids, the stream's MAXLEN, the hash's TTL.
-1: stored; 0: stored before (by a try whose reply was lost), nothing written."""
+1: stored; 0: stored before (by a try whose reply was lost), nothing written. Sent by its
+SHA1 (EVALSHA), and loaded when Redis does not have it (a new or restarted Redis)."""
+
+WRITE_SHA = hashlib.sha1(WRITE_SCRIPT).hexdigest().encode()  # noqa: S324 (Redis' script name)
+SHOWN = event_log.SHOWN_FIELD.encode()
 
 
 def signing_keys(configured: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -125,8 +130,11 @@ class ImpressionLog:
         self.keys = dict(keys)
         self._redis = redis
         self._prefix = prefix
-        self._max_length = max_length
-        self._ttl_s = ttl_s
+        self._streams = [
+            event_log.impressions_key(prefix, shard).encode()
+            for shard in range(event_log.LOG_SHARDS)
+        ]
+        self._limits = (str(max_length).encode(), str(ttl_s).encode())  # MAXLEN, TTL
         self._capacity = capacity
         self._buffer: deque[Pending] = deque()
         self._wake = asyncio.Event()  # set: the buffer has records
@@ -253,11 +261,14 @@ class ImpressionLog:
         for start in range(0, len(batch), SERIALISE_CHUNK):
             commands.extend(map(self._command, batch[start : start + SERIALISE_CHUNK]))
             await asyncio.sleep(0)  # let waiting requests run between chunks
-        give_up = time.monotonic() + RETRY_S
+        give_up, loaded = time.monotonic() + RETRY_S, False
         while True:
             try:
                 replies = await self._redis.run(commands)
-                break
+                if loaded or not any(map(_no_script, replies)):
+                    break
+                await self._redis.load_script(WRITE_SCRIPT)  # and send the batch again
+                loaded = True
             except FAILURES as exc:
                 self._last_error = first_line(exc) or type(exc).__name__
                 if time.monotonic() + RETRY_PAUSE_S > give_up:
@@ -287,12 +298,10 @@ class ImpressionLog:
             pending.scores,
             self._columns.of(ids),
         )
+        key = event_log.impression_key(self._prefix, pending.impression_id).encode()
         return (
-            b"EVAL", WRITE_SCRIPT, 2,
-            event_log.impressions_key(self._prefix, event_log.shard(pending.user_id)),
-            event_log.impression_key(self._prefix, pending.impression_id),
-            pending.impression_id, data, event_log.SHOWN_FIELD, pending.shown,
-            self._max_length, self._ttl_s,
+            b"EVALSHA", WRITE_SHA, b"2", self._streams[event_log.shard(pending.user_id)], key,
+            pending.impression_id.encode(), data, SHOWN, pending.shown, *self._limits,
         )  # fmt: skip
 
     def _drop(self, reason: str, count: int) -> None:
@@ -341,6 +350,11 @@ class _MovieColumns:
                 values = [value or "" for value in values]
             columns[name] = values
         return columns
+
+
+def _no_script(reply: object) -> bool:
+    """Whether ``reply`` says Redis does not have the script (NOSCRIPT)."""
+    return isinstance(reply, Exception) and "No matching script" in str(reply)  # both clients
 
 
 def written_rows(

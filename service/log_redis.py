@@ -32,6 +32,10 @@ class LogRedis(Protocol):
         exception instance, not raised). Raises one of FAILURES when Redis cannot answer."""
         ...
 
+    async def load_script(self, script: bytes) -> None:
+        """Load ``script`` (SCRIPT LOAD) where EVALSHA will look for it: every master."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -43,6 +47,9 @@ class SingleLogRedis:
 
     async def run(self, commands: Sequence[Command]) -> list[Any]:
         return await self._connection.call_many(commands)
+
+    async def load_script(self, script: bytes) -> None:
+        await self._connection.call(b"SCRIPT", b"LOAD", script)
 
     async def close(self) -> None:
         self._connection.close()
@@ -64,6 +71,10 @@ class ClusterLogRedis:
             pipe.execute_command(name.decode() if isinstance(name, bytes) else name, *args)
         async with asyncio.timeout(self._timeout):
             return await pipe.execute(raise_on_error=False)
+
+    async def load_script(self, script: bytes) -> None:
+        async with asyncio.timeout(self._timeout):
+            await self._client.script_load(script)  # on every primary
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -6,6 +6,7 @@ tests/integration/serving/test_impressions.py.)"""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
@@ -36,16 +37,22 @@ class RecordingRedis:
     """A LogRedis that keeps what it is sent; its first ``failures`` tries raise, the others
     answer ``reply`` per command."""
 
-    def __init__(self, reply: Any = 1, failures: int = 0) -> None:
+    def __init__(self, reply: Any = 1, failures: int = 0, scripts: bool = True) -> None:
         self.sent: list[list[Command]] = []
         self.reply = reply
         self.failures = failures
+        self.scripts: list[bytes] = [WRITE_SCRIPT] if scripts else []  # loaded
 
     async def run(self, commands: Sequence[Command]) -> list[Any]:
         self.sent.append(list(commands))
         if len(self.sent) <= self.failures:
             raise RedisConnectionError("Connection closed by Redis")
+        if not self.scripts:
+            return [ResponseError("NOSCRIPT No matching script.")] * len(commands)
         return [self.reply] * len(commands)
+
+    async def load_script(self, script: bytes) -> None:
+        self.scripts.append(script)
 
     async def close(self) -> None:
         pass
@@ -84,11 +91,11 @@ def test_an_impression_is_one_script_with_the_contracts_entry_and_hash() -> None
     ts = int(impression_id.split(".")[5])
     parsed = event_log.parse_impression_id(impression_id, KEYS, ts, 3600)
     assert (parsed.version, parsed.arm, parsed.user_id) == (3, "stable", 42)
-    assert command[:3] == (b"EVAL", WRITE_SCRIPT, 2)
-    assert command[3] == event_log.impressions_key("afm:", event_log.shard(42))
-    assert command[4] == event_log.impression_key("afm:", impression_id)
-    assert command[5] == impression_id
-    assert command[7:] == (event_log.SHOWN_FIELD, b"181,7", 1000, 90_000)
+    assert command[:3] == (b"EVALSHA", hashlib.sha1(WRITE_SCRIPT).hexdigest().encode(), b"2")
+    assert command[3] == event_log.impressions_key("afm:", event_log.shard(42)).encode()
+    assert command[4] == event_log.impression_key("afm:", impression_id).encode()
+    assert command[5] == impression_id.encode()
+    assert command[7:] == (event_log.SHOWN_FIELD.encode(), b"181,7", b"1000", b"90000")
     data = orjson.loads(command[6])
     assert list(data) == list(event_log.IMPRESSION_FIELDS)
     assert data == {
@@ -139,6 +146,14 @@ def test_a_failed_batch_is_sent_again_and_counted_once(monkeypatch: pytest.Monke
     log, _ = _logged(redis)
     _write(log)
     assert len(redis.sent) == 3 and redis.sent[0] == redis.sent[2]
+    assert log.logged_total == 1 and not any(log.dropped.values())
+
+
+def test_a_redis_without_the_script_gets_it_and_the_batch_again() -> None:
+    redis = RecordingRedis(scripts=False)
+    log, _ = _logged(redis)
+    _write(log)
+    assert redis.scripts == [WRITE_SCRIPT] and len(redis.sent) == 2
     assert log.logged_total == 1 and not any(log.dropped.values())
 
 
