@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 import orjson
+from redis.exceptions import BusyLoadingError
 
 from model.contracts import event_log
 from service.errors import first_line
@@ -63,6 +64,9 @@ RETRY_PAUSE_S = 0.25
 """Between two tries of a failed batch."""
 
 DROP_REASONS = ("buffer_full", "redis_error", "shutdown")
+
+TRANSIENT_ERRORS = ("LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN")
+"""Error replies after which a batch is sent again (within RETRY_S), not dropped."""
 
 WRITE_SCRIPT = b"""
 if redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4]) == 0 then return 0 end
@@ -265,16 +269,22 @@ class ImpressionLog:
         while True:
             try:
                 replies = await self._redis.run(commands)
-                if loaded or not any(map(_no_script, replies)):
-                    break
-                await self._redis.load_script(WRITE_SCRIPT)  # and send the batch again
-                loaded = True
+                if not loaded and any(map(_no_script, replies)):
+                    await self._redis.load_script(WRITE_SCRIPT)  # and send the batch again
+                    loaded = True
+                    continue
+                error = next((str(r) for r in replies if _transient(r)), "")
             except FAILURES as exc:
-                self._last_error = first_line(exc) or type(exc).__name__
-                if time.monotonic() + RETRY_PAUSE_S > give_up:
-                    self._drop("redis_error", len(batch))
-                    return
-                await asyncio.sleep(RETRY_PAUSE_S)
+                replies, error = [], first_line(exc) or type(exc).__name__
+            if not error:
+                break
+            self._last_error = error
+            if time.monotonic() + RETRY_PAUSE_S > give_up:
+                break
+            await asyncio.sleep(RETRY_PAUSE_S)
+        if not replies:
+            self._drop("redis_error", len(batch))
+            return
         for reply in replies:
             if isinstance(reply, Exception):
                 self._last_error = first_line(reply) or type(reply).__name__
@@ -350,6 +360,13 @@ class _MovieColumns:
                 values = [value or "" for value in values]
             columns[name] = values
         return columns
+
+
+def _transient(reply: object) -> bool:
+    """Whether ``reply`` is an error Redis gives while it cannot write for a while (loading
+    its data after a restart, a busy script, a cluster failing over): worth a second try."""
+    text = str(reply) if isinstance(reply, Exception) else ""
+    return isinstance(reply, BusyLoadingError) or text.startswith(TRANSIENT_ERRORS)
 
 
 def _no_script(reply: object) -> bool:

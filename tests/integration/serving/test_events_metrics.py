@@ -138,7 +138,7 @@ def test_impressions_and_clicks_move_by_version_arm_and_position(
     # The judge's point estimates from the log are the counters' ratios (less the click that
     # came before an impression the log never got).
     window = log_reader.read_window(
-        log_reader.connect(redis_url), loaded_prefix, start_ms - 1000, now_ms()
+        log_reader.connect(redis_url), loaded_prefix, start_ms, now_ms()
     )
     for (version, arm), sample in ctr.per_user(window.impressions).items():
         counted = sum(
@@ -196,11 +196,11 @@ def test_the_documented_queries_give_the_judges_figures(
     (0, then the scrape), through promtool's PromQL engine: the documented queries return
     the judge's figures from the log of the same traffic, to the last digit; and promtool
     finds nothing to fix in the new series."""
-    start_ms = now_ms()
+    start_ms = now_ms()  # the module's tests share a prefix: the window is this test's traffic
     show_and_click(client)
     scraped = scrape(client)
     window = log_reader.read_window(
-        log_reader.connect(redis_url), loaded_prefix, start_ms - 1000, now_ms()
+        log_reader.connect(redis_url), loaded_prefix, start_ms, now_ms()
     )
     expected = judges_figures(ctr.per_user(window.impressions))
     series_names = (

@@ -157,6 +157,25 @@ def test_a_redis_without_the_script_gets_it_and_the_batch_again() -> None:
     assert log.logged_total == 1 and not any(log.dropped.values())
 
 
+def test_a_batch_answered_loading_is_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restarted Redis answers LOADING while it reads its data back: not a drop."""
+    monkeypatch.setattr(impressions, "RETRY_PAUSE_S", 0.0)
+    redis = RecordingRedis(ResponseError("LOADING Redis is loading the dataset in memory"))
+    log, _ = _logged(redis)
+
+    async def main() -> None:
+        log.start()
+        while len(redis.sent) < 3:
+            await asyncio.sleep(0.001)
+        redis.reply = 1  # loaded
+        await log.flush()
+        await log.close(1.0)
+
+    asyncio.run(main())
+    assert len(redis.sent) >= 4 and redis.sent[0] == redis.sent[-1]
+    assert log.logged_total == 1 and not any(log.dropped.values())
+
+
 def test_a_batch_failing_past_the_retry_time_is_dropped_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
