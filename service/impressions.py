@@ -296,7 +296,6 @@ class ImpressionLog:
         """WRITE_SCRIPT for ``pending``: its stream entry and its hash."""
         if pending.movies is not self._columns.table:
             self._columns = _MovieColumns(pending.movies)
-        ids = pending.shown.split(b",") if pending.shown else []
         user = pending.user or {}
         data = event_log.impression_data(
             pending.user_id,
@@ -306,7 +305,7 @@ class ImpressionLog:
             {name: user.get(name, "") for name in event_log.USER_LOG_FIELDS},
             pending.shown,
             pending.scores,
-            self._columns.of(ids),
+            self._columns.of(pending.shown),
         )
         key = event_log.impression_key(self._prefix, pending.impression_id).encode()
         return (
@@ -339,27 +338,30 @@ class ImpressionLog:
 
 
 class _MovieColumns:
-    """A movie table's MOVIE_LOG_FIELDS as columns keyed by the id's bytes, built once per
-    table: a logged impression's movie features are then one lookup per movie and field."""
+    """A movie table's MOVIE_LOG_FIELDS as NumPy columns of JSON strings, row 0 blank,
+    and the row of each movie id: built once per table, so a logged impression's movie
+    features are one gather per field from contiguous memory (a dict lookup per movie and
+    field missed the CPU cache at every turn: a sixth of the event loop's time)."""
 
     def __init__(self, table: Mapping[str, Mapping[str, str]]) -> None:
         self.table = table
+        ids = [movie_id for movie_id in table if movie_id.isdigit()]
+        self._rows = np.zeros(max(map(int, ids), default=0) + 1, np.intp)
+        self._rows[np.array(ids, np.int64)] = np.arange(1, len(ids) + 1)
         self._columns = {
-            name: {
-                movie_id.encode(): features.get(name, "") for movie_id, features in table.items()
-            }
+            name: np.array([b'""', *(orjson.dumps(table[m].get(name, "")) for m in ids)])
             for name in event_log.MOVIE_LOG_FIELDS
         }
 
-    def of(self, ids: list[bytes]) -> dict[str, list[str]]:
-        """Each field's values for ``ids``, "" for a movie the table does not have."""
-        columns = {}
-        for name, column in self._columns.items():
-            values = list(map(column.get, ids))
-            if None in values:  # an unknown movie (rare): a plain dict.get is the fast path
-                values = [value or "" for value in values]
-            columns[name] = values
-        return columns
+    def of(self, shown: bytes) -> dict[str, orjson.Fragment]:
+        """Each field's values for the ids ``shown`` ("50,181"), "" for a movie not in the
+        table, as JSON arrays."""
+        ids = np.asarray(orjson.loads(b"[%b]" % shown), np.int64)
+        rows = self._rows[np.where((ids >= 0) & (ids < len(self._rows)), ids, 0)]
+        return {
+            name: orjson.Fragment(b"[%b]" % b",".join(column[rows].tolist()))
+            for name, column in self._columns.items()
+        }
 
 
 def _transient(reply: object) -> bool:

@@ -221,11 +221,12 @@ def impression_data(
     features: Mapping[str, str],
     movie_ids: bytes,
     scores: bytes,
-    movie_features: Mapping[str, Sequence[str]],
+    movie_features: Mapping[str, Sequence[str] | orjson.Fragment],
 ) -> bytes:
     """An impression's ``data``. ``movie_ids``, ``scores``: the returned movies' ids and
     scores as the reply wrote them, comma-separated ("50,181", "0.43,0.2"); ``features``:
-    USER_LOG_FIELDS; ``movie_features``: MOVIE_LOG_FIELDS -> one value per returned movie."""
+    USER_LOG_FIELDS; ``movie_features``: MOVIE_LOG_FIELDS -> one value per returned movie
+    (or those values as a JSON array already)."""
     return orjson.dumps(
         {
             "user_id": user_id,
