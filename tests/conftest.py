@@ -167,5 +167,7 @@ def shared_data(name: str) -> Path:
     """A real MovieLens folder from ../shared/data, or skip with the reason."""
     path = SHARED_DATA / name
     if not path.is_dir():
-        pytest.skip(f"real MovieLens data not found at {path} (see DEVELOPERS.md: ../shared/data)")
+        pytest.skip(
+            f"real MovieLens data not found at {path}: the tests on real data read it beside the repository, in ../shared/data"
+        )
     return path
