@@ -168,6 +168,7 @@ def shared_data(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.is_dir():
         pytest.skip(
-            f"real MovieLens data not found at {path}: the tests on real data read it beside the repository, in ../shared/data"
+            f"real MovieLens data not found at {path} (the tests on real data read it "
+            "beside the repository, in ../shared/data)"
         )
     return path
