@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import redis
 
 from model.contracts import event_log
+from model.data.click_log_files import TMP_PREFIX
 
 KEYS = event_log.parse_keys("k1:test-secret")
 HOUR_MS = 3_600_000
@@ -107,5 +108,6 @@ def exported_rows(out: Path) -> list[dict]:
     """Every row of every complete file under ``out``, as dicts."""
     rows = []
     for path in sorted(out.glob("hour=*/*.parquet")):
-        rows.extend(pq.read_table(path).to_pylist())
+        if not path.name.startswith(TMP_PREFIX):  # a file an exporter is still writing
+            rows.extend(pq.read_table(path).to_pylist())
     return rows
