@@ -219,3 +219,17 @@ def test_an_entry_not_written_as_the_contract_says_is_refused() -> None:
              "movies": {"movie_id": [1, 2], "score": [0.5]}}  # fmt: skip
     with pytest.raises(ValueError, match="differ in length"):
         event_log.read_impression_data(orjson.dumps(short))
+
+
+def test_movie_features_of_sparse_large_ids_and_unknown_ones() -> None:
+    """Ids as a user's own data may have them (a billion apart), and ids no table has."""
+    table = {"5": {"year": "1990", "genres": "A"}, "1000000000": {"year": "2001", "genres": "B|C"}}
+    columns = impressions._MovieColumns(table)
+    assert orjson.loads(orjson.dumps(columns.of(b"5,7,1000000000,2000000000"))) == {
+        "year": ["1990", "", "2001", ""],
+        "genres": ["A", "", "B|C", ""],
+    }
+    assert orjson.loads(orjson.dumps(impressions._MovieColumns({}).of(b"5"))) == {
+        "year": [""],
+        "genres": [""],
+    }
