@@ -11,3 +11,9 @@ class MalformedInput(AfmError):
 
 class DownloadError(AfmError):
     """The dataset could not be fetched or verified; the message says how to supply it by hand."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

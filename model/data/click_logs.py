@@ -36,7 +36,7 @@ from redis.cluster import RedisCluster
 from model.contracts import event_log
 from model.data import click_log_files as files
 from model.data.click_log_files import LogFile
-from model.errors import AfmError
+from model.errors import AfmError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -131,17 +131,12 @@ def connect(redis_url: str, cluster: bool = False) -> Client:
     except ValueError as exc:
         raise AfmError(f"invalid Redis URL {redis_url!r}: {exc}") from None
     except FAILURES as exc:  # the cluster client asks for the slot map at once
-        raise AfmError(f"no Redis Cluster at {redis_url}: {_one_line(exc)}") from None
+        raise AfmError(f"no Redis Cluster at {redis_url}: {one_line(exc)}") from None
 
 
 def _id(stream_id: str) -> tuple[int, int]:
     milliseconds, _, sequence = stream_id.partition("-")
     return int(milliseconds), int(sequence or 0)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextmanager
@@ -196,7 +191,7 @@ class LogExporter:
             summary.held_back = self._held_back()
         except FAILURES as exc:
             raise AfmError(
-                f"reading the impression log from Redis failed: {_one_line(exc)}"
+                f"reading the impression log from Redis failed: {one_line(exc)}"
             ) from None
         except OSError as exc:
             raise AfmError(f"cannot write the exported log to {self.out}: {exc}") from None

@@ -29,7 +29,7 @@ from redis.cluster import RedisCluster
 
 from model.contracts import feature_layout
 from model.data.dataset import MOVIE_COLUMNS, USER_COLUMNS
-from model.errors import AfmError, MalformedInput
+from model.errors import AfmError, MalformedInput, one_line
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def load_features(
             previous = client.set(feature_layout.pointer_key(prefix), namespace, get=True)
         except _FAILURES as exc:
             _delete_namespace_quietly(client, namespace)
-            raise AfmError(f"loading features into {redis_url} failed: {_one_line(exc)}") from None
+            raise AfmError(f"loading features into {redis_url} failed: {one_line(exc)}") from None
         _remove_previous(client, previous, namespace, cluster, retire_after)
     finally:
         client.close()
@@ -121,7 +121,7 @@ def _connect(redis_url: str, cluster: bool) -> redis.Redis | RedisCluster:
     except ValueError as exc:
         raise AfmError(f"invalid Redis URL {redis_url!r}: {exc}") from None
     except _FAILURES as exc:  # the cluster client asks for the slot map at once
-        raise AfmError(f"no Redis Cluster at {redis_url}: {_one_line(exc)}") from None
+        raise AfmError(f"no Redis Cluster at {redis_url}: {one_line(exc)}") from None
 
 
 def _remove_previous(
@@ -151,7 +151,7 @@ def _remove_previous(
             "switched to %s, but the previous namespace %s stays: %s",
             current,
             previous.decode() if previous is not None else "(none)",
-            _one_line(exc),
+            one_line(exc),
         )
 
 
@@ -331,13 +331,8 @@ def _delete_namespace_quietly(client: redis.Redis | RedisCluster, namespace: str
     try:
         _delete_namespace(client, namespace)
     except _FAILURES as exc:
-        log.warning("could not remove half-written namespace %s: %s", namespace, _one_line(exc))
+        log.warning("could not remove half-written namespace %s: %s", namespace, one_line(exc))
 
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
-
-
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

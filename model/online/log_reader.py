@@ -19,7 +19,7 @@ import redis
 
 from model.contracts import event_log
 from model.data.click_logs import FAILURES, Client, connect  # noqa: F401 (one connect for both)
-from model.errors import AfmError
+from model.errors import AfmError, one_line
 
 PAGE = 2000
 """Stream entries per XRANGE, and HGETALLs per pipeline."""
@@ -96,7 +96,7 @@ def read_window(client: Client, prefix: str, start_ms: int, end_ms: int) -> LogW
         for shard in range(event_log.LOG_SHARDS):
             _read_shard(client, prefix, shard, window)
     except FAILURES as exc:
-        raise AfmError(f"reading the impression log failed: {_one_line(exc)}") from None
+        raise AfmError(f"reading the impression log failed: {one_line(exc)}") from None
     return window
 
 
@@ -192,8 +192,3 @@ def _stream_ms(stream_id: str) -> int:
 
 def _clock(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -115,10 +115,7 @@ def test_judge_keeps_collecting_on_too_little_and_auto_writes_nothing(
 def test_the_window_starts_with_the_canary_not_a_later_change_of_its_share(
     canary_dir: Path, redis_url: str, feature_prefix: str
 ) -> None:
-    now = datetime.now(UTC)
-    policy = rollout.read_policy(canary_dir)
-    started = (now - timedelta(hours=2)).isoformat(timespec="seconds")
-    rollout.write_policy(canary_dir, policy.model_copy(update={"canary_since": started}))
+    now = _canary_started_two_hours_ago(canary_dir)
     ninety_minutes_ago = int((now - timedelta(minutes=90)).timestamp() * 1000)
     _log(redis_url, feature_prefix, canary_ctr=0.06, stable_ctr=0.03, users=150,
          ts_ms=ninety_minutes_ago)  # fmt: skip
@@ -132,6 +129,15 @@ def test_the_window_starts_with_the_canary_not_a_later_change_of_its_share(
     assert f"{now - timedelta(hours=2):%Y-%m-%d %H:%M}" in window
 
 
+def _canary_started_two_hours_ago(canary_dir: Path) -> datetime:
+    """The policy's canary marked as started two hours ago; returns now."""
+    now = datetime.now(UTC)
+    policy = rollout.read_policy(canary_dir)
+    started = (now - timedelta(hours=2)).isoformat(timespec="seconds")
+    rollout.write_policy(canary_dir, policy.model_copy(update={"canary_since": started}))
+    return now
+
+
 def _trim(redis_url: str, prefix: str, length: int) -> None:
     """Every impression stream capped as the service's XADD does (MAXLEN ~ ``length``)."""
     client = redis.Redis.from_url(redis_url)
@@ -143,10 +149,7 @@ def _trim(redis_url: str, prefix: str, length: int) -> None:
 def test_a_window_the_log_was_trimmed_past_is_not_judged_and_status_warns(
     canary_dir: Path, redis_url: str, feature_prefix: str
 ) -> None:
-    now = datetime.now(UTC)
-    policy = rollout.read_policy(canary_dir)
-    started = (now - timedelta(hours=2)).isoformat(timespec="seconds")
-    rollout.write_policy(canary_dir, policy.model_copy(update={"canary_since": started}))
+    now = _canary_started_two_hours_ago(canary_dir)
     _log(redis_url, feature_prefix, canary_ctr=0.06, stable_ctr=0.03, users=150,
          ts_ms=int((now - timedelta(minutes=90)).timestamp() * 1000))  # fmt: skip
     assert _judge(canary_dir, redis_url, feature_prefix).output.startswith("promote: ")
