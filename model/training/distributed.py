@@ -57,7 +57,8 @@ def cluster_from_env(environ: dict[str, str] | None = None) -> Cluster | None:
     if unknown:
         raise AfmError(
             f"{TF_CONFIG} names {sorted(unknown)} tasks; afm-ctr trains with chief and worker "
-            "tasks only (MultiWorkerMirroredStrategy; see docs/training-at-scale.md for ParameterServer)"
+            "tasks only (MultiWorkerMirroredStrategy; see docs/training-at-scale.md for "
+            "ParameterServer)"
         )
     chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
     if kind not in ("chief", "worker") or not 0 <= index < len(cluster.get(kind, [])):
