@@ -4,11 +4,12 @@ The route hands ``ImpressionLog.log`` what it already holds (the feature read, t
 ids and scores as it wrote them) and gets the impression id back; a compact record goes on a
 bounded in-memory buffer. A background task, started and drained by the lifespan, writes the
 buffer in batches (once records wait LINGER_S or fill WRITE_BATCH) to the feature store's
-Redis, pipelined in one write: per impression one WRITE_SCRIPT, which stores its stream entry
-(``event_log.impression_data``, XADD to its user's shard, MAXLEN ~) and its hash (``shown``,
-expiring after the attribution window and its grace) together, or nothing if the hash says
-it is stored already. The entry is serialised after the reply has left, from columns the
-reply already wrote, so a ``/score`` pays for the id and the record only.
+Redis, pipelined in one write: per shard and up to SCRIPT_IMPRESSIONS impressions one
+WRITE_SCRIPT, which stores each impression's stream entry (``event_log.impression_data``,
+XADD to its user's shard, MAXLEN ~) and its hash (``shown``, expiring after the attribution
+window and its grace) together, or nothing if the hash says it is stored already. The entry
+is serialised after the reply has left, from columns the reply already wrote, so a
+``/score`` pays for the id and the record only.
 
 A batch whose write fails (Redis restarting, a lost connection) is sent again until RETRY_S
 have passed: the script makes that exact, since an impression the first write stored is not
@@ -23,11 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
+import operator
 import secrets
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
 from typing import NamedTuple
 
@@ -52,9 +55,11 @@ writes: fewer, larger pipelines cost Redis less per impression."""
 DROP_LOG_INTERVAL_S = 10.0
 """Drops are logged at most this often: one line with the counts since the last."""
 
-SERIALISE_CHUNK = 32
-"""Impressions serialised between two turns of the event loop: a whole batch at once would
-hold up the requests waiting behind it for milliseconds."""
+SCRIPT_IMPRESSIONS = 32
+"""Most impressions (of one shard) one WRITE_SCRIPT call stores: a script call costs Redis
+about as much as the writes of an impression, so calls carry several. Each call is
+serialised between two turns of the event loop: a whole batch at once would hold up the
+requests waiting behind it for milliseconds."""
 
 RETRY_S = 10.0
 """A failed batch is sent again for this long (long enough for a Redis restart); meanwhile
@@ -69,15 +74,23 @@ TRANSIENT_ERRORS = ("LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN")
 """Error replies after which a batch is sent again (within RETRY_S), not dropped."""
 
 WRITE_SCRIPT = b"""
-if redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4]) == 0 then return 0 end
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'impression', ARGV[1], 'data', ARGV[2])
-return 1
+local stored = 0
+for i = 2, #KEYS do
+  local at = 3 * i - 3
+  if redis.call('HSETNX', KEYS[i], ARGV[3], ARGV[at + 3]) == 1 then
+    redis.call('EXPIRE', KEYS[i], ARGV[2])
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+               'impression', ARGV[at + 1], 'data', ARGV[at + 2])
+    stored = stored + 1
+  end
+end
+return stored
 """
-"""KEYS = the impression stream, the impression's hash (one slot: ``event_log``); ARGV = the
-impression id, its data, SHOWN_FIELD, the shown ids, the stream's MAXLEN, the hash's TTL.
-1: stored; 0: stored before (by a try whose reply was lost), nothing written. Sent by its
-SHA1 (EVALSHA), and loaded when Redis does not have it (a new or restarted Redis)."""
+"""KEYS = a shard's impression stream, then each impression's hash (one slot:
+``event_log``); ARGV = the stream's MAXLEN, the hashes' TTL, SHOWN_FIELD, then per impression
+its id, its data and the shown ids. Returns how many it stored: an impression whose hash is
+there already was stored by a try whose reply was lost, and is not written again. Sent by
+its SHA1 (EVALSHA), and loaded when Redis does not have it (a new or restarted Redis)."""
 
 WRITE_SHA = hashlib.sha1(WRITE_SCRIPT).hexdigest().encode()  # noqa: S324 (Redis' script name)
 SHOWN = event_log.SHOWN_FIELD.encode()
@@ -106,10 +119,13 @@ class Pending(NamedTuple):
 
     impression_id: str
     user_id: int
+    shard: int  # event_log.shard(user_id)
     ts: int
     version: int
     arm: str
     user: Mapping[str, str] | None  # the feature read's user, None for an unknown user
+    movie_ids: Sequence[int]  # the request's
+    order: Sequence[int]  # the reply's rows of movie_ids
     shown: bytes  # the returned movie ids as the reply wrote them: "50,181,1"
     scores: bytes  # their probabilities as the reply wrote them: "0.43,0.2,0.1"
     movies: Mapping[str, Mapping[str, str]]  # the movie table they were scored with
@@ -138,7 +154,7 @@ class ImpressionLog:
             event_log.impressions_key(prefix, shard).encode()
             for shard in range(event_log.LOG_SHARDS)
         ]
-        self._limits = (str(max_length).encode(), str(ttl_s).encode())  # MAXLEN, TTL
+        self._arguments = (str(max_length).encode(), str(ttl_s).encode(), SHOWN)
         self._capacity = capacity
         self._buffer: deque[Pending] = deque()
         self._wake = asyncio.Event()  # set: the buffer has records
@@ -178,9 +194,11 @@ class ImpressionLog:
         impression_id = event_log.issue_impression_id(self.keys, version, arm, user_id, ts)
         if shown is None or scores is None:
             shown, scores = written_rows(movie_ids, order, probability)
-        self.record(
-            Pending(impression_id, user_id, ts, version, arm, read.user, shown, scores, read.movies)
-        )
+        pending = Pending(
+            impression_id, user_id, event_log.shard(user_id), ts, version, arm, read.user,
+            movie_ids, order, shown, scores, read.movies,
+        )  # fmt: skip
+        self.record(pending)
         return impression_id
 
     def record(self, pending: Pending) -> None:
@@ -262,9 +280,11 @@ class ImpressionLog:
         """One pipelined write of ``batch``, sent again while it fails (for RETRY_S), then
         counted: each impression logged, or dropped as "redis_error"."""
         commands: list[Command] = []
-        for start in range(0, len(batch), SERIALISE_CHUNK):
-            commands.extend(map(self._command, batch[start : start + SERIALISE_CHUNK]))
-            await asyncio.sleep(0)  # let waiting requests run between chunks
+        sizes: list[int] = []  # impressions per command
+        for shard, group in _script_calls(batch):
+            commands.append(self._command(shard, group))
+            sizes.append(len(group))
+            await asyncio.sleep(0)  # let waiting requests run between calls
         give_up, loaded = time.monotonic() + RETRY_S, False
         while True:
             try:
@@ -285,19 +305,29 @@ class ImpressionLog:
         if not replies:
             self._drop("redis_error", len(batch))
             return
-        for reply in replies:
+        for reply, size in zip(replies, sizes, strict=True):
             if isinstance(reply, Exception):
                 self._last_error = first_line(reply) or type(reply).__name__
-                self._drop("redis_error", 1)
+                self._drop("redis_error", size)
             else:
-                self.logged_total += 1
+                self.logged_total += size
 
-    def _command(self, pending: Pending) -> Command:
-        """WRITE_SCRIPT for ``pending``: its stream entry and its hash."""
+    def _command(self, shard: int, group: Sequence[Pending]) -> Command:
+        """WRITE_SCRIPT for ``group``, impressions of ``shard``: their stream entries and
+        their hashes."""
+        keys, arguments = [self._streams[shard]], list(self._arguments)
+        for pending in group:
+            key = event_log.impression_key(self._prefix, pending.impression_id, shard)
+            keys.append(key.encode())
+            arguments += (pending.impression_id.encode(), self._data(pending), pending.shown)
+        return (b"EVALSHA", WRITE_SHA, str(len(keys)).encode(), *keys, *arguments)
+
+    def _data(self, pending: Pending) -> bytes:
+        """``pending``'s stream entry data (``event_log.impression_data``)."""
         if pending.movies is not self._columns.table:
             self._columns = _MovieColumns(pending.movies)
         user = pending.user or {}
-        data = event_log.impression_data(
+        return event_log.impression_data(
             pending.user_id,
             pending.ts,
             pending.version,
@@ -305,13 +335,8 @@ class ImpressionLog:
             {name: user.get(name, "") for name in event_log.USER_LOG_FIELDS},
             pending.shown,
             pending.scores,
-            self._columns.of(pending.shown),
+            self._columns.of([pending.movie_ids[row] for row in pending.order]),
         )
-        key = event_log.impression_key(self._prefix, pending.impression_id).encode()
-        return (
-            b"EVALSHA", WRITE_SHA, b"2", self._streams[event_log.shard(pending.user_id)], key,
-            pending.impression_id.encode(), data, SHOWN, pending.shown, *self._limits,
-        )  # fmt: skip
 
     def _drop(self, reason: str, count: int) -> None:
         if count:
@@ -338,31 +363,38 @@ class ImpressionLog:
 
 
 class _MovieColumns:
-    """A movie table's MOVIE_LOG_FIELDS as NumPy columns of JSON strings (row 0 blank) and
-    its sorted ids: built once per table, so a logged impression's movie features are one
-    search and one gather per field in contiguous memory (a dict lookup per movie and field
-    missed the CPU cache at every turn: a sixth of the event loop's time)."""
+    """A movie table's MOVIE_LOG_FIELDS as columns of JSON strings (row 0 blank) and each
+    movie's row: built once per table, so a logged impression's movie features are a lookup
+    per movie and a gather per field (a dict lookup per movie and field missed the CPU cache
+    at every turn: a sixth of the event loop's time)."""
 
     def __init__(self, table: Mapping[str, Mapping[str, str]]) -> None:
         self.table = table
-        ids = sorted((int(m), m) for m in table if m.isdigit())
-        self._ids = np.array([number for number, _ in ids], np.int64)
+        ids = [m for m in table if m.isdigit()]
+        self._rows = {int(m): row for row, m in enumerate(ids, start=1)}
         self._columns = {
-            name: np.array([b'""', *(orjson.dumps(table[m].get(name, "")) for _, m in ids)])
+            name: [b'""', *(orjson.dumps(table[m].get(name, "")) for m in ids)]
             for name in event_log.MOVIE_LOG_FIELDS
         }
 
-    def of(self, shown: bytes) -> dict[str, orjson.Fragment]:
-        """Each field's values for the ids ``shown`` ("50,181"), "" for a movie not in the
-        table, as JSON arrays."""
-        ids = np.asarray(orjson.loads(b"[%b]" % shown), np.int64)
-        at = np.minimum(np.searchsorted(self._ids, ids), max(len(self._ids) - 1, 0))
-        found = self._ids[at] == ids if len(self._ids) else np.zeros(len(ids), bool)
-        rows = np.where(found, at + 1, 0)
+    def of(self, movie_ids: Sequence[int]) -> dict[str, orjson.Fragment]:
+        """Each field's values for ``movie_ids``, "" for a movie not in the table, as JSON
+        arrays."""
+        rows = list(map(self._rows.get, movie_ids, itertools.repeat(0, len(movie_ids))))
         return {
-            name: orjson.Fragment(b"[%b]" % b",".join(column[rows].tolist()))
+            name: orjson.Fragment(b"[%b]" % b",".join(map(column.__getitem__, rows)))
             for name, column in self._columns.items()
         }
+
+
+def _script_calls(batch: Sequence[Pending]) -> Iterator[tuple[int, list[Pending]]]:
+    """``batch`` as WRITE_SCRIPT calls: (shard, up to SCRIPT_IMPRESSIONS of its impressions),
+    each shard's in the order they came."""
+    by_shard = operator.attrgetter("shard")
+    for shard, group in itertools.groupby(sorted(batch, key=by_shard), key=by_shard):
+        pending = list(group)
+        for start in range(0, len(pending), SCRIPT_IMPRESSIONS):
+            yield shard, pending[start : start + SCRIPT_IMPRESSIONS]
 
 
 def _transient(reply: object) -> bool:

@@ -33,8 +33,9 @@ Redis layout, for a key prefix P (the feature store's, default ``afm:``)::
 ``<shard>`` is ``shard(user_id)``: a user's impressions and events land in one of
 LOG_SHARDS streams, so on a Redis Cluster the log spreads over the masters by user. An
 impression's stream and its hash share the hash tag ``{<shard>}`` (one cluster slot), so the
-service writes both in one script: atomically, and once (a script that finds ``shown`` set
-writes nothing, so a batch whose reply was lost can be sent again). Streams are capped with
+service writes both in one script, for several impressions of a shard at once: atomically,
+and once (the script writes nothing for an impression whose ``shown`` is set, so a batch
+whose reply was lost can be sent again). Streams are capped with
 ``XADD ... MAXLEN ~ <n>`` (a setting). An event whose impression hash is not there yet (an
 event may arrive before its impression is stored) is accepted, and the exporter drops it if
 the impression did not show its movie.
@@ -199,9 +200,12 @@ def events_key(prefix: str, shard_number: int) -> str:
     return f"{prefix}log:events:{shard_number}"
 
 
-def impression_key(prefix: str, impression_id: str) -> str:
-    """The hash of ``impression_id`` (a well-formed id: its user names the shard)."""
-    return f"{prefix}log:impression:{{{shard(impression_id.split('.')[4])}}}:{impression_id}"
+def impression_key(prefix: str, impression_id: str, shard_number: int | None = None) -> str:
+    """The hash of ``impression_id`` (a well-formed id: its user names the shard, unless the
+    caller knows it)."""
+    if shard_number is None:
+        shard_number = shard(impression_id.split(".")[4])
+    return f"{prefix}log:impression:{{{shard_number}}}:{impression_id}"
 
 
 SHOWN_FIELD = "shown"

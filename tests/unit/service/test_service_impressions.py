@@ -1,7 +1,7 @@
-"""What the impression log sends Redis: per impression one script storing the contract's
-stream entry and hash, in one pipelined write per batch; a failed batch sent again; each
-impression counted as written or dropped. (The script itself runs on a real Redis in
-tests/integration/serving/test_impressions.py.)"""
+"""What the impression log sends Redis: per shard one script call storing the contract's
+stream entries and hashes of its impressions, in one pipelined write per batch; a failed
+batch sent again; each impression counted as written or dropped. (The script itself runs
+on a real Redis in tests/integration/serving/test_impressions.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 from collections.abc import Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -83,6 +83,25 @@ def _write(log: ImpressionLog) -> None:
     asyncio.run(main())
 
 
+class Call(NamedTuple):
+    """A WRITE_SCRIPT call, read: its stream, its three fixed arguments, and per impression
+    (hash key, id, data, shown)."""
+
+    stream: bytes
+    fixed: tuple
+    impressions: list[tuple[bytes, bytes, bytes, bytes]]
+
+
+def _read(command: Command) -> Call:
+    assert command[:2] == (b"EVALSHA", hashlib.sha1(WRITE_SCRIPT).hexdigest().encode())
+    n = int(command[2]) - 1
+    keys, fixed, rest = command[4 : 4 + n], command[4 + n : 7 + n], command[7 + n :]
+    assert len(rest) == 3 * n
+    return Call(
+        command[3], tuple(fixed), [(k, *rest[3 * i : 3 * i + 3]) for i, k in enumerate(keys)]
+    )
+
+
 def test_an_impression_is_one_script_with_the_contracts_entry_and_hash() -> None:
     redis = RecordingRedis()
     log, impression_id = _logged(redis)
@@ -91,12 +110,13 @@ def test_an_impression_is_one_script_with_the_contracts_entry_and_hash() -> None
     ts = int(impression_id.split(".")[5])
     parsed = event_log.parse_impression_id(impression_id, KEYS, ts, 3600)
     assert (parsed.version, parsed.arm, parsed.user_id) == (3, "stable", 42)
-    assert command[:3] == (b"EVALSHA", hashlib.sha1(WRITE_SCRIPT).hexdigest().encode(), b"2")
-    assert command[3] == event_log.impressions_key("afm:", event_log.shard(42)).encode()
-    assert command[4] == event_log.impression_key("afm:", impression_id).encode()
-    assert command[5] == impression_id.encode()
-    assert command[7:] == (event_log.SHOWN_FIELD.encode(), b"181,7", b"1000", b"90000")
-    data = orjson.loads(command[6])
+    call = _read(command)
+    assert call.stream == event_log.impressions_key("afm:", event_log.shard(42)).encode()
+    assert call.fixed == (b"1000", b"90000", event_log.SHOWN_FIELD.encode())
+    ((key, logged_id, data, shown),) = call.impressions
+    assert key == event_log.impression_key("afm:", impression_id).encode()
+    assert (logged_id, shown) == (impression_id.encode(), b"181,7")
+    data = orjson.loads(data)
     assert list(data) == list(event_log.IMPRESSION_FIELDS)
     assert data == {
         "user_id": 42,
@@ -114,11 +134,42 @@ def test_an_impression_is_one_script_with_the_contracts_entry_and_hash() -> None
     assert log.logged_total == 1 and not any(log.dropped.values())
 
 
+def test_impressions_go_per_shard_a_bounded_number_per_script_call() -> None:
+    """Each call's keys share one slot; a shard's impressions keep their order; an error
+    reply drops its call's impressions, the others are logged."""
+    users = [u for u in range(1000) if event_log.shard(u) in (1, 2)][:80]
+    redis = RecordingRedis()
+    log = ImpressionLog(KEYS, redis, prefix="afm:", max_length=1000, ttl_s=90_000, capacity=100)
+    ids = [log.log(3, "stable", u, FeatureRead(USER, MOVIES), [50], [0], np.ones(1)) for u in users]
+    _write(log)
+    calls = [_read(command) for command in redis.sent[0]]
+    assert max(len(c.impressions) for c in calls) == impressions.SCRIPT_IMPRESSIONS
+    for call in calls:
+        shards = {event_log.shard(i.decode().split(".")[4]) for _, i, _, _ in call.impressions}
+        assert [event_log.impressions_key("afm:", s).encode() for s in shards] == [call.stream]
+        for key, impression_id, _, _ in call.impressions:
+            assert key == event_log.impression_key("afm:", impression_id.decode()).encode()
+    logged = [i.decode() for call in calls for _, i, _, _ in call.impressions]
+    assert sorted(logged) == sorted(ids)
+    for shard in (1, 2):
+        of_shard = [i for i in ids if event_log.shard(i.split(".")[4]) == shard]
+        assert [i for i in logged if i in of_shard] == of_shard
+    assert log.logged_total == len(users)
+
+    redis = RecordingRedis(ResponseError("WRONGTYPE Operation against a key"))
+    log, _ = _logged(redis)
+    log.log(3, "stable", users[0], FeatureRead(USER, MOVIES), [50], [0], np.ones(1))
+    _write(log)
+    assert log.dropped["redis_error"] == 2 and log.logged_total == 0
+
+
 def test_a_reply_written_already_is_taken_as_written() -> None:
     """The route passes the ids and probabilities as its reply wrote them."""
     log, _ = _logged(RecordingRedis(), shown=b"181,7", scores=b"0.4321,0.25")
     again, _ = _logged(RecordingRedis())
-    assert log._buffer[0][6:8] == again._buffer[0][6:8] == (b"181,7", b"0.4321,0.25")
+    (written,), (computed,) = log._buffer, again._buffer
+    assert (written.shown, written.scores) == (computed.shown, computed.scores)
+    assert (written.shown, written.scores) == (b"181,7", b"0.4321,0.25")
 
 
 def test_a_user_without_features_and_an_empty_reply() -> None:
@@ -126,10 +177,11 @@ def test_a_user_without_features_and_an_empty_reply() -> None:
     log, _ = _logged(redis, read=FeatureRead(None, MOVIES), order=[])
     _write(log)
     ((command,),) = redis.sent
-    data = event_log.read_impression_data(command[6])
+    ((_, _, data, shown),) = _read(command).impressions
+    data = event_log.read_impression_data(data)
     assert data.features == dict.fromkeys(event_log.USER_LOG_FIELDS, "")
     assert data.movie_ids == [] and data.movie_features == {"year": [], "genres": []}
-    assert command[8] == b""
+    assert shown == b""
 
 
 def test_an_error_reply_drops_its_impression_counted() -> None:
@@ -193,7 +245,8 @@ def test_a_new_movie_table_is_read_for_the_next_impressions() -> None:
     newer = MappingProxyType({"181": MappingProxyType({"year": "1984", "genres": "S"})})
     log.log(3, "stable", 42, FeatureRead(USER, newer), [181], [0], np.array([0.5], np.float32))
     _write(log)
-    years = [orjson.loads(command[6])["movies"]["year"] for command in redis.sent[0]]
+    ((command,),) = redis.sent  # one user, one shard: one call
+    years = [orjson.loads(data)["movies"]["year"] for _, _, data, _ in _read(command).impressions]
     assert years == [["1983", ""], ["1984"]]
 
 
@@ -225,11 +278,11 @@ def test_movie_features_of_sparse_large_ids_and_unknown_ones() -> None:
     """Ids as a user's own data may have them (a billion apart), and ids no table has."""
     table = {"5": {"year": "1990", "genres": "A"}, "1000000000": {"year": "2001", "genres": "B|C"}}
     columns = impressions._MovieColumns(table)
-    assert orjson.loads(orjson.dumps(columns.of(b"5,7,1000000000,2000000000"))) == {
+    assert orjson.loads(orjson.dumps(columns.of([5, 7, 1000000000, 2000000000]))) == {
         "year": ["1990", "", "2001", ""],
         "genres": ["A", "", "B|C", ""],
     }
-    assert orjson.loads(orjson.dumps(impressions._MovieColumns({}).of(b"5"))) == {
+    assert orjson.loads(orjson.dumps(impressions._MovieColumns({}).of([5]))) == {
         "year": [""],
         "genres": [""],
     }
