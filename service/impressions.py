@@ -125,8 +125,6 @@ class Pending(NamedTuple):
     version: int
     arm: str
     user: Mapping[str, str] | None  # the feature read's user, None for an unknown user
-    movie_ids: Sequence[int]  # the request's
-    order: Sequence[int]  # the reply's rows of movie_ids
     shown: bytes  # the returned movie ids as the reply wrote them: "50,181,1"
     scores: bytes  # their probabilities as the reply wrote them: "0.43,0.2,0.1"
     movies: Mapping[str, Mapping[str, str]]  # the movie table they were scored with
@@ -196,8 +194,8 @@ class ImpressionLog:
         if shown is None or scores is None:
             shown, scores = written_rows(movie_ids, order, probability)
         pending = Pending(
-            impression_id, user_id, event_log.shard(user_id), ts, version, arm, read.user,
-            movie_ids, order, shown, scores, read.movies,
+            impression_id, user_id, event_log.shard(user_id), ts, version, arm, read.user, shown,
+            scores, read.movies,
         )  # fmt: skip
         self.record(pending)
         return impression_id
@@ -337,7 +335,7 @@ class ImpressionLog:
             {name: user.get(name, "") for name in event_log.USER_LOG_FIELDS},
             pending.shown,
             pending.scores,
-            self._columns.of([pending.movie_ids[row] for row in pending.order]),
+            self._columns.of(orjson.loads(b"[%b]" % pending.shown)),
         )
 
     def _drop(self, reason: str, count: int) -> None:
