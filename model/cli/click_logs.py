@@ -8,7 +8,10 @@ with ``model/cli/logs.py``, the process's own logging.)
 from __future__ import annotations
 
 import logging
-import time
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -54,7 +57,12 @@ def export(
         ),
     ] = False,
     follow: Annotated[
-        bool, typer.Option("--follow", help="Export again every --interval seconds until Ctrl-C.")
+        bool,
+        typer.Option(
+            "--follow",
+            help="Export again every --interval seconds until Ctrl-C or SIGTERM (the pass under "
+            "way finishes first).",
+        ),
     ] = False,
     interval: Annotated[
         float, typer.Option(min=0.1, help="Seconds between passes with --follow.")
@@ -82,8 +90,8 @@ def export(
         exporter = LogExporter(
             client, prefix, out, window_s=attribution_window, flush=flush, batch=batch
         )
-        with export_lock(out):
-            while True:
+        with export_lock(out), _stop_between_passes(follow) as stop:
+            while not stop.is_set():
                 try:
                     summary = exporter.export()
                 except AfmError as exc:
@@ -96,8 +104,30 @@ def export(
                         typer.echo(summary.line())
                 if not follow:
                     return
-                time.sleep(interval)
+                stop.wait(interval)
     except AfmError as exc:
         raise fail(exc) from None
-    except KeyboardInterrupt:
-        typer.echo(f"stopped; in all, {total.line()}")
+    except KeyboardInterrupt:  # a second Ctrl-C, or one without --follow
+        pass
+    typer.echo(f"stopped; in all, {total.line()}")
+
+
+@contextmanager
+def _stop_between_passes(follow: bool) -> Iterator[threading.Event]:
+    """With ``follow``, an event that Ctrl-C or SIGTERM sets: the pass under way finishes
+    (its files written and counted), then the loop stops; a second Ctrl-C stops at once."""
+    stop = threading.Event()
+    if not follow:
+        yield stop
+        return
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C: now
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
