@@ -54,9 +54,10 @@ writes: fewer, larger pipelines cost Redis less per impression."""
 DROP_LOG_INTERVAL_S = 10.0
 """Drops are logged at most this often: one line with the counts since the last."""
 
-SCRIPT_IMPRESSIONS = 32
-"""Most impressions (of one shard) one WRITE_SCRIPT call stores: a script call costs Redis
-about as much as the writes of an impression, so calls carry several."""
+SCRIPT_IMPRESSIONS = 8
+"""Most impressions (of one shard) one WRITE_SCRIPT call stores: a call per impression cost
+Redis a third more than calls of 8 or 32, and a larger call holds up the feature reads
+queued behind it for longer."""
 
 SERIALISE_CHUNK = 4
 """Impressions serialised between two turns of the event loop: more at once would hold up
