@@ -49,7 +49,11 @@ def canary_dir(copy_model: Callable[..., Path]) -> Path:
 @pytest.fixture
 def client(canary_dir: Path, redis_url: str, loaded_prefix: str) -> Iterator[TestClient]:
     settings = Settings(
-        model_dir=canary_dir, redis_url=redis_url, redis_prefix=loaded_prefix, reload_interval=0.1
+        model_dir=canary_dir,
+        redis_url=redis_url,
+        redis_prefix=loaded_prefix,
+        reload_interval=0.1,
+        redis_timeout=5.0,  # 1,000 requests in a row: a busy CI machine stalls one past 0.5 s
     )
     with schema_checked(TestClient(create_app(settings))) as client:
         wait_ready(client)
