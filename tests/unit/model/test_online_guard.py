@@ -5,6 +5,7 @@ than stable rolled back whatever its clicks."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -67,18 +68,23 @@ def test_a_quantile_in_the_infinite_bucket_is_the_highest_finite_bound() -> None
     assert math.isnan(guard.quantile(0.99, []))
 
 
-def test_the_service_histogram_is_read_as_written() -> None:
+def test_the_service_histogram_is_read_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
     from service.metrics import Metrics
 
     metrics = Metrics()
-    for _ in range(4):
-        with metrics.scoring("/score", 3, "canary"):
+    durations = [0.0002] * 4 + [0.004]  # four canary requests, then one stable
+    clock = iter([t for d in durations for t in (1.0, 1.0 + d)])  # each request's start, end
+    with monkeypatch.context() as patched:
+        patched.setattr(time, "perf_counter", lambda: next(clock))
+        for _ in range(4):
+            with metrics.scoring("/score", 3, "canary"):
+                pass
+        with metrics.scoring("/score", 2, "stable"):
             pass
-    with metrics.scoring("/score", 2, "stable"):
-        pass
     latency = guard.latency_by_arm(metrics.render()[0].decode())
     assert latency[(3, "canary")].requests == 4 and latency[(2, "stable")].requests == 1
-    assert 0 < latency[(3, "canary")].mean_s < 0.01
+    assert latency[(3, "canary")].mean_s == pytest.approx(0.0002)
+    assert latency[(2, "stable")].mean_s == pytest.approx(0.004)
     assert 0 < latency[(3, "canary")].p99_s <= 0.0005  # within the first bucket
 
 
