@@ -318,8 +318,7 @@ class ImpressionLog:
         entries and their hashes."""
         keys, arguments = [self._streams[shard]], list(self._arguments)
         for pending, data in group:
-            key = event_log.impression_key(self._prefix, pending.impression_id, shard)
-            keys.append(key.encode())
+            keys.append(event_log.impression_key(self._prefix, pending.impression_id).encode())
             arguments += (pending.impression_id.encode(), data, pending.shown)
         return (b"EVALSHA", WRITE_SHA, str(len(keys)).encode(), *keys, *arguments)
 

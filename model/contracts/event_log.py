@@ -200,12 +200,9 @@ def events_key(prefix: str, shard_number: int) -> str:
     return f"{prefix}log:events:{shard_number}"
 
 
-def impression_key(prefix: str, impression_id: str, shard_number: int | None = None) -> str:
-    """The hash of ``impression_id`` (a well-formed id: its user names the shard, unless the
-    caller knows it)."""
-    if shard_number is None:
-        shard_number = shard(impression_id.split(".")[4])
-    return f"{prefix}log:impression:{{{shard_number}}}:{impression_id}"
+def impression_key(prefix: str, impression_id: str) -> str:
+    """The hash of ``impression_id`` (a well-formed id: its user names the shard)."""
+    return f"{prefix}log:impression:{{{shard(impression_id.split('.')[4])}}}:{impression_id}"
 
 
 SHOWN_FIELD = "shown"

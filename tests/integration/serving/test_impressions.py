@@ -347,11 +347,12 @@ def test_the_write_script_stores_each_impression_of_a_call_once(admin: redis.Red
     """A call sent again (its reply lost) writes nothing twice; a call mixing stored and new
     impressions writes the new ones only. On the real Redis, as the service sends it."""
     prefix = f"script-{os.getpid()}:"
+    users = [u for u in range(100) if event_log.shard(u) == 3][:4]  # one shard, one slot
     stream = event_log.impressions_key(prefix, 3)
-    ids = [f"i1.k1.1.stable.{n}.1796616305123.00000000000{n}.sig" for n in range(4)]
+    ids = [f"i1.k1.1.stable.{u}.1796616305123.00000000000{n}.sig" for n, u in enumerate(users)]
 
     def call(*numbers: int) -> int:
-        keys = [event_log.impression_key(prefix, ids[n], 3) for n in numbers]
+        keys = [event_log.impression_key(prefix, ids[n]) for n in numbers]
         arguments = [a for n in numbers for a in (ids[n], f'{{"n":{n}}}', f"{n},7")]
         script = admin.register_script(impressions.WRITE_SCRIPT)
         return script(keys=[stream, *keys], args=[1000, 60, event_log.SHOWN_FIELD, *arguments])
@@ -362,8 +363,8 @@ def test_the_write_script_stores_each_impression_of_a_call_once(admin: redis.Red
         assert call(2, 3) == 1
         entries = [(f[b"impression"].decode(), f[b"data"]) for _, f in admin.xrange(stream)]
         assert entries == [(ids[n], b'{"n":%d}' % n) for n in range(4)]
-        hashed = event_log.impression_key(prefix, ids[3], 3)
+        hashed = event_log.impression_key(prefix, ids[3])
         assert admin.hgetall(hashed) == {event_log.SHOWN_FIELD.encode(): b"3,7"}
         assert 0 < admin.ttl(hashed) <= 60
     finally:
-        admin.delete(stream, *(event_log.impression_key(prefix, i, 3) for i in ids))
+        admin.delete(stream, *(event_log.impression_key(prefix, i) for i in ids))
