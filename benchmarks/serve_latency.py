@@ -309,7 +309,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, help="Synthetic/ML-1M-format users and movies.")
     parser.add_argument("--fields", default="all", type=_field_sets,
                         help="Field sets to serve, comma-separated: seed, all (default), "
-                        "history, or several (one service each, same alternating rounds).")  # fmt: skip
+                        "history, or several (one service each, same alternating "
+                        "rounds).")  # fmt: skip
     parser.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "afm-bench"))
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--duration", type=int, default=5, help="Seconds per wrk run.")

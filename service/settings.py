@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(DEFAULT_PREFIX, description="Key prefix of the feature set.")
     redis_cluster: bool = Field(
         False,
-        description="redis_url names any node of a Redis Cluster (docs/operations.md#redis-cluster).",
+        description="redis_url names any node of a Redis Cluster "
+        "(docs/operations.md#redis-cluster).",
     )
     redis_timeout: float = Field(
         0.5,
