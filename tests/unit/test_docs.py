@@ -50,3 +50,10 @@ def test_relative_links_name_existing_files(doc: Path) -> None:
         if not (doc.parent / target).exists()
     ]
     assert not missing, f"{doc.relative_to(REPO_ROOT)} links to missing files: {missing}"
+
+
+def test_ci_runs_the_test_command_the_readme_gives() -> None:
+    readme = (REPO_ROOT / "README.md").read_text().split("## Tests", 1)[1]
+    command = re.search(r"```bash\n(.*?)\s+#", readme, re.S).group(1)
+    ci_lines = (REPO_ROOT / ".ci" / "run").read_text().splitlines()
+    assert command in ci_lines
