@@ -175,9 +175,10 @@ class EventOutsideWindow(EventRefused):
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, or "" without one: details stay one line."""
+    """The first line of an exception's message, or its type's name without one: details stay
+    one line."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def problem(

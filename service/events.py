@@ -228,7 +228,7 @@ class EventRecorder:
             return await self._redis.run(commands)
         except FAILURES as exc:
             raise EventLogUnavailable(
-                f"Redis unavailable: {first_line(exc) or type(exc).__name__}; nothing of this "
+                f"Redis unavailable: {first_line(exc)}; nothing of this "
                 "batch may be recorded: send it again",
                 retry_after=self._retry_after,
             ) from exc
@@ -266,7 +266,7 @@ class EventRecorder:
                 "%d of %d event stream entries and watched-movie updates failed: %s",
                 len(failed),
                 len(commands),
-                first_line(failed[0]) or type(failed[0]).__name__,
+                first_line(failed[0]),
             )
 
     async def _namespace(self) -> str | None:

@@ -383,7 +383,7 @@ class FeatureStore:
             # The cluster client raises RedisClusterException (not a RedisError) for a slot
             # without a master or when no node answers.
             self.errors_total += 1
-            message = first_line(exc) or type(exc).__name__
+            message = first_line(exc)
             raise self._keys.unavailable(
                 f"{self._keys.name} unavailable: {message}", retry_after=self._retry_after
             ) from exc

@@ -296,7 +296,7 @@ class ImpressionLog:
                     continue
                 error = next((str(r) for r in replies if _transient(r)), "")
             except FAILURES as exc:
-                replies, error = [], first_line(exc) or type(exc).__name__
+                replies, error = [], first_line(exc)
             if not error:
                 break
             self._last_error = error
@@ -308,7 +308,7 @@ class ImpressionLog:
             return
         for reply, size in zip(replies, sizes, strict=True):
             if isinstance(reply, Exception):
-                self._last_error = first_line(reply) or type(reply).__name__
+                self._last_error = first_line(reply)
                 self._drop("redis_error", size)
             else:
                 self.logged_total += size

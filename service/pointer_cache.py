@@ -101,6 +101,6 @@ class PointerCache:
             log.warning(
                 "could not re-read %s: %s; keeping the namespace read %s",
                 self._pointer,
-                first_line(exc) or type(exc).__name__,
+                first_line(exc),
                 "never" if self._read is None else f"{self._clock() - self._read.sent_at:.1f}s ago",
             )
