@@ -19,14 +19,12 @@ from fastapi.testclient import TestClient
 from model.config import DataConfig
 from model.data.load_features import load_features
 from model.data.movielens import FeatureSet, load_feature_set
-from service.app import create_app
 from service.settings import Settings
 from tests.conftest import run_cli
 from tests.integration.serving.helpers import (
     RedisProcess,
     remove_prefix,
-    schema_checked,
-    wait_ready,
+    service_client,
 )
 
 
@@ -109,6 +107,5 @@ def api(trained_model_dir: Path, redis_url: str, loaded_prefix: str) -> Iterator
     settings = Settings(
         model_dir=trained_model_dir, redis_url=redis_url, redis_prefix=loaded_prefix
     )
-    with schema_checked(TestClient(create_app(settings))) as client:
-        wait_ready(client)
+    with service_client(settings) as client:
         yield client

@@ -234,3 +234,12 @@ def validate_against_schema(response: httpx.Response) -> None:
 def schema_checked(client: TestClient) -> TestClient:
     client.event_hooks["response"].append(validate_against_schema)
     return client
+
+
+@contextmanager
+def service_client(settings: Settings) -> Iterator[TestClient]:
+    """The service with ``settings`` in a TestClient (its lifespan running), every reply
+    checked against the OpenAPI schema, once /readyz answers 200."""
+    with schema_checked(TestClient(create_app(settings))) as client:
+        wait_ready(client)
+        yield client

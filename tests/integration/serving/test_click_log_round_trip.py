@@ -14,10 +14,9 @@ from fastapi.testclient import TestClient
 
 from model.contracts import feature_layout
 from model.data.click_logs import LogExporter
-from service.app import create_app
 from service.settings import Settings
 from tests.integration.click_log_helpers import exported_rows
-from tests.integration.serving.helpers import schema_checked, wait_ready
+from tests.integration.serving.helpers import service_client
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +30,7 @@ def client(trained_model_dir: Path, redis_url: str, loaded_prefix: str) -> Itera
         impression_keys="k1:round-trip",
         reload_interval=0,
     )
-    with schema_checked(TestClient(create_app(settings))) as served:
-        wait_ready(served)
+    with service_client(settings) as served:
         yield served
 
 

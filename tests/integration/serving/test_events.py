@@ -18,7 +18,7 @@ from model.contracts import event_log, feature_layout
 from model.contracts.export_format import HISTORY_LENGTH
 from service.app import create_app
 from service.settings import Settings
-from tests.integration.serving.helpers import RedisProcess, schema_checked, wait_ready
+from tests.integration.serving.helpers import RedisProcess, service_client
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +37,7 @@ def client(trained_model_dir: Path, redis_url: str, loaded_prefix: str) -> Itera
         max_events=20,
         reload_interval=0,
     )
-    with schema_checked(TestClient(create_app(settings))) as served:
-        wait_ready(served)
+    with service_client(settings) as served:
         yield served
 
 

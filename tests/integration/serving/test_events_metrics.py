@@ -21,11 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from model.contracts import event_log, rollout
 from model.contracts.rollout import RolloutPolicy
 from model.online import ctr, log_reader
-from service.app import create_app
 from service.metrics import POSITION_BUCKETS, position_bucket
 from service.settings import Settings
 from tests.conftest import REPO_ROOT
-from tests.integration.serving.helpers import schema_checked, wait_ready, wait_until
+from tests.integration.serving.helpers import service_client, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -48,8 +47,7 @@ def client(
         impression_keys=KEYS,
         reload_interval=0.1,
     )
-    with schema_checked(TestClient(create_app(settings))) as served:
-        wait_ready(served)
+    with service_client(settings) as served:
         wait_until(lambda: len(served.get("/model").json()["loaded"]) == 2, what="the canary")
         yield served
 

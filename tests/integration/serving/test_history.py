@@ -16,13 +16,11 @@ from fastapi.testclient import TestClient
 
 from model.contracts import export_format, feature_layout
 from model.contracts.export_format import HISTORY_FIELD, HISTORY_FIELDS, HISTORY_LENGTH
-from service.app import create_app
 from service.settings import Settings
 from tests.integration.serving.helpers import (
     commands_of,
     redis_commands,
-    schema_checked,
-    wait_ready,
+    service_client,
     wait_until,
 )
 
@@ -54,8 +52,7 @@ def client(history_model_dir: Path, redis_url: str, history_prefix: str) -> Iter
     settings = Settings(
         model_dir=history_model_dir, redis_url=redis_url, redis_prefix=history_prefix
     )
-    with schema_checked(TestClient(create_app(settings))) as c:
-        wait_ready(c)
+    with service_client(settings) as c:
         yield c
 
 
@@ -185,8 +182,7 @@ def test_the_service_follows_versions_to_and_from_the_history_field_set(
         model_dir=model_dir, redis_url=redis_url, redis_prefix=history_prefix, reload_interval=0.1
     )
     params = {"user_id": user, "movie_id": movie_ids(stored, 1)[0]}
-    with schema_checked(TestClient(create_app(settings))) as c:
-        wait_ready(c)
+    with service_client(settings) as c:
 
         def explained(version: int) -> dict:
             wait_until(lambda: c.get("/model").json()["version"] == version, what=f"v{version}")

@@ -27,7 +27,7 @@ from service.model_registry import Serving
 from service.settings import Settings
 from tests.integration.serving.helpers import (
     RedisProcess,
-    schema_checked,
+    service_client,
     wait_ready,
 )
 from tests.unit.service.test_service_routes import FakeModel, FakeStore
@@ -48,8 +48,7 @@ def client(trained_model_dir: Path, redis_url: str, loaded_prefix: str) -> Itera
         impression_keys=KEYS,
         reload_interval=0,
     )
-    with schema_checked(TestClient(create_app(settings))) as served:
-        wait_ready(served)
+    with service_client(settings) as served:
         yield served
 
 

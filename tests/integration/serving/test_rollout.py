@@ -17,15 +17,13 @@ from fastapi.testclient import TestClient
 
 from model.contracts import export_format, rollout
 from model.contracts.rollout import RolloutPolicy
-from service.app import create_app
 from service.settings import Settings
 from tests.conftest import REPO_ROOT, run_cli
 from tests.integration.serving.helpers import (
     Hammer,
     ServerThread,
     free_port,
-    schema_checked,
-    wait_ready,
+    service_client,
     wait_until,
 )
 
@@ -55,8 +53,7 @@ def client(canary_dir: Path, redis_url: str, loaded_prefix: str) -> Iterator[Tes
         reload_interval=0.1,
         redis_timeout=5.0,  # 1,000 requests in a row: a busy CI machine stalls one past 0.5 s
     )
-    with schema_checked(TestClient(create_app(settings))) as client:
-        wait_ready(client)
+    with service_client(settings) as client:
         wait_until(lambda: len(client.get("/model").json()["loaded"]) == 2, what="the canary")
         yield client
 
