@@ -213,11 +213,13 @@ class ModelRegistry:
             model = await loop.run_in_executor(self._pool, self._loader, version_dir)
         except Exception as exc:  # any failure: this version is refused, the old one serves
             self.reloads["refused"] += 1
+            reason = first_line(exc)  # the type's name alone when the message is empty
+            if reason != type(exc).__name__:
+                reason = f"{type(exc).__name__}: {reason}"
             log.error(
-                "refusing model version %s: %s: %s (keeping version %s)",
+                "refusing model version %s: %s (keeping version %s)",
                 version_dir.name,
-                type(exc).__name__,
-                first_line(exc),
+                reason,
                 self._serving.stable.version if self._serving.stable else "none",
             )
             return None

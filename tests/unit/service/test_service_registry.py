@@ -84,6 +84,20 @@ def test_broken_version_is_refused_once_and_old_one_serves(
     ]
 
 
+def test_refusal_without_a_message_names_the_error_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def loader(version_dir: Path) -> Loaded:
+        raise MemoryError
+
+    _versions(tmp_path, 1)
+    with caplog.at_level(logging.ERROR, logger="service.model_registry"):
+        assert _refresh(ModelRegistry(tmp_path, loader)) is None
+    assert [r.message for r in caplog.records] == [
+        "refusing model version 1: MemoryError (keeping version none)"
+    ]
+
+
 def test_broken_newest_falls_back_to_the_next_newer(tmp_path: Path) -> None:
     _versions(tmp_path, 1, 2, 3)
     registry = ModelRegistry(tmp_path, CountingLoader(broken={3}))
