@@ -638,6 +638,7 @@ def _score_export_main(version: Path, split: Path) -> None:
             buckets[str(lo) if lo == hi else f"{lo}-{hi}"] = {
                 "rows": int(mask.sum()),
                 "history_attention_share": float(on_history[mask].mean()) if mask.any() else None,
+                "history_attention_sd": float(on_history[mask].std()) if mask.any() else None,
                 "auc": None if math.isnan(auc) else auc,
             }
         return buckets
