@@ -33,7 +33,7 @@ from model.cli.options import (
 from model.cli.training import load_features, train
 from model.config import DataConfig, Dataset
 from model.contracts.feature_layout import DEFAULT_PREFIX
-from model.errors import AfmError, DownloadError
+from model.errors import AfmError, DownloadError, one_line
 from model.online.settings import JudgeSettings
 
 log = logging.getLogger(__name__)
@@ -354,8 +354,7 @@ def _check_servable(model_dir: Path, *versions: int | None) -> None:
         try:
             export_format.read_metadata(model_dir / str(version))
         except (OSError, ValueError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise PolicyError(f"version {version} cannot be served: {reason}") from None
+            raise PolicyError(f"version {version} cannot be served: {one_line(exc)}") from None
 
 
 def up(
