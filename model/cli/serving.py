@@ -43,7 +43,10 @@ HostOpt = Annotated[str, typer.Option(help="Address to listen on.", envvar="AFM_
 PortOpt = Annotated[
     int, typer.Option(min=1, max=65535, help="Port to listen on.", envvar="AFM_PORT")
 ]
-READY_POLL_SECONDS = 0.5  # between the GET /readyz that wait for the service to be ready
+READY_POLL_SECONDS = (0.5, 5.0)
+"""The first and the longest wait between the GET /readyz that wait for the service to be
+ready, doubling in between: each is an access line, and a service may wait long for its
+first model."""
 
 
 def serve(
@@ -152,7 +155,9 @@ def local_url(host: str, port: int) -> str:
 def _announce_when_ready(url: str, example: bool, stopped: threading.Event) -> None:
     """Log where the service is once GET /readyz answers 200; return quietly on ``stopped``."""
     address = urllib.parse.urlsplit(url)
-    while not stopped.wait(READY_POLL_SECONDS):
+    wait, longest = READY_POLL_SECONDS
+    while not stopped.wait(wait):
+        wait = min(2 * wait, longest)
         connection = http.client.HTTPConnection(address.hostname, address.port, timeout=2)
         try:
             connection.request("GET", "/readyz")

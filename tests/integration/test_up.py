@@ -142,8 +142,10 @@ def test_serve_reads_the_features_under_its_prefix_and_says_when_it_is_ready(
 
             wait_until(lambda: readiness() is not None, timeout=120, what="serve to answer")
             assert readiness()["features_loaded"] is False  # nothing under the new prefix yet
-            time.sleep(1)  # two of the announcer's polls
+            polls = output.text().count("GET /readyz")
+            time.sleep(6)  # at least one of the announcer's polls, at most two once it waits 5 s
             assert f"serving {url}" not in output.text()
+            assert output.text().count("GET /readyz") - polls <= 2, output.text()
             run_cli(
                 "load-features", "--dataset", "synthetic", "--data-dir", str(synthetic_dir),
                 "--redis-url", redis_url, "--prefix", feature_prefix,
