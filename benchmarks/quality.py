@@ -891,7 +891,8 @@ def tables(data: dict) -> str:
         out.append("")
         out.append(
             f"Validation AUC on seed {s['tuning_seed']} per grid point (best epoch / epochs "
-            "run; **bold**: chosen; `cap`: stopped by the epoch cap):\n"
+            "run, seconds of training to the best epoch; **bold**: chosen; `cap`: stopped by "
+            "the epoch cap):\n"
         )
         out.append(
             "| # | lr | L2 emb. | batch | " + " | ".join(MODEL_NAMES[m] for m in models) + " |"
@@ -912,7 +913,10 @@ def tables(data: dict) -> str:
                 if t is None:
                     cells.append("")
                     continue
-                text = f"{t['valid_auc']:.4f} ({t['best_epoch']}/{t['epochs_run']})"
+                seconds = _seconds_to(t["history"], t["best_epoch"])
+                text = (
+                    f"{t['valid_auc']:.4f} ({t['best_epoch']}/{t['epochs_run']}, {seconds:.0f} s)"
+                )
                 if t["stopped"] == "max-epochs":
                     text += " `cap`"
                 cells.append(f"**{text}**" if chosen.get(model) == i else text)

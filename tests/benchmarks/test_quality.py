@@ -108,7 +108,7 @@ def test_tables_report_means_seeds_chosen_points_and_times(tmp_path: Path) -> No
         "| AFM (this project) | 0.8720 ± 0.0020 | 0.8700 / 0.8720 / 0.8740 | 0.005, 0, 4096" in text
     )
     assert "| DeepCTR AFM | 0.8720" in text
-    assert "**0.8100 (2/3)**" in text  # the chosen point, bold in the grid table
+    assert "**0.8100 (2/3, 4 s)**" in text  # the chosen point, bold in the grid table
     target = quality.TARGET_VALID_AUC["ml-100k"]
     assert f"time to valid AUC {target}" in text
     assert "| 4 s |" in text  # two epochs of 2 s to the best epoch
