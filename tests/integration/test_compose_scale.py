@@ -171,7 +171,7 @@ def test_stopping_and_starting_replicas_fails_no_request(scaled: Scaled) -> None
     """Both `api-replica` containers stopped and started again at once, `api` alone serving
     meanwhile: each restarted replica gets a new address and counts as up before it listens,
     so without `observe layer4` in haproxy.cfg a request's retries can all land on the two
-    (3 to 5 failed requests in each of three tries)."""
+    (benchmarks/results.md: "replicas restarting behind HAProxy")."""
     hosts, version = scaled.hostnames(), scaled.version()
     every = {(host, version) for host in hosts.values()}
     assert every <= scaled.versions_seen(until=every), scaled.stack.logs("lb")
