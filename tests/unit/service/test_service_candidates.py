@@ -116,6 +116,7 @@ def test_settings_read_afm_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("AFM_MAX_CANDIDATES", "50")
     monkeypatch.setenv("AFM_REDIS_TIMEOUT", "0.1")
     monkeypatch.setenv("AFM_REDIS_CLUSTER", "true")
+    monkeypatch.delenv("AFM_REDIS_PREFIX")  # conftest.py's, so the default shows
     settings = Settings()
     assert settings.model_dir == tmp_path
     assert settings.max_candidates == 50 and settings.redis_timeout == 0.1
