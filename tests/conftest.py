@@ -79,16 +79,23 @@ def redis_url() -> str:
     return url
 
 
+def remove_prefix(redis_url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` (never FLUSHDB: the Redis may be shared)."""
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=1)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.unlink(*keys)
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def feature_prefix(redis_url: str) -> Iterator[str]:
-    """A unique key prefix, removed afterwards (never FLUSHDB: the Redis may be shared)."""
+    """A unique key prefix, removed afterwards."""
     prefix = f"test:{uuid.uuid4().hex}:"
     yield prefix
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    remove_prefix(redis_url, prefix)
 
 
 def _once_per_run(

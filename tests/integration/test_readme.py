@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
-from tests.integration.serving.helpers import free_port, remove_prefix
+from tests.conftest import REPO_ROOT, remove_prefix
+from tests.integration.serving.helpers import free_port
 
 pytestmark = pytest.mark.integration
 

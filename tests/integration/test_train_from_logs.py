@@ -18,7 +18,7 @@ from model.contracts.export_format import HISTORY_FIELDS, read_metadata
 from model.data.click_logs import LogExporter
 from model.data.load_features import load_features
 from model.data.logged_rows import read_logged_rows
-from tests.conftest import run_cli
+from tests.conftest import remove_prefix, run_cli
 from tests.integration.click_log_helpers import BASE_MS, log_impression, user_features
 
 pytestmark = pytest.mark.integration
@@ -99,10 +99,8 @@ def exported_log(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     summary = LogExporter(client, prefix, out, batch=64).export()
     assert (summary.impressions, summary.clicks) == (IMPRESSIONS, clicks)
     yield Log(out, set(users["zip"]), set(today_users["zip"]), served_watched, impressions, clicks)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
     client.close()
+    remove_prefix(redis_url, prefix)
 
 
 def test_training_rows_carry_the_features_as_served_not_todays_feature_store(

@@ -20,10 +20,9 @@ from model.config import DataConfig
 from model.data.load_features import load_features
 from model.data.movielens import FeatureSet, load_feature_set
 from service.settings import Settings
-from tests.conftest import run_cli
+from tests.conftest import remove_prefix, run_cli
 from tests.integration.serving.helpers import (
     RedisProcess,
-    remove_prefix,
     service_client,
 )
 

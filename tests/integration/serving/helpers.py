@@ -34,14 +34,6 @@ def wait_ready(client: TestClient) -> None:
     wait_until(lambda: client.get("/readyz").status_code == 200, what="/readyz to turn 200")
 
 
-def remove_prefix(redis_url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.unlink(*keys)
-    client.close()
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

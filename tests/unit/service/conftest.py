@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from service.settings import Settings
+from tests.conftest import remove_prefix
 
 
 @pytest.fixture(autouse=True)
@@ -19,12 +20,8 @@ def _own_redis_prefix(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     prefix = f"test:{uuid.uuid4().hex}:"
     monkeypatch.setenv("AFM_REDIS_PREFIX", prefix)
     yield
+    url = os.environ.get("AFM_REDIS_URL") or Settings.model_fields["redis_url"].default
     try:  # best effort: these tests do not need a Redis, and pass without one
-        url = os.environ.get("AFM_REDIS_URL") or Settings.model_fields["redis_url"].default
-        client = redis.Redis.from_url(url, socket_connect_timeout=1)
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.unlink(*keys)
-        client.close()
+        remove_prefix(url, prefix)
     except redis.RedisError:
         pass
