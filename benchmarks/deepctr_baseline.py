@@ -13,12 +13,14 @@ this project); create it outside the repository:
 
 DIR holds train.tsv, valid.tsv and test.tsv: tab-separated, a header line naming the
 columns, then one row per line with the raw values (``user_id gender age occupation zip
-movie_id year genres [watched] label``). The model reads the columns of its field set:
+[last_watched] movie_id year genres [watched] label``). The model reads the columns of its
+field set:
 
 * ``all``: the eight fields; genres ("Comedy|Drama") is a VarLenSparseFeat, mean pooling.
-* ``history``: the same and ``watched``, the user's last 20 movies ("50|1|181"), a
-  VarLenSparseFeat of maxlen 20 sharing the movie_id embedding (``embedding_name``), mean
-  pooling.
+* ``history``: the same, ``last_watched`` (how long before the row the user last watched
+  a movie, "12" for 2**12 to 2**13 seconds), a SparseFeat, and ``watched``, the user's last
+  20 movies ("50|1|181"), a VarLenSparseFeat of maxlen 20 sharing the movie_id embedding
+  (``embedding_name``), mean pooling.
 
 Ids come from the training split's values (1 stands for a value training never saw; 0 pads
 the multi-valued fields). The network is DeepCTR's own: embedding 16, attention factor 8,
@@ -54,7 +56,10 @@ from deepctr.feature_column import SparseFeat, VarLenSparseFeat, get_feature_nam
 from deepctr.models import AFM  # noqa: E402
 
 SINGLE = ["user_id", "gender", "age", "occupation", "zip", "movie_id", "year"]
-FIELD_SETS = {"all": [*SINGLE, "genres"], "history": [*SINGLE, "genres", "watched"]}
+FIELD_SETS = {
+    "all": [*SINGLE, "genres"],
+    "history": [*SINGLE, "last_watched", "genres", "watched"],
+}
 MULTI_VALUED = {"genres": None, "watched": 20}  # field -> maxlen (None: the longest seen)
 SHARES_TABLE = {"watched": "movie_id"}  # field -> the field whose ids and embedding it uses
 PAD, UNKNOWN = 0, 1  # ids: 0 pads a multi-valued field, 1 is a value training never saw

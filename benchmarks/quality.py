@@ -38,8 +38,9 @@ offsets, FM start) and ``--oov-rate 0`` (DeepCTR simulates no unknown users eith
 run by benchmarks/deepctr_baseline.py in the DeepCTR venv (its docstring says how to create
 it, outside the repository); embedding 16, attention factor 8 and DeepCTR's other defaults.
 Field sets: ``all`` (user_id gender age occupation zip movie_id year genres) and ``history``
-(the same and ``watched``, the user's last 20 movies; it needs the history field set in
-``afm-ctr train --fields``).
+(the same, ``last_watched``, how long before the row the user last watched a movie, and
+``watched``, the user's last 20 movies; it needs the history field set in ``afm-ctr train
+--fields``).
 
 **Tuning.** The same GRID of points (learning rate, L2 on the embedding tables, batch size)
 for every model, each trained on seed 42 only; the point with the best validation AUC is
@@ -177,6 +178,7 @@ def settings(quick: bool) -> dict:
         negatives = NEGATIVES
     return {
         "negatives": negatives,
+        "fields": field_columns(),
         "grid": [dict(point) for point in grid],
         "max_epochs": max_epochs,
         "patience": patience,
@@ -210,7 +212,8 @@ class Results:
             self.data = json.loads(path.read_text())
             if self.data.get("settings") != current:
                 raise BenchmarkError(
-                    f"{path} holds runs made with other settings (grid, epochs, seeds); "
+                    f"{path} holds runs made with other settings (fields, grid, epochs, "
+                    "seeds); "
                     "move it away or pass another --results"
                 )
         else:
@@ -354,7 +357,7 @@ def write_split(dataset: str, seed: int, fields: str, args: argparse.Namespace) 
 def _write_split_main(out: Path, dataset: str, seed: int, data: Path, negatives: int) -> None:
     """--write-split: ``prepare`` the split and write its row files (runs with ours' code)."""
     from model.config import DataConfig
-    from model.contracts.export_format import ALL_FIELDS, HISTORY_FIELD
+    from model.contracts.export_format import FIELD_SETS
     from model.data.protocols import prepare
 
     source = DATASETS[dataset]
@@ -368,12 +371,12 @@ def _write_split_main(out: Path, dataset: str, seed: int, data: Path, negatives:
         seed=seed,
         negatives=negatives,
     )
-    columns = list(ALL_FIELDS)
     if "history" in inspect.signature(prepare).parameters:  # the watched movies too
         prepared = prepare(config, history=True)
-        columns.append(HISTORY_FIELD)
+        columns = list(FIELD_SETS["history"])
     else:  # a version of the data side without them
         prepared = prepare(config)
+        columns = list(FIELD_SETS["all"])
     out.mkdir(parents=True, exist_ok=True)
     info: dict = {
         "dataset": dataset,
@@ -1032,8 +1035,10 @@ def ours_has_l2(code: Path) -> bool:
 
 
 def field_columns() -> dict[str, list[str]]:
-    base = ["user_id", "gender", "age", "occupation", "zip", "movie_id", "year", "genres"]
-    return {"all": base, "history": [*base, "watched"]}
+    """The columns each field set reads, as ``afm-ctr train --fields`` names them."""
+    users = ["user_id", "gender", "age", "occupation", "zip"]
+    movies = ["movie_id", "year", "genres"]
+    return {"all": [*users, *movies], "history": [*users, "last_watched", *movies, "watched"]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -90,11 +90,14 @@ if watched ~= '' then
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], table.concat(parts, '|'))
+local at = tonumber(redis.call('HGET', KEYS[1], ARGV[4]) or '')
+if not at or at < tonumber(ARGV[5]) then redis.call('HSET', KEYS[1], ARGV[4], ARGV[5]) end
 return 1
 """
 """KEYS[1] = the user's hash in the current namespace; ARGV = WATCHED, the movie id,
-HISTORY_LENGTH. Puts the movie first in the user's watched movies (moved there if it was
-further down; empty parts keep their places), keeping at most HISTORY_LENGTH. 0: no such
+HISTORY_LENGTH, WATCHED_AT, the click's time in Unix seconds. Puts the movie first in the
+user's watched movies (moved there if it was further down; empty parts keep their places),
+keeping at most HISTORY_LENGTH, and moves WATCHED_AT forward to the click's time. 0: no such
 user (a click creates no user), 1: done."""
 
 
@@ -253,7 +256,8 @@ class EventRecorder:
                 commands.append(
                     (b"EVAL", WATCHED_SCRIPT, 1,
                      feature_layout.user_key(namespace, item.impression.user_id),
-                     feature_layout.WATCHED, item.event.movie_id, export_format.HISTORY_LENGTH)
+                     feature_layout.WATCHED, item.event.movie_id, export_format.HISTORY_LENGTH,
+                     feature_layout.WATCHED_AT, f"{item.ts / 1000:.3f}")
                 )  # fmt: skip
         try:
             replies = await self._redis.run(commands)

@@ -17,6 +17,7 @@ import numpy as np
 from model.contracts.export_format import (
     HISTORY_FIELD,
     HISTORY_LENGTH,
+    LAST_WATCHED,
     MOVIE_ID,
     MULTI_VALUED,
     split_values,
@@ -57,9 +58,26 @@ def label(field: str, value: str, labels: Labels, movies: Mapping[str, Mapping[s
         return UNKNOWN_LABEL
     if field == MOVIE_ID:
         return movies.get(value, {}).get("title") or value
+    if field == LAST_WATCHED and value.isdigit():
+        return last_watched_label(int(value))
     if field in MULTI_VALUED:
         return ", ".join(split_values(field, value))
     return labels.get(field, {}).get(value, value)
+
+
+DURATION_UNITS: tuple[tuple[str, float], ...] = (
+    ("seconds", 1), ("minutes", 60), ("hours", 3_600), ("days", 86_400), ("years", 31_557_600)
+)  # fmt: skip
+
+
+def last_watched_label(power: int) -> str:
+    """LAST_WATCHED's label for its value ``power`` (2**power to 2**(power + 1) seconds),
+    in the largest unit its lower end reaches, rounded: 11 is "34-68 minutes ago", 12 "1-2
+    hours ago"."""
+    low, high = (2**power if power else 0), 2 ** (power + 1)
+    unit, size = next(u for u in reversed(DURATION_UNITS) if low >= u[1] or u[1] == 1)
+    digits = 1 if unit == "years" else 0
+    return f"{low / size:.{digits}f}-{high / size:.{digits}f} {unit} ago"
 
 
 def features(

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -42,7 +43,7 @@ from typing import Protocol, TypeVar
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from model.contracts import feature_layout
+from model.contracts import export_format, feature_layout
 from model.contracts.feature_layout import FeatureSetMeta
 from service.errors import (
     FeatureNodeUnavailable,
@@ -72,8 +73,9 @@ class FeatureRead:
     """What one request reads, all from the same loaded feature set."""
 
     user: dict[str, str] | None
-    """``feature_layout.decode_user``: USER_FIELDS and what the user watched (WATCHED) as
-    raw strings, from the one hash; None for a user not in the feature set."""
+    """``feature_layout.decode_user``: USER_FIELDS, what the user watched (WATCHED) and when
+    (WATCHED_AT) as raw strings, from the one hash, and LAST_WATCHED as of the read; None for
+    a user not in the feature set."""
     movies: Mapping[str, Mapping[str, str]]
     """movie_id string -> MOVIE_FEATURES as raw strings; read-only, shared between requests.
     Empty for a feature set loaded without movies; a movie not in it is unknown."""
@@ -196,6 +198,16 @@ class ClusterRedis:
         await self._client.aclose()
 
 
+def last_watched(watched_at: str, now: float | None = None) -> str:
+    """LAST_WATCHED for a user who last watched at ``watched_at`` (WATCHED_AT's raw string;
+    "" or unreadable: "") as of ``now`` (default: the current time)."""
+    try:
+        gap = (time.time() if now is None else now) - float(watched_at)
+        return export_format.last_watched_value(gap)
+    except (ValueError, OverflowError):  # "", or not a finite number
+        return ""
+
+
 def _hash(flat: list) -> RawHash:
     """HGETALL's reply through Lua: a flat [field, value, ...] list."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
@@ -256,7 +268,10 @@ class FeatureStore:
         the timeout, or loads keep switching for READ_ATTEMPTS reads.
         """
         raw, table = await self._with_table(lambda: self._keys.user(user_id))
-        return FeatureRead(feature_layout.decode_user(raw), table.movies, table.info.meta)
+        user = feature_layout.decode_user(raw)
+        if user is not None:
+            user[export_format.LAST_WATCHED] = last_watched(user[feature_layout.WATCHED_AT])
+        return FeatureRead(user, table.movies, table.info.meta)
 
     async def feature_set(self) -> FeatureSetInfo:
         """The current feature set's meta and popular movies, from the in-process copy.

@@ -365,6 +365,7 @@ def load_features(
             popular=loaded.popular,
             sample_users=loaded.sample_users,
             watched=loaded.watched,
+            watched_at=loaded.watched_at,
             cluster=redis_cluster,
         )
     except AfmError as exc:

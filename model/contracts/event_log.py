@@ -98,10 +98,12 @@ _ID_PATTERN = re.compile(
 
 IMPRESSION_FIELDS: tuple[str, ...] = ("user_id", "ts", "version", "arm", "features", "movies")
 
-USER_LOG_FIELDS: tuple[str, ...] = (*feature_layout.USER_FIELDS, feature_layout.WATCHED)
-"""A logged impression's user features: every user field the feature store holds, the
-watched movies included ("" for none), whichever the version read, so a log can train any
-field set without a join against a later feature set."""
+USER_LOG_FIELDS: tuple[str, ...] = (
+    *feature_layout.USER_FIELDS, export_format.LAST_WATCHED, feature_layout.WATCHED
+)  # fmt: skip
+"""A logged impression's user features: every user field the feature store holds, and the
+watched movies with how long before the request the latest was ("" for none), whichever the
+version read, so a log can train any field set without a join against a later feature set."""
 
 MOVIE_LOG_FIELDS: tuple[str, ...] = export_format.ITEM_FIELDS
 """A logged movie's features (year, genres): what the feature set held for it, "" unknown."""

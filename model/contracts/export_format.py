@@ -100,8 +100,17 @@ candidate's movie vector (the equation is under ``SIGNATURE_WEIGHTS`` below)."""
 HISTORY_LENGTH = 20
 """How many of the most recent watched movies a version reads (and the feature store keeps)."""
 
-HISTORY_FIELDS: tuple[str, ...] = (*ALL_FIELDS, HISTORY_FIELD)
-"""All eight fields and the watched movies (nine fields, 36 pairs)."""
+LAST_WATCHED = "last_watched"
+"""How long before a row (when serving, before the request) the user watched their most
+recent movie, as ``last_watched_value`` spells it: "12" for 4,096 to 8,191 seconds; "" for a
+user who watched nothing, or data without times. Like HISTORY_FIELD it comes with the user;
+it is single-valued and counts as a user field (``rank_sides``)."""
+
+HISTORY_FIELDS: tuple[str, ...] = (
+    *USER_FIELDS, LAST_WATCHED, *ALL_FIELDS[len(USER_FIELDS) :], HISTORY_FIELD
+)  # fmt: skip
+"""All eight fields, when the user last watched, and the watched movies (ten fields, 45
+pairs)."""
 
 FIELD_SETS: dict[str, tuple[str, ...]] = {
     "seed": SEED_FIELDS,
@@ -113,6 +122,15 @@ MULTI_VALUED: dict[str, str] = {"genres": "|", HISTORY_FIELD: "|"}
 """Field -> separator of its values, as in ML-1M's movies.dat ("Animation|Comedy")."""
 
 USER_ID, MOVIE_ID = "user_id", "movie_id"
+
+
+def last_watched_value(seconds: float | None) -> str:
+    """LAST_WATCHED's raw value for a gap of ``seconds``: "k" when 2**k <= seconds < 2**(k+1)
+    (under 2 seconds, a negative gap from a skewed clock included, is "0"); "" for None.
+    Powers of two keep a session's seconds apart and a return after weeks in few values."""
+    if seconds is None:
+        return ""
+    return str(max(int(seconds), 1).bit_length() - 1)
 
 
 def split_values(field: str, joined: str) -> list[str]:
@@ -128,8 +146,8 @@ def pairs(fields: tuple[str, ...] | list[str]) -> tuple[tuple[str, str], ...]:
 
 def rank_sides(fields: tuple[str, ...] | list[str]) -> tuple[list[str], list[str]]:
     """(user fields, movie fields) of a field set, each in field order; a field set lists its
-    user fields first."""
-    users = [f for f in fields if f in USER_FIELDS]
+    user fields (USER_FIELDS and LAST_WATCHED) first."""
+    users = [f for f in fields if f in USER_FIELDS or f == LAST_WATCHED]
     if list(fields[: len(users)]) != users:
         raise ValueError(f"user fields must come first. Received: {list(fields)}")
     return users, list(fields[len(users) :])

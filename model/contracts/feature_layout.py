@@ -8,7 +8,9 @@ Layout, for a key prefix P (default ``afm:``)::
                                user's 20 (HISTORY_LENGTH) most recently rated movies of all
                                their ratings, most recent first, ids joined by "|"
                                ("50|1|181"; "" for none); without timestamps, a seeded
-                               random 20 (model.data.history.latest_watched)
+                               random 20 (model.data.history.latest_watched); and
+                               watched_at (WATCHED_AT): when the most recent of them was
+                               watched, Unix seconds ("874965758"; absent without times)
     <namespace>movies          hash: field = movie_id, value = that movie's features as compact
                                JSON, keys in MOVIE_FEATURES order:
                                {"title":"Heat (1995)","year":"1995","genres":"Action|Crime"}
@@ -61,8 +63,8 @@ deleted one, comes from these rules instead:
 A namespace written by an older loader may lack ``movies`` (reads as an empty table) or
 ``meta`` (reads as ``FeatureSetMeta()``: no source, counts or time, no labels, no samples),
 a meta hash may lack ``user_values`` (reads as empty: nothing to compare), and a user hash
-may lack ``watched`` (reads as "": no history). A user's history lives in the user's own
-hash, so a request still reads one key per user.
+may lack ``watched`` or ``watched_at`` (read as "": no history, no time). A user's history
+lives in the user's own hash, so a request still reads one key per user.
 Movie values are raw strings exactly as in the data, "" when unknown.
 
 Pure and synchronous: the writer and the reader share every byte-level decision here.
@@ -83,6 +85,11 @@ USER_FIELDS: tuple[str, ...] = ("gender", "age", "occupation", "zip")
 WATCHED = "watched"
 """The optional field of a user's hash holding what the user watched: contract.HISTORY_FIELD,
 spelled out so that importing this module stays free of pydantic (the CLI starts with it)."""
+
+WATCHED_AT = "watched_at"
+"""The optional field of a user's hash holding when the user watched the most recent of
+WATCHED: Unix time in seconds, decimal ("874965758", "1733612345.25"). The service turns it
+into contract.LAST_WATCHED, the time from then to the request."""
 
 MOVIE_FEATURES: tuple[str, ...] = ("title", "year", "genres")
 """Per-movie features in the movies hash, in JSON key order: dataset.MOVIE_COLUMNS after
@@ -181,23 +188,28 @@ def check_cluster_prefix(prefix: str) -> str:
 
 
 def encode_user(features: Mapping[str, str]) -> dict[str, str]:
-    """The hash written for one user: USER_FIELDS, and WATCHED when ``features`` has it.
-    Raises KeyError if a USER_FIELDS entry is missing; other keys are ignored."""
+    """The hash written for one user: USER_FIELDS, and WATCHED and WATCHED_AT when
+    ``features`` has them (a WATCHED_AT of "" is left out). Raises KeyError if a USER_FIELDS
+    entry is missing; other keys are ignored."""
     encoded = {field: str(features[field]) for field in USER_FIELDS}
     if WATCHED in features:
         encoded[WATCHED] = str(features[WATCHED])
+    if features.get(WATCHED_AT, ""):
+        encoded[WATCHED_AT] = str(features[WATCHED_AT])
     return encoded
 
 
 def decode_user(raw: Mapping[bytes | str, bytes | str] | None) -> dict[str, str] | None:
-    """Features from a hash as read back: USER_FIELDS and WATCHED ("" when the hash has none,
-    e.g. one written by an older loader); None for a missing or incomplete user."""
+    """Features from a hash as read back: USER_FIELDS, WATCHED and WATCHED_AT ("" when the
+    hash has none, e.g. one written by an older loader); None for a missing or incomplete
+    user."""
     if not raw:
         return None
     text = {_text(k): _text(v) for k, v in raw.items()}
     if any(field not in text for field in USER_FIELDS):
         return None
-    return {**{field: text[field] for field in USER_FIELDS}, WATCHED: text.get(WATCHED, "")}
+    optional = {field: text.get(field, "") for field in (WATCHED, WATCHED_AT)}
+    return {**{field: text[field] for field in USER_FIELDS}, **optional}
 
 
 def encode_movie(features: Mapping[str, str]) -> str:

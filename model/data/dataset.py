@@ -20,6 +20,7 @@ import pandas as pd
 from model.contracts.export_format import (
     HISTORY_FIELD,
     HISTORY_LENGTH,
+    LAST_WATCHED,
     MOVIE_ID,
     MULTI_VALUED,
     USER_FIELDS,
@@ -90,6 +91,9 @@ class PreparedData:
     histories: np.ndarray | None = None
     """Distinct raw HISTORY_FIELD values (object array of str, "" for no history), picked
     by ``LabeledRows.history_idx``; None when the rows were prepared without history."""
+    last_watched: np.ndarray | None = None
+    """Each history's LAST_WATCHED value (object array of str, parallel to ``histories``):
+    rows that watched the same movies at another distance in time have a history each."""
 
     @property
     def movie_ids(self) -> np.ndarray:
@@ -97,10 +101,11 @@ class PreparedData:
 
     def table(self, name: str) -> tuple[np.ndarray, str]:
         """The raw value of field ``name`` per table row, and which index picks the row."""
-        if name == HISTORY_FIELD:
-            if self.histories is None:
+        if name in (HISTORY_FIELD, LAST_WATCHED):
+            if self.histories is None or self.last_watched is None:
                 raise AfmError(NO_HISTORY)
-            return self.histories, "history_idx"
+            values = self.histories if name == HISTORY_FIELD else self.last_watched
+            return values, "history_idx"
         if name in self.users:
             return self.users[name], "user_idx"
         return self.movies[name], "movie_idx"
@@ -112,18 +117,14 @@ class PreparedData:
         same convention as a StringLookup(vocabulary=..., num_oov_indices=1). A MULTI_VALUED
         field's vocabulary holds its single values ("Comedy"), never "" .
         """
-        seen = {
-            "user_idx": _seen(self.train.user_idx, len(self.users[USER_COLUMNS[0]])),
-            "movie_idx": _seen(self.train.movie_idx, len(self.movie_ids)),
-        }
         vocab = {}
         for name in fields:
             values, index = self.table(name)
+            at = _seen(_index_of(self.train, index), len(values))
             if name == HISTORY_FIELD:
-                at = _seen(_index_of(self.train, index), len(values))
                 vocab[name] = _history_vocabulary(values[at])
                 continue
-            values = np.unique(values[seen[index]])
+            values = np.unique(values[at])
             if name in MULTI_VALUED:
                 values = np.unique([v for joined in values for v in split_values(name, joined)])
             vocab[name] = values.astype(str)
@@ -179,9 +180,10 @@ def add_training_rows(data: PreparedData, extra: PreparedData) -> PreparedData:
     on them alone never sees the movies it ranked low; a dataset's rows, whose negatives are
     drawn from the whole catalogue, fill that gap."""
     users, movies = len(data.users[USER_COLUMNS[0]]), len(data.movie_ids)
-    histories = None
+    histories = last_watched = None
     if data.histories is not None and extra.histories is not None:
         histories = np.concatenate([data.histories, extra.histories])
+        last_watched = np.concatenate([data.last_watched, extra.last_watched])
     moved = LabeledRows(
         user_idx=extra.train.user_idx + users,
         movie_idx=extra.train.movie_idx + movies,
@@ -202,6 +204,7 @@ def add_training_rows(data: PreparedData, extra: PreparedData) -> PreparedData:
         movies={c: np.concatenate([data.movies[c], extra.movies[c]]) for c in MOVIE_COLUMNS},
         train=train,
         histories=histories,
+        last_watched=last_watched,
         extra={**data.extra, "added_training_rows": {"source": extra.source, "rows": len(moved)}},
     )
 

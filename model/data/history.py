@@ -8,8 +8,9 @@ history strings (an object array of str) and, per row, an int32 index into them:
 
 Point in time: a row sees only what its user rated strictly before it, ties in time broken
 by movie id (the higher id counts as the more recent, as the next-item protocol orders a
-user's ratings). Data without timestamps has no "before": there a row sees a seeded random
-sample of its user's movies, its own movie left out.
+user's ratings), and how long before it the latest of those was (LAST_WATCHED; each history
+comes with its value). Data without timestamps has no "before": there a row sees a seeded
+random sample of its user's movies, its own movie left out, and LAST_WATCHED is "".
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def histories_before(
     timestamp strictly earlier, most recent first, at most HISTORY_LENGTH.
 
     ``user``, ``movie``, ``timestamp`` are the columns of all ratings; ``pool`` and ``rows``
-    index them. Returns (distinct histories, int32 index per row).
+    index them. Returns (distinct histories, their LAST_WATCHED values: the time from the
+    most recent of those movies to the row, int32 index per row).
     """
     tie = movie_rank(movie_ids)[movie[pool]]
     order = pool[np.lexsort((tie, timestamp[pool], user[pool]))]
@@ -57,7 +59,9 @@ def histories_before(
     key = user.astype(np.int64) * (int(time.max(initial=0)) + 1) + time
     cut = np.searchsorted(key[order], key[rows], side="left")  # first pool rating not earlier
     first = np.searchsorted(user[order], user[rows], side="left")
-    return _most_recent(movie[order], first, cut, movie_ids)
+    latest = timestamp[order][np.maximum(cut - 1, 0)]
+    ago = np.where(cut > first, _power_of_two(timestamp[rows] - latest), NO_LAST_WATCHED)
+    return _most_recent(movie[order], first, cut, movie_ids, ago)
 
 
 def sampled_histories(
@@ -75,7 +79,8 @@ def sampled_histories(
 
     Each user keeps HISTORY_LENGTH + 1 sampled movies; a row drops its own movie if it is
     among them, else the last: at most HISTORY_LENGTH + 1 distinct histories per user.
-    Returns (distinct histories, int32 index per row).
+    Returns (distinct histories, their LAST_WATCHED values, all "": no time, int32 index per
+    row).
     """
     width = HISTORY_LENGTH + 1
     sample = _user_sample(user, movie, pool, rng, width)
@@ -86,7 +91,8 @@ def sampled_histories(
     key_user, key_dropped = np.divmod(keys, width)
     columns = np.arange(HISTORY_LENGTH)[None, :]
     columns = columns + (columns >= key_dropped[:, None])  # skip the dropped column
-    return _joined(sample[key_user[:, None], columns], movie_ids), at.astype(np.int32)
+    histories = _joined(sample[key_user[:, None], columns], movie_ids)
+    return histories, np.full(len(histories), "", dtype=object), at.astype(np.int32)
 
 
 def latest_watched(
@@ -97,15 +103,18 @@ def latest_watched(
     *,
     users: int,
     seed: int,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Per user row 0..users-1, the history a request made after all these ratings sees:
-    the user's HISTORY_LENGTH most recent movies, most recent first ("" for none).
+    the user's HISTORY_LENGTH most recent movies, most recent first ("" for none), and the
+    time of the latest, Unix seconds as a decimal string (feature_layout.WATCHED_AT; "" for
+    none, and for all when the data has no time).
 
     Ties in time go to the higher movie id, as in training. When every timestamp is equal
     the order is a seeded random one (``seed``), so the movies kept are a random sample of
     the user's ratings, as the rating protocol's histories are.
     """
-    if all_equal(timestamp):
+    timeless = all_equal(timestamp)
+    if timeless:
         tie = np.random.default_rng(seed).permutation(len(user))
     else:
         tie = movie_rank(movie_ids)[movie]
@@ -113,8 +122,10 @@ def latest_watched(
     user_row = np.arange(users)
     first = np.searchsorted(user[order], user_row, side="left")
     end = np.searchsorted(user[order], user_row, side="right")
-    histories, at = _most_recent(movie[order], first, end, movie_ids)
-    return histories[at]
+    histories, _, at = _most_recent(movie[order], first, end, movie_ids)
+    latest = timestamp[order][np.maximum(end - 1, 0)].astype(str).astype(object)
+    watched_at = np.where((end > first) & (not timeless), latest, "").astype(object)
+    return histories[at], watched_at
 
 
 def _user_sample(
@@ -133,20 +144,40 @@ def _user_sample(
     return sample
 
 
-def _most_recent(
-    sorted_movie: np.ndarray, first: np.ndarray, cut: np.ndarray, movie_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, ``sorted_movie[first:cut]`` (its user's ratings before it, oldest first) read
-    backwards, at most HISTORY_LENGTH: (distinct history strings, int32 index per row).
+def _power_of_two(seconds: np.ndarray) -> np.ndarray:
+    """export_format.last_watched_value's k for each gap, as int64 (exact up to 2**53 s)."""
+    return np.frexp(np.maximum(seconds, 1).astype(np.float64))[1].astype(np.int64) - 1
 
-    Rows with the same ``cut`` share one history (``cut`` is inside one user's ratings);
-    every empty history is the one "".
+
+NO_LAST_WATCHED = -1
+"""_power_of_two's place holder for LAST_WATCHED's "": no movie watched before the row."""
+
+
+def _most_recent(
+    sorted_movie: np.ndarray,
+    first: np.ndarray,
+    cut: np.ndarray,
+    movie_ids: np.ndarray,
+    ago: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, ``sorted_movie[first:cut]`` (its user's ratings before it, oldest first) read
+    backwards, at most HISTORY_LENGTH, with its ``ago`` (``_power_of_two``; None: all
+    unknown): (distinct history strings, their LAST_WATCHED values, int32 index per row).
+
+    Rows with the same ``cut`` and ``ago`` share one history (``cut`` is inside one user's
+    ratings); every empty history is the one "".
     """
     count = np.minimum(cut - first, HISTORY_LENGTH)
-    keys, one_row, at = np.unique(
-        np.where(count > 0, cut, -1), return_index=True, return_inverse=True
-    )
-    return _reversed_slices(sorted_movie, keys, count[one_row], movie_ids), at.astype(np.int32)
+    if ago is None:
+        ago = np.full(len(cut), NO_LAST_WATCHED, dtype=np.int64)
+    ago = np.where(count > 0, ago, NO_LAST_WATCHED)
+    ago_values = 64  # power-of-two buckets of int64 seconds, and "" (NO_LAST_WATCHED)
+    row_key = np.where(count > 0, cut, -1).astype(np.int64) * ago_values + ago + 1
+    _, one_row, at = np.unique(row_key, return_index=True, return_inverse=True)
+    histories = _reversed_slices(sorted_movie, cut[one_row], count[one_row], movie_ids)
+    values = ago[one_row]
+    last_watched = np.where(values == NO_LAST_WATCHED, "", values.astype(str)).astype(object)
+    return histories, last_watched, at.astype(np.int32)
 
 
 def _reversed_slices(

@@ -52,6 +52,7 @@ def load_features(
     popular: Sequence[str] = (),
     sample_users: Sequence[str] = (),
     watched: Sequence[str] | np.ndarray | None = None,
+    watched_at: Sequence[str] | np.ndarray | None = None,
     cluster: bool = False,
     retire_after: int = feature_layout.CLUSTER_RETIRE_SECONDS,
 ) -> tuple[int, int]:
@@ -65,6 +66,8 @@ def load_features(
     each user feature (``user_values``) and the load time (UTC).
     ``watched``: per user row, the raw history string (``feature_layout.WATCHED``, e.g.
     ``FeatureSet.watched``), written into the user's hash; None writes no history.
+    ``watched_at``: likewise when the user watched the latest of them
+    (``feature_layout.WATCHED_AT``, ``FeatureSet.watched_at``; "" writes none for that user).
     ``cluster``: ``redis_url`` names any node of a Redis Cluster; the previous namespace's
     keys then expire ``retire_after`` seconds after the switch instead of going at once.
     Returns (user count, movie count). Raises MalformedInput for inconsistent columns,
@@ -74,8 +77,10 @@ def load_features(
     pointer is untouched), or for a cluster prefix holding a brace.
     """
     user_columns = _columns(users, USER_COLUMNS, "user")
-    if watched is not None:
-        user_columns[feature_layout.WATCHED] = _watched(watched, len(user_columns["user_id"]))
+    optional = {feature_layout.WATCHED: watched, feature_layout.WATCHED_AT: watched_at}
+    for name, values in optional.items():
+        if values is not None:
+            user_columns[name] = _per_user(values, len(user_columns["user_id"]), name)
     movie_columns = _columns(movies, MOVIE_COLUMNS, "movie")
     meta = feature_layout.FeatureSetMeta(
         source=_string(source, "source"),
@@ -177,16 +182,14 @@ def _columns(
     return columns
 
 
-def _watched(watched: Sequence[str] | np.ndarray, users: int) -> list[str]:
-    """``watched`` as a list of strings, one per user row."""
-    values = np.asarray(watched, dtype=object).tolist()
+def _per_user(column: Sequence[str] | np.ndarray, users: int, name: str) -> list[str]:
+    """``column`` as a list of strings, one per user row."""
+    values = np.asarray(column, dtype=object).tolist()
     if len(values) != users:
-        raise MalformedInput(f"watched has {len(values)} values for {users} users")
+        raise MalformedInput(f"{name} has {len(values)} values for {users} users")
     for value in values:
         if not isinstance(value, str):
-            raise MalformedInput(
-                f"watched value {value!r} ({type(value).__name__}) is not a string"
-            )
+            raise MalformedInput(f"{name} value {value!r} ({type(value).__name__}) is not a string")
     return values
 
 
@@ -239,9 +242,10 @@ def _value_counts(columns: dict[str, list[str]]) -> Mapping[str, Mapping[str, in
 def _write_users(
     client: redis.Redis | RedisCluster, namespace: str, columns: dict[str, list[str]]
 ) -> None:
-    """One hash per user: USER_FIELDS, and WATCHED when ``columns`` has it."""
+    """One hash per user: USER_FIELDS, and WATCHED and WATCHED_AT when ``columns`` has them."""
     pipe = client.pipeline(transaction=False)
-    names = [f for f in (*feature_layout.USER_FIELDS, feature_layout.WATCHED) if f in columns]
+    optional = (feature_layout.WATCHED, feature_layout.WATCHED_AT)
+    names = [f for f in (*feature_layout.USER_FIELDS, *optional) if f in columns]
     rows = zip(*(columns[f] for f in names), strict=True)
     for i, (user_id, values) in enumerate(zip(columns["user_id"], rows, strict=True), start=1):
         features = dict(zip(names, values, strict=True))

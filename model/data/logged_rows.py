@@ -23,7 +23,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from model.contracts.export_format import FIELD_SETS, HISTORY_FIELD, MOVIE_ID, USER_ID
+from model.contracts.export_format import (
+    FIELD_SETS,
+    HISTORY_FIELD,
+    LAST_WATCHED,
+    MOVIE_ID,
+    USER_ID,
+)
 from model.data.click_log_files import log_files, read_rows
 from model.data.dataset import MOVIE_COLUMNS, USER_COLUMNS, LabeledRows, PreparedData
 from model.errors import AfmError
@@ -58,7 +64,8 @@ def read_logged_rows(directory: Path, field_set: str) -> PreparedData:
     users, user_idx = _table(frame, USER_COLUMNS)
     movies, movie_idx = _table(frame, (MOVIE_ID, "year", "genres"))
     movies = {"title": np.full(len(movies[MOVIE_ID]), "", dtype=str), **movies}
-    history_idx, histories = pd.factorize(frame[HISTORY_FIELD].to_numpy(dtype=object))
+    pairs = pd.MultiIndex.from_frame(frame[[HISTORY_FIELD, LAST_WATCHED]])
+    history_idx, histories = pairs.factorize()
     rows = LabeledRows(
         user_idx=user_idx,
         movie_idx=movie_idx,
@@ -81,7 +88,8 @@ def read_logged_rows(directory: Path, field_set: str) -> PreparedData:
         **splits,
         protocol=PROTOCOL,
         source=f"impression log at {directory}",
-        histories=np.asarray(histories, dtype=object),
+        histories=histories.get_level_values(0).to_numpy(dtype=object),
+        last_watched=histories.get_level_values(1).to_numpy(dtype=object),
         extra={
             "log": window,
             "split": "by impression time: the first 80% of impressions train, the next 10% "
@@ -98,7 +106,7 @@ def _frame(table: pa.Table) -> pd.DataFrame:
         table.schema.get_field_index("ts"), "ts", table.column("ts").cast(pa.int64())
     )
     names = ["impression_id", "ts", "label", "position", *USER_COLUMNS, MOVIE_ID]
-    names += ["year", "genres", HISTORY_FIELD]
+    names += ["year", "genres", LAST_WATCHED, HISTORY_FIELD]
     frame = table.select(names).to_pandas()
     repeated = frame.duplicated(["impression_id", MOVIE_ID])
     if repeated.any():
@@ -125,7 +133,7 @@ def _usable(frame: pd.DataFrame, field_set: str, directory: Path) -> pd.DataFram
             "left out"
         )
         frame = frame[~missing]
-    columns = [*USER_COLUMNS, MOVIE_ID, "year", "genres", HISTORY_FIELD]
+    columns = [*USER_COLUMNS, MOVIE_ID, "year", "genres", LAST_WATCHED, HISTORY_FIELD]
     return frame.assign(**{c: frame[c].fillna("").astype(str) for c in columns})
 
 

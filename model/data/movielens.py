@@ -149,6 +149,7 @@ class FeatureSet:
     popular: tuple[str, ...]  # up to POPULAR_MOVIES rated movie ids, most rated first
     sample_users: tuple[str, ...]  # the first SAMPLE_USERS user ids by numeric id
     watched: np.ndarray | None = None  # per user row: history.latest_watched's raw string
+    watched_at: np.ndarray | None = None  # per user row: its latest movie's time, or ""
 
 
 # ---------------------------------------------------------------- public API
@@ -213,7 +214,7 @@ def load_feature_set(config: DataConfig) -> FeatureSet:
     )
     user_idx = _index_of(users["user_id"], rated[0], origin, layout.users, "user")
     movie_idx = _index_of(movies[MOVIE_ID], rated[1], origin, layout.movies, "movie")
-    watched = latest_watched(
+    watched, watched_at = latest_watched(
         user_idx,
         movie_idx,
         rated[3].astype(np.int64),
@@ -233,6 +234,7 @@ def load_feature_set(config: DataConfig) -> FeatureSet:
         popular=tuple(movies[MOVIE_ID][ranked].tolist()),
         sample_users=tuple(users["user_id"][:SAMPLE_USERS].tolist()),
         watched=watched,
+        watched_at=watched_at,
     )
 
 

@@ -12,14 +12,15 @@ out in groups of ``1 + negatives``: the positive, then its negatives.
 split of the remaining rows.
 
 With ``history`` (``--fields history``) every row also gets what its user watched before it
-(``model.data.history``), at most HISTORY_LENGTH movies, most recent first:
+(``model.data.history``), at most HISTORY_LENGTH movies, most recent first, and how long
+before the row the latest of them was (LAST_WATCHED):
 
 * next-item: the user's ratings strictly earlier than the row's positive (its negatives share
   it), whatever the split: a test row may see the validation movie, never its own.
 * rating, timestamped data: the user's *training* rows strictly earlier than the row, so no
   row sees its own movie, a validation or a test rating.
 * rating, all timestamps equal (ml-1m-notime): a seeded random order of the user's training
-  movies, the row's own left out.
+  movies, the row's own left out; LAST_WATCHED is "" (no time).
 
 All randomness comes from ``np.random.default_rng(config.seed)`` (history samples from their
 own stream, so the rows are the same with or without them); no per-row Python loops.
@@ -159,12 +160,15 @@ def next_item(
     clock.done(
         f"sampled {negatives} negatives for each of {int(position.astype(bool).sum()):,} positives"
     )
-    histories, history_extra = None, {}
+    histories, last_watched, history_extra = None, None, {}
     if history:
-        histories, splits = _next_item_histories(ratings, order, masks, splits, 1 + negatives)
+        histories, last_watched, splits = _next_item_histories(
+            ratings, order, masks, splits, 1 + negatives
+        )
         history_extra = {
             "history": f"the user's ratings strictly before the positive, most recent first "
-            f"(ties: the higher movie id first), at most {HISTORY_LENGTH}",
+            f"(ties: the higher movie id first), at most {HISTORY_LENGTH}; last_watched: the "
+            "time from the latest of them to the positive",
             "histories": len(histories),
         }
         clock.done(f"{len(histories):,} distinct histories")
@@ -175,6 +179,7 @@ def next_item(
         protocol="next-item",
         source=ratings.source,
         histories=histories,
+        last_watched=last_watched,
         extra={
             **history_extra,
             "negatives": negatives,
@@ -195,11 +200,11 @@ def _next_item_histories(
     masks: dict[str, np.ndarray],
     splits: dict[str, LabeledRows],
     group_size: int,
-) -> tuple[np.ndarray, dict[str, LabeledRows]]:
-    """Each positive's history (its ratings in ``order``, by split ``masks``) on its whole
-    group of rows: the negatives of a positive share it."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, LabeledRows]]:
+    """Each positive's history and LAST_WATCHED (its ratings in ``order``, by split
+    ``masks``) on its whole group of rows: the negatives of a positive share them."""
     positive = np.flatnonzero(masks["train"] | masks["valid"] | masks["test"])
-    histories, at = histories_before(
+    histories, last_watched, at = histories_before(
         ratings.user_idx,
         ratings.movie_idx,
         ratings.timestamp,
@@ -215,7 +220,7 @@ def _next_item_histories(
         )
         for name, mask in masks.items()
     }
-    return histories, with_history
+    return histories, last_watched, with_history
 
 
 class _NegativeSampler:
@@ -312,9 +317,11 @@ def rating_threshold(ratings: Ratings, *, seed: int, history: bool = False) -> P
             movie_idx=ratings.movie_idx[part].astype(np.int32),
             label=(ratings.rating[part] >= RATING_POSITIVE).astype(np.float32),
         )
-    histories, history_extra = None, {}
+    histories, last_watched, history_extra = None, None, {}
     if history:
-        histories, splits, history_extra = _rating_histories(ratings, parts, splits, seed)
+        histories, last_watched, splits, history_extra = _rating_histories(
+            ratings, parts, splits, seed
+        )
     return PreparedData(
         users=ratings.users,
         movies=ratings.movies,
@@ -322,6 +329,7 @@ def rating_threshold(ratings: Ratings, *, seed: int, history: bool = False) -> P
         protocol="rating",
         source=ratings.source,
         histories=histories,
+        last_watched=last_watched,
         extra={
             **history_extra,
             "seed": seed,
@@ -336,14 +344,15 @@ def rating_threshold(ratings: Ratings, *, seed: int, history: bool = False) -> P
 
 def _rating_histories(
     ratings: Ratings, parts: dict[str, np.ndarray], splits: dict[str, LabeledRows], seed: int
-) -> tuple[np.ndarray, dict[str, LabeledRows], dict[str, object]]:
-    """Histories from each user's training rows only (ratings ``parts["train"]``): those
-    strictly earlier when the data has time, else a seeded sample without the row's own."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, LabeledRows], dict[str, object]]:
+    """Histories and LAST_WATCHED from each user's training rows only (ratings
+    ``parts["train"]``): those strictly earlier when the data has time, else a seeded sample
+    without the row's own (LAST_WATCHED "")."""
     rows = np.concatenate(list(parts.values()))
     columns = (ratings.user_idx, ratings.movie_idx)
     if all_equal(ratings.timestamp):
         rng = np.random.default_rng([seed, HISTORY_SEED_STREAM])
-        histories, at = sampled_histories(
+        histories, last_watched, at = sampled_histories(
             *columns, ratings.movie_ids, pool=parts["train"], rows=rows, rng=rng
         )
         rule = (
@@ -351,7 +360,7 @@ def _rating_histories(
             f"without the row's own, at most {HISTORY_LENGTH}"
         )
     else:
-        histories, at = histories_before(
+        histories, last_watched, at = histories_before(
             *columns, ratings.timestamp, ratings.movie_ids, pool=parts["train"], rows=rows
         )
         rule = (
@@ -363,7 +372,8 @@ def _rating_histories(
         name: dataclasses.replace(splits[name], history_idx=at[lo:hi])
         for name, lo, hi in zip(parts, bounds[:-1], bounds[1:], strict=True)
     }
-    return histories, with_history, {"history": rule, "histories": len(histories)}
+    extra = {"history": rule, "histories": len(histories)}
+    return histories, last_watched, with_history, extra
 
 
 # ---------------------------------------------------------------- seed rows

@@ -29,6 +29,7 @@ from model.config import AFMConfig
 from model.contracts.export_format import (
     HISTORY_FIELD,
     HISTORY_LENGTH,
+    LAST_WATCHED,
     MOVIE_ID,
     MULTI_VALUED,
     OUTPUT_ATTENTION,
@@ -51,9 +52,12 @@ from model.network.layers import (
     PairwiseInteraction,
 )
 
-OOV_GROUPS: tuple[tuple[str, ...], ...] = (("user_id",), ("zip",), ("movie_id",), USER_FIELDS)
+OOV_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("user_id",), ("zip",), ("movie_id",), (*USER_FIELDS, LAST_WATCHED)
+)  # fmt: skip
 """Fields ``AFMConfig.oov_rate`` drops together in training, one group at a time: a new user,
-a new zip, a new movie (its genres and year still known), a user the feature store lacks."""
+a new zip, a new movie (its genres and year still known), a user the feature store lacks
+(a group's fields that a field set lacks are left out of it)."""
 
 
 def split_fields(fields: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -104,7 +108,7 @@ def build_afm(
     }
     ids = IdDropout(
         config.oov_rate,
-        [[single.index(f) for f in group] for group in OOV_GROUPS],
+        [[single.index(f) for f in group if f in single] for group in OOV_GROUPS],
         seed=seed + 4,
         name="oov_dropout",
     )(ids_input)

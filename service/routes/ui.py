@@ -22,7 +22,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from model.contracts.export_format import HISTORY_FIELD, USER_FIELDS
+from model.contracts.export_format import HISTORY_FIELD, LAST_WATCHED, USER_FIELDS
 
 PAGES_DIR = Path(__file__).resolve().parent.parent / "static"
 """index.html and ui.html (a template), served by the routes below; ui/, the page's script
@@ -55,7 +55,7 @@ async def index() -> FileResponse:
 @router.get("/ui")
 async def explanation_page() -> HTMLResponse:
     """The explanation page, told which fields describe the user (the contract's
-    USER_FIELDS, in ``data-user-fields``) and which one holds what the user watched
+    USER_FIELDS and LAST_WATCHED, in ``data-user-fields``) and which one holds what the user watched
     (HISTORY_FIELD, in ``data-history-field``) rather than keeping its own names."""
     return HTMLResponse(_page())
 
@@ -63,7 +63,7 @@ async def explanation_page() -> HTMLResponse:
 @cache
 def _page() -> str:
     html = (PAGES_DIR / "ui.html").read_text(encoding="utf-8")
-    html = html.replace(USER_FIELDS_PLACEHOLDER, " ".join(USER_FIELDS))
+    html = html.replace(USER_FIELDS_PLACEHOLDER, " ".join((*USER_FIELDS, LAST_WATCHED)))
     return html.replace(HISTORY_FIELD_PLACEHOLDER, HISTORY_FIELD)
 
 
