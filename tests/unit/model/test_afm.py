@@ -15,6 +15,7 @@ from model.contracts.export_format import (
     HISTORY_FIELD,
     HISTORY_FIELDS,
     HISTORY_LENGTH,
+    LAST_WATCHED,
     OUTPUT_ATTENTION,
     OUTPUT_BIAS,
     OUTPUT_CONTRIBUTION,
@@ -36,7 +37,8 @@ def random_ids(n: int, seed: int = 0, fields: tuple[str, ...] = ALL_FIELDS) -> d
     """Model inputs: single-valued ids, and genres as up to 3 values padded with -1."""
     rng = np.random.default_rng(seed)
     single = [f for f in fields if f != "genres"]
-    inputs = {"ids": np.stack([rng.integers(0, SIZES[f], n) for f in single], 1).astype("int32")}
+    sizes = {**SIZES, LAST_WATCHED: 5}
+    inputs = {"ids": np.stack([rng.integers(0, sizes[f], n) for f in single], 1).astype("int32")}
     if "genres" in fields:
         genres = rng.integers(0, SIZES["genres"], (n, 3)).astype("int32")
         genres[np.arange(n) % 3 == 1, 1:] = -1  # some rows hold one value, some two or three
@@ -224,12 +226,12 @@ def test_fm_init_starts_as_the_fm(fields: tuple[str, ...]) -> None:
     )
 
 
-HISTORY_SIZES = {**SIZES, HISTORY_FIELD: 11}
+HISTORY_SIZES = {**SIZES, LAST_WATCHED: 5, HISTORY_FIELD: 11}
 
 
 def history_inputs(n: int) -> dict:
     """``random_ids`` plus the watched movies: a full history, a short one, none."""
-    inputs = random_ids(n)
+    inputs = random_ids(n, fields=tuple(f for f in HISTORY_FIELDS if f != HISTORY_FIELD))
     rng = np.random.default_rng(1)
     watched = rng.integers(0, HISTORY_SIZES[HISTORY_FIELD], (n, HISTORY_LENGTH)).astype("int32")
     watched[1::3, 4:] = -1

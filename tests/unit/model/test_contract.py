@@ -38,8 +38,8 @@ def test_names_clients_depend_on_are_spelled_out() -> None:
         "seed": ("user_id", "gender", "age", "occupation", "zip", "movie_id"),
         "all": ("user_id", "gender", "age", "occupation", "zip", "movie_id", "year", "genres"),
         "history": (
-            "user_id", "gender", "age", "occupation", "zip", "movie_id", "year", "genres",
-            "watched",
+            "user_id", "gender", "age", "occupation", "zip", "last_watched", "movie_id", "year",
+            "genres", "watched",
         ),
     }  # fmt: skip
     assert export_format.HISTORY_FIELD == "watched" and export_format.HISTORY_LENGTH == 20

@@ -85,8 +85,17 @@ def test_encode_user_missing_field_raises() -> None:
 def test_decode_user_round_trips_bytes_from_redis() -> None:
     raw = {b"gender": b"M", b"age": b"25", b"occupation": b"4", b"zip": b"55455-1234"}
     decoded = {"gender": "M", "age": "25", "occupation": "4", "zip": "55455-1234"}
-    assert fl.decode_user(raw) == {**decoded, "watched": ""}  # an older loader's hash
-    assert fl.decode_user({**raw, b"watched": b"50|1|181"}) == {**decoded, "watched": "50|1|181"}
+    assert fl.decode_user(raw) == {**decoded, "watched": "", "watched_at": ""}  # older loader
+    history = {b"watched": b"50|1|181", b"watched_at": b"874965758"}
+    assert fl.decode_user({**raw, **history}) == {
+        **decoded, "watched": "50|1|181", "watched_at": "874965758"
+    }  # fmt: skip
+
+
+def test_encode_user_leaves_out_an_empty_watched_at() -> None:
+    user = {"gender": "F", "age": "1", "occupation": "10", "zip": "48067", "watched": ""}
+    assert fl.encode_user({**user, "watched_at": ""}) == user
+    assert fl.encode_user({**user, "watched_at": "874965758"})["watched_at"] == "874965758"
 
 
 @pytest.mark.parametrize("raw", [None, {}, {b"gender": b"M"}])

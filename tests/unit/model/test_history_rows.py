@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from model.cli.main import app
 from model.config import DataConfig
 from model.contracts import feature_layout
-from model.contracts.export_format import ALL_FIELDS, HISTORY_FIELD, HISTORY_FIELDS, HISTORY_LENGTH
+from model.contracts.export_format import HISTORY_FIELD, HISTORY_FIELDS, HISTORY_LENGTH
 from model.data.dataset import PAD, LabeledRows, PreparedData, Ratings, history_codes
 from model.data.history import latest_watched
 from model.data.load_features import load_features
@@ -254,7 +254,11 @@ def small_data(histories: list[str], history_idx: list[int]) -> PreparedData:
     rows = LabeledRows(
         np.zeros(n, np.int32), np.zeros(n, np.int32), np.ones(n, np.float32), np.array(history_idx)
     )
-    return PreparedData(users, movies, rows, rows, rows, "test", "test", histories=histories)
+    last_watched = np.array(["7" if history else "" for history in histories], dtype=object)
+    return PreparedData(
+        users, movies, rows, rows, rows, "test", "test", histories=histories,
+        last_watched=last_watched,
+    )  # fmt: skip
 
 
 def test_encode_is_twenty_wide_with_pad_and_the_empty_history_as_id_zero() -> None:
@@ -263,9 +267,9 @@ def test_encode_is_twenty_wide_with_pad_and_the_empty_history_as_id_zero() -> No
     data = small_data(histories, [0, 1, 2, 3, 1, 0])
     vocab = data.vocabularies(HISTORY_FIELDS)[HISTORY_FIELD]
     assert vocab.tolist() == sorted(["1", "181", "50", "7", *(str(i) for i in range(100, 120))])
-    test = replace(data.train, history_idx=np.array([0, 1, 2, 3]))
+    test = replace(data.train.take(np.arange(4)), history_idx=np.array([0, 1, 2, 3]))
     vocab = np.array(["1", "100", "119", "181", "50"])  # sorted as text: ids 1 .. 5
-    vocabularies = {**data.vocabularies(ALL_FIELDS), HISTORY_FIELD: vocab}
+    vocabularies = {**data.vocabularies(HISTORY_FIELDS), HISTORY_FIELD: vocab}
     watched = data.encode(test, vocabularies, HISTORY_FIELDS)[HISTORY_FIELD]
     assert watched.dtype == np.int32 and watched.shape == (4, HISTORY_LENGTH)
     pad = [PAD] * HISTORY_LENGTH
@@ -328,7 +332,7 @@ def test_train_help_lists_history_after_all() -> None:
 
 
 def test_latest_watched_is_the_users_last_twenty_over_all_ratings(ml100k: Ratings) -> None:
-    watched = latest_watched(
+    watched, watched_at = latest_watched(
         ml100k.user_idx,
         ml100k.movie_idx,
         ml100k.timestamp,
@@ -345,10 +349,11 @@ def test_latest_watched_is_the_users_last_twenty_over_all_ratings(ml100k: Rating
         seen = times[[index[m] for m in parts]]
         assert (np.diff(seen) <= 0).all()
         assert seen[-1] == np.sort(times)[-len(parts)]  # nothing more recent left out
+        assert watched_at[user] == str(times.max())
 
 
 def test_load_features_writes_watched_and_decode_user_reads_it(
-    redis_url: str, feature_prefix: str
+    redis_url: str, feature_prefix: str, ml100k: Ratings
 ) -> None:
     folder = shared_data("ml-100k")
     result = CliRunner(env={"COLUMNS": "300"}).invoke(
@@ -367,6 +372,8 @@ def test_load_features_writes_watched_and_decode_user_reads_it(
                 client.hgetall(feature_layout.user_key(namespace, user_id))
             )
             assert features[HISTORY_FIELD] == loaded.watched[row]
+            latest = ml100k.timestamp[ml100k.user_idx == row].max()
+            assert features[feature_layout.WATCHED_AT] == loaded.watched_at[row] == str(latest)
             assert len(features[HISTORY_FIELD].split("|")) == HISTORY_LENGTH
             assert features["zip"] == loaded.users["zip"][row]
         # A load without histories (an older loader) reads back as no history.
@@ -375,6 +382,7 @@ def test_load_features_writes_watched_and_decode_user_reads_it(
         raw = client.hgetall(feature_layout.user_key(namespace, "1"))
         assert b"watched" not in raw
         assert feature_layout.decode_user(raw)[HISTORY_FIELD] == ""
+        assert feature_layout.decode_user(raw)[feature_layout.WATCHED_AT] == ""
     finally:
         client.close()
 
@@ -382,7 +390,11 @@ def test_load_features_writes_watched_and_decode_user_reads_it(
 def test_latest_watched_without_time_is_a_seeded_sample(untimed: Ratings) -> None:
     def watched(seed: int) -> np.ndarray:
         columns = (untimed.user_idx, untimed.movie_idx, untimed.timestamp, untimed.movie_ids)
-        return latest_watched(*columns, users=len(untimed.users["user_id"]), seed=seed)
+        sample, watched_at = latest_watched(
+            *columns, users=len(untimed.users["user_id"]), seed=seed
+        )
+        assert set(watched_at.tolist()) == {""}  # no time, no WATCHED_AT
+        return sample
 
     first = watched(0)
     for user in (0, 942):

@@ -15,6 +15,7 @@ from model.contracts.export_format import (
     HISTORY_FIELD,
     HISTORY_FIELDS,
     HISTORY_LENGTH,
+    LAST_WATCHED,
     MOVIE_ID,
     SEED_FIELDS,
     pairs,
@@ -34,6 +35,7 @@ VOCABULARIES = {
     "movie_id": ["1", "2", "3", "5", "8"],
     "year": ["1995", "1999", "2000"],
     "genres": ["Action", "Comedy", "Drama", "Horror"],
+    LAST_WATCHED: ["", "3", "12", "20"],
     HISTORY_FIELD: ["1", "2", "3", "5", "8"],
 }
 CONFIG = AFMConfig(embedding_dim=6, attention_factor=4)
@@ -52,6 +54,7 @@ USERS = {  # three users: known, partly unknown ("" and unseen values), wholly u
     "zip": ["48067", "00000", ""],
     # most recent first: a short history; none; more than HISTORY_LENGTH parts, with an
     # unknown movie and an empty part
+    LAST_WATCHED: ["12", "", "30"],  # known; no history; unseen
     HISTORY_FIELD: ["3|1|5", "", "|".join(["8", "99", "", "2", *["1", "3"] * 12])],
 }
 # a fourth user, whose only watched movie lies past HISTORY_LENGTH: no history

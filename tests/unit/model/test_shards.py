@@ -196,6 +196,7 @@ def with_histories(data: PreparedData) -> PreparedData:
         valid=rows(data.valid),
         test=rows(data.test),
         histories=histories,
+        last_watched=np.array(["", "3", "9", "21"], dtype=object),
     )
 
 

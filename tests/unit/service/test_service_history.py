@@ -13,7 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from model.contracts import export_format as ef
-from model.contracts.export_format import HISTORY_FIELD, HISTORY_FIELDS, HISTORY_LENGTH
+from model.contracts.export_format import (
+    HISTORY_FIELD,
+    HISTORY_FIELDS,
+    HISTORY_LENGTH,
+    LAST_WATCHED,
+)
 from model.contracts.feature_layout import FeatureSetMeta
 from service import explanation
 from service.candidates import UNKNOWN_VALUE, Candidates, Explanation, explain_outputs
@@ -32,6 +37,7 @@ VOCABULARIES = {
     "movie_id": ["1", "2", "3", "5", "8", "13"],
     "year": ["1995", "1996", "1977"],
     "genres": ["Comedy", "Crime", "Drama", "Sci-Fi"],
+    LAST_WATCHED: ["10", "12", "20"],
     HISTORY_FIELD: ["1", "2", "3", "5", "8"],
 }
 MOVIES = {
@@ -41,7 +47,10 @@ MOVIES = {
     "5": {"title": "Heat (1995)", "year": "1995", "genres": "Crime"},
     "13": {"title": "Balto (1995)", "year": "1995", "genres": "Comedy"},
 }
-USER = {"gender": "F", "age": "25", "occupation": "4", "zip": "48067", HISTORY_FIELD: "2|3|1|5|77"}
+USER = {
+    "gender": "F", "age": "25", "occupation": "4", "zip": "48067",
+    LAST_WATCHED: "12", HISTORY_FIELD: "2|3|1|5|77",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +284,16 @@ def test_explain_names_the_watched_movies_by_the_candidates_attention(client: Te
         [m["weight"] for m in sorted(b["watched"], key=lambda m: m["position"])] for b in bodies
     ]
     assert max(abs(a - b) for a, b in zip(weights[0], weights[1], strict=True)) > 0.01
+
+
+def test_explain_labels_when_the_user_last_watched(client: TestClient) -> None:
+    body = client.get("/explain", params={"user_id": 1, "movie_id": 3}).json()
+    feature = next(f for f in body["features"] if f["field"] == LAST_WATCHED)
+    assert feature == {"field": LAST_WATCHED, "value": "12", "label": "1-2 hours ago", "known": True}
+    assert any(LAST_WATCHED in pair["fields"] for pair in body["pairs"])
+    unknown = client.get("/explain", params={"user_id": 404, "movie_id": 3}).json()
+    feature = next(f for f in unknown["features"] if f["field"] == LAST_WATCHED)
+    assert (feature["value"], feature["known"]) == ("", False)
 
 
 def test_explain_of_a_user_without_history_says_nothing_yet(client: TestClient) -> None:

@@ -29,7 +29,10 @@ MOVIES = MappingProxyType(
         "50": MappingProxyType({"title": "Star Wars", "year": "1977", "genres": "A"}),
     }
 )
-USER = {"gender": "F", "age": "25", "occupation": "7", "zip": "48067", "watched": "50|181"}
+USER = {
+    "gender": "F", "age": "25", "occupation": "7", "zip": "48067",
+    "last_watched": "12", "watched": "50|181",
+}  # fmt: skip
 KEYS = {"k1": b"secret"}
 
 

@@ -31,7 +31,7 @@ def test_index_links_the_page_and_the_docs(client: TestClient) -> None:
 def test_page_is_told_the_user_fields_and_its_files_are_served(client: TestClient) -> None:
     page = client.get("/ui")
     assert page.headers["content-type"].startswith("text/html")
-    assert f'data-user-fields="{" ".join(USER_FIELDS)}"' in page.text
+    assert f'data-user-fields="{" ".join(USER_FIELDS)} last_watched"' in page.text
     assert f'data-history-field="{HISTORY_FIELD}"' in page.text
     assert "{{" not in page.text  # every placeholder filled
     assets = re.findall(r'(?:src|href)="(static/[^"]+)"', page.text)
