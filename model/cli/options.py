@@ -58,8 +58,9 @@ FieldsOpt = Annotated[
     FieldSet | None,
     typer.Option(
         help="seed: user_id gender age occupation zip movie_id; all: also the movie's year "
-        "and genres; history: all, and the user's last 20 watched movies (before each "
-        "row; not with seed row files). Default: all for a dataset, seed for seed row files."
+        "and genres; history: all, and the user's last 20 watched movies and how long "
+        "before the row the latest was (not with seed row files). Default: all for a "
+        "dataset, seed for seed row files."
     ),
 ]
 HoldoutMoviesOpt = Annotated[

@@ -15,7 +15,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from model.contracts import event_log, feature_layout
-from model.contracts.export_format import HISTORY_LENGTH
+from model.contracts.export_format import HISTORY_LENGTH, LAST_WATCHED
 from service.app import create_app
 from service.settings import Settings
 from tests.integration.serving.helpers import RedisProcess, service_client
@@ -209,8 +209,9 @@ def test_a_click_puts_the_movie_first_in_the_users_watched_movies(
     user = 12
     namespace = admin.get(feature_layout.pointer_key(loaded_prefix))
     user_key = feature_layout.user_key(namespace, user)
-    admin.hset(user_key, feature_layout.WATCHED, "5|7|9")
+    admin.hset(user_key, mapping={feature_layout.WATCHED: "5|7|9", feature_layout.WATCHED_AT: "0"})
     first = shown(client, user, [7, 20, 21])
+    clicked_from = time.time()
     post(
         client,
         {"impression_id": first["impression_id"], "movie_id": 20, "type": "click"},
@@ -219,11 +220,15 @@ def test_a_click_puts_the_movie_first_in_the_users_watched_movies(
         {"impression_id": first["impression_id"], "movie_id": 7, "type": "click"},  # duplicate
     )
     assert admin.hget(user_key, feature_layout.WATCHED) == "7|20|5|9"  # 7 moved up, not twice
+    watched_at = float(admin.hget(user_key, feature_layout.WATCHED_AT))
+    assert clicked_from - 1 <= watched_at <= time.time()  # the clicks' time, not 1970's
     # The next /score reads it: its impression logs the features it was scored with.
     second = shown(client, user, [1, 2])
     stream = event_log.impressions_key(loaded_prefix, event_log.shard(user))
     logged = {f["impression"]: orjson.loads(f["data"]) for _, f in admin.xrange(stream)}
-    assert logged[second["impression_id"]]["features"]["watched"] == "7|20|5|9"
+    features = logged[second["impression_id"]]["features"]
+    assert features["watched"] == "7|20|5|9"
+    assert int(features[LAST_WATCHED]) <= 4  # under 32 seconds before the request
 
 
 def test_watched_movies_keep_the_history_length(
@@ -232,11 +237,16 @@ def test_watched_movies_keep_the_history_length(
     user = 13
     namespace = admin.get(feature_layout.pointer_key(loaded_prefix))
     user_key = feature_layout.user_key(namespace, user)
-    admin.hset(user_key, feature_layout.WATCHED, "|".join(str(100 + i) for i in range(25)))
+    watched = "|".join(str(100 + i) for i in range(25))
+    later = "9999999999"  # a watched_at after the click's time stays: it only moves forward
+    admin.hset(
+        user_key, mapping={feature_layout.WATCHED: watched, feature_layout.WATCHED_AT: later}
+    )
     impression = shown(client, user, [42])["impression_id"]
     post(client, {"impression_id": impression, "movie_id": 42, "type": "click"})
     watched = admin.hget(user_key, feature_layout.WATCHED).split("|")
     assert watched == ["42", *(str(100 + i) for i in range(HISTORY_LENGTH - 1))]
+    assert admin.hget(user_key, feature_layout.WATCHED_AT) == later
 
 
 def test_a_click_of_a_user_without_features_creates_no_user(

@@ -15,7 +15,13 @@ import tensorflow as tf
 from fastapi.testclient import TestClient
 
 from model.contracts import export_format, feature_layout
-from model.contracts.export_format import HISTORY_FIELD, HISTORY_FIELDS, HISTORY_LENGTH
+from model.contracts.export_format import (
+    HISTORY_FIELD,
+    HISTORY_FIELDS,
+    HISTORY_LENGTH,
+    LAST_WATCHED,
+)
+from service.feature_store import last_watched
 from service.settings import Settings
 from tests.integration.serving.helpers import (
     commands_of,
@@ -71,6 +77,7 @@ def reference(history_model_dir: Path, stored: dict) -> Callable[..., dict]:
         raw = {
             "user_id": [str(user_id)] * n,
             **{f: [user.get(f, "")] * n for f in feature_layout.USER_FIELDS},
+            LAST_WATCHED: [last_watched(user.get(feature_layout.WATCHED_AT, ""))] * n,
             HISTORY_FIELD: [user.get(HISTORY_FIELD, "") if watched is None else watched] * n,
             "movie_id": [str(m) for m in movie_ids],
             **{f: [m.get(f, "") for m in movies] for f in export_format.ITEM_FIELDS},
@@ -193,6 +200,8 @@ def test_the_service_follows_versions_to_and_from_the_history_field_set(
         assert "watched" not in explained(1)
         copy_model(2, source=history_model_dir)
         body = explained(2)
-        assert len(body["watched"]) > 3 and len(body["pairs"]) == 36
+        assert len(body["watched"]) > 3 and len(body["pairs"]) == len(
+            export_format.pairs(HISTORY_FIELDS)
+        )
         copy_model(3)
         assert "watched" not in explained(3)

@@ -14,7 +14,12 @@ from typer.testing import CliRunner
 from model.cli.main import app
 from model.config import DataConfig
 from model.contracts import feature_layout
-from model.contracts.export_format import HISTORY_FIELD, HISTORY_FIELDS, HISTORY_LENGTH
+from model.contracts.export_format import (
+    HISTORY_FIELD,
+    HISTORY_FIELDS,
+    HISTORY_LENGTH,
+    last_watched_value,
+)
 from model.data.dataset import PAD, LabeledRows, PreparedData, Ratings, history_codes
 from model.data.history import latest_watched
 from model.data.load_features import load_features
@@ -66,6 +71,7 @@ class Watched:
         self.movie = movies[starts[rows.history_idx][self.row] + self.position]
         self.user = rows.user_idx[self.row]
         self.lengths = per_row
+        self.last_watched = data.last_watched[rows.history_idx]  # LAST_WATCHED per row
 
 
 def pair_keys(ratings: Ratings, user: np.ndarray, movie: np.ndarray) -> np.ndarray:
@@ -82,20 +88,23 @@ def rating_time(ratings: Ratings, user: np.ndarray, movie: np.ndarray) -> np.nda
 
 
 def earlier(ratings: Ratings, pool: np.ndarray, user: np.ndarray, time: np.ndarray) -> tuple:
-    """Per (user, time): how many pool ratings of the user are strictly earlier, and the
-    time of the HISTORY_LENGTH-th most recent of them (or of the oldest, when fewer)."""
+    """Per (user, time): how many pool ratings of the user are strictly earlier, the time
+    of the HISTORY_LENGTH-th most recent of them (or of the oldest, when fewer) and the time
+    of the most recent (-1 for none)."""
     key = ratings.user_idx[pool].astype(np.int64) << 32 | ratings.timestamp[pool]
     key = np.sort(key)
     cut = np.searchsorted(key, user.astype(np.int64) << 32 | time)
     first = np.searchsorted(key, user.astype(np.int64) << 32)
     count = np.minimum(cut - first, HISTORY_LENGTH)
     oldest = np.where(count > 0, key[np.maximum(cut - count, 0)] & 0xFFFFFFFF, -1)
-    return cut - first, oldest
+    latest = np.where(count > 0, key[np.maximum(cut - 1, 0)] & 0xFFFFFFFF, -1)
+    return cut - first, oldest, latest
 
 
 def assert_point_in_time(ratings: Ratings, rows: LabeledRows, watched: Watched, pool) -> None:
     """Every watched movie was rated (in ``pool``) by the row's user strictly before the
-    row's own rating, most recent first, and the history is the most recent HISTORY_LENGTH."""
+    row's own rating, most recent first, and the history is the most recent HISTORY_LENGTH;
+    LAST_WATCHED is the time from the most recent pool rating before the row to the row."""
     own_time = rating_time(ratings, rows.user_idx, rows.movie_idx)
     assert (own_time >= 0).all()
     seen_time = rating_time(ratings, watched.user, watched.movie)
@@ -105,7 +114,10 @@ def assert_point_in_time(ratings: Ratings, rows: LabeledRows, watched: Watched, 
     assert (seen_time < own_time[watched.row]).all(), "a history holds an event at/after its row"
     later = watched.position[1:] > 0
     assert (np.diff(seen_time)[later] <= 0).all(), "a history is not most recent first"
-    count, oldest = earlier(ratings, pool, rows.user_idx, own_time)
+    count, oldest, latest = earlier(ratings, pool, rows.user_idx, own_time)
+    gaps = (own_time - latest).tolist()
+    expected = [last_watched_value(g) if n else "" for g, n in zip(gaps, count, strict=True)]
+    assert watched.last_watched.tolist() == expected
     np.testing.assert_array_equal(watched.lengths, np.minimum(count, HISTORY_LENGTH))
     last = np.zeros(len(rows), dtype=np.int64) - 1
     ends = watched.lengths > 0
@@ -214,6 +226,7 @@ def test_rating_histories_without_time_sample_the_users_training_movies(
     key = user * len(data.histories) + np.concatenate([rows.history_idx for rows in every])
     per_user = np.bincount(np.unique(key) // len(data.histories))
     assert per_user.max() <= HISTORY_LENGTH + 1
+    assert set(data.last_watched.tolist()) == {""}  # no time, no LAST_WATCHED
     again = rating_threshold(untimed, seed=5, history=True)
     np.testing.assert_array_equal(again.histories, data.histories)
     other = rating_threshold(untimed, seed=6, history=True)
@@ -325,7 +338,7 @@ def test_train_help_lists_history_after_all() -> None:
     result = CliRunner(env={"COLUMNS": "300"}).invoke(app, ["train", "--help"])
     text = " ".join(result.output.split())
     assert "--fields <seed|all|history>" in text
-    assert "history: all, and the user's last 20 watched movies" in text
+    assert "history: all, and the user's last 20 watched movies and how long" in text
 
 
 # ---------------------------------------------------------------- feature store

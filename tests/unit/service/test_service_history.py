@@ -22,7 +22,7 @@ from model.contracts.export_format import (
 from model.contracts.feature_layout import FeatureSetMeta
 from service import explanation
 from service.candidates import UNKNOWN_VALUE, Candidates, Explanation, explain_outputs
-from service.feature_store import FeatureRead
+from service.feature_store import FeatureRead, last_watched
 from service.loaded_model import CHECK_TOLERANCE, LoadedModel, check_rows, largest_difference
 from service.schemas import ExplainResponse, ScoreResponse, WatchedMovie
 from tests.unit.service.numpy_model import numpy_model
@@ -286,10 +286,34 @@ def test_explain_names_the_watched_movies_by_the_candidates_attention(client: Te
     assert max(abs(a - b) for a, b in zip(weights[0], weights[1], strict=True)) > 0.01
 
 
+@pytest.mark.parametrize(
+    ("watched_at", "now", "expected"),
+    [
+        ("874965758", 874965758 + 4_096, "12"),  # 2**12 to 2**13 seconds later
+        ("874965758", 874965758 + 30 * 86_400, "21"),  # a month later
+        ("1000.25", 1001.0, "0"),  # under two seconds
+        ("2000", 1000.0, "0"),  # a clock behind the click's: the shortest gap
+        ("", 1000.0, ""),  # never watched (or a loader without times)
+        ("soon", 1000.0, ""),
+        ("nan", 1000.0, ""),
+        ("inf", 1000.0, ""),
+    ],
+)
+def test_last_watched_is_the_power_of_two_of_the_seconds_since(
+    watched_at: str, now: float, expected: str
+) -> None:
+    assert last_watched(watched_at, now) == expected
+
+
 def test_explain_labels_when_the_user_last_watched(client: TestClient) -> None:
     body = client.get("/explain", params={"user_id": 1, "movie_id": 3}).json()
     feature = next(f for f in body["features"] if f["field"] == LAST_WATCHED)
-    assert feature == {"field": LAST_WATCHED, "value": "12", "label": "1-2 hours ago", "known": True}
+    assert feature == {
+        "field": LAST_WATCHED,
+        "value": "12",
+        "label": "1-2 hours ago",
+        "known": True,
+    }
     assert any(LAST_WATCHED in pair["fields"] for pair in body["pairs"])
     unknown = client.get("/explain", params={"user_id": 404, "movie_id": 3}).json()
     feature = next(f for f in unknown["features"] if f["field"] == LAST_WATCHED)
