@@ -94,12 +94,13 @@ def default_movie(movie: int) -> dict[str, str]:
     return {"year": str(1980 + movie % 20), "genres": f"{genres[movie % 4]}|{genres[movie % 3]}"}
 
 
-def user_features(user_id: int, watched: str = "") -> dict[str, str]:
+def user_features(user_id: int, watched: str = "", last_watched: str = "") -> dict[str, str]:
     return {
         "gender": "MF"[user_id % 2],
         "age": str(18 + user_id % 5 * 7),
         "occupation": str(user_id % 21),
         "zip": f"{10000 + user_id}",
+        "last_watched": last_watched,
         "watched": watched,
     }
 

@@ -79,9 +79,8 @@ def test_export_writes_one_row_per_shown_movie_with_labels_positions_and_logged_
         1, 1, 0.8, 3, "canary",
     )  # fmt: skip
     assert row["user_id"] == "7" and row["ts"].timestamp() * 1000 == BASE_MS
-    assert {k: row[k] for k in ("gender", "age", "occupation", "zip", "watched")} == (
-        user_features(7, watched="3|2")
-    )
+    logged = ("gender", "age", "occupation", "zip", "last_watched", "watched")
+    assert {k: row[k] for k in logged} == user_features(7, watched="3|2")
     assert (row["year"], row["genres"]) == ("1981", "Comedy|Comedy")
     assert [rows[(first, m)]["label"] for m in ("50", "181", "1")] == [0, 1, 0]
     assert [rows[(first, m)]["view"] for m in ("50", "181", "1")] == [0, 0, 1]

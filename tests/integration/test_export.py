@@ -18,6 +18,7 @@ from model.contracts.export_format import (
     FORMAT_VERSION,
     HISTORY_FIELD,
     HISTORY_LENGTH,
+    LAST_WATCHED,
     METADATA_FILE,
     MOVIE_ID,
     MULTI_VALUED,
@@ -59,6 +60,7 @@ TRAIN = TrainConfig(epochs=2, batch_size=1024, seed=5)
 OOV = {field: f"never-seen-{field}" for field in ALL_FIELDS} | {
     "movie_id": "987654",  # a movie id the service can be asked for: an integer
     "genres": "Comedy|never-seen",
+    LAST_WATCHED: "99",
     HISTORY_FIELD: "never-seen|1",
 }
 

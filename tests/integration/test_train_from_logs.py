@@ -14,10 +14,11 @@ import pytest
 import redis
 
 from model.contracts import feature_layout
-from model.contracts.export_format import HISTORY_FIELDS, read_metadata
+from model.contracts.export_format import HISTORY_FIELDS, LAST_WATCHED, read_metadata
 from model.data.click_logs import LogExporter
 from model.data.load_features import load_features
 from model.data.logged_rows import read_logged_rows
+from service.feature_store import last_watched
 from tests.conftest import remove_prefix, run_cli
 from tests.integration.click_log_helpers import BASE_MS, log_impression, user_features
 
@@ -34,13 +35,14 @@ class Log:
     out: Path
     served_zips: set[str]
     today_zips: set[str]
-    served_watched: set[str]
+    served_watched: set[tuple[str, str]]  # (watched, last_watched) as served
     impressions: list[tuple[str, int]]  # (impression id, ts), in time order
     clicks: int
 
 
-def _feature_set(version: int) -> tuple[dict, dict, list[str]]:
-    """Users, movies and watched strings of load ``version``: every value changes with it."""
+def _feature_set(version: int) -> tuple[dict, dict, list[str], list[str]]:
+    """Users, movies, watched strings and their times of load ``version``: every value
+    changes with it."""
     ids = np.arange(1, USERS + 1)
     users = {
         name: np.array([user_features(u)[name] for u in ids]) for name in feature_layout.USER_FIELDS
@@ -56,13 +58,16 @@ def _feature_set(version: int) -> tuple[dict, dict, list[str]]:
         "genres": np.array([genres[(m + version) % 3] for m in movie_ids]),
     }
     watched = [f"{(u + version) % MOVIES + 1}|{(u * version) % MOVIES + 1}" for u in ids]
-    return users, movies, watched
+    watched_at = [str(BASE_MS // 1000 - 600 * u * version) for u in ids]
+    return users, movies, watched, watched_at
 
 
-def _served(client: redis.Redis, prefix: str, user_id: int, movies: list[int]) -> tuple:
-    """What the service reads for one request: the user's and the movies' current features."""
+def _served(client: redis.Redis, prefix: str, user_id: int, movies: list[int], ts: int) -> tuple:
+    """What the service reads for a request at ``ts`` (ms): the user's and the movies'
+    current features, LAST_WATCHED as of ``ts``."""
     namespace = client.get(feature_layout.pointer_key(prefix))
     user = feature_layout.decode_user(client.hgetall(feature_layout.user_key(namespace, user_id)))
+    user[LAST_WATCHED] = last_watched(user[feature_layout.WATCHED_AT], ts / 1000)
     table = client.hmget(feature_layout.movies_key(namespace), [str(m) for m in movies])
     movie_features = {
         m: {k: v for k, v in feature_layout.decode_movie(raw).items() if k != "title"}
@@ -76,25 +81,27 @@ def exported_log(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     """200 impressions served from feature load 1, then load 2 in Redis, then the export."""
     prefix = f"test:{uuid.uuid4().hex}:"
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    users, movies, watched = _feature_set(1)
-    load_features(users, movies, redis_url, prefix, watched=watched)
+    users, movies, watched, watched_at = _feature_set(1)
+    load_features(users, movies, redis_url, prefix, watched=watched, watched_at=watched_at)
     rng = np.random.default_rng(5)
     impressions, clicks, served_watched = [], 0, set()
     for i in range(IMPRESSIONS):
         user = int(rng.integers(1, USERS + 1))
         shown = [int(m) for m in rng.choice(np.arange(1, MOVIES + 1), SHOWN, replace=False)]
-        user_served, movie_served = _served(client, prefix, user, shown)
-        clicked = [m for m in shown if (user + m) % 4 == 0][:1] or ([shown[0]] if i % 3 else [])
         ts = BASE_MS + i * MINUTE_MS
+        user_served, movie_served = _served(client, prefix, user, shown, ts)
+        clicked = [m for m in shown if (user + m) % 4 == 0][:1] or ([shown[0]] if i % 3 else [])
         impression = log_impression(
             client, prefix, user_id=user, ts_ms=ts, movies=shown, user_features=user_served,
             movie_features=movie_served, clicks=clicked,
         )  # fmt: skip
         impressions.append((impression, ts))
         clicks += len(clicked)
-        served_watched.add(user_served["watched"])
-    today_users, today_movies, today_watched = _feature_set(2)
-    load_features(today_users, today_movies, redis_url, prefix, watched=today_watched)
+        served_watched.add((user_served["watched"], user_served[LAST_WATCHED]))
+    today_users, today_movies, today_watched, today_at = _feature_set(2)
+    load_features(
+        today_users, today_movies, redis_url, prefix, watched=today_watched, watched_at=today_at
+    )
     out = tmp_path_factory.mktemp("log")
     summary = LogExporter(client, prefix, out, batch=64).export()
     assert (summary.impressions, summary.clicks) == (IMPRESSIONS, clicks)
@@ -109,7 +116,9 @@ def test_training_rows_carry_the_features_as_served_not_todays_feature_store(
     data = read_logged_rows(exported_log.out, "history")
     assert set(data.users["zip"]) <= exported_log.served_zips
     assert not set(data.users["zip"]) & exported_log.today_zips
-    assert set(data.histories) == exported_log.served_watched
+    served = set(zip(data.histories, data.last_watched, strict=True))
+    assert served == exported_log.served_watched
+    assert len({value for _, value in served}) > 2  # by user and time
     raw = data.raw(data.train, HISTORY_FIELDS)
     # load 1's years are 1991 + movie id; load 2's would be 1992 + movie id
     assert all(int(y) == 1991 + int(m) for y, m in zip(raw["year"], raw["movie_id"], strict=True))
@@ -172,7 +181,7 @@ def test_an_empty_log_a_log_without_clicks_and_a_missing_field_are_refused_in_on
     assert empty == f"error: no exported impressions under {tmp_path / 'empty'}; run " + (
         f"`afm-ctr logs export --out {tmp_path / 'empty'}` first"
     )
-    features = {k: v for k, v in user_features(4).items() if k != "watched"}
+    features = {k: v for k, v in user_features(4).items() if k not in ("last_watched", "watched")}
     for i in range(3):
         log_impression(
             client, prefix, user_id=4, ts_ms=BASE_MS + i, movies=[1, 2], user_features=features
@@ -183,7 +192,8 @@ def test_an_empty_log_a_log_without_clicks_and_a_missing_field_are_refused_in_on
         "from yet (export again once people have clicked)"
     )
     assert _train_refusal(tmp_path / "quiet", "history") == (
-        f"error: none of the 6 logged rows under {tmp_path / 'quiet'} carries watched: the "
+        f"error: none of the 6 logged rows under {tmp_path / 'quiet'} carries last_watched, "
+        "watched: the "
         "versions served did not log it; train with another --fields"
     )
 

@@ -246,6 +246,11 @@ def test_page_shows_what_the_user_watched_and_what_the_candidate_attends_to(
         ".map(li => Number(li.dataset.movieId))"
     )
     assert by_recency == [m["movie_id"] for m in sorted(watched, key=lambda m: m["position"])]
+    when = next(f for f in explained["features"] if f["field"] == "last_watched")
+    shown_when = browser.find_element(
+        By.CSS_SELECTOR, "#user-features [data-field=last_watched] dd"
+    )
+    assert when["label"].endswith(" ago") and shown_when.text.startswith(when["label"])
     shown_watched = browser.execute_script(
         "return [...document.querySelectorAll('#watched-attention li')].map(li =>"
         "  [Number(li.dataset.movieId), li.querySelector('.weight').textContent,"

@@ -13,7 +13,9 @@ import redis
 from fastapi.testclient import TestClient
 
 from model.contracts import feature_layout
+from model.contracts.export_format import LAST_WATCHED
 from model.data.click_logs import LogExporter
+from service.feature_store import last_watched
 from service.settings import Settings
 from tests.integration.click_log_helpers import exported_rows
 from tests.integration.serving.helpers import service_client
@@ -65,10 +67,15 @@ def test_what_score_showed_and_events_clicked_export_as_labelled_rows(
             [s["probability"] for s in reply["scores"]], abs=1e-6
         )
         assert [r["label"] for r in mine] == [0, 1, 0]
-        assert {k: mine[0][k] for k in served[user]} == served[user]
+        logged = {k: v for k, v in served[user].items() if k != feature_layout.WATCHED_AT}
+        assert {k: mine[0][k] for k in logged} == logged
+        assert mine[0][LAST_WATCHED] == last_watched(served[user][feature_layout.WATCHED_AT])
         # The click went first into the user's watched movies; the row keeps what was served.
-        now = _user(admin, namespace, user)["watched"]
-        assert now.split("|")[0] == str(clicked[user]) != mine[0]["watched"].split("|")[0]
+        now = _user(admin, namespace, user)
+        assert (
+            now["watched"].split("|")[0] == str(clicked[user]) != mine[0]["watched"].split("|")[0]
+        )
+        assert now[feature_layout.WATCHED_AT] != "" == mine[0][LAST_WATCHED]  # watched since
     admin.close()
 
 

@@ -56,7 +56,8 @@ def _load(url: str, prefix: str, users: int, movies: int, marker: str) -> None:
 
 def _markers(read: FeatureRead) -> set[str]:
     """The load markers a read carries: one element when user, movies and meta agree."""
-    user = {value[1:] for value in read.user.values()} if read.user else set()
+    stored = (*feature_layout.USER_FIELDS, feature_layout.WATCHED)  # the fields _load marks
+    user = {read.user[f][1:] for f in stored} if read.user else set()
     movies = {features["year"][1:] for features in read.movies.values()}
     meta = {read.meta.source.removeprefix("marked ")} if read.meta.source else set()
     return user | movies | meta
@@ -108,7 +109,8 @@ def test_reads_the_user_and_the_movie_table(redis_url: str, loaded: str) -> None
 
     known, unknown, check, store = _run(_with_store(redis_url, loaded, read))
     assert known.user == {
-        "gender": "gA", "age": "aA", "occupation": "oA", "zip": "zA", "watched": "wA"
+        "gender": "gA", "age": "aA", "occupation": "oA", "zip": "zA", "watched": "wA",
+        "watched_at": "", "last_watched": "",  # a load without times
     }  # fmt: skip
     assert len(known.movies) == 40
     assert known.movies["7"] == {"title": "Movie 7 A", "year": "yA", "genres": "Drama|A"}
@@ -214,7 +216,7 @@ def test_a_feature_set_without_movies_reads_an_empty_table(
         return await store.read(1), await store.feature_set()
 
     read, info = _run(_with_store(redis_url, feature_prefix, both))
-    assert read.user == {**user, "watched": ""}  # an older load wrote no history
+    assert read.user == {**user, "watched": "", "watched_at": "", "last_watched": ""}  # no history
     assert dict(read.movies) == {}
     assert read.meta == FeatureSetMeta() and dict(read.meta.labels) == {}
     assert info == FeatureSetInfo(FeatureSetMeta(), (), namespace, frozenset())

@@ -115,7 +115,7 @@ def test_a_reply_is_logged_with_the_features_as_served(
     assert list(data) == list(event_log.IMPRESSION_FIELDS)
     assert data["user_id"] == 7 and data["version"] == 1 and data["arm"] == "stable"
     assert data["ts"] == parsed.issued_ms
-    assert data["features"] == {**_user(synthetic_users, 7), "watched": ""}
+    assert data["features"] == {**_user(synthetic_users, 7), "last_watched": "", "watched": ""}
     shown = [score["movie_id"] for score in reply["scores"]]
     assert len(shown) == 4  # top_k respected: what the reply returned, in its order
     movies = data["movies"]
@@ -149,7 +149,8 @@ def test_an_unknown_user_and_an_explained_reply_are_logged_too(
     reply = client.post("/score", json=body).json()
     flush(client)
     data = stream_entries(admin, loaded_prefix, UNKNOWN_USER)[reply["impression_id"]]
-    assert data["features"] == dict.fromkeys(("gender", "age", "occupation", "zip", "watched"), "")
+    logged = ("gender", "age", "occupation", "zip", "last_watched", "watched")
+    assert data["features"] == dict.fromkeys(logged, "")
     assert data["movies"]["movie_id"] == [3, 1, 2]  # request order without top_k
 
 

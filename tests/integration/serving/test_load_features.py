@@ -44,12 +44,12 @@ def _movies(n: int, marker: str) -> dict[str, np.ndarray]:
     }
 
 
-def _latest_watched(folder: Path, user_id: str) -> str:
+def _latest_watched(folder: Path, user_id: str) -> tuple[str, str]:
     """The user's 20 most recently rated movies in ``folder``'s ratings.dat, most recent first
-    (the synthetic data's timestamps are distinct per user)."""
+    (the synthetic data's timestamps are distinct per user), and the latest one's time."""
     rows = [line.split("::") for line in (folder / "ratings.dat").read_text().splitlines()]
     mine = sorted((int(ts), movie) for user, movie, _, ts in rows if user == user_id)
-    return "|".join(movie for _, movie in reversed(mine[-20:]))
+    return "|".join(movie for _, movie in reversed(mine[-20:])), str(mine[-1][0])
 
 
 def _keys(client: redis.Redis, prefix: str) -> list[bytes]:
@@ -84,9 +84,11 @@ def test_cli_loads_every_user_as_a_hash(
     namespace = client.get(feature_layout.pointer_key(feature_prefix))
     assert namespace.startswith(f"{feature_prefix}ns:")
     first_user = (synthetic_dir / "users.dat").read_text().splitlines()[0].split("::")
+    watched, watched_at = _latest_watched(synthetic_dir, first_user[0])
     assert client.hgetall(feature_layout.user_key(namespace, first_user[0])) == {
         **dict(zip(feature_layout.USER_FIELDS, first_user[1:], strict=True)),
-        "watched": _latest_watched(synthetic_dir, first_user[0]),
+        "watched": watched,
+        "watched_at": watched_at,
     }
     movies = client.hgetall(feature_layout.movies_key(namespace))
     assert len(movies) == 200
@@ -243,7 +245,8 @@ def test_readers_never_see_a_mix_or_a_gap_during_reloads(
         while not stop.is_set():
             _, raw = read_user(keys=[pointer], args=[user])
             features = feature_layout.decode_user(dict(zip(raw[::2], raw[1::2], strict=True)))
-            markers = {value[1:] for value in features.values()} if features else None
+            marked = (*feature_layout.USER_FIELDS, feature_layout.WATCHED)
+            markers = {features[f][1:] for f in marked} if features else None
             if markers is None or len(markers) != 1:
                 bad.append(raw)
             else:
