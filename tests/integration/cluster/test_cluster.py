@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 from redis.cluster import RedisCluster
 
 from model.contracts import event_log, feature_layout
+from model.contracts.export_format import LAST_WATCHED
 from model.data.load_features import load_features
 from model.errors import AfmError
 from service.app import create_app
@@ -66,13 +68,17 @@ def _load(url: str, prefix: str, marker: str) -> None:
 def _marker(read: FeatureRead, user_id: str) -> str:
     """The one load every part of ``read`` comes from; fails on a mix or a wrong user."""
     assert read.user is not None, f"user {user_id} unknown"
-    markers = {v.split(":")[0] for v in read.user.values()}
+    marked = (*feature_layout.USER_FIELDS, feature_layout.WATCHED)  # watched_at: none loaded
+    markers = {read.user[f].split(":")[0] for f in marked}
     markers |= {f["year"].split(":")[0] for f in read.movies.values()}
     markers.add(read.meta.source.removeprefix("load "))
     assert len(markers) == 1, f"one read mixes loads {sorted(markers)}"
     (marker,) = markers
-    fields = (*feature_layout.USER_FIELDS, feature_layout.WATCHED)
-    assert read.user == {f: f"{marker}:{f}:{user_id}" for f in fields}
+    assert read.user == {
+        **{f: f"{marker}:{f}:{user_id}" for f in marked},
+        feature_layout.WATCHED_AT: "",
+        LAST_WATCHED: "",
+    }
     assert len(read.movies) == MOVIES
     return marker
 
@@ -229,6 +235,10 @@ def test_impressions_and_events_spread_over_the_masters(
         assert event_log.event_field(2, "click").encode() in hashed
         watched = client.hget(feature_layout.user_key(namespace, user), feature_layout.WATCHED)
         assert watched == f"2|A:watched:{user}".encode()
+        watched_at = client.hget(
+            feature_layout.user_key(namespace, user), feature_layout.WATCHED_AT
+        )
+        assert abs(float(watched_at) - time.time()) < 600  # the click's time, in the same hash
     logged = sum(
         float(line.split()[-1])
         for line in metrics.splitlines()
