@@ -16,7 +16,8 @@ Servers, all on the same feature set in Redis (users and movies, ``load_features
   (user hash, user_id, movie_id; no movie features), so it serves the seed model, trained or
   reused even when ``--fields`` lacks ``seed``. ``--bare-fields all`` or ``history`` makes
   it serve that field set's model, with the movie table read from Redis once at start and
-  (history) the user's watched movies from the same hash: the same reply, like for like.
+  (history) the user's watched movies and their time from the same hash: the same reply,
+  like for like.
 * ``floor`` (``--floor``): FastAPI under uvicorn that reads the body and returns a fixed
   JSON reply, no Redis, no model: the most requests/s any endpoint on this HTTP stack
   reaches on this machine and load generator, so the ceiling of the ratio to ``bare``.
@@ -58,6 +59,7 @@ from pathlib import Path
 from fastapi import Request  # module level: the bare endpoint's annotation must resolve
 
 from model.contracts import export_format
+from model.contracts.feature_layout import WATCHED, WATCHED_AT
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "bench:"
@@ -77,32 +79,33 @@ def main() -> None:
         sys.exit("wrk not found: apt-get install -y wrk")
     data_dir = _data_dir(args)
     model_dirs = _model_dirs(args, data_dir)
-    users, movies, watched = _load_features(data_dir, args.redis_url)
+    users, movies = _load_features(data_dir, args.redis_url)
     try:
         if not args.breakdown_only:
-            _load_bare_users(args.redis_url, users, watched)
+            _load_bare_users(args.redis_url, users)
             _measure(args, model_dirs, users["user_id"], movies)
         _breakdown(args, model_dirs, users["user_id"], movies)
     finally:
         _remove_keys(args.redis_url, (PREFIX, "bare:"))
 
 
-def _load_features(
-    data_dir: Path, redis_url: str
-) -> tuple[dict[str, list[str]], list[str], list[str]]:
-    """Users, movies and watched movies of ``data_dir`` loaded under PREFIX; (user columns,
-    movie ids, each user's watched string)."""
+def _load_features(data_dir: Path, redis_url: str) -> tuple[dict[str, list[str]], list[str]]:
+    """Users, movies and watched movies of ``data_dir`` loaded under PREFIX; (user columns
+    with each user's watched string and its time, movie ids)."""
     from model.config import DataConfig
     from model.data.load_features import load_features
     from model.data.movielens import load_feature_set
 
     features = load_feature_set(DataConfig(dataset="synthetic", data_dir=data_dir))
-    users, movies, watched = features.users, features.movies, features.watched
-    n_users, n_movies = load_features(users, movies, redis_url, PREFIX, watched=watched)
+    users, movies = features.users, features.movies
+    n_users, n_movies = load_features(
+        users, movies, redis_url, PREFIX, watched=features.watched, watched_at=features.watched_at
+    )
     print(f"loaded {n_users} users and {n_movies} movies under {PREFIX!r}", flush=True)
-    user_columns = {name: [str(v) for v in values.tolist()] for name, values in users.items()}
+    columns = {**users, WATCHED: features.watched, WATCHED_AT: features.watched_at}
+    user_columns = {name: [str(v) for v in values.tolist()] for name, values in columns.items()}
     movie_ids = [str(m) for m in movies[export_format.MOVIE_ID].tolist()]
-    return user_columns, movie_ids, [str(w) for w in watched.tolist()]
+    return user_columns, movie_ids
 
 
 def _measure(
@@ -211,7 +214,7 @@ def _start(
     return url, path, process
 
 
-def _load_bare_users(redis_url: str, users: dict[str, list[str]], watched: list[str]) -> None:
+def _load_bare_users(redis_url: str, users: dict[str, list[str]]) -> None:
     """Plain ``bare:user:<id>`` hashes (no namespace pointer) for the bare endpoint."""
     import redis
 
@@ -220,7 +223,7 @@ def _load_bare_users(redis_url: str, users: dict[str, list[str]], watched: list[
     client = redis.Redis.from_url(redis_url)
     pipe = client.pipeline(transaction=False)
     for i, user_id in enumerate(users[export_format.USER_ID]):
-        features = {f: users[f][i] for f in USER_FIELDS} | {export_format.HISTORY_FIELD: watched[i]}
+        features = {f: users[f][i] for f in (*USER_FIELDS, WATCHED, WATCHED_AT)}
         pipe.hset(f"bare:user:{user_id}", mapping=features)
     pipe.execute()
     client.close()
@@ -254,6 +257,9 @@ def _serve_bare(port: str, version_dir: str, redis_url: str) -> None:
     async def bare(request: Request) -> dict:
         body = await request.json()
         user = await client.hgetall(f"bare:user:{body['user_id']}")
+        if user.get(WATCHED_AT):  # a history version's time since the latest watched movie
+            gap = time.time() - float(user[WATCHED_AT])
+            user[export_format.LAST_WATCHED] = export_format.last_watched_value(gap)
         ids = list(map(str, body["movie_ids"]))
         n = len(ids)
         inputs = {f: [user.get(f, "")] * n for f in user_fields}
