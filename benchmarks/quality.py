@@ -213,8 +213,7 @@ class Results:
             if self.data.get("settings") != current:
                 raise BenchmarkError(
                     f"{path} holds runs made with other settings (fields, grid, epochs, "
-                    "seeds); "
-                    "move it away or pass another --results"
+                    "seeds); move it away or pass another --results"
                 )
         else:
             self.data = {

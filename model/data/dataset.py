@@ -117,10 +117,12 @@ class PreparedData:
         same convention as a StringLookup(vocabulary=..., num_oov_indices=1). A MULTI_VALUED
         field's vocabulary holds its single values ("Comedy"), never "" .
         """
-        vocab = {}
+        vocab, seen = {}, {}
         for name in fields:
             values, index = self.table(name)
-            at = _seen(_index_of(self.train, index), len(values))
+            if index not in seen:  # one pass over the training rows per index column
+                seen[index] = _seen(_index_of(self.train, index), len(values))
+            at = seen[index]
             if name == HISTORY_FIELD:
                 vocab[name] = _history_vocabulary(values[at])
                 continue

@@ -59,8 +59,8 @@ def histories_before(
     key = user.astype(np.int64) * (int(time.max(initial=0)) + 1) + time
     cut = np.searchsorted(key[order], key[rows], side="left")  # first pool rating not earlier
     first = np.searchsorted(user[order], user[rows], side="left")
-    latest = timestamp[order][np.maximum(cut - 1, 0)]
-    ago = np.where(cut > first, _power_of_two(timestamp[rows] - latest), NO_LAST_WATCHED)
+    latest = timestamp[order][np.maximum(cut - 1, 0)]  # read only where cut > first
+    ago = _power_of_two(timestamp[rows] - latest)
     return _most_recent(movie[order], first, cut, movie_ids, ago)
 
 
@@ -161,8 +161,9 @@ def _most_recent(
     ago: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row, ``sorted_movie[first:cut]`` (its user's ratings before it, oldest first) read
-    backwards, at most HISTORY_LENGTH, with its ``ago`` (``_power_of_two``; None: all
-    unknown): (distinct history strings, their LAST_WATCHED values, int32 index per row).
+    backwards, at most HISTORY_LENGTH, with its ``ago`` (``_power_of_two``, ignored for an
+    empty history; None: all unknown): (distinct history strings, their LAST_WATCHED values,
+    int32 index per row).
 
     Rows with the same ``cut`` and ``ago`` share one history (``cut`` is inside one user's
     ratings); every empty history is the one "".
